@@ -1,0 +1,1 @@
+"""forklane control plane: stores sandboxes and routing rules, compiles and pushes snapshots."""

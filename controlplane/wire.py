@@ -1,0 +1,333 @@
+"""Wire schemas of the control-plane REST API (`/api/v1`): the contract the SDK speaks.
+
+Every resource follows Kubernetes conventions: `apiVersion`, `kind`, `metadata` (name, uid,
+generation, resourceVersion, labels, createdBy, timestamps), `spec` (what the user wants) and
+`status` (what the control plane observed). The SDK imports this module and nothing else of
+the control plane; it depends only on pydantic and the standard library.
+
+Invariants:
+- `metadata.generation` grows by one on every spec change; `status.observedGeneration` says
+  which generation the status describes.
+- `metadata.resourceVersion` changes on every write (spec or status); an update that names an
+  older one is rejected with 409.
+- Error bodies always have the `ErrorBody` shape.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Generic, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+__all__ = [
+    "API_VERSION",
+    "Condition",
+    "ErrorBody",
+    "ErrorDetail",
+    "FieldError",
+    "ForkSpec",
+    "HeaderMatchSpec",
+    "ListMeta",
+    "MatchSpec",
+    "Metadata",
+    "MirrorSpec",
+    "ProxyInfo",
+    "ProxyList",
+    "ResourceList",
+    "RouteGroup",
+    "RouteGroupSpec",
+    "RouteGroupStatus",
+    "Sandbox",
+    "SandboxSpec",
+    "SandboxStatus",
+    "ServiceResource",
+    "ServiceSpec",
+    "ServiceStatus",
+    "Split",
+    "SplitDestinationSpec",
+    "SplitSpec",
+    "SplitStatus",
+    "StickySpec",
+    "TimeoutsSpec",
+    "TtlSpec",
+]
+
+API_VERSION = "forklane.dev/v1"
+
+NAME_PATTERN = r"^[a-z0-9]([a-z0-9\-]{0,61}[a-z0-9])?$"
+ROUTING_KEY_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,127}$"
+ENDPOINT_PATTERN = r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.\-_]+):[0-9]{1,5}$"
+
+Endpoint = Annotated[str, Field(pattern=ENDPOINT_PATTERN, examples=["127.0.0.1:8080"])]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class Metadata(_Model):
+    """Set `name` and `labels`; the server fills in the rest."""
+
+    name: str = Field(pattern=NAME_PATTERN, description="DNS label, unique per resource kind")
+    labels: dict[str, str] = Field(default_factory=dict)
+    uid: str | None = None
+    generation: int | None = None
+    resource_version: str | None = Field(None, alias="resourceVersion")
+    created_by: str | None = Field(None, alias="createdBy")
+    creation_timestamp: datetime | None = Field(None, alias="creationTimestamp")
+    update_timestamp: datetime | None = Field(None, alias="updateTimestamp")
+    deletion_timestamp: datetime | None = Field(None, alias="deletionTimestamp")
+
+
+class Condition(_Model):
+    type: str
+    status: Literal["True", "False", "Unknown"]
+    reason: str = ""
+    message: str = ""
+    last_transition_time: datetime | None = Field(None, alias="lastTransitionTime")
+
+
+class TimeoutsSpec(_Model):
+    connect: float = Field(1.0, gt=0, le=60)
+    request: float = Field(15.0, gt=0, le=3600)
+    idle: float = Field(60.0, gt=0, le=3600)
+
+
+# --- sandboxes -------------------------------------------------------------------------------
+
+
+class ForkSpec(_Model):
+    """One forked service: where the fork runs. (Kubernetes workload overrides come later.)"""
+
+    service: str = Field(pattern=NAME_PATTERN)
+    endpoints: list[Endpoint] = Field(min_length=1)
+    fallback: Literal["baseline", "fail"] | None = Field(
+        None, description="overrides the sandbox's fallback for this fork"
+    )
+
+
+class TtlSpec(_Model):
+    seconds: int = Field(gt=0, le=30 * 24 * 3600)
+    since: Literal["creation", "update"] = "creation"
+
+
+class SandboxSpec(_Model):
+    forks: list[ForkSpec] = Field(min_length=1)
+    routing_key: str | None = Field(
+        None,
+        alias="routingKey",
+        pattern=ROUTING_KEY_PATTERN,
+        description="generated (128 bits, [a-z0-9]) when omitted",
+    )
+    ttl: TtlSpec | None = None
+    fallback: Literal["baseline", "fail"] = Field(
+        "fail", description="when a fork is unreachable: send to baseline, or answer 503"
+    )
+    description: str = ""
+
+    @field_validator("forks")
+    @classmethod
+    def _unique_services(cls, v: list[ForkSpec]) -> list[ForkSpec]:
+        services = [f.service for f in v]
+        if len(set(services)) != len(services):
+            raise ValueError("a service may be forked once per sandbox")
+        return v
+
+
+class ForkStatus(_Model):
+    service: str
+    ready: bool
+    message: str = ""
+
+
+class SandboxStatus(_Model):
+    phase: Literal["Pending", "Ready", "Failed", "Terminating"] = "Pending"
+    routing_key: str | None = Field(None, alias="routingKey")
+    observed_generation: int | None = Field(None, alias="observedGeneration")
+    expires_at: datetime | None = Field(None, alias="expiresAt")
+    forks: list[ForkStatus] = Field(default_factory=list)
+    conditions: list[Condition] = Field(default_factory=list)
+
+
+class Sandbox(_Model):
+    api_version: Literal["forklane.dev/v1"] = Field(API_VERSION, alias="apiVersion")
+    kind: Literal["Sandbox"] = "Sandbox"
+    metadata: Metadata
+    spec: SandboxSpec
+    status: SandboxStatus | None = None
+
+
+# --- route groups ----------------------------------------------------------------------------
+
+
+class RouteGroupSpec(_Model):
+    """One routing key joining the forks of every sandbox whose labels match `selector`."""
+
+    selector: dict[str, str] = Field(min_length=1, description="sandbox labels to match")
+    routing_key: str | None = Field(None, alias="routingKey", pattern=ROUTING_KEY_PATTERN)
+    fallback: Literal["baseline", "fail"] = "baseline"
+
+
+class RouteGroupStatus(_Model):
+    phase: Literal["Pending", "Ready", "Failed"] = "Pending"
+    routing_key: str | None = Field(None, alias="routingKey")
+    observed_generation: int | None = Field(None, alias="observedGeneration")
+    sandboxes: list[str] = Field(default_factory=list)
+    conditions: list[Condition] = Field(default_factory=list)
+
+
+class RouteGroup(_Model):
+    api_version: Literal["forklane.dev/v1"] = Field(API_VERSION, alias="apiVersion")
+    kind: Literal["RouteGroup"] = "RouteGroup"
+    metadata: Metadata
+    spec: RouteGroupSpec
+    status: RouteGroupStatus | None = None
+
+
+# --- splits ----------------------------------------------------------------------------------
+
+
+class HeaderMatchSpec(_Model):
+    name: str
+    exact: str | None = None
+    prefix: str | None = None
+    present: bool | None = None
+
+
+class MatchSpec(_Model):
+    headers: list[HeaderMatchSpec] = Field(default_factory=list)
+    path_prefix: str | None = Field(None, alias="pathPrefix")
+    methods: list[str] = Field(default_factory=list)
+
+
+class SplitDestinationSpec(_Model):
+    name: str
+    weight: int = Field(ge=0, le=1_000_000)
+    endpoints: list[Endpoint] = Field(min_length=1)
+
+
+class StickySpec(_Model):
+    header: str | None = None
+    cookie: str | None = None
+
+
+class MirrorSpec(_Model):
+    name: str
+    percent: float = Field(ge=0, le=100)
+    endpoints: list[Endpoint] = Field(min_length=1)
+    match: MatchSpec | None = None
+
+
+class SplitSpec(_Model):
+    """The traffic policy of one service: weighted destinations, stickiness, mirrors."""
+
+    service: str = Field(pattern=NAME_PATTERN)
+    match: MatchSpec | None = None
+    destinations: list[SplitDestinationSpec] = Field(default_factory=list)
+    sticky: StickySpec | None = None
+    mirrors: list[MirrorSpec] = Field(default_factory=list)
+
+
+class SplitStatus(_Model):
+    phase: Literal["Pending", "Ready", "Failed"] = "Pending"
+    observed_generation: int | None = Field(None, alias="observedGeneration")
+    conditions: list[Condition] = Field(default_factory=list)
+
+
+class Split(_Model):
+    api_version: Literal["forklane.dev/v1"] = Field(API_VERSION, alias="apiVersion")
+    kind: Literal["Split"] = "Split"
+    metadata: Metadata
+    spec: SplitSpec
+    status: SplitStatus | None = None
+
+
+# --- services --------------------------------------------------------------------------------
+
+
+class ServiceSpec(_Model):
+    authorities: list[str] = Field(default_factory=list)
+    endpoints: list[Endpoint] = Field(min_length=1)
+    lb: Literal["round_robin", "least_request"] = "round_robin"
+    timeouts: TimeoutsSpec | None = None
+
+
+class ServiceStatus(_Model):
+    phase: Literal["Pending", "Ready", "Failed"] = "Pending"
+    observed_generation: int | None = Field(None, alias="observedGeneration")
+    conditions: list[Condition] = Field(default_factory=list)
+
+
+class ServiceResource(_Model):
+    api_version: Literal["forklane.dev/v1"] = Field(API_VERSION, alias="apiVersion")
+    kind: Literal["Service"] = "Service"
+    metadata: Metadata
+    spec: ServiceSpec
+    status: ServiceStatus | None = None
+
+
+# --- lists, proxies, errors ------------------------------------------------------------------
+
+T = TypeVar("T")
+
+
+class ListMeta(_Model):
+    continue_: str | None = Field(None, alias="continue")
+    resource_version: str | None = Field(None, alias="resourceVersion")
+
+
+class ResourceList(_Model, Generic[T]):
+    api_version: Literal["forklane.dev/v1"] = Field(API_VERSION, alias="apiVersion")
+    kind: str
+    items: list[T]
+    metadata: ListMeta = ListMeta()
+
+
+class ProxyInfo(_Model):
+    node_id: str = Field(alias="nodeId")
+    service: str | None = None
+    listeners: list[str] = Field(default_factory=list)
+    connected_at: datetime = Field(alias="connectedAt")
+    sent_version: str | None = Field(None, alias="sentVersion")
+    acked_version: str | None = Field(None, alias="ackedVersion")
+    nacked_version: str | None = Field(None, alias="nackedVersion")
+    last_error: str | None = Field(None, alias="lastError")
+    replica: str | None = None
+
+
+class ProxyList(_Model):
+    kind: Literal["ProxyList"] = "ProxyList"
+    items: list[ProxyInfo]
+
+
+class FieldError(_Model):
+    field: str
+    message: str
+
+
+class ErrorDetail(_Model):
+    status: int
+    reason: Literal[
+        "BadRequest",
+        "Unauthorized",
+        "Forbidden",
+        "NotFound",
+        "Conflict",
+        "Invalid",
+        "PreconditionFailed",
+        "UnsupportedMediaType",
+        "Unavailable",
+        "Internal",
+    ]
+    message: str
+    details: list[FieldError] = Field(default_factory=list)
+
+
+class ErrorBody(_Model):
+    error: ErrorDetail
+
+
+def dump(model: BaseModel) -> dict[str, Any]:
+    """The JSON form the API speaks: aliases (camelCase), no nulls."""
+    return model.model_dump(mode="json", by_alias=True, exclude_none=True)

@@ -1,0 +1,1 @@
+"""forklane proxy: the data plane sidecar (listeners, routing, context, upstreams, admin)."""

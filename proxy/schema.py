@@ -1,0 +1,330 @@
+"""The routing snapshot schema: the contract between the control plane and every proxy.
+
+This is the only pydantic model of the routing config. Files, pushed snapshots and the
+control-plane compiler all produce or validate a `RoutingSnapshot`; the proxy converts it
+once into the frozen, pre-indexed `proxy.table.RoutingTable` and never touches pydantic on
+the request path.
+
+Invariants checked here (a snapshot that breaks one is rejected whole, the old table keeps
+serving):
+- service names are unique, and no authority names two services;
+- every fork, split and mirror names a known service ("make before break": a route never
+  goes live before the upstream it names is known);
+- endpoints are `host:port` with a port in 1..65535;
+- a routing key is safe in a header, a baggage value and a tracestate value;
+- split weights are non-negative and at least one is positive.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+__all__ = [
+    "DEFAULT_CARRIERS",
+    "Carrier",
+    "Fork",
+    "HeaderMatch",
+    "Match",
+    "Mirror",
+    "RoutingSnapshot",
+    "Service",
+    "Split",
+    "SplitDestination",
+    "Sticky",
+    "Timeouts",
+    "parse_endpoint",
+]
+
+# A routing key travels in a header, a W3C baggage value (percent-encoding aside) and a
+# tracestate value (no ',', '=', spaces). This alphabet is safe in all three untouched.
+ROUTING_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,127}$")
+# RFC 9110 token, lowercase: the only header names we accept in configuration.
+HEADER_NAME_RE = re.compile(r"^[a-z0-9!#$%&'*+.^_`|~-]+$")
+# A W3C baggage key is a token; tracestate keys are narrower (checked by kind below).
+BAGGAGE_KEY_RE = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
+TRACESTATE_KEY_RE = re.compile(
+    r"^(?:[a-z0-9][a-z0-9_\-*/]{0,255}|[a-z0-9][a-z0-9_\-*/]{0,240}@[a-z][a-z0-9_\-*/]{0,13})$"
+)
+NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9.\-]{0,251}[a-z0-9])?$")
+AUTHORITY_RE = re.compile(r"^[a-z0-9.\-_\[\]:]+$")
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+def parse_endpoint(text: str) -> tuple[str, int]:
+    """`host:port` or `[v6]:port` → (host, port); raises ValueError with the reason."""
+    text = text.strip()
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep or not rest.startswith(":"):
+            raise ValueError(f"endpoint {text!r}: expected [ipv6]:port")
+        port_text = rest[1:]
+    else:
+        host, sep, port_text = text.rpartition(":")
+        if not sep or not host:
+            raise ValueError(f"endpoint {text!r}: expected host:port")
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ValueError(f"endpoint {text!r}: port must be 1..65535")
+    return host, int(port_text)
+
+
+def _check_endpoints(values: tuple[str, ...]) -> tuple[str, ...]:
+    for value in values:
+        parse_endpoint(value)
+    return values
+
+
+Endpoints = Annotated[tuple[str, ...], Field(min_length=1)]
+
+
+class Timeouts(_Frozen):
+    """Per-destination timeouts in seconds. `request` bounds the wait for response headers."""
+
+    connect: float = Field(1.0, gt=0, le=60)
+    request: float = Field(15.0, gt=0, le=3600)
+    idle: float = Field(60.0, gt=0, le=3600)
+
+
+class Carrier(_Frozen):
+    """Where a routing key may be found, in priority order.
+
+    - `header`: a request header whose whole value is the key (`x-forklane-routing-key`);
+    - `baggage`: a member of the W3C `baggage` header (`forklane-routing-key=KEY`);
+    - `tracestate`: a member of the W3C `tracestate` header (`forklane=KEY`).
+    `emit` says whether the proxy writes the key into this carrier when forwarding.
+    """
+
+    kind: Literal["header", "baggage", "tracestate"]
+    name: str = Field(description="header name (kind=header) or member key (baggage, tracestate)")
+    emit: bool = True
+
+    @model_validator(mode="after")
+    def _check_name(self) -> Carrier:
+        if self.kind == "header":
+            if not HEADER_NAME_RE.match(self.name):
+                raise ValueError(f"header carrier {self.name!r}: must be a lowercase token")
+            if self.name in {"baggage", "tracestate", "traceparent", "host", "connection"}:
+                raise ValueError(f"header carrier {self.name!r}: reserved header")
+        elif self.kind == "baggage" and not BAGGAGE_KEY_RE.match(self.name):
+            raise ValueError(f"baggage carrier {self.name!r}: not a token")
+        elif self.kind == "tracestate" and not TRACESTATE_KEY_RE.match(self.name):
+            raise ValueError(f"tracestate carrier {self.name!r}: not a valid tracestate key")
+        return self
+
+
+DEFAULT_CARRIERS: tuple[Carrier, ...] = (
+    Carrier(kind="header", name="x-forklane-routing-key"),
+    Carrier(kind="baggage", name="forklane-routing-key"),
+)
+
+
+class Service(_Frozen):
+    """A baseline service: what names it on the wire and where its baseline runs."""
+
+    name: str
+    authorities: tuple[str, ...] = Field(
+        default=(), description="Host/:authority values naming it; the name itself is implied"
+    )
+    endpoints: Endpoints
+    lb: Literal["round_robin", "least_request"] = "round_robin"
+    timeouts: Timeouts = Timeouts()
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not NAME_RE.match(v):
+            raise ValueError("lowercase letters, digits, '.', '-'")
+        return v
+
+    @field_validator("authorities")
+    @classmethod
+    def _authorities(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        out = tuple(a.strip().lower() for a in v)
+        for a in out:
+            if not a or not AUTHORITY_RE.match(a):
+                raise ValueError(f"authority {a!r}: host or host:port")
+        return out
+
+    @field_validator("endpoints")
+    @classmethod
+    def _endpoints(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        return _check_endpoints(v)
+
+
+class Fork(_Frozen):
+    """Requests carrying `routing_key` that reach `service` go to `endpoints`."""
+
+    routing_key: str
+    service: str
+    endpoints: Endpoints
+    fallback: Literal["baseline", "fail"] = Field(
+        "fail", description="when every fork endpoint is unreachable: baseline, or 503"
+    )
+    sandbox: str = Field("", description="the sandbox (or route group) it comes from; for reasons")
+    lb: Literal["round_robin", "least_request"] = "round_robin"
+    timeouts: Timeouts = Timeouts()
+
+    @field_validator("routing_key")
+    @classmethod
+    def _key(cls, v: str) -> str:
+        if not ROUTING_KEY_RE.match(v):
+            raise ValueError("1-128 of [A-Za-z0-9._-], starting alphanumeric")
+        return v
+
+    @field_validator("endpoints")
+    @classmethod
+    def _endpoints(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        return _check_endpoints(v)
+
+
+class HeaderMatch(_Frozen):
+    """Exactly one of `exact`, `prefix`, `present` must be set."""
+
+    name: str
+    exact: str | None = None
+    prefix: str | None = None
+    present: bool | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> HeaderMatch:
+        if not HEADER_NAME_RE.match(self.name):
+            raise ValueError(f"header {self.name!r}: must be a lowercase token")
+        if sum(x is not None for x in (self.exact, self.prefix, self.present)) != 1:
+            raise ValueError("set exactly one of exact, prefix, present")
+        return self
+
+
+class Match(_Frozen):
+    """All given conditions must hold (an empty match matches everything)."""
+
+    headers: tuple[HeaderMatch, ...] = ()
+    path_prefix: str | None = None
+    methods: tuple[str, ...] = ()
+
+    @field_validator("methods")
+    @classmethod
+    def _methods(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(m.upper() for m in v)
+
+    @field_validator("path_prefix")
+    @classmethod
+    def _path(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith("/"):
+            raise ValueError("path_prefix must start with '/'")
+        return v
+
+
+class SplitDestination(_Frozen):
+    name: str
+    weight: int = Field(ge=0, le=1_000_000)
+    endpoints: Endpoints
+    lb: Literal["round_robin", "least_request"] = "round_robin"
+    timeouts: Timeouts = Timeouts()
+
+    @field_validator("endpoints")
+    @classmethod
+    def _endpoints(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        return _check_endpoints(v)
+
+
+class Sticky(_Frozen):
+    """Hash this header or cookie so one user always lands on the same destination."""
+
+    header: str | None = None
+    cookie: str | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> Sticky:
+        if (self.header is None) == (self.cookie is None):
+            raise ValueError("set exactly one of header, cookie")
+        if self.header is not None and not HEADER_NAME_RE.match(self.header):
+            raise ValueError(f"header {self.header!r}: must be a lowercase token")
+        return self
+
+
+class Split(_Frozen):
+    """Weighted traffic policy for a service (canary, A/B). First matching split wins."""
+
+    name: str
+    service: str
+    match: Match = Match()
+    destinations: tuple[SplitDestination, ...] = Field(min_length=1)
+    sticky: Sticky | None = None
+
+    @model_validator(mode="after")
+    def _weights(self) -> Split:
+        if sum(d.weight for d in self.destinations) <= 0:
+            raise ValueError("at least one destination needs a positive weight")
+        names = [d.name for d in self.destinations]
+        if len(set(names)) != len(names):
+            raise ValueError("destination names must be unique within a split")
+        return self
+
+
+class Mirror(_Frozen):
+    """Copy `percent` % of matching requests to `endpoints`; the copy's answer is discarded."""
+
+    name: str
+    service: str
+    match: Match = Match()
+    percent: float = Field(ge=0, le=100)
+    endpoints: Endpoints
+    timeouts: Timeouts = Timeouts(request=5.0)
+
+    @field_validator("endpoints")
+    @classmethod
+    def _endpoints(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        return _check_endpoints(v)
+
+
+class RoutingSnapshot(_Frozen):
+    """One complete, versioned routing configuration. Replaced whole, never patched."""
+
+    version: str = Field(min_length=1, max_length=128)
+    carriers: tuple[Carrier, ...] = DEFAULT_CARRIERS
+    services: tuple[Service, ...] = ()
+    forks: tuple[Fork, ...] = ()
+    splits: tuple[Split, ...] = ()
+    mirrors: tuple[Mirror, ...] = ()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RoutingSnapshot:
+        names: set[str] = set()
+        owner: dict[str, str] = {}
+        for svc in self.services:
+            if svc.name in names:
+                raise ValueError(f"services: duplicate service {svc.name!r}")
+            names.add(svc.name)
+            for auth in (svc.name, *svc.authorities):
+                if owner.get(auth, svc.name) != svc.name:
+                    raise ValueError(
+                        f"services: authority {auth!r} names both {owner[auth]!r} and {svc.name!r}"
+                    )
+                owner[auth] = svc.name
+        seen_forks: set[tuple[str, str]] = set()
+        for i, fork in enumerate(self.forks):
+            if fork.service not in names:
+                raise ValueError(f"forks[{i}]: unknown service {fork.service!r}")
+            pair = (fork.routing_key, fork.service)
+            if pair in seen_forks:
+                raise ValueError(
+                    f"forks[{i}]: key {fork.routing_key!r} already forks {fork.service!r}"
+                )
+            seen_forks.add(pair)
+        for kind, items in (("splits", self.splits), ("mirrors", self.mirrors)):
+            seen: set[tuple[str, str]] = set()
+            for i, item in enumerate(items):
+                if item.service not in names:
+                    raise ValueError(f"{kind}[{i}]: unknown service {item.service!r}")
+                if (item.service, item.name) in seen:
+                    raise ValueError(f"{kind}[{i}]: duplicate name {item.name!r}")
+                seen.add((item.service, item.name))
+        carrier_ids = [(c.kind, c.name) for c in self.carriers]
+        if len(set(carrier_ids)) != len(carrier_ids):
+            raise ValueError("carriers: duplicate carrier")
+        return self

@@ -1,0 +1,1 @@
+"""forklane SDK: REST clients, propagation helpers for services, and the `forklane` CLI."""
