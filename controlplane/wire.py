@@ -22,6 +22,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 __all__ = [
     "API_VERSION",
+    "AuditList",
+    "AuditRecord",
     "Condition",
     "ErrorBody",
     "ErrorDetail",
@@ -50,6 +52,8 @@ __all__ = [
     "SplitStatus",
     "StickySpec",
     "TimeoutsSpec",
+    "TokenRequest",
+    "TokenResponse",
     "TtlSpec",
 ]
 
@@ -331,3 +335,41 @@ class ErrorBody(_Model):
 def dump(model: BaseModel) -> dict[str, Any]:
     """The JSON form the API speaks: aliases (camelCase), no nulls."""
     return model.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+# --- tokens and audit (admin only) -----------------------------------------------------------
+
+
+class TokenRequest(_Model):
+    """Ask for a new bearer token for `subject` with `role`."""
+
+    subject: str = Field(min_length=1, max_length=253, pattern=r"^[A-Za-z0-9@._:\-]+$")
+    role: Literal["admin", "developer", "proxy"]
+
+
+class TokenResponse(_Model):
+    """The raw token is shown once; the control plane keeps only its hash."""
+
+    kind: Literal["Token"] = "Token"
+    id: str
+    subject: str
+    role: Literal["admin", "developer", "proxy"]
+    token: str
+
+
+class AuditRecord(_Model):
+    seq: int
+    at: datetime
+    subject: str
+    verb: str
+    resource: str
+    name: str
+    generation_before: int | None = Field(None, alias="generationBefore")
+    generation_after: int | None = Field(None, alias="generationAfter")
+    resource_version: str | None = Field(None, alias="resourceVersion")
+
+
+class AuditList(_Model):
+    kind: Literal["AuditList"] = "AuditList"
+    items: list[AuditRecord]
+    continue_: str | None = Field(None, alias="continue")

@@ -1,0 +1,425 @@
+"""The REST API (aiohttp) under `/api/v1`: resources, proxies, tokens, audit, snapshot.
+
+Handlers are thin: parse and validate the request (pydantic wire models), check the policy
+(`auth.authorize`), call the store, audit, answer. Every error leaves through one middleware
+as a `wire.ErrorBody` with the right status; a bug answers 500 with no traceback.
+
+Invariants:
+- a sandbox or route group always has a routing key after create; generated ones are 128
+  random bits as 32 characters of `[a-f0-9]`; a key is used by at most one sandbox or route
+  group (409 otherwise); an update that omits the key keeps the current one;
+- writes name the expected resourceVersion (body `metadata.resourceVersion` or `If-Match`);
+  a stale one answers 409 and nothing changes;
+- every successful mutation is appended to the audit log.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import secrets
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from aiohttp import web
+from pydantic import BaseModel, ValidationError
+
+from controlplane import wire
+from controlplane.auth import ANONYMOUS_ADMIN, Authenticator, Principal, Verb, authorize, new_token
+from controlplane.compiler import service_to_schema, split_to_schema
+from controlplane.errors import ApiError, from_store_error, from_validation_error
+from controlplane.openapi import OPENAPI
+from controlplane.publisher import SnapshotPublisher
+from controlplane.reconciler import Clock, Reconciler, utcnow
+from controlplane.resources import KINDS, ResourceKind, parse_selector, to_wire
+from controlplane.store.base import AuditEntry, Record, Store, StoreError
+
+__all__ = ["ApiContext", "ProxyLister", "build_app"]
+
+log = logging.getLogger("forklane.controlplane.api")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+MAX_BODY = 1 << 20
+MAX_LIMIT = 1000
+
+
+class ProxyLister(Protocol):
+    def list(self) -> list[wire.ProxyInfo]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ApiContext:
+    store: Store
+    publisher: SnapshotPublisher
+    proxies: ProxyLister
+    authenticator: Authenticator | None  # None: auth disabled (local demo only)
+    reconciler: Reconciler | None = None
+    clock: Clock = utcnow
+
+
+CTX = web.AppKey("ctx", ApiContext)
+PRINCIPAL = web.RequestKey("principal", Principal)
+_PUBLIC = frozenset({"/healthz", "/readyz", "/api/v1/openapi.json"})
+
+
+def _respond(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(
+        status=status,
+        text=json.dumps(body, separators=(",", ":")),
+        content_type="application/json",
+        headers=headers,
+    )
+
+
+def _error_response(err: ApiError) -> web.Response:
+    headers = {"WWW-Authenticate": 'Bearer realm="forklane"'} if err.status == 401 else None
+    return _respond(wire.dump(err.body()), err.status, headers)
+
+
+@web.middleware
+async def _errors_and_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        if request.path not in _PUBLIC:
+            request[PRINCIPAL] = await _authenticate(request)
+        return await handler(request)
+    except ApiError as err:
+        return _error_response(err)
+    except StoreError as exc:
+        return _error_response(from_store_error(exc))
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        message = {404: "no such resource or path", 405: f"method {request.method} not allowed"}
+        return _error_response(ApiError(exc.status, message.get(exc.status, exc.reason)))
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return _error_response(ApiError(500, "internal error; see the control-plane log"))
+
+
+async def _authenticate(request: web.Request) -> Principal:
+    authn = request.app[CTX].authenticator
+    if authn is None:
+        return ANONYMOUS_ADMIN
+    header = request.headers.get("Authorization")
+    if header is None:
+        raise ApiError(401, "missing bearer token (Authorization: Bearer <token>)")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise ApiError(401, "Authorization must be 'Bearer <token>'")
+    principal = await authn.authenticate(token.strip())
+    if principal is None:
+        raise ApiError(401, "invalid or revoked token")
+    return principal
+
+
+def _check(request: web.Request, verb: Verb, resource: str, owner: str | None = None) -> Principal:
+    principal: Principal = request[PRINCIPAL]
+    why = authorize(principal, verb, resource, owner)
+    if why is not None:
+        raise ApiError(403, why)
+    return principal
+
+
+async def _body(request: web.Request) -> dict[str, Any]:
+    if request.content_type != "application/json":
+        raise ApiError(415, f"Content-Type must be application/json, not {request.content_type!r}")
+    if request.content_length is not None and request.content_length > MAX_BODY:
+        raise ApiError(400, f"body larger than {MAX_BODY} bytes")
+    raw = await request.content.read(MAX_BODY + 1)
+    if len(raw) > MAX_BODY:
+        raise ApiError(400, f"body larger than {MAX_BODY} bytes")
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ApiError(400, f"body is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ApiError(400, "body must be a JSON object")
+    return data
+
+
+def _validate(model: type[BaseModel], data: dict[str, Any]) -> Any:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise from_validation_error(exc) from exc
+
+
+def _resource_input(kind: ResourceKind, data: dict[str, Any]) -> Any:
+    """Validate a create/update body; server-managed metadata and status are ignored."""
+    meta = data.get("metadata")
+    if isinstance(meta, dict):
+        data = {**data, "metadata": {k: meta[k] for k in ("name", "labels") if k in meta}}
+    data.pop("status", None)
+    return _validate(kind.model, data)
+
+
+def _static_checks(plural: str, name: str, spec: Any) -> None:
+    """What can be judged from the resource alone is a 422 now, not a status later."""
+    try:
+        if plural == "services":
+            service_to_schema(name, spec)
+        elif plural == "splits":
+            split_to_schema(name, spec)
+    except ValidationError as exc:
+        raise from_validation_error(exc, "spec") from exc
+    except ValueError as exc:
+        raise ApiError(422, str(exc), [wire.FieldError(field="spec", message=str(exc))]) from exc
+
+
+async def _routing_key(store: Store, plural: str, name: str, wanted: str | None) -> str:
+    """The key to store: `wanted` if free, else a new one. Unique across sandboxes and groups."""
+    used: dict[str, str] = {}
+    for other in ("sandboxes", "routegroups"):
+        for rec in (await store.list(other)).items:
+            key = rec.spec.get("routingKey")
+            if isinstance(key, str) and (other, rec.name) != (plural, name):
+                used[key] = f"{other}/{rec.name}"
+    if wanted is None:
+        wanted = secrets.token_hex(16)
+        while wanted in used:  # 2**-128; kept so the invariant holds by construction
+            wanted = secrets.token_hex(16)
+    elif wanted in used:
+        raise ApiError(409, f"routing key {wanted!r} is already used by {used[wanted]}")
+    return wanted
+
+
+def _expected_version(request: web.Request, body_version: str | None) -> int | None:
+    header = request.headers.get("If-Match")
+    values = []
+    if header is not None:
+        values.append(header.strip().removeprefix("W/").strip('"'))
+    if body_version is not None:
+        values.append(body_version)
+    if not values:
+        return None
+    if len(set(values)) > 1:
+        raise ApiError(400, "If-Match and metadata.resourceVersion disagree")
+    if not values[0].isdigit():
+        raise ApiError(400, f"resourceVersion {values[0]!r} is not one this server issues")
+    return int(values[0])
+
+
+def _document(record: Record) -> dict[str, Any]:
+    return wire.dump(to_wire(record))
+
+
+def _etag(record: Record) -> dict[str, str]:
+    return {"ETag": f'"{record.resource_version}"'}
+
+
+async def _audit(
+    request: web.Request, principal: Principal, verb: str, plural: str, name: str,
+    before: int | None, after: int | None, revision: int | None,
+) -> None:
+    ctx = request.app[CTX]
+    await ctx.store.append_audit(
+        AuditEntry(ctx.clock(), principal.subject, verb, plural, name, before, after, revision)
+    )
+
+
+def _kind(request: web.Request) -> tuple[str, ResourceKind]:
+    plural = request.match_info["plural"]
+    return plural, KINDS[plural]
+
+
+# -- resource handlers ----------------------------------------------------------------------
+
+
+async def create_resource(request: web.Request) -> web.Response:
+    plural, kind = _kind(request)
+    principal = _check(request, "create", plural)
+    ctx = request.app[CTX]
+    obj = _resource_input(kind, await _body(request))
+    name = obj.metadata.name
+    _static_checks(plural, name, obj.spec)
+    status: dict[str, Any] | None = None
+    if plural in ("sandboxes", "routegroups"):
+        key = await _routing_key(ctx.store, plural, name, obj.spec.routing_key)
+        obj.spec.routing_key = key
+        status = {"phase": "Pending", "routingKey": key}
+    record = await ctx.store.create(
+        plural, name, labels=obj.metadata.labels, spec=wire.dump(obj.spec), status=status,
+        created_by=principal.subject, now=ctx.clock(),
+    )
+    await _audit(request, principal, "create", plural, name, None, record.generation,
+                 record.resource_version)
+    return _respond(
+        _document(record), 201,
+        {"Location": f"/api/v1/{plural}/{name}", **_etag(record)},
+    )
+
+
+async def get_resource(request: web.Request) -> web.Response:
+    plural, _ = _kind(request)
+    record = await request.app[CTX].store.get(plural, request.match_info["name"])
+    _check(request, "get", plural, record.created_by)
+    return _respond(_document(record), headers=_etag(record))
+
+
+async def list_resources(request: web.Request) -> web.Response:
+    plural, kind = _kind(request)
+    principal = _check(request, "list", plural)
+    query = request.query
+    try:
+        selector = parse_selector(query.get("labelSelector", ""))
+    except ValueError as exc:
+        raise ApiError(400, f"labelSelector: {exc}") from exc
+    limit: int | None = None
+    if "limit" in query:
+        text = query["limit"]
+        if not text.isdigit() or not 1 <= int(text) <= MAX_LIMIT:
+            raise ApiError(400, f"limit must be an integer in 1..{MAX_LIMIT}")
+        limit = int(text)
+    after = None
+    if query.get("continue"):
+        try:
+            after = base64.urlsafe_b64decode(query["continue"].encode()).decode()
+        except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
+            raise ApiError(400, "continue: not a token this server issued") from exc
+    page = await request.app[CTX].store.list(plural, selector=selector, limit=limit, after=after)
+    items = [
+        _document(r)
+        for r in page.items
+        if authorize(principal, "get", plural, r.created_by) is None
+    ]
+    meta: dict[str, str] = {"resourceVersion": str(page.revision)}
+    if page.continue_after is not None:
+        meta["continue"] = base64.urlsafe_b64encode(page.continue_after.encode()).decode()
+    return _respond(
+        {"apiVersion": wire.API_VERSION, "kind": f"{kind.kind}List", "items": items,
+         "metadata": meta}
+    )
+
+
+async def update_resource(request: web.Request) -> web.Response:
+    plural, kind = _kind(request)
+    ctx = request.app[CTX]
+    name = request.match_info["name"]
+    data = await _body(request)
+    meta = data.get("metadata")
+    body_version = meta.get("resourceVersion") if isinstance(meta, dict) else None
+    if body_version is not None and not isinstance(body_version, str):
+        body_version = str(body_version)
+    obj = _resource_input(kind, data)
+    if obj.metadata.name != name:
+        raise ApiError(400, f"metadata.name {obj.metadata.name!r} does not match the URL {name!r}")
+    expected = _expected_version(request, body_version)
+    current = await ctx.store.get(plural, name)
+    principal = _check(request, "update", plural, current.created_by)
+    _static_checks(plural, name, obj.spec)
+    if plural in ("sandboxes", "routegroups"):
+        wanted = obj.spec.routing_key or current.spec.get("routingKey")
+        obj.spec.routing_key = await _routing_key(ctx.store, plural, name, wanted)
+    before, after = await ctx.store.update(
+        plural, name, labels=obj.metadata.labels, spec=wire.dump(obj.spec),
+        expected_version=expected, now=ctx.clock(),
+    )
+    await _audit(request, principal, "update", plural, name, before.generation, after.generation,
+                 after.resource_version)
+    return _respond(_document(after), headers=_etag(after))
+
+
+async def delete_resource(request: web.Request) -> web.Response:
+    plural, _ = _kind(request)
+    ctx = request.app[CTX]
+    name = request.match_info["name"]
+    expected = _expected_version(request, None)
+    current = await ctx.store.get(plural, name)
+    principal = _check(request, "delete", plural, current.created_by)
+    gone = await ctx.store.delete(plural, name, expected_version=expected)
+    await _audit(request, principal, "delete", plural, name, gone.generation, None,
+                 await ctx.store.revision())
+    return _respond(_document(gone))
+
+
+# -- other endpoints ------------------------------------------------------------------------
+
+
+async def list_proxies(request: web.Request) -> web.Response:
+    _check(request, "list", "proxies")
+    proxies = request.app[CTX].proxies.list()
+    return _respond(wire.dump(wire.ProxyList(items=proxies)))
+
+
+async def create_token(request: web.Request) -> web.Response:
+    principal = _check(request, "create", "tokens")
+    ctx = request.app[CTX]
+    if ctx.authenticator is None:
+        raise ApiError(400, "auth is disabled on this control plane; tokens would not be checked")
+    req: wire.TokenRequest = _validate(wire.TokenRequest, await _body(request))
+    raw, record = new_token(req.subject, req.role, created_by=principal.subject, now=ctx.clock())
+    await ctx.store.add_token(record)
+    await _audit(request, principal, "create", "tokens", f"{record.token_id}:{req.subject}",
+                 None, None, None)
+    reply = wire.TokenResponse(id=record.token_id, subject=req.subject, role=req.role, token=raw)
+    return _respond(wire.dump(reply), 201)
+
+
+async def list_audit(request: web.Request) -> web.Response:
+    _check(request, "list", "audit")
+    query = request.query
+    for param in ("after", "limit"):
+        if param in query and not query[param].isdigit():
+            raise ApiError(400, f"{param} must be a non-negative integer")
+    after = int(query.get("after", "0"))
+    limit = min(int(query.get("limit", "100")), MAX_LIMIT)
+    entries = await request.app[CTX].store.list_audit(after=after, limit=limit)
+    items = [
+        wire.AuditRecord(
+            seq=e.seq, at=e.at, subject=e.subject, verb=e.verb, resource=e.kind, name=e.name,
+            generation_before=e.generation_before, generation_after=e.generation_after,
+            resource_version=None if e.revision is None else str(e.revision),
+        )
+        for e in entries
+    ]
+    more = str(entries[-1].seq) if len(entries) == limit and entries else None
+    return _respond(wire.dump(wire.AuditList(items=items, continue_=more)))
+
+
+async def get_snapshot(request: web.Request) -> web.Response:
+    _check(request, "get", "snapshot")
+    latest = request.app[CTX].publisher.latest
+    if latest is None:
+        raise ApiError(503, "no snapshot compiled yet")
+    return _respond(latest.model_dump(mode="json"))
+
+
+async def get_openapi(request: web.Request) -> web.Response:
+    return _respond(OPENAPI)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return _respond({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    ctx = request.app[CTX]
+    try:
+        await ctx.store.revision()
+    except StoreError as exc:
+        raise ApiError(503, "store unavailable") from exc
+    if ctx.publisher.latest is None:
+        raise ApiError(503, "no snapshot compiled yet")
+    return _respond({"status": "ready"})
+
+
+def build_app(ctx: ApiContext) -> web.Application:
+    app = web.Application(middlewares=[_errors_and_auth], client_max_size=MAX_BODY)
+    app[CTX] = ctx
+    kinds = "|".join(KINDS)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/api/v1/openapi.json", get_openapi)
+    app.router.add_get("/api/v1/proxies", list_proxies)
+    app.router.add_post("/api/v1/tokens", create_token)
+    app.router.add_get("/api/v1/audit", list_audit)
+    app.router.add_get("/api/v1/snapshot", get_snapshot)
+    app.router.add_get(f"/api/v1/{{plural:{kinds}}}", list_resources)
+    app.router.add_post(f"/api/v1/{{plural:{kinds}}}", create_resource)
+    app.router.add_get(f"/api/v1/{{plural:{kinds}}}/{{name}}", get_resource)
+    app.router.add_put(f"/api/v1/{{plural:{kinds}}}/{{name}}", update_resource)
+    app.router.add_delete(f"/api/v1/{{plural:{kinds}}}/{{name}}", delete_resource)
+    return app

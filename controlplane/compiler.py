@@ -1,0 +1,277 @@
+"""Compiler: every stored resource → one `proxy.schema.RoutingSnapshot`. Pure: no I/O.
+
+Invariants:
+- deterministic: the same resources give the same snapshot (everything sorted by name);
+- `version` is the store revision the resources were read at;
+- a resource that cannot compile (an unknown service, a routing key taken twice, two forks
+  of one service in one route group, an authority claimed twice …) is left out and reported
+  in `Compiled.problems[(plural, name)]`; it never breaks the snapshot for the others, so
+  the result always validates;
+- forks of Terminating sandboxes are withdrawn; Pending and Ready ones are compiled;
+- splits of one service apply in split-name order (the proxy takes the first that matches).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from pydantic import ValidationError
+
+from controlplane import wire
+from proxy import schema
+
+__all__ = [
+    "Compiled",
+    "Inputs",
+    "compile_snapshot",
+    "error_paths",
+    "service_to_schema",
+    "split_to_schema",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Inputs:
+    revision: int
+    services: Sequence[wire.ServiceResource] = ()
+    sandboxes: Sequence[wire.Sandbox] = ()
+    routegroups: Sequence[wire.RouteGroup] = ()
+    splits: Sequence[wire.Split] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Compiled:
+    snapshot: schema.RoutingSnapshot
+    problems: Mapping[tuple[str, str], str] = field(default_factory=dict)
+    group_members: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    routing_keys: Mapping[tuple[str, str], str] = field(default_factory=dict)
+
+
+def error_paths(exc: ValidationError, prefix: str = "") -> list[tuple[str, str]]:
+    """(field path like `spec.forks[0].endpoints[0]`, message) for each error."""
+    out: list[tuple[str, str]] = []
+    for err in exc.errors():
+        path = prefix
+        for part in err["loc"]:
+            if isinstance(part, int):
+                path += f"[{part}]"
+            else:
+                path += f".{part}" if path else str(part)
+        out.append((path or "(body)", str(err["msg"]).removeprefix("Value error, ")))
+    return out
+
+
+def _reason(exc: ValidationError) -> str:
+    return "; ".join(f"{p}: {m}" if p != "(body)" else m for p, m in error_paths(exc))
+
+
+def _timeouts(spec: wire.TimeoutsSpec | None) -> schema.Timeouts:
+    if spec is None:
+        return schema.Timeouts()
+    return schema.Timeouts(connect=spec.connect, request=spec.request, idle=spec.idle)
+
+
+def service_to_schema(name: str, spec: wire.ServiceSpec) -> schema.Service:
+    """Raises ValidationError when the spec alone is not a valid service."""
+    return schema.Service(
+        name=name,
+        authorities=tuple(spec.authorities),
+        endpoints=tuple(spec.endpoints),
+        lb=spec.lb,
+        timeouts=_timeouts(spec.timeouts),
+    )
+
+
+def _match(spec: wire.MatchSpec | None) -> schema.Match:
+    if spec is None:
+        return schema.Match()
+    return schema.Match(
+        headers=tuple(
+            schema.HeaderMatch(name=h.name, exact=h.exact, prefix=h.prefix, present=h.present)
+            for h in spec.headers
+        ),
+        path_prefix=spec.path_prefix,
+        methods=tuple(spec.methods),
+    )
+
+
+def split_to_schema(
+    name: str, spec: wire.SplitSpec
+) -> tuple[schema.Split | None, tuple[schema.Mirror, ...]]:
+    """Raises ValidationError when the spec alone is invalid (bad weights, header names …)."""
+    split = None
+    if spec.destinations:
+        split = schema.Split(
+            name=name,
+            service=spec.service,
+            match=_match(spec.match),
+            destinations=tuple(
+                schema.SplitDestination(name=d.name, weight=d.weight, endpoints=tuple(d.endpoints))
+                for d in spec.destinations
+            ),
+            sticky=(
+                None
+                if spec.sticky is None
+                else schema.Sticky(header=spec.sticky.header, cookie=spec.sticky.cookie)
+            ),
+        )
+    mirrors = tuple(
+        schema.Mirror(
+            name=f"{name}.{m.name}",
+            service=spec.service,
+            match=_match(m.match if m.match is not None else spec.match),
+            percent=m.percent,
+            endpoints=tuple(m.endpoints),
+        )
+        for m in spec.mirrors
+    )
+    names = [m.name for m in spec.mirrors]
+    if len(set(names)) != len(names):
+        raise ValueError("mirrors: names must be unique within a split")
+    return split, mirrors
+
+
+def _sandbox_key(sb: wire.Sandbox) -> str | None:
+    if sb.spec.routing_key:
+        return sb.spec.routing_key
+    return sb.status.routing_key if sb.status else None
+
+
+def compile_snapshot(inputs: Inputs, carriers: tuple[schema.Carrier, ...] | None = None) -> Compiled:
+    problems: dict[tuple[str, str], str] = {}
+    keys: dict[tuple[str, str], str] = {}
+
+    # services: first (by name) to claim an authority keeps it
+    services: dict[str, schema.Service] = {}
+    owner: dict[str, str] = {}
+    for res in sorted(inputs.services, key=lambda r: r.metadata.name):
+        name = res.metadata.name
+        try:
+            svc = service_to_schema(name, res.spec)
+        except ValidationError as exc:
+            problems[("services", name)] = _reason(exc)
+            continue
+        clash = [a for a in (svc.name, *svc.authorities) if owner.get(a, name) != name]
+        if clash:
+            problems[("services", name)] = (
+                f"authority {clash[0]!r} already names service {owner[clash[0]]!r}"
+            )
+            continue
+        for a in (svc.name, *svc.authorities):
+            owner[a] = name
+        services[name] = svc
+
+    # sandboxes
+    forks: list[schema.Fork] = []
+    taken: dict[str, str] = {}  # routing key -> "sandboxes/x" or "routegroups/y"
+    sandbox_forks: dict[str, list[schema.Fork]] = {}
+    sandboxes = sorted(inputs.sandboxes, key=lambda r: r.metadata.name)
+    for sb in sandboxes:
+        name = sb.metadata.name
+        if sb.status is not None and sb.status.phase == "Terminating":
+            continue
+        key = _sandbox_key(sb)
+        if key is None:
+            problems[("sandboxes", name)] = "no routing key assigned yet"
+            continue
+        keys[("sandboxes", name)] = key
+        missing = sorted({f.service for f in sb.spec.forks} - services.keys())
+        if missing:
+            problems[("sandboxes", name)] = f"unknown service {missing[0]!r}"
+            continue
+        if key in taken:
+            problems[("sandboxes", name)] = f"routing key already used by {taken[key]}"
+            continue
+        try:
+            mine = [
+                schema.Fork(
+                    routing_key=key,
+                    service=f.service,
+                    endpoints=tuple(f.endpoints),
+                    fallback=f.fallback or sb.spec.fallback,
+                    sandbox=name,
+                    lb=services[f.service].lb,
+                    timeouts=services[f.service].timeouts,
+                )
+                for f in sorted(sb.spec.forks, key=lambda f: f.service)
+            ]
+        except ValidationError as exc:
+            problems[("sandboxes", name)] = _reason(exc)
+            continue
+        taken[key] = f"sandboxes/{name}"
+        sandbox_forks[name] = mine
+        forks.extend(mine)
+
+    # route groups: the group's key joins the forks of every matching compiled sandbox
+    members: dict[str, tuple[str, ...]] = {}
+    for rg in sorted(inputs.routegroups, key=lambda r: r.metadata.name):
+        name = rg.metadata.name
+        key = rg.spec.routing_key or (rg.status.routing_key if rg.status else None)
+        if key is None:
+            problems[("routegroups", name)] = "no routing key assigned yet"
+            continue
+        keys[("routegroups", name)] = key
+        if key in taken:
+            problems[("routegroups", name)] = f"routing key already used by {taken[key]}"
+            continue
+        matched = tuple(
+            sb.metadata.name
+            for sb in sandboxes
+            if sb.metadata.name in sandbox_forks
+            and all(sb.metadata.labels.get(k) == v for k, v in rg.spec.selector.items())
+        )
+        members[name] = matched
+        by_service: dict[str, str] = {}
+        group_forks: list[schema.Fork] = []
+        problem = None
+        for sb_name in matched:
+            for fork in sandbox_forks[sb_name]:
+                if fork.service in by_service:
+                    problem = (
+                        f"service {fork.service!r} is forked by both sandboxes "
+                        f"{by_service[fork.service]!r} and {sb_name!r}"
+                    )
+                    break
+                by_service[fork.service] = sb_name
+                group_forks.append(
+                    fork.model_copy(
+                        update={"routing_key": key, "sandbox": name, "fallback": rg.spec.fallback}
+                    )
+                )
+            if problem:
+                break
+        if problem:
+            problems[("routegroups", name)] = problem
+            continue
+        taken[key] = f"routegroups/{name}"
+        forks.extend(sorted(group_forks, key=lambda f: f.service))
+
+    # splits and mirrors
+    splits: list[schema.Split] = []
+    mirrors: list[schema.Mirror] = []
+    for sp in sorted(inputs.splits, key=lambda r: r.metadata.name):
+        name = sp.metadata.name
+        if sp.spec.service not in services:
+            problems[("splits", name)] = f"unknown service {sp.spec.service!r}"
+            continue
+        try:
+            split, its_mirrors = split_to_schema(name, sp.spec)
+        except (ValidationError, ValueError) as exc:
+            problems[("splits", name)] = (
+                _reason(exc) if isinstance(exc, ValidationError) else str(exc)
+            )
+            continue
+        if split is not None:
+            splits.append(split)
+        mirrors.extend(its_mirrors)
+
+    snapshot = schema.RoutingSnapshot(
+        version=str(inputs.revision),
+        carriers=carriers if carriers is not None else schema.DEFAULT_CARRIERS,
+        services=tuple(services[n] for n in sorted(services)),
+        forks=tuple(forks),
+        splits=tuple(splits),
+        mirrors=tuple(mirrors),
+    )
+    return Compiled(snapshot=snapshot, problems=problems, group_members=members, routing_keys=keys)

@@ -1,0 +1,141 @@
+"""The OpenAPI 3.1 document of `/api/v1`, generated from the wire models at import time.
+
+The schemas come from the same pydantic models the handlers validate with, so the document
+cannot drift from the behaviour. Built once; the handler serves the same dict every time.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
+
+from controlplane import wire
+from controlplane.resources import KINDS
+
+__all__ = ["OPENAPI"]
+
+_REF = "#/components/schemas/{model}"
+
+
+def _ref(model: type[BaseModel]) -> dict[str, str]:
+    return {"$ref": _REF.format(model=model.__name__)}
+
+
+def _json(model: type[BaseModel], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": _ref(model)}}}
+
+
+def _errors(*statuses: int) -> dict[str, Any]:
+    return {str(s): _json(wire.ErrorBody, "error") for s in statuses}
+
+
+def _build() -> dict[str, Any]:
+    models: list[type[BaseModel]] = [
+        *(k.model for k in KINDS.values()),
+        wire.ErrorBody,
+        wire.ProxyList,
+        wire.TokenRequest,
+        wire.TokenResponse,
+        wire.AuditList,
+        wire.ListMeta,
+    ]
+    _, defs = models_json_schema(
+        [(m, "validation") for m in models], ref_template=_REF, by_alias=True
+    )
+    schemas: dict[str, Any] = dict(defs.get("$defs", {}))
+    paths: dict[str, Any] = {}
+    name_param = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+    if_match = {"name": "If-Match", "in": "header", "required": False,
+                "schema": {"type": "string"}, "description": "expected resourceVersion"}
+    for plural, kind in KINDS.items():
+        list_schema = {
+            "type": "object",
+            "properties": {
+                "apiVersion": {"type": "string"},
+                "kind": {"const": f"{kind.kind}List"},
+                "items": {"type": "array", "items": _ref(kind.model)},
+                "metadata": {"$ref": _REF.format(model="ListMeta")},
+            },
+        }
+        schemas[f"{kind.kind}List"] = list_schema
+        tag = [kind.kind]
+        paths[f"/api/v1/{plural}"] = {
+            "get": {
+                "tags": tag,
+                "summary": f"List {plural}",
+                "parameters": [
+                    {"name": "labelSelector", "in": "query", "schema": {"type": "string"},
+                     "description": "a=b,c=d"},
+                    {"name": "limit", "in": "query",
+                     "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
+                    {"name": "continue", "in": "query", "schema": {"type": "string"}},
+                ],
+                "responses": {
+                    "200": {"description": "the list", "content": {"application/json": {
+                        "schema": {"$ref": _REF.format(model=f"{kind.kind}List")}}}},
+                    **_errors(400, 401, 403),
+                },
+            },
+            "post": {
+                "tags": tag,
+                "summary": f"Create a {kind.kind}",
+                "requestBody": {"required": True, **_json(kind.model, kind.kind)},
+                "responses": {
+                    "201": _json(kind.model, "created"),
+                    **_errors(400, 401, 403, 409, 415, 422),
+                },
+            },
+        }
+        paths[f"/api/v1/{plural}/{{name}}"] = {
+            "parameters": [name_param],
+            "get": {"tags": tag, "summary": f"Read a {kind.kind}",
+                    "responses": {"200": _json(kind.model, "the resource"),
+                                  **_errors(401, 403, 404)}},
+            "put": {
+                "tags": tag,
+                "summary": f"Replace a {kind.kind} (optimistic: resourceVersion or If-Match)",
+                "parameters": [if_match],
+                "requestBody": {"required": True, **_json(kind.model, kind.kind)},
+                "responses": {"200": _json(kind.model, "updated"),
+                              **_errors(400, 401, 403, 404, 409, 415, 422)},
+            },
+            "delete": {"tags": tag, "summary": f"Delete a {kind.kind}", "parameters": [if_match],
+                       "responses": {"200": _json(kind.model, "deleted"),
+                                     **_errors(401, 403, 404, 409)}},
+        }
+    paths["/api/v1/proxies"] = {"get": {"summary": "Connected proxies and their versions",
+                                        "responses": {"200": _json(wire.ProxyList, "proxies"),
+                                                      **_errors(401, 403)}}}
+    paths["/api/v1/tokens"] = {"post": {
+        "summary": "Create a bearer token (admin); the raw token is returned once",
+        "requestBody": {"required": True, **_json(wire.TokenRequest, "subject and role")},
+        "responses": {"201": _json(wire.TokenResponse, "the token"),
+                      **_errors(400, 401, 403, 415, 422)}}}
+    paths["/api/v1/audit"] = {"get": {
+        "summary": "The audit log (admin)",
+        "parameters": [{"name": "after", "in": "query", "schema": {"type": "integer"}},
+                       {"name": "limit", "in": "query", "schema": {"type": "integer"}}],
+        "responses": {"200": _json(wire.AuditList, "entries"), **_errors(400, 401, 403)}}}
+    paths["/api/v1/snapshot"] = {"get": {
+        "summary": "The routing snapshot currently published to proxies",
+        "responses": {"200": {"description": "proxy.schema.RoutingSnapshot"},
+                      **_errors(401, 403, 503)}}}
+    for probe in ("/healthz", "/readyz"):
+        paths[probe] = {"get": {"summary": "probe", "security": [],
+                                "responses": {"200": {"description": "ok"},
+                                              "503": {"description": "not ready"}}}}
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "forklane control plane", "version": wire.API_VERSION},
+        "paths": paths,
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+        "security": [{"bearer": []}],
+    }
+
+
+OPENAPI: dict[str, Any] = _build()

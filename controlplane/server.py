@@ -1,0 +1,158 @@
+"""One control-plane replica: store, reconciler, REST API and push server, started together.
+
+Start order: open the store (migrations run), make sure an admin can log in, run the first
+reconcile pass (so a snapshot exists before any proxy subscribes), then bind the API and
+the push server. `aclose()` undoes it in reverse. Nothing here reads the environment: it
+takes a frozen `Settings`.
+"""
+
+from __future__ import annotations
+
+import sys
+from datetime import datetime
+from typing import Any, TextIO
+
+from aiohttp import web
+
+from controlplane import wire
+from controlplane.api import ApiContext, build_app
+from controlplane.auth import Authenticator, new_token
+from controlplane.publisher import SnapshotPublisher
+from controlplane.reconciler import Clock, Probe, Reconciler, tcp_probe, utcnow
+from controlplane.settings import Settings, parse_hostport
+from controlplane.store import make_store
+from controlplane.store.base import Store
+
+__all__ = ["ControlPlane", "NoProxies"]
+
+
+class NoProxies:
+    """A registry with no proxy connected: every version counts as ACKed.
+
+    Used when the push server is not run (API-only tests and tools).
+    """
+
+    def list(self) -> list[wire.ProxyInfo]:
+        return []
+
+    def all_acked(self, version: int) -> bool:
+        return True
+
+
+class ControlPlane:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        store: Store | None = None,
+        with_push: bool = True,
+        clock: Clock = utcnow,
+        probe: Probe = tcp_probe,
+        stderr: TextIO | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store or make_store(settings.store, data_dir=settings.data_dir)
+        self.publisher = SnapshotPublisher()
+        self._with_push = with_push
+        self._clock = clock
+        self._stderr = stderr or sys.stderr
+        self.registry: Any = NoProxies()
+        self.push: Any = None
+        if with_push:
+            from controlplane.push.registry import ProxyRegistry
+            from controlplane.push.server import PushServer
+
+            self.registry = ProxyRegistry(replica=settings.replica)
+            self.push = PushServer(self.publisher, self.registry, authorize=self._authorize_push)
+        self.reconciler = Reconciler(
+            self.store, self.publisher, self.registry, clock=clock, probe=probe,
+            probe_timeout=settings.probe_timeout, interval=settings.reconcile_interval,
+        )
+        self.authenticator: Authenticator | None = None
+        self._runner: web.AppRunner | None = None
+        self.api_address: tuple[str, int] | None = None
+        self.grpc_address: tuple[str, int] | None = None
+        self._opened = False
+        self._reconciling = False
+
+    async def _authorize_push(self, token: str | None) -> bool:
+        if self.authenticator is None:
+            return True
+        if token is None:
+            return False
+        principal = await self.authenticator.authenticate(token)
+        return principal is not None and principal.role in ("proxy", "admin")
+
+    async def _bootstrap_admin(self, now: datetime) -> None:
+        """First start without FORKLANE_ADMIN_TOKEN: make one admin token, print it once."""
+        if self.settings.admin_token is not None or await self.store.count_tokens("admin"):
+            return
+        raw, record = new_token("admin", "admin", created_by="bootstrap", now=now)
+        await self.store.add_token(record)
+        print(
+            f"forklane: bootstrap admin token (shown once, stored hashed): {raw}",
+            file=self._stderr, flush=True,
+        )
+
+    async def start(self) -> None:
+        """Open, reconcile once, bind. On failure everything started is closed again."""
+        try:
+            await self.store.open()
+            self._opened = True
+            if self.settings.auth:
+                await self._bootstrap_admin(self._clock())
+                self.authenticator = Authenticator(
+                    self.store, bootstrap_token=self.settings.admin_token
+                )
+            await self.reconciler.run_once()
+            await self.reconciler.start()
+            self._reconciling = True
+            app = build_app(
+                ApiContext(
+                    store=self.store, publisher=self.publisher, proxies=self.registry,
+                    authenticator=self.authenticator, reconciler=self.reconciler,
+                    clock=self._clock,
+                )
+            )
+            self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+            await self._runner.setup()
+            host, port = parse_hostport(self.settings.listen)
+            site = web.TCPSite(self._runner, host, port)
+            await site.start()
+            bound = self._runner.addresses[0]
+            self.api_address = (host, int(bound[1]))
+            if self.push is not None:
+                ghost, _ = parse_hostport(self.settings.grpc)
+                gport = await self.push.start(self.settings.grpc)
+                self.grpc_address = (ghost, int(gport))
+        except BaseException:
+            await self.aclose()
+            raise
+
+    def banner(self) -> str:
+        """The one line tests and the demo parse once both servers are bound."""
+        assert self.api_address is not None
+        host, port = self.api_address
+        grpc = "off" if self.grpc_address is None else _join(*self.grpc_address)
+        return (
+            f"forklane controlplane listening on http://{_join(host, port)} "
+            f"(grpc {grpc}, store {self.settings.store_label()})"
+        )
+
+    async def aclose(self) -> None:
+        if self.push is not None and self.grpc_address is not None:
+            await self.push.aclose()
+            self.grpc_address = None
+        if self._runner is not None:
+            runner, self._runner = self._runner, None
+            await runner.cleanup()
+        if self._reconciling:
+            self._reconciling = False
+            await self.reconciler.aclose()
+        if self._opened:
+            self._opened = False
+            await self.store.aclose()
+
+
+def _join(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -1,0 +1,91 @@
+"""Control-plane settings: parsed once (environment, then command-line overrides), frozen.
+
+Every option reads `FORKLANE_<NAME>` from the environment; `python -m controlplane serve`
+overrides a few from flags. Nothing else in the control plane reads the environment.
+
+`auth = False` (`FORKLANE_AUTH=false` or `--no-auth`) turns bearer-token checks off and makes
+every caller an admin named `anonymous`. It exists for the local demo on a laptop only: never
+run a shared control plane without auth.
+"""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["Settings", "parse_hostport"]
+
+
+def parse_hostport(text: str) -> tuple[str, int]:
+    """`host:port` or `[v6]:port` → (host, port); port 0 means "any free port"."""
+    text = text.strip()
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep or not rest.startswith(":"):
+            raise ValueError(f"{text!r}: expected [ipv6]:port")
+        port_text = rest[1:]
+    else:
+        host, sep, port_text = text.rpartition(":")
+        if not sep:
+            raise ValueError(f"{text!r}: expected host:port")
+    if not host:
+        raise ValueError(f"{text!r}: missing host")
+    if not port_text.isdigit() or not 0 <= int(port_text) < 65536:
+        raise ValueError(f"{text!r}: port must be 0..65535")
+    return host, int(port_text)
+
+
+class Settings(BaseSettings):
+    """Everything the control plane is told at start."""
+
+    model_config = SettingsConfigDict(env_prefix="FORKLANE_", frozen=True, extra="ignore")
+
+    listen: str = Field("127.0.0.1:8080", description="REST API address, host:port")
+    grpc: str = Field("127.0.0.1:18000", description="snapshot push (gRPC) address, host:port")
+    data_dir: Path = Field(Path("./.forklane"), description="where the SQLite store lives")
+    store: str = Field(
+        "sqlite", description="'sqlite' (a file in data_dir), 'sqlite:PATH' or 'postgresql://…'"
+    )
+    admin_token: str | None = Field(
+        None, description="bootstrap admin token; generated and printed once when unset"
+    )
+    auth: bool = Field(True, description="false disables bearer tokens: local demo only")
+    reconcile_interval: float = Field(5.0, gt=0, le=3600, description="seconds between passes")
+    probe_timeout: float = Field(1.0, gt=0, le=60, description="fork TCP connect timeout, s")
+    replica: str = Field(default_factory=socket.gethostname, description="this replica's name")
+
+    @field_validator("listen", "grpc")
+    @classmethod
+    def _hostport(cls, v: str) -> str:
+        parse_hostport(v)
+        return v
+
+    @field_validator("store")
+    @classmethod
+    def _store(cls, v: str) -> str:
+        if v == "sqlite" or v.startswith(("sqlite:", "postgresql://", "postgres://")):
+            return v
+        raise ValueError("expected 'sqlite', 'sqlite:PATH' or 'postgresql://…'")
+
+    @field_validator("admin_token")
+    @classmethod
+    def _token(cls, v: str | None) -> str | None:
+        if v is not None and len(v) < 16:
+            raise ValueError("at least 16 characters")
+        return v
+
+    def sqlite_path(self) -> Path:
+        """The SQLite file this configuration names (only meaningful for SQLite stores)."""
+        if self.store.startswith("sqlite:"):
+            return Path(self.store.removeprefix("sqlite:"))
+        return self.data_dir / "forklane.db"
+
+    def store_label(self) -> str:
+        """How the store is named in the start-up line (no credentials)."""
+        if self.store.startswith(("postgresql://", "postgres://")):
+            scheme, _, rest = self.store.partition("://")
+            return f"{scheme}://{rest.rpartition('@')[2]}"
+        return f"sqlite:{self.sqlite_path()}"

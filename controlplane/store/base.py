@@ -1,0 +1,221 @@
+"""The store interface: resources, a store-wide revision, change notification, tokens, audit.
+
+Invariants every backend keeps (checked by one contract suite over all of them):
+- the store has one revision counter that only grows; every resource write (create, spec
+  update, status update, delete) bumps it by one inside the write's transaction, and the
+  written record's `resource_version` is that revision;
+- `generation` starts at 1 and grows by one when the spec or labels change, never on a
+  status write;
+- a write naming an `expected_version` that is not the record's current one fails with
+  `Conflict`, and nothing is written;
+- after a write commits, every listener of every store instance sharing the data (one
+  process for SQLite; every replica for PostgreSQL) is called with the new revision, or a
+  later one; listeners see strictly increasing revisions and re-read what they need;
+- tokens are kept only as a SHA-256 digest of their secret.
+
+JSON documents (`labels`, `spec`, `status`) are stored and returned as plain dicts; the
+store never interprets them.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+__all__ = [
+    "AlreadyExists",
+    "AuditEntry",
+    "ChangeListener",
+    "Conflict",
+    "NotFound",
+    "Page",
+    "Record",
+    "Store",
+    "StoreError",
+    "TokenRecord",
+    "Unavailable",
+    "labels_match",
+]
+
+JSON = dict[str, Any]
+ChangeListener = Callable[[int], None]
+
+
+class StoreError(Exception):
+    """Base of the few errors a store raises; backend exceptions never escape a store."""
+
+
+class NotFound(StoreError):
+    pass
+
+
+class AlreadyExists(StoreError):
+    pass
+
+
+class Conflict(StoreError):
+    """The record changed since the version the caller read."""
+
+
+class Unavailable(StoreError):
+    """The database cannot be reached or failed; worth a retry later."""
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    kind: str
+    name: str
+    uid: str
+    generation: int
+    resource_version: int
+    labels: Mapping[str, str]
+    created_by: str
+    created_at: datetime
+    updated_at: datetime
+    spec: JSON
+    status: JSON | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    items: tuple[Record, ...]
+    continue_after: str | None  # pass back as `after` for the next page; None when done
+    revision: int
+
+
+@dataclass(frozen=True, slots=True)
+class TokenRecord:
+    token_id: str
+    subject: str
+    role: str
+    secret_sha256: str
+    created_at: datetime
+    created_by: str
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    at: datetime
+    subject: str
+    verb: str
+    kind: str
+    name: str
+    generation_before: int | None
+    generation_after: int | None
+    revision: int | None = None
+    seq: int = field(default=0)  # assigned by the store; increasing
+
+
+def labels_match(labels: Mapping[str, str], selector: Mapping[str, str]) -> bool:
+    """Equality-based selector: every selector pair is present in `labels`."""
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
+class Store(abc.ABC):
+    """One small interface; SQLite and PostgreSQL implement it without knowing each other."""
+
+    def __init__(self) -> None:
+        self._listeners: list[ChangeListener] = []
+        self._heard = 0
+
+    # -- life cycle -------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def open(self) -> None:
+        """Connect and run pending migrations."""
+
+    @abc.abstractmethod
+    async def aclose(self) -> None: ...
+
+    # -- change notification ----------------------------------------------------------------
+    def add_listener(self, listener: ChangeListener) -> None:
+        self._listeners.append(listener)
+
+    def remove_listener(self, listener: ChangeListener) -> None:
+        self._listeners.remove(listener)
+
+    def _notify(self, revision: int) -> None:
+        """Tell listeners of a revision newer than any told before (one call may stand for
+        several writes; an older or repeated revision is dropped)."""
+        if revision <= self._heard:
+            return
+        self._heard = revision
+        for listener in tuple(self._listeners):
+            listener(revision)
+
+    # -- resources --------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def revision(self) -> int: ...
+
+    @abc.abstractmethod
+    async def create(
+        self,
+        kind: str,
+        name: str,
+        *,
+        labels: Mapping[str, str],
+        spec: JSON,
+        status: JSON | None,
+        created_by: str,
+        now: datetime,
+    ) -> Record: ...
+
+    @abc.abstractmethod
+    async def get(self, kind: str, name: str) -> Record: ...
+
+    @abc.abstractmethod
+    async def list(
+        self,
+        kind: str,
+        *,
+        selector: Mapping[str, str] | None = None,
+        limit: int | None = None,
+        after: str | None = None,
+    ) -> Page:
+        """Records in name order, after the name `after`, at most `limit` of them."""
+
+    @abc.abstractmethod
+    async def list_all(self) -> tuple[int, tuple[Record, ...]]:
+        """Every record of every kind and the revision they were read at (one consistent read)."""
+
+    @abc.abstractmethod
+    async def update(
+        self,
+        kind: str,
+        name: str,
+        *,
+        labels: Mapping[str, str],
+        spec: JSON,
+        expected_version: int | None,
+        now: datetime,
+    ) -> tuple[Record, Record]:
+        """Replace labels and spec; returns (before, after)."""
+
+    @abc.abstractmethod
+    async def update_status(
+        self, kind: str, name: str, *, status: JSON, expected_version: int | None
+    ) -> Record: ...
+
+    @abc.abstractmethod
+    async def delete(self, kind: str, name: str, *, expected_version: int | None = None) -> Record:
+        """Remove the record; returns it as it was. Bumps the revision."""
+
+    # -- tokens -----------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def add_token(self, token: TokenRecord) -> None: ...
+
+    @abc.abstractmethod
+    async def get_token(self, token_id: str) -> TokenRecord | None: ...
+
+    @abc.abstractmethod
+    async def count_tokens(self, role: str) -> int: ...
+
+    # -- audit ------------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def append_audit(self, entry: AuditEntry) -> None: ...
+
+    @abc.abstractmethod
+    async def list_audit(self, *, after: int = 0, limit: int = 100) -> tuple[AuditEntry, ...]:
+        """Entries with `seq > after`, oldest first."""

@@ -1,0 +1,381 @@
+"""SQLite store (aiosqlite, WAL): the zero-setup default, one file in the data directory.
+
+One connection, one asyncio lock: every statement sequence runs alone, so a transaction
+never interleaves with another coroutine's reads. Change notification is in-process only:
+several processes on one file do not learn of each other's writes (use PostgreSQL for
+replicas).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+from collections.abc import AsyncIterator, Mapping
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from controlplane.store._common import dumps, loads, new_uid, next_generation, to_utc
+from controlplane.store.base import (
+    JSON,
+    AlreadyExists,
+    AuditEntry,
+    Conflict,
+    NotFound,
+    Page,
+    Record,
+    Store,
+    StoreError,
+    TokenRecord,
+    Unavailable,
+    labels_match,
+)
+
+__all__ = ["SqliteStore"]
+
+MIGRATIONS: tuple[tuple[int, str], ...] = (
+    (
+        1,
+        """
+        CREATE TABLE meta (id INTEGER PRIMARY KEY CHECK (id = 1), revision INTEGER NOT NULL);
+        INSERT INTO meta (id, revision) VALUES (1, 0);
+        CREATE TABLE resources (
+            kind TEXT NOT NULL, name TEXT NOT NULL, uid TEXT NOT NULL,
+            generation INTEGER NOT NULL, resource_version INTEGER NOT NULL,
+            labels TEXT NOT NULL, created_by TEXT NOT NULL,
+            created_at TEXT NOT NULL, updated_at TEXT NOT NULL,
+            spec TEXT NOT NULL, status TEXT,
+            PRIMARY KEY (kind, name)
+        );
+        CREATE TABLE tokens (
+            token_id TEXT PRIMARY KEY, subject TEXT NOT NULL, role TEXT NOT NULL,
+            secret_sha256 TEXT NOT NULL, created_at TEXT NOT NULL, created_by TEXT NOT NULL
+        );
+        CREATE TABLE audit (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT, at TEXT NOT NULL, subject TEXT NOT NULL,
+            verb TEXT NOT NULL, kind TEXT NOT NULL, name TEXT NOT NULL,
+            generation_before INTEGER, generation_after INTEGER, revision INTEGER
+        );
+        """,
+    ),
+)
+
+_COLUMNS = (
+    "kind, name, uid, generation, resource_version, labels, created_by, created_at, "
+    "updated_at, spec, status"
+)
+
+
+def _record(row: Any) -> Record:
+    return Record(
+        kind=row[0],
+        name=row[1],
+        uid=row[2],
+        generation=row[3],
+        resource_version=row[4],
+        labels=loads(row[5]),
+        created_by=row[6],
+        created_at=datetime.fromisoformat(row[7]),
+        updated_at=datetime.fromisoformat(row[8]),
+        spec=loads(row[9]),
+        status=loads(row[10]),
+    )
+
+
+class SqliteStore(Store):
+    def __init__(self, path: Path | str) -> None:
+        super().__init__()
+        self._path = str(path)
+        self._db: aiosqlite.Connection | None = None
+        self._lock = asyncio.Lock()
+
+    @contextlib.asynccontextmanager
+    async def _guard(self) -> AsyncIterator[None]:
+        """Run alone, and turn sqlite errors into `Unavailable` (ours pass through)."""
+        async with self._lock:
+            try:
+                yield
+            except StoreError:
+                raise
+            except sqlite3.Error as exc:
+                raise Unavailable(f"sqlite: {exc}") from exc
+
+    @property
+    def _conn(self) -> aiosqlite.Connection:
+        if self._db is None:
+            raise RuntimeError("store is not open")
+        return self._db
+
+    async def open(self) -> None:
+        if self._path != ":memory:":
+            Path(self._path).parent.mkdir(parents=True, exist_ok=True)
+        self._db = await aiosqlite.connect(self._path, isolation_level=None)
+        await self._db.execute("PRAGMA journal_mode=WAL")
+        await self._db.execute("PRAGMA synchronous=NORMAL")
+        await self._db.execute("PRAGMA busy_timeout=5000")
+        async with self._guard():
+            await self._migrate()
+
+    async def _migrate(self) -> None:
+        db = self._conn
+        await db.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY)")
+        async with db.execute("SELECT COALESCE(MAX(version), 0) FROM schema_migrations") as cur:
+            row = await cur.fetchone()
+        current = int(row[0]) if row else 0
+        for version, sql in MIGRATIONS:
+            if version <= current:
+                continue
+            await db.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in filter(str.strip, sql.split(";")):
+                    await db.execute(statement)
+                await db.execute("INSERT INTO schema_migrations (version) VALUES (?)", (version,))
+                await db.execute("COMMIT")
+            except BaseException:
+                await db.execute("ROLLBACK")
+                raise
+
+    async def aclose(self) -> None:
+        if self._db is not None:
+            db, self._db = self._db, None
+            await db.close()
+
+    # -- helpers ----------------------------------------------------------------------------
+    async def _fetch(self, kind: str, name: str) -> Record | None:
+        sql = f"SELECT {_COLUMNS} FROM resources WHERE kind = ? AND name = ?"
+        async with self._conn.execute(sql, (kind, name)) as cur:
+            row = await cur.fetchone()
+        return None if row is None else _record(row)
+
+    async def _bump(self) -> int:
+        await self._conn.execute("UPDATE meta SET revision = revision + 1 WHERE id = 1")
+        return await self._revision()
+
+    async def _revision(self) -> int:
+        async with self._conn.execute("SELECT revision FROM meta WHERE id = 1") as cur:
+            row = await cur.fetchone()
+        assert row is not None
+        return int(row[0])
+
+    async def _write(self, body: Any) -> Any:
+        """Run `body()` in an IMMEDIATE transaction; notify listeners after commit."""
+        async with self._guard():
+            db = self._conn
+            await db.execute("BEGIN IMMEDIATE")
+            try:
+                result, revision = await body()
+                await db.execute("COMMIT")
+            except BaseException:
+                await db.execute("ROLLBACK")
+                raise
+        if revision is not None:
+            self._notify(revision)
+        return result
+
+    # -- resources --------------------------------------------------------------------------
+    async def revision(self) -> int:
+        async with self._guard():
+            return await self._revision()
+
+    async def create(
+        self,
+        kind: str,
+        name: str,
+        *,
+        labels: Mapping[str, str],
+        spec: JSON,
+        status: JSON | None,
+        created_by: str,
+        now: datetime,
+    ) -> Record:
+        async def body() -> tuple[Record, int]:
+            if await self._fetch(kind, name) is not None:
+                raise AlreadyExists(f"{kind}/{name} already exists")
+            revision = await self._bump()
+            at = to_utc(now)
+            record = Record(
+                kind=kind, name=name, uid=new_uid(), generation=1, resource_version=revision,
+                labels=dict(labels), created_by=created_by, created_at=at, updated_at=at,
+                spec=spec, status=status,
+            )
+            await self._conn.execute(
+                f"INSERT INTO resources ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                (kind, name, record.uid, 1, revision, dumps(record.labels), created_by,
+                 at.isoformat(), at.isoformat(), dumps(spec),
+                 None if status is None else dumps(status)),
+            )
+            return record, revision
+
+        result: Record = await self._write(body)
+        return result
+
+    async def get(self, kind: str, name: str) -> Record:
+        async with self._guard():
+            record = await self._fetch(kind, name)
+        if record is None:
+            raise NotFound(f"{kind}/{name} not found")
+        return record
+
+    async def list(
+        self,
+        kind: str,
+        *,
+        selector: Mapping[str, str] | None = None,
+        limit: int | None = None,
+        after: str | None = None,
+    ) -> Page:
+        sql = f"SELECT {_COLUMNS} FROM resources WHERE kind = ? AND name > ? ORDER BY name"
+        async with self._guard():
+            revision = await self._revision()
+            async with self._conn.execute(sql, (kind, after or "")) as cur:
+                rows = await cur.fetchall()
+        items = [r for r in map(_record, rows) if not selector or labels_match(r.labels, selector)]
+        if limit is not None and len(items) > limit:
+            return Page(tuple(items[:limit]), items[limit - 1].name, revision)
+        return Page(tuple(items), None, revision)
+
+    async def list_all(self) -> tuple[int, tuple[Record, ...]]:
+        sql = f"SELECT {_COLUMNS} FROM resources ORDER BY kind, name"
+        async with self._guard():
+            revision = await self._revision()
+            async with self._conn.execute(sql) as cur:
+                rows = await cur.fetchall()
+        return revision, tuple(map(_record, rows))
+
+    async def _current(self, kind: str, name: str, expected_version: int | None) -> Record:
+        record = await self._fetch(kind, name)
+        if record is None:
+            raise NotFound(f"{kind}/{name} not found")
+        if expected_version is not None and expected_version != record.resource_version:
+            raise Conflict(
+                f"{kind}/{name} is at resourceVersion {record.resource_version}, "
+                f"not {expected_version}"
+            )
+        return record
+
+    async def update(
+        self,
+        kind: str,
+        name: str,
+        *,
+        labels: Mapping[str, str],
+        spec: JSON,
+        expected_version: int | None,
+        now: datetime,
+    ) -> tuple[Record, Record]:
+        async def body() -> tuple[tuple[Record, Record], int]:
+            before = await self._current(kind, name, expected_version)
+            revision = await self._bump()
+            generation = next_generation(before.generation, before.labels, before.spec, labels, spec)
+            at = to_utc(now)
+            await self._conn.execute(
+                "UPDATE resources SET generation = ?, resource_version = ?, labels = ?, "
+                "spec = ?, updated_at = ? WHERE kind = ? AND name = ?",
+                (generation, revision, dumps(dict(labels)), dumps(spec), at.isoformat(), kind, name),
+            )
+            after = Record(
+                kind=kind, name=name, uid=before.uid, generation=generation,
+                resource_version=revision, labels=dict(labels), created_by=before.created_by,
+                created_at=before.created_at, updated_at=at, spec=spec, status=before.status,
+            )
+            return (before, after), revision
+
+        result: tuple[Record, Record] = await self._write(body)
+        return result
+
+    async def update_status(
+        self, kind: str, name: str, *, status: JSON, expected_version: int | None
+    ) -> Record:
+        async def body() -> tuple[Record, int]:
+            before = await self._current(kind, name, expected_version)
+            revision = await self._bump()
+            await self._conn.execute(
+                "UPDATE resources SET resource_version = ?, status = ? WHERE kind = ? AND name = ?",
+                (revision, dumps(status), kind, name),
+            )
+            after = Record(
+                kind=kind, name=name, uid=before.uid, generation=before.generation,
+                resource_version=revision, labels=before.labels, created_by=before.created_by,
+                created_at=before.created_at, updated_at=before.updated_at, spec=before.spec,
+                status=status,
+            )
+            return after, revision
+
+        result: Record = await self._write(body)
+        return result
+
+    async def delete(self, kind: str, name: str, *, expected_version: int | None = None) -> Record:
+        async def body() -> tuple[Record, int]:
+            before = await self._current(kind, name, expected_version)
+            revision = await self._bump()
+            await self._conn.execute(
+                "DELETE FROM resources WHERE kind = ? AND name = ?", (kind, name)
+            )
+            return before, revision
+
+        result: Record = await self._write(body)
+        return result
+
+    # -- tokens -----------------------------------------------------------------------------
+    async def add_token(self, token: TokenRecord) -> None:
+        async def body() -> tuple[None, None]:
+            try:
+                await self._conn.execute(
+                    "INSERT INTO tokens (token_id, subject, role, secret_sha256, created_at, "
+                    "created_by) VALUES (?,?,?,?,?,?)",
+                    (token.token_id, token.subject, token.role, token.secret_sha256,
+                     to_utc(token.created_at).isoformat(), token.created_by),
+                )
+            except sqlite3.IntegrityError as exc:
+                raise AlreadyExists(f"token {token.token_id} already exists") from exc
+            return None, None
+
+        await self._write(body)
+
+    async def get_token(self, token_id: str) -> TokenRecord | None:
+        sql = (
+            "SELECT token_id, subject, role, secret_sha256, created_at, created_by "
+            "FROM tokens WHERE token_id = ?"
+        )
+        async with self._guard(), self._conn.execute(sql, (token_id,)) as cur:
+            row = await cur.fetchone()
+        if row is None:
+            return None
+        return TokenRecord(row[0], row[1], row[2], row[3], datetime.fromisoformat(row[4]), row[5])
+
+    async def count_tokens(self, role: str) -> int:
+        sql = "SELECT COUNT(*) FROM tokens WHERE role = ?"
+        async with self._guard(), self._conn.execute(sql, (role,)) as cur:
+            row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
+    # -- audit ------------------------------------------------------------------------------
+    async def append_audit(self, entry: AuditEntry) -> None:
+        async def body() -> tuple[None, None]:
+            await self._conn.execute(
+                "INSERT INTO audit (at, subject, verb, kind, name, generation_before, "
+                "generation_after, revision) VALUES (?,?,?,?,?,?,?,?)",
+                (to_utc(entry.at).isoformat(), entry.subject, entry.verb, entry.kind, entry.name,
+                 entry.generation_before, entry.generation_after, entry.revision),
+            )
+            return None, None
+
+        await self._write(body)
+
+    async def list_audit(self, *, after: int = 0, limit: int = 100) -> tuple[AuditEntry, ...]:
+        sql = (
+            "SELECT seq, at, subject, verb, kind, name, generation_before, generation_after, "
+            "revision FROM audit WHERE seq > ? ORDER BY seq LIMIT ?"
+        )
+        async with self._guard(), self._conn.execute(sql, (after, limit)) as cur:
+            rows = await cur.fetchall()
+        return tuple(
+            AuditEntry(
+                at=datetime.fromisoformat(r[1]), subject=r[2], verb=r[3], kind=r[4], name=r[5],
+                generation_before=r[6], generation_after=r[7], revision=r[8], seq=r[0],
+            )
+            for r in rows
+        )

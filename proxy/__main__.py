@@ -1,0 +1,170 @@
+"""`python -m proxy run | explain | schema` — the sidecar's own command line.
+
+Kept on argparse so the sidecar process loads no CLI framework; `forklane proxy …` execs this.
+Exit codes: 0 ok, 1 runtime error, 2 usage or invalid configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = ["main"]
+
+
+def _port(text: str) -> int | None:
+    if text in ("off", "none", "-"):
+        return None
+    if not text.isdigit() or int(text) > 65535:
+        raise argparse.ArgumentTypeError(f"{text!r}: a port number 0..65535, or 'off'")
+    return int(text)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="forklane proxy", description="forklane sidecar proxy")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the sidecar")
+    src = run.add_mutually_exclusive_group()
+    src.add_argument("--config", type=Path, help="static routing file (YAML/JSON), hot-reloaded")
+    src.add_argument("--controlplane", metavar="HOST:PORT", help="follow a control plane (gRPC)")
+    run.add_argument("--token", dest="controlplane_token", help="bearer token for the control plane")
+    run.add_argument("--state-dir", type=Path, help="keep the last ACKed snapshot here")
+    run.add_argument("--node-id")
+    run.add_argument("--service", help="the local service this sidecar stands beside")
+    run.add_argument("--local-app", metavar="HOST:PORT", help="the local app (inbound target)")
+    run.add_argument("--bind", help="listen address (default 127.0.0.1)")
+    run.add_argument("--port", "--outbound-port", dest="outbound_port", type=_port)
+    run.add_argument("--inbound-port", type=_port)
+    run.add_argument("--admin-port", type=_port)
+    run.add_argument("--workers", type=int, help="processes sharing the ports (SO_REUSEPORT)")
+    run.add_argument("--access-log", action="store_true", default=None)
+    run.add_argument("--explain-header", help="answer with x-forklane-route when this header is sent")
+    run.add_argument("--header-timeout", type=float)
+    run.add_argument("--idle-timeout", type=float)
+    run.add_argument("--drain-seconds", type=float)
+    run.add_argument("--seed", type=int, help=argparse.SUPPRESS)
+    run.add_argument("--worker-child", action="store_true", help=argparse.SUPPRESS)
+
+    ex = sub.add_parser("explain", help="show where a described request would go")
+    ex.add_argument("--config", type=Path, required=True)
+    ex.add_argument("--listener", choices=["outbound", "inbound"], default="outbound")
+    ex.add_argument("--service", help="local service (inbound)")
+    ex.add_argument("--local-app", default="127.0.0.1:8080", help="local app (inbound)")
+    ex.add_argument("--host", default="", help="Host / :authority of the request")
+    ex.add_argument("--method", default="GET")
+    ex.add_argument("--path", default="/")
+    ex.add_argument("-H", "--header", action="append", default=[], metavar="'NAME: VALUE'")
+    ex.add_argument("-o", "--output", choices=["text", "json"], default="text")
+
+    sub.add_parser("schema", help="print the routing snapshot JSON Schema")
+    return p
+
+
+def _settings_from(args: argparse.Namespace) -> Any:
+    from pydantic import ValidationError
+
+    from proxy.settings import ProxySettings
+
+    fields = set(ProxySettings.model_fields)
+    given = {k: v for k, v in vars(args).items() if k in fields and v is not None}
+    if "inbound_port" not in given and not (args.service and args.local_app):
+        given["inbound_port"] = None  # no local app known: no inbound listener by default
+    try:
+        return ProxySettings(**given)
+    except ValidationError as exc:
+        from proxy.loader import format_validation_error
+
+        raise SystemExit(f"forklane proxy: invalid settings: {format_validation_error(exc)}") from None
+
+
+def _run_workers(argv: list[str], workers: int) -> int:
+    """Start `workers` processes sharing the ports, forward signals, wait for all."""
+    children = [
+        subprocess.Popen([sys.executable, "-m", "proxy", *argv, "--worker-child"])
+        for _ in range(workers)
+    ]
+
+    def forward(signum: int, _frame: object) -> None:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, forward)
+    codes = [child.wait() for child in children]
+    return max(codes, default=0)
+
+
+def _explain(args: argparse.Namespace) -> int:
+    import random
+
+    from proxy.admin import explain_request
+    from proxy.loader import load_snapshot_file
+    from proxy.state import TableHolder
+    from proxy.table import ConfigError, LocalIdentity
+
+    headers: dict[str, str] = {}
+    for item in args.header:
+        name, sep, value = item.partition(":")
+        if not sep or not name.strip():
+            print(f"forklane proxy explain: header {item!r}: expected 'NAME: VALUE'", file=sys.stderr)
+            return 2
+        headers[name.strip().lower()] = value.strip()
+    local = LocalIdentity(args.service, args.local_app) if args.service else None
+    holder = TableHolder(local)
+    try:
+        holder.apply(load_snapshot_file(args.config), source=str(args.config))
+    except ConfigError as exc:
+        print(f"forklane proxy explain: {exc}", file=sys.stderr)
+        return 2
+    spec = {"listener": args.listener, "method": args.method, "path": args.path,
+            "host": args.host or headers.get("host", ""), "headers": headers}
+    status, body = explain_request(holder, spec, random.Random(0).random)
+    if status != 200:
+        print(f"forklane proxy explain: {body.get('error')}", file=sys.stderr)
+        return 2
+    if args.output == "json":
+        print(json.dumps(body, indent=2))
+    else:
+        dest = body["destination"] or f"local answer {body['status']} ({body['error']})"
+        print(f"{body['kind']:<9} → {dest}")
+        if body["endpoints"]:
+            print(f"endpoints  {', '.join(body['endpoints'])}")
+        print(f"rule       {body['rule']}")
+        print(f"reason     {body['reason']}")
+        print(f"key        {body['routing_key'] or '-'}"
+              + (f" (from {body['carrier']})" if body["carrier"] else "")
+              + (" — carriers disagreed, key ignored" if body["conflict"] else ""))
+        if body["fallback"]:
+            print(f"fallback   {body['fallback']}")
+        if body["mirrors"]:
+            print(f"mirrors    {', '.join(body['mirrors'])}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = _parser().parse_args(argv)
+    if args.command == "schema":
+        from proxy.schema import RoutingSnapshot
+
+        print(json.dumps(RoutingSnapshot.model_json_schema(), indent=2))
+        return 0
+    if args.command == "explain":
+        return _explain(args)
+    settings = _settings_from(args)
+    if settings.workers > 1 and not args.worker_child:
+        return _run_workers(argv, settings.workers)
+    from proxy.run import run
+
+    return run(settings)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

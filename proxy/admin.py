@@ -1,0 +1,230 @@
+"""The admin listener: health, readiness, loaded config, metrics, explain and a live tap.
+
+Low traffic, so plain asyncio streams with one request per connection (`Connection: close`);
+it parses with httptools like the data plane so the sidecar loads no web framework.
+
+Endpoints:
+- `GET /healthz`: the process is alive;
+- `GET /readyz`: 200 once a routing table is loaded and while not draining, else 503;
+- `GET /config`: version, source, last reload error and the loaded snapshot (JSON);
+- `GET /metrics`: Prometheus text;
+- `GET /explain?listener=&method=&host=&path=&header=name:value…` or `POST /explain` with
+  `{"listener", "method", "host", "path", "headers": {…}}`: the decision for that request;
+- `GET /tap?seconds=N`: one JSON line per routed request for N seconds (max 300).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import httptools
+
+from proxy.metrics import Stats, render_prometheus
+from proxy.routing import RequestView, decide, explain
+from proxy.state import TableHolder
+
+__all__ = ["AdminServer", "explain_request"]
+
+_MAX_HEAD = 64 * 1024
+_MAX_BODY = 1024 * 1024
+
+
+def explain_request(
+    holder: TableHolder, spec: dict[str, Any], draw: Callable[[], float]
+) -> tuple[int, dict[str, Any]]:
+    """Run the real decision for a described request. Returns (status, JSON body)."""
+    table = holder.table
+    if table is None:
+        return 503, {"error": "no routing table loaded"}
+    listener = spec.get("listener", "outbound")
+    if listener not in ("inbound", "outbound"):
+        return 400, {"error": "listener must be inbound or outbound"}
+    headers_in = spec.get("headers", {})
+    if not isinstance(headers_in, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in headers_in.items()
+    ):
+        return 400, {"error": "headers must be an object of strings"}
+    headers = {k.lower(): v for k, v in headers_in.items() if k.lower() in table.interesting_headers}
+    host = str(spec.get("host") or headers_in.get("host") or headers_in.get("Host") or "")
+    if listener == "outbound" and not host:
+        return 400, {"error": "outbound requests need a host"}
+    view = RequestView(
+        listener=listener,
+        method=str(spec.get("method", "GET")).upper(),
+        path=str(spec.get("path", "/")),
+        authority=host.lower(),
+        headers=headers,
+    )
+    decision = decide(view, table, draw)
+    body = explain(decision)
+    body["table_version"] = table.version
+    return 200, body
+
+
+class AdminServer:
+    def __init__(
+        self,
+        holder: TableHolder,
+        stats: Stats,
+        draw: Callable[[], float],
+        is_ready: Callable[[], bool],
+    ) -> None:
+        self.holder = holder
+        self.stats = stats
+        self.draw = draw
+        self.is_ready = is_ready
+        self.server: asyncio.Server | None = None
+
+    async def start(self, host: str, port: int, reuse_port: bool = False) -> int:
+        self.server = await asyncio.start_server(
+            self._handle, host, port, reuse_port=reuse_port or None, limit=_MAX_HEAD
+        )
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def aclose(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await self._serve_one(reader, writer)
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+            pass
+        finally:
+            writer.close()
+
+    async def _serve_one(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=10)
+        request = _Request()
+        parser = httptools.HttpRequestParser(request)
+        try:
+            parser.feed_data(head)
+        except httptools.HttpParserError as exc:
+            await _respond(writer, 400, {"error": f"malformed request: {exc}"})
+            return
+        method = parser.get_method().decode()
+        length = int(request.headers.get("content-length", "0") or 0)
+        if length > _MAX_BODY:
+            await _respond(writer, 413, {"error": "body too large"})
+            return
+        body = await reader.readexactly(length) if length else b""
+        url = urlsplit(request.url.decode("latin-1"))
+        query = parse_qs(url.query)
+        path = url.path
+        if path == "/healthz":
+            await _respond(writer, 200, {"status": "ok"})
+        elif path == "/readyz":
+            ready = self.is_ready()
+            await _respond(writer, 200 if ready else 503, {"ready": ready})
+        elif path == "/config":
+            await _respond(writer, 200, self._config())
+        elif path == "/metrics":
+            text, ctype = render_prometheus(self.stats)
+            await _respond_raw(writer, 200, text, ctype)
+        elif path == "/explain":
+            spec: dict[str, Any]
+            if method == "POST":
+                try:
+                    loaded = json.loads(body or b"{}")
+                except ValueError as exc:
+                    await _respond(writer, 400, {"error": f"body is not JSON: {exc}"})
+                    return
+                if not isinstance(loaded, dict):
+                    await _respond(writer, 400, {"error": "body must be a JSON object"})
+                    return
+                spec = loaded
+            else:
+                headers: dict[str, str] = {}
+                for item in query.get("header", []):
+                    name, sep, value = item.partition(":")
+                    if not sep:
+                        await _respond(writer, 400, {"error": f"header {item!r}: name:value"})
+                        return
+                    headers[name.strip()] = value.strip()
+                spec = {
+                    "listener": query.get("listener", ["outbound"])[0],
+                    "method": query.get("method", ["GET"])[0],
+                    "host": query.get("host", [""])[0],
+                    "path": query.get("path", ["/"])[0],
+                    "headers": headers,
+                }
+            status, out = explain_request(self.holder, spec, self.draw)
+            await _respond(writer, status, out)
+        elif path == "/tap":
+            try:
+                seconds = min(300.0, float(query.get("seconds", ["10"])[0]))
+            except ValueError:
+                await _respond(writer, 400, {"error": "seconds must be a number"})
+                return
+            await self._tap(writer, seconds)
+        else:
+            await _respond(writer, 404, {"error": f"no admin endpoint {path}"})
+
+    def _config(self) -> dict[str, Any]:
+        table = self.holder.table
+        return {
+            "version": table.version if table else None,
+            "source": self.holder.source,
+            "loaded_at": self.holder.loaded_at or None,
+            "reload_failures": self.holder.reload_failures,
+            "last_error": self.holder.last_error or None,
+            "snapshot": table.snapshot.model_dump(mode="json") if table else None,
+        }
+
+    async def _tap(self, writer: asyncio.StreamWriter, seconds: float) -> None:
+        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=1000)
+        self.stats.taps.append(queue)
+        writer.write(
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/x-ndjson\r\n"
+            b"transfer-encoding: chunked\r\nconnection: close\r\n\r\n"
+        )
+        deadline = time.monotonic() + seconds
+        try:
+            while (left := deadline - time.monotonic()) > 0:
+                try:
+                    record = await asyncio.wait_for(queue.get(), timeout=left)
+                except TimeoutError:
+                    break
+                line = json.dumps(record).encode() + b"\n"
+                writer.write(b"%x\r\n%s\r\n" % (len(line), line))
+                await writer.drain()
+            writer.write(b"0\r\n\r\n")
+            await writer.drain()
+        finally:
+            self.stats.taps.remove(queue)
+
+
+class _Request:
+    def __init__(self) -> None:
+        self.url = b""
+        self.headers: dict[str, str] = {}
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers[name.decode("latin-1").lower()] = value.decode("latin-1")
+
+
+async def _respond(writer: asyncio.StreamWriter, status: int, body: dict[str, Any]) -> None:
+    await _respond_raw(
+        writer, status, json.dumps(body, indent=1).encode() + b"\n", "application/json"
+    )
+
+
+async def _respond_raw(writer: asyncio.StreamWriter, status: int, body: bytes, ctype: str) -> None:
+    from http import HTTPStatus
+
+    phrase = HTTPStatus(status).phrase
+    writer.write(
+        f"HTTP/1.1 {status} {phrase}\r\ncontent-type: {ctype}\r\n"
+        f"content-length: {len(body)}\r\nconnection: close\r\n\r\n".encode()
+        + body
+    )
+    await writer.drain()

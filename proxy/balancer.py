@@ -1,0 +1,78 @@
+"""Endpoint choice: round robin or least-request (power of two choices), with passive outlier
+ejection. Pure bookkeeping over plain objects; the clock and the random draw are injected.
+
+Invariants:
+- an endpoint with `consecutive_failures >= threshold` is skipped until `ejected_until`;
+- when every endpoint of a destination is ejected, all are tried anyway (Envoy's "panic"
+  mode): ejecting the last endpoint would turn a flaky upstream into a certain outage.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from proxy.table import Destination, Endpoint
+
+__all__ = ["Balancer", "EndpointHealth"]
+
+
+@dataclass(slots=True)
+class EndpointHealth:
+    active: int = 0  # requests in flight
+    consecutive_failures: int = 0
+    ejected_until: float = 0.0
+
+
+class Balancer:
+    def __init__(
+        self,
+        clock: Callable[[], float],
+        draw: Callable[[], float],
+        failure_threshold: int = 5,
+        ejection_seconds: float = 10.0,
+    ) -> None:
+        self._clock = clock
+        self._draw = draw
+        self._threshold = failure_threshold
+        self._ejection = ejection_seconds
+        self.health: dict[str, EndpointHealth] = {}
+        self._next: dict[str, int] = {}  # destination name -> round-robin cursor
+
+    def endpoint_health(self, endpoint: Endpoint) -> EndpointHealth:
+        h = self.health.get(endpoint.address)
+        if h is None:
+            h = self.health[endpoint.address] = EndpointHealth()
+        return h
+
+    def pick(self, dest: Destination, exclude: Endpoint | None = None) -> Endpoint:
+        endpoints = dest.endpoints
+        if len(endpoints) == 1:
+            return endpoints[0]
+        now = self._clock()
+        candidates = [
+            e
+            for e in endpoints
+            if e is not exclude and self.endpoint_health(e).ejected_until <= now
+        ]
+        if not candidates:
+            candidates = [e for e in endpoints if e is not exclude] or list(endpoints)
+        if dest.lb == "least_request" and len(candidates) > 1:
+            n = len(candidates)
+            a = candidates[int(self._draw() * n) % n]
+            b = candidates[int(self._draw() * n) % n]
+            return a if self.endpoint_health(a).active <= self.endpoint_health(b).active else b
+        cursor = self._next.get(dest.name, 0)
+        self._next[dest.name] = cursor + 1
+        return candidates[cursor % len(candidates)]
+
+    def succeeded(self, endpoint: Endpoint) -> None:
+        h = self.health.get(endpoint.address)
+        if h is not None and h.consecutive_failures:
+            h.consecutive_failures = 0
+
+    def failed(self, endpoint: Endpoint) -> None:
+        h = self.endpoint_health(endpoint)
+        h.consecutive_failures += 1
+        if h.consecutive_failures >= self._threshold:
+            h.ejected_until = self._clock() + self._ejection

@@ -1,0 +1,259 @@
+"""Where the routing key travels: read it from a request, write it into a forwarded one.
+
+A `CarrierPlan` is built once per routing table from the snapshot's ordered carrier list
+and holds everything that does not depend on the request (header names, member keys, ids,
+what to emit), so the per-request functions are a few dict look-ups when no carrier is
+present.
+
+Invariants:
+- a carrier value that is not a valid routing key (`[A-Za-z0-9][A-Za-z0-9._-]{0,127}`) is
+  ignored: not an error, not a conflict;
+- two different valid keys in one request (two carriers, or two values of one carrier) are
+  a conflict: the result has no key, the request goes to the baseline and is counted; the
+  proxy never guesses. When every carrier agrees, the key is attributed to the carrier that
+  comes first in the configured priority order;
+- `tracestate` counts only next to a valid `traceparent` (W3C Trace Context);
+- injection returns only headers whose value must change; members of `baggage` and
+  `tracestate` the proxy does not own are kept byte for byte and in order (malformed ones
+  are dropped only when the header is rewritten anyway); `tracestate` is written only when a
+  valid `traceparent` is present;
+- everything returned is printable ASCII: no CR, LF or NUL can reach a forwarded header.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from proxy.context import baggage as _baggage
+from proxy.context import tracestate as _tracestate
+from proxy.context.traceparent import parse_traceparent
+from proxy.schema import Carrier
+
+__all__ = [
+    "BAGGAGE",
+    "COMPAT_CARRIERS",
+    "TRACEPARENT",
+    "TRACESTATE",
+    "CarrierPlan",
+    "KeyResult",
+    "build_carrier_plan",
+    "extract_routing_key",
+    "extract_trace_id",
+    "inject_routing_key",
+    "is_routing_key",
+]
+
+BAGGAGE = "baggage"
+TRACESTATE = "tracestate"
+TRACEPARENT = "traceparent"
+
+_KEY_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._\-]{0,127}")
+
+# The formats other sandbox tools use; an operator lists the ones they need in `carriers:`
+# (after forklane's own) while teams migrate, then removes them.
+COMPAT_CARRIERS: tuple[Carrier, ...] = (
+    Carrier(kind="baggage", name="sd-routing-key"),
+    Carrier(kind="tracestate", name="sd-routing-key"),
+    Carrier(kind="header", name="uberctx-sd-routing-key"),
+    Carrier(kind="header", name="ot-baggage-sd-routing-key"),
+)
+
+
+def is_routing_key(text: str) -> bool:
+    """True when `text` is a whole, valid routing key."""
+    return _KEY_RE.fullmatch(text) is not None
+
+
+@dataclass(frozen=True, slots=True)
+class KeyResult:
+    """What the carriers said. `conflict` implies `key is None`."""
+
+    key: str | None
+    carrier: str | None
+    conflict: bool
+
+
+_NOTHING = KeyResult(None, None, False)
+_CONFLICT = KeyResult(None, None, True)
+
+
+@dataclass(frozen=True, slots=True)
+class CarrierPlan:
+    """Pre-computed reading and writing instructions for one carrier list.
+
+    Sources are `(name, carrier id, priority)`; a lower priority number wins attribution.
+    `header_names` is every lowercase header the plan reads or writes; it always includes
+    `traceparent`, which trace repair and tracestate need.
+    """
+
+    carriers: tuple[Carrier, ...]
+    header_names: frozenset[str]
+    header_sources: tuple[tuple[str, str, int], ...]
+    baggage_sources: tuple[tuple[str, str, int], ...]
+    tracestate_sources: tuple[tuple[str, str, int], ...]
+    emit_headers: tuple[str, ...]
+    emit_baggage: tuple[str, ...]
+    emit_tracestate: tuple[str, ...]
+
+
+def build_carrier_plan(carriers: tuple[Carrier, ...]) -> CarrierPlan:
+    """Compile the ordered carrier list (validated by the schema) into a plan."""
+    headers: list[tuple[str, str, int]] = []
+    bag: list[tuple[str, str, int]] = []
+    state: list[tuple[str, str, int]] = []
+    emit_h: list[str] = []
+    emit_b: list[str] = []
+    emit_t: list[str] = []
+    for priority, c in enumerate(carriers):
+        source = (c.name, f"{c.kind}:{c.name}", priority)
+        if c.kind == "header":
+            headers.append(source)
+            if c.emit:
+                emit_h.append(c.name)
+        elif c.kind == "baggage":
+            bag.append(source)
+            if c.emit:
+                emit_b.append(c.name)
+        else:
+            state.append(source)
+            if c.emit:
+                emit_t.append(c.name)
+    names = {h for h, _, _ in headers} | {TRACEPARENT}
+    if bag:
+        names.add(BAGGAGE)
+    if state:
+        names.add(TRACESTATE)
+    return CarrierPlan(
+        carriers=tuple(carriers),
+        header_names=frozenset(names),
+        header_sources=tuple(headers),
+        baggage_sources=tuple(bag),
+        tracestate_sources=tuple(state),
+        emit_headers=tuple(emit_h),
+        emit_baggage=tuple(emit_b),
+        emit_tracestate=tuple(emit_t),
+    )
+
+
+def _header_keys(value: str) -> list[str]:
+    """Valid keys in a header carrier's value (several fields arrive joined with ',')."""
+    if _KEY_RE.fullmatch(value):
+        return [value]
+    out: list[str] = []
+    for part in value.split(","):
+        part = part.strip(" \t")
+        if _KEY_RE.fullmatch(part):
+            out.append(part)
+    return out
+
+
+def extract_routing_key(plan: CarrierPlan, headers: Mapping[str, str]) -> KeyResult:
+    """The request's routing key, from every carrier of the plan; never raises."""
+    if not headers:
+        return _NOTHING
+    found: list[tuple[int, str, str]] = []
+    get = headers.get
+    for name, carrier_id, priority in plan.header_sources:
+        value = get(name)
+        if value is not None:
+            for key in _header_keys(value):
+                found.append((priority, carrier_id, key))
+    if plan.baggage_sources:
+        value = get(BAGGAGE)
+        # Member keys are tokens and never percent-encoded, so a substring test is exact
+        # enough to skip parsing baggage that cannot hold a carrier.
+        if value is not None and any(name in value for name, _, _ in plan.baggage_sources):
+            members = _baggage.parse_baggage(value)
+            for name, carrier_id, priority in plan.baggage_sources:
+                for member in members:
+                    if member.key == name:
+                        decoded = _baggage.decode_value(member.value)
+                        if decoded is not None and _KEY_RE.fullmatch(decoded):
+                            found.append((priority, carrier_id, decoded))
+    if plan.tracestate_sources:
+        value = get(TRACESTATE)
+        if (
+            value is not None
+            and any(name in value for name, _, _ in plan.tracestate_sources)
+            and parse_traceparent(get(TRACEPARENT)) is not None
+        ):
+            tmembers = _tracestate.parse_tracestate(value)
+            for name, carrier_id, priority in plan.tracestate_sources:
+                for tmember in tmembers:
+                    if tmember.key == name and _KEY_RE.fullmatch(tmember.value):
+                        found.append((priority, carrier_id, tmember.value))
+    if not found:
+        return _NOTHING
+    first = min(found)
+    for _, _, key in found:
+        if key != first[2]:
+            return _CONFLICT
+    return KeyResult(first[2], first[1], False)
+
+
+def extract_trace_id(headers: Mapping[str, str]) -> str | None:
+    """The trace-id of a valid traceparent, for trace repair; None otherwise."""
+    parsed = parse_traceparent(headers.get(TRACEPARENT))
+    return None if parsed is None else parsed.trace_id
+
+
+def _rewrite_baggage(current: str | None, names: tuple[str, ...], key: str) -> str | None:
+    """New baggage value with `names=key` first, or None when `current` already has it."""
+    members = _baggage.parse_baggage(current)
+    if current is not None:
+        correct = True
+        for name in names:
+            values = [m.value for m in members if m.key == name]
+            if len(values) != 1 or _baggage.decode_value(values[0]) != key:
+                correct = False
+                break
+        if correct:
+            return None
+    ours = [_baggage.make_member(name, key) for name in names]
+    owned = set(names)
+    rest = [m for m in members if m.key not in owned]
+    return _baggage.serialize_baggage([*ours, *rest])
+
+
+def _rewrite_tracestate(current: str | None, names: tuple[str, ...], key: str) -> str | None:
+    """New tracestate with `names=key` left-most, or None when `current` already has it."""
+    members = _tracestate.parse_tracestate(current)
+    if current is not None:
+        correct = True
+        for name in names:
+            values = [m.value for m in members if m.key == name]
+            if values != [key]:
+                correct = False
+                break
+        if correct:
+            return None
+    updated: tuple[_tracestate.TraceStateMember, ...] = members
+    # Reverse priority, so the first configured carrier ends up left-most.
+    for name in reversed(names):
+        updated = _tracestate.with_member(updated, _tracestate.make_member(name, key))
+    return _tracestate.serialize_tracestate(updated)
+
+
+def inject_routing_key(plan: CarrierPlan, key: str, headers: Mapping[str, str]) -> dict[str, str]:
+    """Headers to set (replacing every field of that name) so each emitting carrier has `key`.
+
+    Raises ValueError for an invalid key: keys come from extraction or the routing table,
+    both already validated, so this is a programming error, not bad input.
+    """
+    if not _KEY_RE.fullmatch(key):
+        raise ValueError(f"invalid routing key {key!r}")
+    out: dict[str, str] = {}
+    for name in plan.emit_headers:
+        if headers.get(name) != key:
+            out[name] = key
+    if plan.emit_baggage:
+        new = _rewrite_baggage(headers.get(BAGGAGE), plan.emit_baggage, key)
+        if new is not None:
+            out[BAGGAGE] = new
+    if plan.emit_tracestate and parse_traceparent(headers.get(TRACEPARENT)) is not None:
+        new = _rewrite_tracestate(headers.get(TRACESTATE), plan.emit_tracestate, key)
+        if new is not None:
+            out[TRACESTATE] = new
+    return out

@@ -1,0 +1,92 @@
+"""HTTP/1.1 message facts and pure helpers: hop-by-hop fields, local replies, framing checks.
+
+No I/O here. Everything the request path needs is a constant built at import time.
+"""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+
+__all__ = [
+    "HOP_BY_HOP",
+    "LocalReply",
+    "check_transfer_encoding",
+    "local_reply",
+    "status_line",
+]
+
+# RFC 9110 §7.6.1 plus the legacy Proxy-* and Keep-Alive fields. Content-Length and
+# Transfer-Encoding are recomputed by the proxy, so they are never copied either.
+HOP_BY_HOP: frozenset[bytes] = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"content-length",
+    }
+)
+
+_STATUS_LINES: dict[int, bytes] = {
+    s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode() for s in HTTPStatus
+}
+
+
+def status_line(status: int, reason: bytes | None = None) -> bytes:
+    if reason:
+        return b"HTTP/1.1 %d %s\r\n" % (status, reason)
+    line = _STATUS_LINES.get(status)
+    return line if line is not None else b"HTTP/1.1 %d Unknown\r\n" % status
+
+
+class LocalReply:
+    """A response the proxy answers itself. `error` goes into `x-forklane-error`."""
+
+    __slots__ = ("body", "close", "error", "status")
+
+    def __init__(self, status: int, error: str, body: str, close: bool) -> None:
+        self.status = status
+        self.error = error
+        self.body = body
+        self.close = close
+
+
+def local_reply(reply: LocalReply, extra: bytes = b"", head_only: bool = False) -> bytes:
+    body = (reply.body + "\n").encode("utf-8", "replace")
+    parts = [
+        status_line(reply.status),
+        b"content-type: text/plain; charset=utf-8\r\n",
+        b"content-length: %d\r\n" % len(body),
+        b"x-forklane-error: %s\r\n" % reply.error.encode("ascii", "replace"),
+        b"cache-control: no-store\r\n",
+    ]
+    if reply.close:
+        parts.append(b"connection: close\r\n")
+    parts.append(extra)
+    parts.append(b"\r\n")
+    if not head_only:
+        parts.append(body)
+    return b"".join(parts)
+
+
+def check_transfer_encoding(value: bytes) -> LocalReply | None:
+    """The parser already refuses codings after `chunked`; we refuse codings we cannot
+    forward (RFC 9112 §6.1: unknown coding → 501). Only a lone `chunked` passes."""
+    codings = [c.strip().lower() for c in value.split(b",")]
+    if codings == [b"chunked"]:
+        return None
+    if codings and codings[-1] == b"chunked":
+        return LocalReply(
+            501,
+            "unsupported-transfer-coding",
+            "only the chunked transfer coding is supported",
+            close=True,
+        )
+    return LocalReply(
+        400, "bad-transfer-encoding", "Transfer-Encoding must end with chunked", close=True
+    )

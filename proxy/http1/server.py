@@ -1,0 +1,1111 @@
+"""HTTP/1.1 listener: one `Downstream` protocol per client connection, one `Exchange` per request.
+
+The request path is callbacks all the way: httptools calls `on_*` as bytes arrive, the routing
+decision runs once when the headers are complete, and the request body streams to the upstream
+connection as it is parsed. No coroutine runs per request unless a new upstream connection must
+be opened.
+
+Invariants:
+- responses go out in request order (pipelining): only `queue[0]` may write to the client;
+- a request that fails validation is answered locally and never forwarded; the connection is
+  closed after the answer, so a smuggled second request is never parsed;
+- backpressure both ways: a full client write buffer pauses the upstream's reading and a full
+  upstream write buffer pauses the client's, so memory per connection stays bounded;
+- a request keeps the routing table it started with, whatever swap happens meanwhile;
+- an upstream reset after the response head aborts the client connection (never a
+  silently truncated body that looks complete).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import sys
+from collections import deque
+from collections.abc import Callable, Coroutine
+from typing import Any, Literal, cast
+
+import httptools
+
+from proxy.balancer import Balancer
+from proxy.context.carriers import inject_routing_key
+from proxy.http1.messages import (
+    HOP_BY_HOP,
+    LocalReply,
+    check_transfer_encoding,
+    local_reply,
+    status_line,
+)
+from proxy.http1.upstream import Pools, UpstreamConnection
+from proxy.metrics import Stats
+from proxy.routing import Decision, RequestView, decide
+from proxy.settings import ProxySettings
+from proxy.state import TableHolder
+from proxy.table import ROUTED_MARKER, Destination, Endpoint, Route, RoutingTable
+
+__all__ = ["Downstream", "ListenerContext"]
+
+ListenerKind = Literal["inbound", "outbound"]
+
+_ROUTED_MARKER_RAW = ROUTED_MARKER.encode()
+_ROUTED_LINE = _ROUTED_MARKER_RAW + b": 1\r\n"
+_VIA_HOP = b"1.1 forklane"
+_PENDING_LIMIT = 64 * 1024  # request body buffered while the upstream connection opens
+_REPLAYABLE = frozenset({b"GET", b"HEAD", b"OPTIONS", b"DELETE", b"TRACE"})
+
+# Framing of the response towards the client.
+_NO_BODY, _LENGTH, _CHUNKED, _UNTIL_CLOSE = 0, 1, 2, 3
+# What the connection-level deadline means.
+_DEADLINE_NONE, _DEADLINE_HEADERS, _DEADLINE_IDLE, _DEADLINE_TUNNEL = 0, 1, 2, 3
+
+# Header names the request path treats specially (lowercase).
+_HOST, _CONNECTION, _TE_HEADER, _CL, _XFF, _XFP, _XFH, _VIA, _UPGRADE, _HOP = range(10)
+_SPECIAL: dict[bytes, int] = {
+    b"host": _HOST,
+    b"connection": _CONNECTION,
+    b"transfer-encoding": _TE_HEADER,
+    b"content-length": _CL,
+    b"x-forwarded-for": _XFF,
+    b"x-forwarded-proto": _XFP,
+    b"x-forwarded-host": _XFH,
+    b"via": _VIA,
+    b"upgrade": _UPGRADE,
+    b"keep-alive": _HOP,
+    b"proxy-connection": _HOP,
+    b"proxy-authorization": _HOP,
+    b"proxy-authenticate": _HOP,
+    b"te": _HOP,
+    b"trailer": _HOP,
+    _ROUTED_MARKER_RAW: _HOP,
+}
+
+
+class _Reject(Exception):
+    def __init__(self, reply: LocalReply) -> None:
+        super().__init__(reply.error)
+        self.reply = reply
+
+
+def _bad(error: str, body: str, status: int = 400) -> _Reject:
+    return _Reject(LocalReply(status, error, body, close=True))
+
+
+class ListenerContext:
+    """Everything the connections of one listener share. Built once at start."""
+
+    def __init__(
+        self,
+        kind: ListenerKind,
+        holder: TableHolder,
+        settings: ProxySettings,
+        stats: Stats,
+        pools: Pools,
+        balancer: Balancer,
+        draw: Callable[[], float],
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        self.kind = kind
+        self.holder = holder
+        self.settings = settings
+        self.stats = stats
+        self.pools = pools
+        self.balancer = balancer
+        self.draw = draw
+        self.loop = loop
+        self.connections: set[Downstream] = set()
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.draining = False
+        self.max_header_bytes = settings.max_header_bytes
+        self.max_header_count = settings.max_header_count
+        self.header_timeout = settings.header_timeout
+        self.idle_timeout = settings.idle_timeout
+        self.max_pipelined = settings.max_pipelined
+        self.retries = settings.retries
+        self.explain_raw = settings.explain_header.encode() if settings.explain_header else None
+        self.access_log = settings.access_log
+        self.rows: dict[tuple[str, str], list[int]] = {}
+        stats.listener_rows[kind] = self.rows
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run a connection-opening coroutine owned by this listener (cancelled at close)."""
+        task = self.loop.create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    def sweep(self) -> None:
+        """Enforce header, idle and tunnel deadlines; called a few times a second."""
+        now = self.loop.time()
+        for conn in tuple(self.connections):
+            if conn.deadline_kind and now >= conn.deadline:
+                conn.deadline_expired()
+
+
+class Exchange:
+    """One request and its response, from the first request byte to the last response byte."""
+
+    __slots__ = (
+        "attempts", "chunked", "close_after", "conn_tokens", "decision", "dest", "done", "down",
+        "endpoint", "explain", "fallback_used", "framing", "head", "header_bytes",
+        "header_count", "host", "host_count", "is_head", "keep_alive", "method", "pending",
+        "pending_bytes", "reply", "req_done", "req_trailers", "resp_started", "reused",
+        "started", "status", "table", "te", "timer", "up", "upgrade", "url", "version",
+        "via", "view", "xff", "xfh", "xfp", "lines", "has_body", "route",
+    )
+
+    def __init__(self, down: Downstream, table: RoutingTable | None, started: float) -> None:
+        self.down = down
+        self.table = table
+        self.started = started
+        self.method = b""
+        self.url = b""
+        self.lines: list[tuple[bytes, bytes]] = []
+        self.view: dict[str, str] = {}
+        self.host = b""
+        self.host_count = 0
+        self.xff: bytes | None = None
+        self.xfp = False
+        self.xfh = False
+        self.via: bytes | None = None
+        self.conn_tokens: list[bytes] | None = None
+        self.te: bytes | None = None
+        self.upgrade: bytes | None = None
+        self.header_bytes = 0
+        self.header_count = 0
+        self.version = "1.1"
+        self.keep_alive = True
+        self.chunked = False
+        self.has_body = False
+        self.is_head = False
+        self.req_done = False
+        self.req_trailers: list[bytes] | None = None
+        self.pending: list[bytes] | None = []
+        self.pending_bytes = 0
+        self.decision: Decision | None = None
+        self.route: Route | None = None
+        self.dest: Destination | None = None
+        self.endpoint: Endpoint | None = None
+        self.up: UpstreamConnection | None = None
+        self.head = b""
+        self.reply: LocalReply | None = None
+        self.resp_started = False
+        self.status = 0
+        self.framing = _NO_BODY
+        self.close_after = False
+        self.timer: asyncio.TimerHandle | None = None
+        self.attempts = 0
+        self.reused = False
+        self.fallback_used = False
+        self.explain = False
+        self.done = False
+
+    # -- request body towards the upstream ----------------------------------------------------
+
+    def send_body(self, data: bytes) -> None:
+        if self.done:
+            return
+        up = self.up
+        if up is None or self.pending is not None:
+            assert self.pending is not None
+            self.pending.append(data)
+            self.pending_bytes += len(data)
+            return
+        transport = up.transport
+        if transport is None:
+            return
+        if self.chunked:
+            transport.writelines((b"%x\r\n" % len(data), data, b"\r\n"))
+        else:
+            transport.write(data)
+
+    def send_end(self) -> None:
+        up = self.up
+        if up is None or self.pending is not None or not self.chunked:
+            return
+        transport = up.transport
+        if transport is not None:
+            trailers = b"".join(self.req_trailers) if self.req_trailers else b""
+            transport.write(b"0\r\n" + trailers + b"\r\n")
+
+    # -- ResponseSink: events from the upstream connection ------------------------------------
+
+    def response_interim(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+        down = self.down
+        if self.version != "1.1" or down.transport is None or self.done:
+            return
+        parts = [status_line(status, reason)]
+        for name, value in headers:
+            parts.append(name + b": " + value + b"\r\n")
+        parts.append(b"\r\n")
+        down.transport.write(b"".join(parts))
+
+    def response_head(
+        self,
+        conn: UpstreamConnection,
+        status: int,
+        reason: bytes,
+        headers: list[tuple[bytes, bytes]],
+    ) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        down = self.down
+        if self.done or down.transport is None:
+            conn.abort()
+            return
+        ctx = down.ctx
+        endpoint = self.endpoint
+        if endpoint is not None:
+            if status >= 500:
+                ctx.balancer.failed(endpoint)
+            else:
+                ctx.balancer.succeeded(endpoint)
+        self.resp_started = True
+        self.status = status
+        parts = [status_line(status, reason)]
+        length: bytes | None = None
+        conn_tokens: list[bytes] | None = None
+        upgrade_value: bytes | None = None
+        via: bytes | None = None
+        for name, value in headers:
+            lname = name.lower()
+            if lname in HOP_BY_HOP:
+                if lname == b"content-length":
+                    length = value
+                elif lname == b"connection":
+                    conn_tokens = [t.strip().lower() for t in value.split(b",")]
+                elif lname == b"upgrade":
+                    upgrade_value = value
+                continue
+            if lname == b"via":
+                via = value
+                continue
+            parts.append(name + b": " + value + b"\r\n")
+        if conn_tokens:
+            named = set(conn_tokens)
+            parts = [parts[0]] + [
+                p for p in parts[1:] if p.split(b":", 1)[0].lower() not in named
+            ]
+        if status == 101:
+            self.framing = _NO_BODY
+            parts.append(b"connection: upgrade\r\n")
+            if upgrade_value is not None:
+                parts.append(b"upgrade: " + upgrade_value + b"\r\n")
+        elif self.is_head or status == 204 or status == 304:
+            self.framing = _NO_BODY
+            if length is not None:
+                parts.append(b"content-length: " + length + b"\r\n")
+        elif length is not None:
+            self.framing = _LENGTH
+            parts.append(b"content-length: " + length + b"\r\n")
+        elif self.version == "1.1":
+            self.framing = _CHUNKED
+            parts.append(b"transfer-encoding: chunked\r\n")
+        else:
+            self.framing = _UNTIL_CLOSE
+        if status != 101:
+            if (
+                not self.keep_alive
+                or ctx.draining
+                or self.framing == _UNTIL_CLOSE
+                or down.closing
+            ):
+                self.close_after = True
+                parts.append(b"connection: close\r\n")
+            elif self.version == "1.0":
+                parts.append(b"connection: keep-alive\r\n")
+        parts.append(b"via: " + (via + b", " if via else b"") + _VIA_HOP + b"\r\n")
+        if self.explain:
+            parts.append(self.explanation())
+        parts.append(b"\r\n")
+        down.transport.write(b"".join(parts))
+
+    def response_body(self, data: bytes) -> None:
+        transport = self.down.transport
+        if transport is None or self.done:
+            return
+        if self.framing == _CHUNKED:
+            transport.writelines((b"%x\r\n" % len(data), data, b"\r\n"))
+        else:
+            transport.write(data)
+
+    def response_end(self, conn: UpstreamConnection, trailers: list[tuple[bytes, bytes]]) -> None:
+        down = self.down
+        if self.endpoint is not None:
+            down.ctx.balancer.endpoint_health(self.endpoint).active -= 1
+        self.up = None
+        if self.framing == _CHUNKED and down.transport is not None and not self.done:
+            tail = [b"0\r\n"]
+            for name, value in trailers:
+                tail.append(name + b": " + value + b"\r\n")
+            tail.append(b"\r\n")
+            down.transport.write(b"".join(tail))
+        if conn.keep_alive and self.req_done and not conn.tunnel:
+            down.ctx.pools.give_back(conn)
+        else:
+            conn.close()
+        down.finish(self)
+
+    def upstream_pause(self, paused: bool) -> None:
+        self.down.set_upstream_blocked(paused)
+
+    def upgraded(self, conn: UpstreamConnection, rest: bytes) -> None:
+        self.down.start_tunnel(self, conn, rest)
+
+    def upstream_lost(self, conn: UpstreamConnection, exc: Exception | None) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        down = self.down
+        ctx = down.ctx
+        if self.endpoint is not None:
+            ctx.balancer.endpoint_health(self.endpoint).active -= 1
+        self.up = None
+        if self.done:
+            return
+        if down.tunnel is conn:
+            down.close()
+            return
+        if not self.resp_started:
+            if (
+                self.reused
+                and not conn.seen_bytes
+                and not self.has_body
+                and self.method in _REPLAYABLE
+                and self.attempts < 3
+                and self.dest is not None
+            ):
+                # A pooled connection the upstream had closed: the request never reached it.
+                self.attempts += 1
+                self.pending = []
+                down.dispatch(self, self.dest, None, fresh=True)
+                return
+            if self.endpoint is not None:
+                ctx.balancer.failed(self.endpoint)
+            ctx.stats.upstream_errors["upstream-reset"] += 1
+            down.reply(
+                self,
+                LocalReply(
+                    502,
+                    "upstream-reset",
+                    "the upstream closed the connection before answering",
+                    close=not self.req_done,
+                ),
+            )
+            return
+        if self.framing == _UNTIL_CLOSE and exc is None:
+            down.finish(self)  # a close-delimited body ends with the connection
+            return
+        # The body was cut: tell the client the only honest way, by closing abruptly.
+        ctx.stats.upstream_errors["upstream-reset-during-body"] += 1
+        self.status = self.status or 502
+        down.abort(self)
+
+    # -- timeouts -----------------------------------------------------------------------------
+
+    def timed_out(self) -> None:
+        self.timer = None
+        if self.done or self.resp_started:
+            return
+        up, self.up = self.up, None
+        if up is not None:
+            if self.endpoint is not None:
+                self.down.ctx.balancer.endpoint_health(self.endpoint).active -= 1
+            up.abort()
+        self.down.ctx.stats.upstream_errors["upstream-timeout"] += 1
+        self.down.reply(
+            self,
+            LocalReply(504, "upstream-timeout", "the upstream did not answer in time", close=True),
+        )
+
+    def explanation(self) -> bytes:
+        decision = self.decision
+        route = self.route
+        if decision is None or route is None:
+            return b""
+        parts = [
+            f"kind={route.kind}",
+            f"rule={route.rule}",
+            f"destination={self.dest.name if self.dest else '-'}",
+            f"endpoint={self.endpoint.address if self.endpoint else '-'}",
+            f"carrier={decision.key.carrier or '-'}",
+        ]
+        if self.fallback_used:
+            parts.append("fallback=baseline")
+        return b"x-forklane-route: " + "; ".join(parts).encode("ascii", "replace") + b"\r\n"
+
+
+class Downstream(asyncio.Protocol):
+    """One client connection on a listener."""
+
+    def __init__(self, ctx: ListenerContext) -> None:
+        self.ctx = ctx
+        self.transport: asyncio.Transport | None = None
+        self.parser: httptools.HttpRequestParser | None = httptools.HttpRequestParser(self)
+        self.queue: deque[Exchange] = deque()
+        self.parsing: Exchange | None = None
+        self.closing = False
+        self.read_paused = False
+        self.upstream_blocked = False
+        self.write_paused = False
+        self.peer = b""
+        self.deadline = 0.0
+        self.deadline_kind = _DEADLINE_NONE
+        self.tunnel: UpstreamConnection | None = None
+
+    # -- asyncio.Protocol --------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        self.transport = transport
+        ctx = self.ctx
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+        peer = transport.get_extra_info("peername")
+        if peer:
+            self.peer = str(peer[0]).encode()
+        transport.set_write_buffer_limits(high=64 * 1024)
+        ctx.connections.add(self)
+        ctx.stats.connections_open += 1
+        ctx.stats.connections_total += 1
+        self.deadline = ctx.loop.time() + ctx.header_timeout
+        self.deadline_kind = _DEADLINE_HEADERS
+
+    def data_received(self, data: bytes) -> None:
+        tunnel = self.tunnel
+        if tunnel is not None:
+            self.deadline = self.ctx.loop.time() + self.ctx.idle_timeout
+            if tunnel.transport is not None:
+                tunnel.transport.write(data)
+            return
+        parser = self.parser
+        if parser is None:
+            # After an upgrade request: bytes for the tunnel, held until the 101 arrives.
+            if self.queue and self.queue[-1].pending is not None:
+                self.queue[-1].pending.append(data)
+            return
+        if self.closing:
+            return
+        try:
+            parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            self.parser = None
+            ex = self.queue[-1] if self.queue else None
+            offset = exc.args[0] if exc.args and isinstance(exc.args[0], int) else len(data)
+            if ex is not None and ex.upgrade is not None and ex.pending is not None:
+                if offset < len(data):
+                    ex.pending.append(data[offset:])
+            elif ex is not None and ex.upgrade is None:
+                self.closing = True  # CONNECT or an upgrade we refused: nothing more to parse
+        except httptools.HttpParserCallbackError as exc:
+            cause = exc.__context__
+            if isinstance(cause, _Reject):
+                self.protocol_error(cause.reply)
+            else:
+                raise
+        except httptools.HttpParserError as exc:
+            self.protocol_error(
+                LocalReply(400, "malformed-request", f"malformed request: {exc}", close=True)
+            )
+
+    def eof_received(self) -> bool | None:
+        if self.tunnel is not None or not self.queue:
+            return None  # close
+        self.closing = True
+        return True  # half-closed client: finish the requests we have, then close
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        ctx = self.ctx
+        self.transport = None
+        self.closing = True
+        ctx.connections.discard(self)
+        ctx.stats.connections_open -= 1
+        tunnel, self.tunnel = self.tunnel, None
+        if tunnel is not None:
+            tunnel.abort()
+        for ex in self.queue:
+            if ex.timer is not None:
+                ex.timer.cancel()
+                ex.timer = None
+            up, ex.up = ex.up, None
+            if up is not None:
+                if ex.endpoint is not None:
+                    ctx.balancer.endpoint_health(ex.endpoint).active -= 1
+                up.abort()
+            if not ex.done and ex.decision is not None:
+                ctx.stats.destroyed_with_active_request += 1
+                ex.done = True
+                self._count(ex, 0)
+        self.queue.clear()
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        target = self.tunnel or (self.queue[0].up if self.queue else None)
+        if target is not None and target.transport is not None:
+            target.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        target = self.tunnel or (self.queue[0].up if self.queue else None)
+        if target is not None and target.transport is not None:
+            target.transport.resume_reading()
+
+    # -- httptools callbacks -----------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        ctx = self.ctx
+        now = ctx.loop.time()
+        self.parsing = Exchange(self, ctx.holder.table, now)
+        self.deadline = now + ctx.header_timeout
+        self.deadline_kind = _DEADLINE_HEADERS
+
+    def on_url(self, url: bytes) -> None:
+        ex = self.parsing
+        assert ex is not None
+        ex.url += url
+        ex.header_bytes += len(url)
+        if ex.header_bytes > self.ctx.max_header_bytes:
+            raise _bad("headers-too-large", "request line and headers too large", 431)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        ex = self.parsing
+        assert ex is not None
+        if ex.decision is not None:
+            # A trailer field of a chunked request body: forwarded with the last chunk.
+            if ex.req_trailers is None:
+                ex.req_trailers = []
+            ex.req_trailers.append(name + b": " + value + b"\r\n")
+            return
+        ctx = self.ctx
+        ex.header_count += 1
+        ex.header_bytes += len(name) + len(value) + 4
+        if ex.header_count > ctx.max_header_count or ex.header_bytes > ctx.max_header_bytes:
+            raise _bad("headers-too-large", "too many or too large request headers", 431)
+        lname = name.lower()
+        special = _SPECIAL.get(lname)
+        if special is not None:
+            if special == _HOST:
+                ex.host_count += 1
+                ex.host = value
+            elif special == _CONNECTION:
+                tokens = [t.strip().lower() for t in value.split(b",")]
+                if ex.conn_tokens is None:
+                    ex.conn_tokens = tokens
+                else:
+                    ex.conn_tokens.extend(tokens)
+                return
+            elif special == _TE_HEADER:
+                ex.te = value
+                return
+            elif special == _CL:
+                ex.has_body = value.strip() != b"0"
+            elif special == _XFF:
+                ex.xff = value if ex.xff is None else ex.xff + b", " + value
+                return
+            elif special == _XFP:
+                ex.xfp = True
+            elif special == _XFH:
+                ex.xfh = True
+            elif special == _VIA:
+                ex.via = value if ex.via is None else ex.via + b", " + value
+                return
+            elif special == _UPGRADE:
+                ex.upgrade = value
+                return
+            else:
+                if lname == _ROUTED_MARKER_RAW:
+                    ex.view[ROUTED_MARKER] = "1"
+                return
+        table = ex.table
+        if b"_" in lname and table is not None:
+            spelled = lname.replace(b"_", b"-")
+            if spelled in table.interesting_raw or spelled.startswith(b"x-forklane"):
+                # Envoy's headers_with_underscores_action: a look-alike of a routing header
+                # must never take part in routing, nor reach the next hop to do so there.
+                ctx.stats.underscore_headers_dropped += 1
+                return
+        if table is not None and lname in table.interesting_raw:
+            key = lname.decode("latin-1")
+            text = value.decode("latin-1")
+            prev = ex.view.get(key)
+            ex.view[key] = text if prev is None else prev + "," + text
+        if lname == ctx.explain_raw:
+            ex.explain = True
+        ex.lines.append((lname, name + b": " + value + b"\r\n"))
+
+    def on_headers_complete(self) -> None:
+        ex = self.parsing
+        assert ex is not None
+        parser = self.parser
+        assert parser is not None
+        ctx = self.ctx
+        ex.version = parser.get_http_version()
+        ex.method = parser.get_method()
+        ex.is_head = ex.method == b"HEAD"
+        ex.keep_alive = parser.should_keep_alive()
+        if ex.version not in ("1.1", "1.0"):
+            raise _bad("unsupported-version", f"HTTP/{ex.version} is not supported here", 505)
+        if ex.host_count > 1:
+            raise _bad("duplicate-host", "more than one Host header")
+        if ex.host_count == 0 and ex.version == "1.1":
+            raise _bad("missing-host", "HTTP/1.1 requests need a Host header")
+        host = ex.host
+        if host and (b" " in host or b"/" in host or b"@" in host or b"\t" in host):
+            raise _bad("bad-host", "the Host header is not a valid authority")
+        if ex.te is not None:
+            problem = check_transfer_encoding(ex.te)
+            if problem is not None:
+                raise _Reject(problem)
+            ex.chunked = True
+            ex.has_body = True
+        if ex.method == b"CONNECT":
+            raise _bad("connect-unsupported", "CONNECT tunnelling is not supported", 405)
+        url = ex.url
+        authority = host
+        target = url
+        if not url.startswith(b"/") and url != b"*":
+            # absolute-form (the app uses us as HTTP_PROXY): the authority comes from the URL
+            try:
+                parsed = httptools.parse_url(url)
+            except httptools.HttpParserInvalidURLError:
+                raise _bad("bad-target", "the request target is not a valid URL") from None
+            if parsed.host is None:
+                raise _bad("bad-target", "the request target has no host")
+            authority = parsed.host + (b":%d" % parsed.port if parsed.port else b"")
+            target = (parsed.path or b"/") + (b"?" + parsed.query if parsed.query else b"")
+        if ex.upgrade is not None and not (ex.conn_tokens and b"upgrade" in ex.conn_tokens):
+            ex.upgrade = None  # Upgrade without Connection: upgrade is not an upgrade request
+        if ex.conn_tokens:
+            self._drop_connection_named(ex)
+        table = ex.table
+        if table is None:
+            ex.reply = LocalReply(503, "no-config", "no routing table loaded yet", close=False)
+        else:
+            qmark = target.find(b"?")
+            path = target if qmark < 0 else target[:qmark]
+            view = RequestView(
+                listener=ctx.kind,
+                method=ex.method.decode("latin-1"),
+                path=path.decode("latin-1"),
+                authority=authority.lower().decode("latin-1"),
+                headers=ex.view,
+            )
+            decision = decide(view, table, ctx.draw)
+            ex.decision = decision
+            ex.route = decision.route
+            if decision.key.conflict:
+                ctx.stats.key_conflicts += 1
+            ex.head = self._request_head(ex, table, decision, target)
+        self.queue.append(ex)
+        if len(self.queue) == 1:
+            self.deadline_kind = _DEADLINE_NONE
+            self.start(ex)
+        self._update_reading()
+
+    def on_body(self, body: bytes) -> None:
+        ex = self.parsing
+        if ex is None:
+            return
+        ex.send_body(body)
+        if ex.pending is not None and ex.pending_bytes > _PENDING_LIMIT:
+            self._update_reading()
+
+    def on_message_complete(self) -> None:
+        ex = self.parsing
+        self.parsing = None
+        if ex is None:
+            return
+        ex.req_done = True
+        if not ex.done:
+            ex.send_end()
+        if ex.upgrade is None and len(self.queue) > self.ctx.max_pipelined:
+            self._update_reading()
+
+    # -- building the forwarded request --------------------------------------------------------
+
+    def _drop_connection_named(self, ex: Exchange) -> None:
+        """Fields named in Connection are hop-by-hop (RFC 9110 §7.6.1): gone before routing."""
+        assert ex.conn_tokens is not None
+        named = {t for t in ex.conn_tokens if t not in (b"close", b"keep-alive", b"upgrade")}
+        if not named:
+            return
+        ex.lines = [(n, line) for n, line in ex.lines if n not in named]
+        for token in named:
+            ex.view.pop(token.decode("latin-1"), None)
+
+    def _request_head(
+        self, ex: Exchange, table: RoutingTable, decision: Decision, target: bytes
+    ) -> bytes:
+        parts = [ex.method, b" ", target, b" HTTP/1.1\r\n"]
+        route = decision.route
+        key = decision.key.key
+        if key is not None:
+            updates = inject_routing_key(table.carriers, key, ex.view)
+            if updates:
+                replaced = {name.encode("latin-1") for name in updates}
+                for lname, line in ex.lines:
+                    if lname not in replaced:
+                        parts.append(line)
+                for name, value in updates.items():
+                    parts.append(name.encode("latin-1") + b": " + value.encode("latin-1") + b"\r\n")
+            else:
+                parts.extend(line for _, line in ex.lines)
+        else:
+            parts.extend(line for _, line in ex.lines)
+        if route.kind != "local":
+            parts.append(_ROUTED_LINE)
+        xff = ex.xff
+        parts.append(b"x-forwarded-for: " + (xff + b", " if xff else b"") + self.peer + b"\r\n")
+        if not ex.xfp:
+            parts.append(b"x-forwarded-proto: http\r\n")
+        if not ex.xfh and ex.host:
+            parts.append(b"x-forwarded-host: " + ex.host + b"\r\n")
+        via = ex.via
+        parts.append(b"via: " + (via + b", " if via else b"") + _VIA_HOP + b"\r\n")
+        if ex.chunked:
+            parts.append(b"transfer-encoding: chunked\r\n")
+        if ex.upgrade is not None:
+            parts.append(b"connection: upgrade\r\nupgrade: " + ex.upgrade + b"\r\n")
+        parts.append(b"\r\n")
+        return b"".join(parts)
+
+    # -- running an exchange -----------------------------------------------------------------
+
+    def start(self, ex: Exchange) -> None:
+        """`ex` reached the head of the queue: answer it locally or send it upstream."""
+        if ex.reply is not None:
+            self.reply(ex, ex.reply)
+            return
+        route = ex.route
+        assert route is not None
+        if route.destination is None:
+            self.reply(
+                ex,
+                LocalReply(route.status or 404, route.error or "no-route", route.reason,
+                           close=not ex.req_done and ex.has_body),
+            )
+            return
+        self.dispatch(ex, route.destination, None, fresh=False)
+
+    def dispatch(
+        self, ex: Exchange, dest: Destination, exclude: Endpoint | None, fresh: bool
+    ) -> None:
+        ctx = self.ctx
+        endpoint = ctx.balancer.pick(dest, exclude)
+        ex.dest = dest
+        ex.endpoint = endpoint
+        conn = None if fresh else ctx.pools.take(endpoint.address)
+        if conn is not None:
+            ex.reused = True
+            self.bind(ex, conn)
+        else:
+            ex.reused = False
+            ctx.spawn(self._open(ex, dest, endpoint))
+
+    async def _open(self, ex: Exchange, dest: Destination, endpoint: Endpoint) -> None:
+        ctx = self.ctx
+        try:
+            async with asyncio.timeout(dest.timeouts.connect):
+                _, conn = await ctx.loop.create_connection(
+                    lambda: UpstreamConnection(ctx.pools, endpoint.address),
+                    endpoint.host,
+                    endpoint.port,
+                )
+        except (OSError, TimeoutError) as exc:
+            reason = "connect-timeout" if isinstance(exc, TimeoutError) else "connect-failed"
+            self.connect_failed(ex, dest, endpoint, reason)
+            return
+        ctx.pools.opened += 1
+        if ex.done or self.transport is None:
+            ctx.pools.give_back(conn)
+            return
+        self.bind(ex, conn)
+
+    def connect_failed(
+        self, ex: Exchange, dest: Destination, endpoint: Endpoint, reason: str
+    ) -> None:
+        if ex.done:
+            return
+        ctx = self.ctx
+        ctx.balancer.failed(endpoint)
+        ctx.stats.upstream_errors[reason] += 1
+        route = ex.route
+        assert route is not None
+        if ex.attempts < ctx.retries and len(dest.endpoints) > 1:
+            ex.attempts += 1
+            self.dispatch(ex, dest, endpoint, fresh=True)
+            return
+        if route.fallback is not None and not ex.fallback_used:
+            ex.fallback_used = True
+            ctx.stats.fork_fallbacks += 1
+            self.dispatch(ex, route.fallback, None, fresh=False)
+            return
+        if route.kind == "fork":
+            reply = LocalReply(503, "fork-unavailable",
+                               f"{dest.name} is not reachable ({reason})", close=not ex.req_done)
+        else:
+            reply = LocalReply(503, f"upstream-{reason}",
+                               f"{dest.name} is not reachable ({reason})", close=not ex.req_done)
+        self.reply(ex, reply)
+
+    def bind(self, ex: Exchange, conn: UpstreamConnection) -> None:
+        transport = conn.transport
+        if transport is None:
+            assert ex.dest is not None
+            self.dispatch(ex, ex.dest, None, fresh=True)
+            return
+        ctx = self.ctx
+        ex.up = conn
+        assert ex.endpoint is not None
+        ctx.balancer.endpoint_health(ex.endpoint).active += 1
+        conn.attach(ex, ex.is_head)
+        pending = ex.pending
+        ex.pending = None
+        if ex.upgrade is not None:
+            transport.write(ex.head)
+            ex.pending = pending  # raw tunnel bytes wait for the 101
+        elif pending:
+            if ex.chunked:
+                out = [ex.head]
+                for chunk in pending:
+                    out.append(b"%x\r\n" % len(chunk))
+                    out.append(chunk)
+                    out.append(b"\r\n")
+                transport.writelines(out)
+            else:
+                transport.writelines([ex.head, *pending])
+            if ex.pending_bytes > _PENDING_LIMIT:
+                ex.pending_bytes = 0
+                self._update_reading()
+        else:
+            transport.write(ex.head)
+        if ex.req_done:
+            ex.send_end()
+        assert ex.dest is not None
+        ex.timer = ctx.loop.call_later(ex.dest.timeouts.request, ex.timed_out)
+        if self.write_paused:
+            transport.pause_reading()
+
+    def reply(self, ex: Exchange, reply: LocalReply) -> None:
+        """Answer `ex` locally (now if it is at the head of the queue, else when it gets there)."""
+        if not self.queue or self.queue[0] is not ex:
+            ex.reply = reply
+            return
+        transport = self.transport
+        ex.resp_started = True
+        ex.status = reply.status
+        close = reply.close or not ex.keep_alive or self.closing or self.ctx.draining
+        if not ex.req_done and ex.has_body:
+            close = True
+        ex.close_after = close
+        if transport is not None:
+            extra = ex.explanation() if ex.explain else b""
+            if close and not reply.close:
+                reply = LocalReply(reply.status, reply.error, reply.body, close=True)
+            transport.write(local_reply(reply, extra, head_only=ex.is_head))
+        self.finish(ex)
+
+    def protocol_error(self, reply: LocalReply) -> None:
+        """A request that must not be forwarded: answer in order, then close."""
+        ctx = self.ctx
+        ctx.stats.rejected[reply.error] += 1
+        self.closing = True
+        ex = self.parsing
+        self.parsing = None
+        if ex is not None and ex in self.queue:
+            # The body of a request already under way is malformed (e.g. a bad chunk size).
+            ex.keep_alive = False
+            if ex is not self.queue[0]:
+                ex.reply = reply
+                return
+            if ex.resp_started:
+                self.abort(ex)
+                return
+            up, ex.up = ex.up, None
+            if up is not None:
+                if ex.endpoint is not None:
+                    ctx.balancer.endpoint_health(ex.endpoint).active -= 1
+                up.abort()
+            self.reply(ex, reply)
+            return
+        ex = Exchange(self, None, ctx.loop.time())
+        ex.reply = reply
+        ex.keep_alive = False
+        self.queue.append(ex)
+        if len(self.queue) == 1:
+            self.reply(ex, reply)
+
+    def finish(self, ex: Exchange) -> None:
+        """The response of `ex` is complete: count it, then move on to the next request."""
+        if ex.done:
+            return
+        ex.done = True
+        ctx = self.ctx
+        if ex.timer is not None:
+            ex.timer.cancel()
+            ex.timer = None
+        if self.queue and self.queue[0] is ex:
+            self.queue.popleft()
+        self._count(ex, ex.status)
+        transport = self.transport
+        if transport is None:
+            return
+        if (
+            ex.close_after
+            or not ex.keep_alive
+            or (not ex.req_done and self.parsing is ex)
+            or self.parser is None  # after a refused upgrade there is nothing left to parse
+            or (self.closing and not self.queue)
+        ):
+            self.closing = True
+            self.queue.clear()
+            transport.close()
+            return
+        if self.queue:
+            nxt = self.queue[0]
+            self.start(nxt)
+        elif self.parsing is None:
+            self.deadline = ctx.loop.time() + ctx.idle_timeout
+            self.deadline_kind = _DEADLINE_IDLE
+        self._update_reading()
+
+    def abort(self, ex: Exchange) -> None:
+        ex.done = True
+        self._count(ex, 0)
+        self.closing = True
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _count(self, ex: Exchange, status: int) -> None:
+        ctx = self.ctx
+        route = ex.route
+        now = ctx.loop.time()
+        if route is not None:
+            row = ctx.rows.get(route.stat_key)
+            if row is None:
+                row = ctx.rows[route.stat_key] = [0, 0, 0, 0, 0, 0]
+            row[status // 100 if status < 600 else 5] += 1
+        else:
+            row = ctx.rows.get(("", "rejected"))
+            if row is None:
+                row = ctx.rows[("", "rejected")] = [0, 0, 0, 0, 0, 0]
+            row[status // 100 if status < 600 else 5] += 1
+        ctx.stats.observe_latency(now - ex.started)
+        if ctx.access_log or ctx.stats.taps:
+            self._log(ex, status, now)
+
+    def _log(self, ex: Exchange, status: int, now: float) -> None:
+        route = ex.route
+        decision = ex.decision
+        record = {
+            "listener": self.ctx.kind,
+            "method": ex.method.decode("latin-1"),
+            "target": ex.url.decode("latin-1"),
+            "host": ex.host.decode("latin-1"),
+            "status": status,
+            "duration_ms": round((now - ex.started) * 1000, 3),
+            "kind": route.kind if route else "rejected",
+            "rule": route.rule if route else None,
+            "destination": ex.dest.name if ex.dest else None,
+            "endpoint": ex.endpoint.address if ex.endpoint else None,
+            "routing_key": decision.key.key if decision else None,
+            "carrier": decision.key.carrier if decision else None,
+            "fallback": ex.fallback_used,
+            "error": ex.reply.error if ex.reply else None,
+            "peer": self.peer.decode("latin-1"),
+        }
+        for queue in self.ctx.stats.taps:
+            if not queue.full():
+                queue.put_nowait(record)
+        if self.ctx.access_log:
+            sys.stdout.write(json.dumps(record, separators=(",", ":")) + "\n")
+
+    # -- flow control, tunnels, deadlines ---------------------------------------------------
+
+    def set_upstream_blocked(self, blocked: bool) -> None:
+        self.upstream_blocked = blocked
+        self._update_reading()
+
+    def _update_reading(self) -> None:
+        transport = self.transport
+        if transport is None:
+            return
+        parsing = self.parsing
+        pause = (
+            self.upstream_blocked
+            or len(self.queue) > self.ctx.max_pipelined
+            or (parsing is not None and parsing.pending is not None
+                and parsing.pending_bytes > _PENDING_LIMIT)
+        )
+        if pause and not self.read_paused:
+            self.read_paused = True
+            transport.pause_reading()
+        elif not pause and self.read_paused:
+            self.read_paused = False
+            transport.resume_reading()
+
+    def start_tunnel(self, ex: Exchange, conn: UpstreamConnection, rest: bytes) -> None:
+        """The upstream answered 101: from now on bytes flow unparsed both ways."""
+        transport = self.transport
+        if transport is None or conn.transport is None:
+            conn.abort()
+            return
+        self.tunnel = conn
+        if ex.timer is not None:
+            ex.timer.cancel()
+            ex.timer = None
+        if rest:
+            transport.write(rest)
+        pending, ex.pending = ex.pending, None
+        if pending:
+            conn.transport.writelines(pending)
+        ex.done = True
+        if self.queue and self.queue[0] is ex:
+            self.queue.popleft()
+        self._count(ex, 101)
+        self.deadline = self.ctx.loop.time() + self.ctx.idle_timeout
+        self.deadline_kind = _DEADLINE_TUNNEL
+        self.upstream_blocked = False
+        self._update_reading()
+
+    def deadline_expired(self) -> None:
+        kind = self.deadline_kind
+        self.deadline_kind = _DEADLINE_NONE
+        if kind == _DEADLINE_HEADERS:
+            if self.queue:
+                return  # a request is in flight; upstream timeouts govern it
+            ex = self.parsing
+            self.parsing = None
+            self.closing = True
+            if ex is None:
+                self._close_quietly()  # nothing was sent: no one to answer
+                return
+            self.ctx.stats.rejected["header-timeout"] += 1
+            ex.keep_alive = False
+            self.queue.append(ex)
+            self.reply(
+                ex,
+                LocalReply(408, "header-timeout", "request headers did not arrive in time",
+                           close=True),
+            )
+        elif kind in (_DEADLINE_IDLE, _DEADLINE_TUNNEL):
+            self._close_quietly()
+
+    def _close_quietly(self) -> None:
+        self.closing = True
+        if self.tunnel is not None:
+            self.tunnel.close()
+        if self.transport is not None:
+            self.transport.close()
+
+    def close(self) -> None:
+        self._close_quietly()
+
+    def drain(self) -> None:
+        """Shutdown: idle connections close now; busy ones answer with Connection: close."""
+        if not self.queue and self.parsing is None and self.tunnel is None:
+            self._close_quietly()

@@ -1,0 +1,246 @@
+"""Upstream HTTP/1.1 connections and their keep-alive pools.
+
+An `UpstreamConnection` carries one exchange at a time (no upstream pipelining: a reset would
+make every queued request ambiguous). It parses the response with httptools and hands every
+event to its `ResponseSink` (the downstream side of the exchange). Between exchanges it sits
+in its endpoint's idle pool; a sweeper closes connections idle longer than the idle timeout,
+so the request path arms no timer for idleness.
+
+Invariant: a connection is in the idle pool only when it has no sink, its last response was
+complete and both sides agreed to keep it alive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections import deque
+from typing import Protocol, cast
+
+import httptools
+
+__all__ = ["Pools", "ResponseSink", "UpstreamConnection"]
+
+
+class ResponseSink(Protocol):
+    def response_head(
+        self, conn: UpstreamConnection, status: int, reason: bytes, headers: list[tuple[bytes, bytes]]
+    ) -> None: ...
+    def response_interim(
+        self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]]
+    ) -> None: ...
+    def response_body(self, data: bytes) -> None: ...
+    def response_end(self, conn: UpstreamConnection, trailers: list[tuple[bytes, bytes]]) -> None: ...
+    def upstream_lost(self, conn: UpstreamConnection, exc: Exception | None) -> None: ...
+    def upstream_pause(self, paused: bool) -> None: ...
+    def upgraded(self, conn: UpstreamConnection, rest: bytes) -> None: ...
+
+
+class UpstreamConnection(asyncio.Protocol):
+    __slots__ = (
+        "address", "headers", "head_request", "in_trailers", "interim", "keep_alive",
+        "last_used", "parser", "pools", "reason", "reset_parser", "seen_bytes", "sink",
+        "status", "transport", "tunnel", "upgrade_expected",
+    )
+
+    def __init__(self, pools: Pools, address: str) -> None:
+        self.pools = pools
+        self.address = address
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.sink: ResponseSink | None = None
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.status = 0
+        self.reason = b""
+        self.interim = False
+        self.in_trailers = False
+        self.head_request = False
+        self.reset_parser = False
+        self.keep_alive = True
+        self.seen_bytes = False
+        self.last_used = 0.0
+        self.tunnel = False
+        self.upgrade_expected = False
+
+    # -- asyncio.Protocol --------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        self.transport = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+        transport.set_write_buffer_limits(high=64 * 1024)
+
+    def data_received(self, data: bytes) -> None:
+        if self.tunnel:
+            if self.sink is not None:
+                self.sink.response_body(data)
+            return
+        self.seen_bytes = True
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            offset = exc.args[0] if exc.args and isinstance(exc.args[0], int) else len(data)
+            self.tunnel = True
+            if self.sink is not None:
+                self.sink.upgraded(self, data[offset:])
+            return
+        except httptools.HttpParserError as exc:
+            self._fail(exc)
+            return
+        if self.reset_parser:
+            self.reset_parser = False
+            self.parser = httptools.HttpResponseParser(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.pools.forget(self)
+        sink, self.sink = self.sink, None
+        self.transport = None
+        if sink is not None:
+            sink.upstream_lost(self, exc)
+
+    def pause_writing(self) -> None:
+        if self.sink is not None:
+            self.sink.upstream_pause(True)
+
+    def resume_writing(self) -> None:
+        if self.sink is not None:
+            self.sink.upstream_pause(False)
+
+    # -- httptools callbacks -----------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self.headers = []
+        self.in_trailers = False
+        self.reason = b""
+
+    def on_status(self, reason: bytes) -> None:
+        self.reason += reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        status = self.parser.get_status_code()
+        self.status = status
+        sink = self.sink
+        if sink is None:
+            return
+        if 100 <= status < 200 and status != 101:
+            self.interim = True
+            sink.response_interim(status, self.reason, self.headers)
+            return
+        self.interim = False
+        self.keep_alive = self.parser.should_keep_alive()
+        headers, self.headers = self.headers, []
+        self.in_trailers = True
+        sink.response_head(self, status, self.reason, headers)
+        if self.head_request and status not in (204, 304):
+            # A response to HEAD has no body whatever its Content-Length says, and httptools
+            # cannot be told so: finish here and parse the next response with a new parser.
+            self.reset_parser = True
+            self._finish()
+
+    def on_body(self, body: bytes) -> None:
+        if self.sink is not None:
+            self.sink.response_body(body)
+
+    def on_message_complete(self) -> None:
+        if self.status == 101:
+            return  # the tunnel takes over (HttpParserUpgrade follows)
+        if self.interim:
+            self.interim = False
+            return
+        if self.reset_parser:
+            return  # HEAD: already finished in on_headers_complete
+        self._finish()
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def _finish(self) -> None:
+        sink, self.sink = self.sink, None
+        trailers, self.headers = self.headers, []
+        if sink is not None:
+            sink.response_end(self, trailers)
+
+    def _fail(self, exc: Exception) -> None:
+        transport = self.transport
+        if transport is not None:
+            transport.abort()
+        else:
+            self.connection_lost(exc)
+
+    def attach(self, sink: ResponseSink, head_request: bool) -> None:
+        self.sink = sink
+        self.head_request = head_request
+        self.seen_bytes = False
+        self.status = 0
+
+    def close(self) -> None:
+        self.sink = None
+        if self.transport is not None:
+            self.transport.close()
+
+    def abort(self) -> None:
+        self.sink = None
+        if self.transport is not None:
+            self.transport.abort()
+
+
+class Pools:
+    """Idle keep-alive connections per endpoint address (shared by every table version)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, max_idle: int) -> None:
+        self.loop = loop
+        self.max_idle = max_idle
+        self.idle: dict[str, deque[UpstreamConnection]] = {}
+        self.opened = 0
+
+    def take(self, address: str) -> UpstreamConnection | None:
+        idle = self.idle.get(address)
+        while idle:
+            conn = idle.pop()
+            transport = conn.transport
+            if transport is not None and not transport.is_closing():
+                return conn
+        return None
+
+    def give_back(self, conn: UpstreamConnection) -> None:
+        transport = conn.transport
+        if transport is None or transport.is_closing():
+            return
+        idle = self.idle.get(conn.address)
+        if idle is None:
+            idle = self.idle[conn.address] = deque()
+        if len(idle) >= self.max_idle:
+            conn.close()
+            return
+        conn.last_used = self.loop.time()
+        idle.append(conn)
+
+    def forget(self, conn: UpstreamConnection) -> None:
+        idle = self.idle.get(conn.address)
+        if idle:
+            try:
+                idle.remove(conn)
+            except ValueError:
+                pass
+
+    def sweep(self, idle_timeout: float) -> None:
+        """Close connections idle for longer than `idle_timeout` (called periodically)."""
+        horizon = self.loop.time() - idle_timeout
+        for idle in self.idle.values():
+            while idle and idle[0].last_used < horizon:
+                idle.popleft().close()
+
+    def close_all(self) -> None:
+        for idle in self.idle.values():
+            while idle:
+                idle.pop().close()
+
+    def idle_count(self) -> int:
+        return sum(len(q) for q in self.idle.values())

@@ -1,0 +1,117 @@
+"""The routing decision: a pure function of a request view and the routing table.
+
+`decide()` knows nothing of sockets or wire protocols: HTTP/1.1, HTTP/2 and gRPC listeners
+all build the same `RequestView`, and `/explain` and the CLI call the very same function.
+Randomness comes in as `draw` callables so tests are deterministic.
+
+Order on the outbound listener, for the service named by the authority:
+1. the request's routing key forks this service → the fork;
+2. the first split whose match holds → one of its destinations (sticky or weighted);
+3. otherwise → the baseline.
+Mirrors are added to non-fork decisions (a developer's sandbox traffic is never shadowed).
+On the inbound listener: a key that forks the local service → the fork, unless a sidecar
+already decided this hop (`x-forklane-routed`); everything else → the local app.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal, NamedTuple
+
+from proxy.context.carriers import KeyResult, extract_routing_key
+from proxy.table import ROUTED_MARKER, Destination, Route, RoutingTable
+
+__all__ = ["NO_MIRRORS", "Decision", "RequestView", "decide", "explain"]
+
+ListenerKind = Literal["inbound", "outbound"]
+NO_MIRRORS: tuple[Destination, ...] = ()
+
+
+@dataclass(slots=True)
+class RequestView:
+    """What routing may look at. `headers` holds only the table's interesting headers,
+    lowercase names, repeated fields joined with ','."""
+
+    listener: ListenerKind
+    method: str
+    path: str
+    authority: str
+    headers: dict[str, str]
+
+
+class Decision(NamedTuple):
+    route: Route
+    key: KeyResult
+    mirrors: tuple[Destination, ...]
+
+
+def _host_only(authority: str) -> str:
+    """Strip the port: `catalog:8080` → `catalog` (only used when the exact authority missed)."""
+    if authority.startswith("["):
+        return authority[: authority.find("]") + 1]
+    return authority.partition(":")[0]
+
+
+def decide(
+    view: RequestView,
+    table: RoutingTable,
+    draw: Callable[[], float],
+) -> Decision:
+    """Route one request. `draw()` returns a uniform [0, 1) float (splits, mirror sampling)."""
+    key = extract_routing_key(table.carriers, view.headers)
+    headers = view.headers
+    if view.listener == "inbound":
+        local = table.inbound_local
+        if local is None:
+            return Decision(table.no_route, key, NO_MIRRORS)
+        if key.key is not None and ROUTED_MARKER not in headers:
+            fork = table.inbound_forks.get(key.key)
+            if fork is not None:
+                return Decision(fork, key, NO_MIRRORS)
+        return Decision(local, key, NO_MIRRORS)
+
+    svc = table.authorities.get(view.authority)
+    if svc is None:
+        svc = table.authorities.get(_host_only(view.authority))
+        if svc is None:
+            return Decision(table.no_route, key, NO_MIRRORS)
+    if key.key is not None:
+        fork = svc.forks.get(key.key)
+        if fork is not None:
+            return Decision(fork, key, NO_MIRRORS)
+    route = svc.baseline
+    method, path = view.method, view.path
+    for split in svc.splits:
+        if split.condition.holds(method, path, headers):
+            route = split.pick(headers, draw())
+            break
+    if not svc.mirrors:
+        return Decision(route, key, NO_MIRRORS)
+    mirrors = tuple(
+        m.destination
+        for m in svc.mirrors
+        if m.condition.holds(method, path, headers) and draw() < m.fraction
+    )
+    return Decision(route, key, mirrors)
+
+
+def explain(decision: Decision) -> dict[str, object]:
+    """The decision as plain data, for `/explain`, the CLI and the explanation header."""
+    route = decision.route
+    dest = route.destination
+    return {
+        "kind": route.kind,
+        "service": route.service,
+        "destination": dest.name if dest else None,
+        "endpoints": [e.address for e in dest.endpoints] if dest else [],
+        "rule": route.rule,
+        "reason": route.reason,
+        "routing_key": decision.key.key,
+        "carrier": decision.key.carrier,
+        "conflict": decision.key.conflict,
+        "fallback": route.fallback.name if route.fallback else None,
+        "mirrors": [m.name for m in decision.mirrors],
+        "status": route.status or None,
+        "error": route.error or None,
+    }

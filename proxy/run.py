@@ -1,0 +1,236 @@
+"""Process wiring: load routing, open listeners, reload, drain on SIGTERM.
+
+One `serve()` per worker process. Startup order: the first routing table is loaded (file,
+or persisted snapshot + control plane) before the listeners open, so a request never meets
+an empty table when one could have been known. Shutdown (SIGTERM/SIGINT): readiness fails at
+once; listeners keep accepting for `drain_accept_seconds` (endpoint removal races SIGTERM in
+Kubernetes), then stop accepting; idle connections close, busy ones finish with
+`Connection: close`; the process exits 0 when idle or at the drain deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import signal
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from proxy.admin import AdminServer
+from proxy.balancer import Balancer
+from proxy.http1.server import Downstream, ListenerContext, ListenerKind
+from proxy.http1.upstream import Pools
+from proxy.loader import FileWatcher, load_snapshot_file
+from proxy.metrics import Stats
+from proxy.settings import ProxySettings
+from proxy.state import TableHolder
+from proxy.table import ConfigError, LocalIdentity, RoutingTable
+
+__all__ = ["serve"]
+
+log = logging.getLogger("forklane.proxy")
+
+
+class Proxy:
+    def __init__(self, settings: ProxySettings) -> None:
+        self.settings = settings
+        self.loop = asyncio.get_running_loop()
+        rng = random.Random(settings.seed)
+        self.draw: Callable[[], float] = rng.random
+        local = None
+        if settings.service and settings.local_app:
+            local = LocalIdentity(service=settings.service, app=settings.local_app)
+        self.holder = TableHolder(local)
+        self.stats = Stats()
+        self.stats.reload_failures = lambda: self.holder.reload_failures
+        self.holder.on_swap(self._swapped)
+        self.pools = Pools(self.loop, settings.max_idle_per_endpoint)
+        self.balancer = Balancer(
+            self.loop.time,
+            self.draw,
+            failure_threshold=settings.outlier_consecutive_failures,
+            ejection_seconds=settings.outlier_ejection_seconds,
+        )
+        self.contexts: list[ListenerContext] = []
+        self.servers: list[asyncio.Server] = []
+        self.admin: AdminServer | None = None
+        self.draining = False
+        self.stopping = asyncio.Event()
+        self.watcher: FileWatcher | None = None
+        self.subscriber: Any = None
+        self.tasks: list[asyncio.Task[None]] = []
+
+    def _swapped(self, table: RoutingTable) -> None:
+        self.stats.config_version = table.version
+        self.stats.config_reloads += 1
+        log.info("routing table %s installed from %s", table.version, self.holder.source)
+
+    # -- routing sources ---------------------------------------------------------------------
+
+    def reload_file(self) -> bool:
+        path = self.settings.config
+        assert path is not None
+        try:
+            snapshot = load_snapshot_file(path)
+            self.holder.apply(snapshot, source=f"file:{path}")
+        except ConfigError as exc:
+            if self.holder.last_error != str(exc):
+                self.holder.reject(str(exc))
+            log.error("routing config rejected, still serving %s: %s",
+                      self.holder.table.version if self.holder.table else "nothing", exc)
+            return False
+        return True
+
+    async def start_routing(self) -> None:
+        s = self.settings
+        if s.config is not None:
+            if not self.reload_file():
+                raise SystemExit(f"forklane proxy: {self.holder.last_error}")
+            self.watcher = FileWatcher(s.config, self.reload_file)
+        elif s.controlplane is not None:
+            from proxy.persist import load_snapshot
+            from proxy.subscriber import Subscriber
+
+            if s.state_dir is not None:
+                persisted = load_snapshot(s.state_dir)
+                if persisted is not None:
+                    try:
+                        self.holder.apply(persisted, source=f"persisted:{s.state_dir}")
+                    except ConfigError as exc:
+                        log.warning("persisted snapshot unusable: %s", exc)
+            listeners = [k for k, port in (("outbound", s.outbound_port),
+                                           ("inbound", s.inbound_port)) if port is not None]
+            self.subscriber = Subscriber(
+                s.controlplane,
+                self.holder,
+                node_id=s.node_id or f"{s.service or 'proxy'}-{id(self):x}",
+                service=s.service,
+                listeners=listeners,
+                token=s.controlplane_token,
+                state_dir=s.state_dir,
+            )
+            self.stats.controlplane_connected = lambda: int(self.subscriber.connected)
+            self.tasks.append(self.loop.create_task(self.subscriber.run()))
+        else:
+            raise SystemExit("forklane proxy: give --config FILE or --controlplane ADDR")
+
+    # -- listeners ---------------------------------------------------------------------------
+
+    async def open_listener(self, kind: ListenerKind, port: int) -> int:
+        ctx = ListenerContext(
+            kind, self.holder, self.settings, self.stats, self.pools, self.balancer,
+            self.draw, self.loop,
+        )
+        server = await self.loop.create_server(
+            lambda: Downstream(ctx),
+            self.settings.bind,
+            port,
+            reuse_port=self.settings.workers > 1 or None,
+            backlog=2048,
+        )
+        self.contexts.append(ctx)
+        self.servers.append(server)
+        return int(server.sockets[0].getsockname()[1])
+
+    def is_ready(self) -> bool:
+        return self.holder.table is not None and not self.draining
+
+    async def start(self) -> str:
+        s = self.settings
+        await self.start_routing()
+        bound: list[str] = []
+        if s.outbound_port is not None:
+            bound.append(f"outbound={s.bind}:{await self.open_listener('outbound', s.outbound_port)}")
+        if s.inbound_port is not None:
+            if self.holder.local is None:
+                raise SystemExit("forklane proxy: the inbound listener needs --service and --local-app")
+            bound.append(f"inbound={s.bind}:{await self.open_listener('inbound', s.inbound_port)}")
+        if s.admin_port is not None:
+            self.admin = AdminServer(self.holder, self.stats, self.draw, self.is_ready)
+            port = await self.admin.start(s.bind, s.admin_port, reuse_port=s.workers > 1)
+            bound.append(f"admin={s.bind}:{port}")
+        self.tasks.append(self.loop.create_task(self._housekeeping()))
+        return " ".join(bound)
+
+    async def _housekeeping(self) -> None:
+        """Deadlines (a tenth of a second resolution), idle pools and the config file."""
+        tick = 0
+        poll_every = max(1, int(self.settings.reload_poll_seconds * 10))
+        while True:
+            await asyncio.sleep(0.1)
+            tick += 1
+            for ctx in self.contexts:
+                ctx.sweep()
+            if tick % 10 == 0:
+                self.pools.sweep(self.settings.idle_timeout)
+            if self.watcher is not None and tick % poll_every == 0:
+                self.watcher.poll()
+
+    # -- shutdown ----------------------------------------------------------------------------
+
+    async def drain(self) -> None:
+        s = self.settings
+        self.draining = True
+        if s.drain_accept_seconds:
+            await asyncio.sleep(s.drain_accept_seconds)
+        for server in self.servers:
+            server.close()
+        for ctx in self.contexts:
+            ctx.draining = True
+            for conn in tuple(ctx.connections):
+                conn.drain()
+        deadline = self.loop.time() + s.drain_seconds
+        while self.loop.time() < deadline and any(ctx.connections for ctx in self.contexts):
+            await asyncio.sleep(0.05)
+        for ctx in self.contexts:
+            for conn in tuple(ctx.connections):
+                conn.close()
+            for task in tuple(ctx.tasks):
+                task.cancel()
+        self.pools.close_all()
+
+    async def aclose(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        if self.subscriber is not None:
+            await self.subscriber.aclose()
+        if self.admin is not None:
+            await self.admin.aclose()
+        for server in self.servers:
+            server.close()
+
+
+async def serve(settings: ProxySettings, ready_line: bool = True) -> int:
+    proxy = Proxy(settings)
+    loop = proxy.loop
+    bound = await proxy.start()
+    if ready_line:
+        print(f"forklane proxy listening: {bound} (routing {proxy.holder.source}, "
+              f"version {proxy.holder.table.version if proxy.holder.table else '-'})",
+              flush=True)
+
+    def on_hup() -> None:
+        if settings.config is not None:
+            proxy.reload_file()
+
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
+    loop.add_signal_handler(signal.SIGTERM, proxy.stopping.set)
+    loop.add_signal_handler(signal.SIGINT, proxy.stopping.set)
+    await proxy.stopping.wait()
+    log.info("draining")
+    await proxy.drain()
+    await proxy.aclose()
+    return 0
+
+
+def run(settings: ProxySettings) -> int:
+    logging.basicConfig(
+        level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s"
+    )
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on every supported OS
+        return asyncio.run(serve(settings))
+    return uvloop.run(serve(settings))

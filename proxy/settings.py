@@ -1,0 +1,77 @@
+"""Proxy settings: parsed once at start from flags and `FORKLANE_*` environment variables.
+
+Nothing else in the proxy reads `os.environ`, argv or files for configuration. The routing
+table (what goes where) is not a setting: it comes from the config file or the control plane
+and can change at run time; settings (ports, limits, identity) are fixed for the process.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from proxy.schema import parse_endpoint
+
+__all__ = ["ProxySettings"]
+
+
+class ProxySettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FORKLANE_", frozen=True, extra="ignore")
+
+    # --- where routing comes from (one of the two) ---
+    config: Path | None = Field(None, description="static routing file (YAML or JSON)")
+    controlplane: str | None = Field(None, description="control plane gRPC address host:port")
+    controlplane_token: str | None = None
+    state_dir: Path | None = Field(
+        None, description="where the last ACKed snapshot is kept for a cold start"
+    )
+    node_id: str = ""
+
+    # --- identity and listeners ---
+    service: str | None = Field(None, description="the local service this sidecar stands beside")
+    local_app: str | None = Field(None, description="host:port of the local app (inbound target)")
+    bind: str = "127.0.0.1"
+    outbound_port: int | None = Field(15001, ge=0, le=65535)
+    inbound_port: int | None = Field(15006, ge=0, le=65535)
+    admin_port: int | None = Field(15000, ge=0, le=65535)
+    workers: int = Field(1, ge=1, le=64)
+
+    # --- HTTP limits (Envoy's defaults where they exist) ---
+    max_header_bytes: int = Field(60 * 1024, ge=1024, le=1024 * 1024)
+    max_header_count: int = Field(100, ge=8, le=10_000)
+    header_timeout: float = Field(10.0, gt=0, le=600)
+    idle_timeout: float = Field(60.0, gt=0, le=3600)
+    max_pipelined: int = Field(16, ge=1, le=1024)
+
+    # --- upstream behaviour ---
+    max_idle_per_endpoint: int = Field(64, ge=0, le=10_000)
+    retries: int = Field(2, ge=0, le=5, description="retries after a connect failure")
+    outlier_consecutive_failures: int = Field(5, ge=1, le=1000)
+    outlier_ejection_seconds: float = Field(10.0, gt=0, le=3600)
+
+    # --- behaviour switches ---
+    access_log: bool = False
+    explain_header: str | None = Field(
+        None,
+        description="when a request carries this header, the response says how it was routed",
+    )
+    reload_poll_seconds: float = Field(1.0, gt=0, le=300)
+    drain_seconds: float = Field(5.0, ge=0, le=600)
+    drain_accept_seconds: float = Field(
+        0.0, ge=0, le=60, description="keep accepting this long after readiness fails"
+    )
+    seed: int | None = Field(None, description="seed of the split/mirror RNG (tests only)")
+
+    @field_validator("local_app")
+    @classmethod
+    def _app(cls, v: str | None) -> str | None:
+        if v is not None:
+            parse_endpoint(v)
+        return v
+
+    @field_validator("explain_header")
+    @classmethod
+    def _explain(cls, v: str | None) -> str | None:
+        return v.lower() if v else v

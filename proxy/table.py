@@ -1,0 +1,422 @@
+"""The routing table: a validated snapshot turned into frozen, pre-indexed core types.
+
+Built once per snapshot (file load, reload, control-plane push) and swapped whole; the request
+path only does dict look-ups on it. Every `Route` a request can take is built here, with its
+reason and rule text, so deciding allocates nothing but the small `Decision` tuple.
+
+Invariants:
+- every `Route` names a `Destination` with at least one endpoint;
+- `authorities` maps every lowercase authority (with and without port) to one service;
+- `interesting_headers` is every header name the decision may read: the protocol layer
+  collects only these for the request view.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+from proxy import schema
+from proxy.context.carriers import CarrierPlan, build_carrier_plan
+
+__all__ = [
+    "ConfigError",
+    "Destination",
+    "Endpoint",
+    "HeaderCondition",
+    "LocalIdentity",
+    "MirrorRule",
+    "Route",
+    "RouteKind",
+    "RoutingTable",
+    "ServiceRoutes",
+    "SplitRule",
+    "Timeouts",
+    "build_table",
+]
+
+RouteKind = Literal["baseline", "fork", "split", "local", "reject"]
+LbPolicy = Literal["round_robin", "least_request"]
+
+# Header used between sidecars: the hop's routing decision is already made, deliver locally.
+ROUTED_MARKER = "x-forklane-routed"
+
+
+class ConfigError(ValueError):
+    """A snapshot that cannot become a table; the message says why. The old table stays."""
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    host: str
+    port: int
+    address: str  # "host:port" as configured; the key of its connection pool
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    connect: float
+    request: float
+    idle: float
+
+
+@dataclass(frozen=True, slots=True)
+class Destination:
+    """Where a request may be sent: one or more endpoints and how to pick among them."""
+
+    name: str  # e.g. "baseline/catalog", "fork/catalog@abc", "split/catalog/canary/v2"
+    endpoints: tuple[Endpoint, ...]
+    lb: LbPolicy
+    timeouts: Timeouts
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """One pre-built outcome of a decision, with the text that explains it."""
+
+    kind: RouteKind
+    service: str | None
+    destination: Destination | None  # None only for kind == "reject"
+    rule: str  # which configuration entry decided, e.g. "forks[2]", "splits[canary]"
+    reason: str  # a sentence for /explain, logs and the explanation header
+    fallback: Destination | None = None  # fork with `fallback: baseline`
+    status: int = 0  # for kind == "reject": the status to answer with
+    error: str = ""  # for kind == "reject": the x-forklane-error reason
+    stat_key: tuple[str, str] = field(init=False, compare=False)  # metrics row: (service, kind)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "stat_key", (self.service or "", self.kind))
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderCondition:
+    name: str
+    exact: str | None
+    prefix: str | None
+    present: bool | None
+
+    def holds(self, headers: dict[str, str]) -> bool:
+        value = headers.get(self.name)
+        if self.present is not None:
+            return (value is not None) == self.present
+        if value is None:
+            return False
+        if self.exact is not None:
+            return value == self.exact
+        assert self.prefix is not None
+        return value.startswith(self.prefix)
+
+
+@dataclass(frozen=True, slots=True)
+class Condition:
+    """A compiled `schema.Match`: all parts must hold."""
+
+    headers: tuple[HeaderCondition, ...]
+    path_prefix: str | None
+    methods: frozenset[str]
+
+    def holds(self, method: str, path: str, headers: dict[str, str]) -> bool:
+        if self.methods and method not in self.methods:
+            return False
+        if self.path_prefix is not None and not path.startswith(self.path_prefix):
+            return False
+        for cond in self.headers:
+            if not cond.holds(headers):
+                return False
+        return True
+
+
+@dataclass(frozen=True, slots=True)
+class SplitRule:
+    """Weighted destinations. Sticky picks use weighted rendezvous hashing: a weight change
+    moves only the users that must move (raising one weight only pulls users *to* it)."""
+
+    name: str
+    condition: Condition
+    routes: tuple[Route, ...]
+    weights: tuple[float, ...]
+    cumulative: tuple[float, ...]  # running sums for the non-sticky pick
+    total: float
+    salts: tuple[bytes, ...]  # per-destination hash salt (its name): stable across edits
+    sticky_header: str | None
+    sticky_cookie: str | None
+
+    def sticky_value(self, headers: dict[str, str]) -> str | None:
+        if self.sticky_header is not None:
+            return headers.get(self.sticky_header)
+        if self.sticky_cookie is not None:
+            return _cookie_value(headers.get("cookie"), self.sticky_cookie)
+        return None
+
+    def pick(self, headers: dict[str, str], draw: float) -> Route:
+        """`draw` is a uniform [0, 1) number, used only when there is no sticky value."""
+        value = self.sticky_value(headers)
+        if value is None:
+            target = draw * self.total
+            for route, upper in zip(self.routes, self.cumulative, strict=True):
+                if target < upper:
+                    return route
+            return self.routes[-1]
+        data = value.encode("utf-8", "surrogateescape")
+        best = self.routes[0]
+        best_score = -1.0
+        for route, weight, salt in zip(self.routes, self.weights, self.salts, strict=True):
+            if weight <= 0:
+                continue
+            digest = hashlib.blake2b(data, digest_size=8, salt=salt).digest()
+            u = (int.from_bytes(digest, "big") + 1) / 18446744073709551617.0  # in (0, 1)
+            score = weight / -math.log(u)
+            if score > best_score:
+                best, best_score = route, score
+        return best
+
+
+@dataclass(frozen=True, slots=True)
+class MirrorRule:
+    name: str
+    condition: Condition
+    fraction: float  # percent / 100
+    destination: Destination
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceRoutes:
+    name: str
+    baseline: Route
+    forks: dict[str, Route]  # routing key -> fork route
+    splits: tuple[SplitRule, ...]
+    mirrors: tuple[MirrorRule, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class LocalIdentity:
+    """Who this sidecar stands beside: the local service name and its app's address."""
+
+    service: str
+    app: str  # host:port of the local app
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingTable:
+    version: str
+    snapshot: schema.RoutingSnapshot
+    carriers: CarrierPlan
+    authorities: dict[str, ServiceRoutes]
+    services: dict[str, ServiceRoutes]
+    interesting_headers: frozenset[str]
+    interesting_raw: frozenset[bytes]  # the same, as the bytes the HTTP/1 parser yields
+    no_route: Route
+    local: LocalIdentity | None = None
+    inbound_local: Route | None = None
+    inbound_forks: dict[str, Route] = field(default_factory=dict)
+
+
+def _cookie_value(header: str | None, name: str) -> str | None:
+    if not header:
+        return None
+    for part in header.split(";"):
+        key, sep, value = part.strip().partition("=")
+        if sep and key == name:
+            return value
+    return None
+
+
+def _endpoints(addresses: tuple[str, ...]) -> tuple[Endpoint, ...]:
+    out = []
+    for address in addresses:
+        host, port = schema.parse_endpoint(address)
+        out.append(Endpoint(host=host, port=port, address=address))
+    return tuple(out)
+
+
+def _timeouts(t: schema.Timeouts) -> Timeouts:
+    return Timeouts(connect=t.connect, request=t.request, idle=t.idle)
+
+
+def _condition(match: schema.Match) -> Condition:
+    return Condition(
+        headers=tuple(
+            HeaderCondition(name=h.name, exact=h.exact, prefix=h.prefix, present=h.present)
+            for h in match.headers
+        ),
+        path_prefix=match.path_prefix,
+        methods=frozenset(match.methods),
+    )
+
+
+def _with_port_variants(authority: str) -> tuple[str, ...]:
+    """A bare host also answers for host:80; host:80 also answers for the bare host."""
+    if authority.startswith("["):
+        end = authority.find("]")
+        host, rest = authority[: end + 1], authority[end + 1 :]
+        port = rest[1:] if rest.startswith(":") else ""
+    else:
+        host, _, port = authority.partition(":")
+    if not port:
+        return (host, f"{host}:80")
+    if port == "80":
+        return (authority, host)
+    return (authority,)
+
+
+def build_table(
+    snapshot: schema.RoutingSnapshot, local: LocalIdentity | None = None
+) -> RoutingTable:
+    """Compile a validated snapshot into the table; raises ConfigError on what pydantic cannot
+    see (a local service that the snapshot does not know)."""
+    carriers = build_carrier_plan(snapshot.carriers)
+    interesting: set[str] = set(carriers.header_names) | {ROUTED_MARKER}
+    services: dict[str, ServiceRoutes] = {}
+    authorities: dict[str, ServiceRoutes] = {}
+    forks_by_service: dict[str, dict[str, Route]] = {s.name: {} for s in snapshot.services}
+    for i, fork in enumerate(snapshot.forks):
+        svc = next(s for s in snapshot.services if s.name == fork.service)
+        baseline_dest = Destination(
+            name=f"baseline/{svc.name}",
+            endpoints=_endpoints(svc.endpoints),
+            lb=svc.lb,
+            timeouts=_timeouts(svc.timeouts),
+        )
+        origin = f" (sandbox {fork.sandbox})" if fork.sandbox else ""
+        forks_by_service[fork.service][fork.routing_key] = Route(
+            kind="fork",
+            service=fork.service,
+            destination=Destination(
+                name=f"fork/{fork.service}@{fork.routing_key}",
+                endpoints=_endpoints(fork.endpoints),
+                lb=fork.lb,
+                timeouts=_timeouts(fork.timeouts),
+            ),
+            rule=f"forks[{i}]",
+            reason=f"routing key {fork.routing_key} forks {fork.service}{origin}",
+            fallback=baseline_dest if fork.fallback == "baseline" else None,
+        )
+    for svc in snapshot.services:
+        baseline = Route(
+            kind="baseline",
+            service=svc.name,
+            destination=Destination(
+                name=f"baseline/{svc.name}",
+                endpoints=_endpoints(svc.endpoints),
+                lb=svc.lb,
+                timeouts=_timeouts(svc.timeouts),
+            ),
+            rule=f"services[{svc.name}]",
+            reason=f"no fork of {svc.name} for this request: baseline",
+        )
+        splits = []
+        for split in snapshot.splits:
+            if split.service != svc.name:
+                continue
+            routes = tuple(
+                Route(
+                    kind="split",
+                    service=svc.name,
+                    destination=Destination(
+                        name=f"split/{svc.name}/{split.name}/{d.name}",
+                        endpoints=_endpoints(d.endpoints),
+                        lb=d.lb,
+                        timeouts=_timeouts(d.timeouts),
+                    ),
+                    rule=f"splits[{split.name}]",
+                    reason=f"split {split.name} of {svc.name}: destination {d.name}",
+                )
+                for d in split.destinations
+            )
+            weights = tuple(float(d.weight) for d in split.destinations)
+            running, cumulative = 0.0, []
+            for w in weights:
+                running += w
+                cumulative.append(running)
+            rule = SplitRule(
+                name=split.name,
+                condition=_condition(split.match),
+                routes=routes,
+                weights=weights,
+                cumulative=tuple(cumulative),
+                total=running,
+                salts=tuple(
+                    hashlib.blake2b(d.name.encode(), digest_size=16).digest()
+                    for d in split.destinations
+                ),
+                sticky_header=split.sticky.header if split.sticky else None,
+                sticky_cookie=split.sticky.cookie if split.sticky else None,
+            )
+            splits.append(rule)
+            interesting.update(h.name for h in split.match.headers)
+            if rule.sticky_header:
+                interesting.add(rule.sticky_header)
+            if rule.sticky_cookie:
+                interesting.add("cookie")
+        mirrors = []
+        for mirror in snapshot.mirrors:
+            if mirror.service != svc.name:
+                continue
+            mirrors.append(
+                MirrorRule(
+                    name=mirror.name,
+                    condition=_condition(mirror.match),
+                    fraction=mirror.percent / 100.0,
+                    destination=Destination(
+                        name=f"mirror/{svc.name}/{mirror.name}",
+                        endpoints=_endpoints(mirror.endpoints),
+                        lb="round_robin",
+                        timeouts=_timeouts(mirror.timeouts),
+                    ),
+                )
+            )
+            interesting.update(h.name for h in mirror.match.headers)
+        routes_for = ServiceRoutes(
+            name=svc.name,
+            baseline=baseline,
+            forks=forks_by_service[svc.name],
+            splits=tuple(splits),
+            mirrors=tuple(mirrors),
+        )
+        services[svc.name] = routes_for
+        for authority in (svc.name, *svc.authorities):
+            for variant in _with_port_variants(authority):
+                authorities.setdefault(variant, routes_for)
+    no_route = Route(
+        kind="reject",
+        service=None,
+        destination=None,
+        rule="services",
+        reason="no service is named by this authority",
+        status=404,
+        error="no-route",
+    )
+    inbound_local: Route | None = None
+    inbound_forks: dict[str, Route] = {}
+    if local is not None:
+        host, port = schema.parse_endpoint(local.app)
+        inbound_local = Route(
+            kind="local",
+            service=local.service,
+            destination=Destination(
+                name=f"local/{local.service}",
+                endpoints=(Endpoint(host=host, port=port, address=local.app),),
+                lb="round_robin",
+                timeouts=Timeouts(connect=1.0, request=15.0, idle=60.0),
+            ),
+            rule="local",
+            reason=f"no fork of {local.service} for this request: local app",
+        )
+        own = services.get(local.service)
+        if own is not None:
+            inbound_forks = own.forks
+    return RoutingTable(
+        version=snapshot.version,
+        snapshot=snapshot,
+        carriers=carriers,
+        authorities=authorities,
+        services=services,
+        interesting_headers=frozenset(interesting),
+        interesting_raw=frozenset(h.encode("latin-1") for h in interesting),
+        no_route=no_route,
+        local=local,
+        inbound_local=inbound_local,
+        inbound_forks=inbound_forks,
+    )

@@ -1,0 +1,531 @@
+"""The SDK's sans-io core: every API operation written once, as a generator of commands.
+
+An operation yields `Request` (answered with a `Response` or a `TransportFailure`) and
+`Sleep` (answered with None) and finally returns its result. The sync and async transports
+(`sdk._transport`) only execute those commands, so `Client` and `AsyncClient` share every
+line of request building, retrying, response parsing, waiting and error translation.
+
+Invariants:
+- retries are bounded (`RetryPolicy.attempts`) with full-jitter exponential backoff from an
+  injected `random.Random`; a request that may have reached the server (read timeout, 502,
+  504) is retried only when its method is idempotent; connect failures and 503 always are;
+- a non-2xx answer becomes a `ForklaneError` here and nowhere else;
+- the clock is injected, so waits are tested without sleeping.
+"""
+
+from __future__ import annotations
+
+import builtins
+import json
+import math
+import random
+import re
+import secrets
+from collections.abc import Callable, Generator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Generic, TypeAlias, TypeVar
+from urllib.parse import quote
+
+from pydantic import BaseModel, ValidationError
+
+from controlplane.wire import (
+    ForkSpec,
+    Metadata,
+    ProxyInfo,
+    ProxyList,
+    ResourceList,
+    RouteGroup,
+    Sandbox,
+    SandboxSpec,
+    ServiceResource,
+    Split,
+    TtlSpec,
+    dump,
+)
+from sdk.errors import (
+    Conflict,
+    ForklaneError,
+    NotFound,
+    SandboxFailed,
+    Unavailable,
+    WaitTimeout,
+    error_from_response,
+)
+
+__all__ = [
+    "API_PREFIX",
+    "ROUTEGROUPS",
+    "ROUTING_KEY_HEADER",
+    "SANDBOXES",
+    "SERVICES",
+    "SPLITS",
+    "Api",
+    "Kind",
+    "Op",
+    "Request",
+    "Response",
+    "RetryPolicy",
+    "SandboxHandle",
+    "Sleep",
+    "TransportFailure",
+    "build_sandbox",
+    "parse_duration",
+    "routing_headers",
+]
+
+API_PREFIX = "/api/v1"
+ROUTING_KEY_HEADER = "x-forklane-routing-key"
+BAGGAGE_MEMBER = "forklane-routing-key"
+IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
+MAX_TTL_SECONDS = 30 * 24 * 3600
+
+M = TypeVar("M", bound=BaseModel)
+# Constrained, not bound: every resource kind has `metadata` and `spec`, which a bound to
+# BaseModel could not promise.
+R = TypeVar("R", Sandbox, RouteGroup, Split, ServiceResource)
+T = TypeVar("T")
+
+
+# --- commands ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    method: str
+    path: str
+    params: tuple[tuple[str, str], ...] = ()
+    body: bytes | None = None
+
+    @property
+    def what(self) -> str:
+        return f"{self.method} {self.path}"
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    status: int
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class TransportFailure:
+    """The transport gave no answer; `sent` is False when the request surely never left."""
+
+    reason: str
+    sent: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Sleep:
+    seconds: float
+
+
+Command: TypeAlias = Request | Sleep
+Reply: TypeAlias = Response | TransportFailure | None
+Op: TypeAlias = Generator[Command, Reply, T]
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Bounded retries of transient failures with full-jitter exponential backoff."""
+
+    attempts: int = 4
+    base_delay: float = 0.1
+    max_delay: float = 2.0
+
+    def delay(self, attempt: int, rng: random.Random) -> float:
+        return rng.uniform(0, min(self.max_delay, self.base_delay * (2**attempt)))
+
+
+# --- resource kinds ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Kind(Generic[R]):
+    """One REST collection: its path segment, item model and list model."""
+
+    plural: str
+    label: str
+    model: type[R]
+    list_model: type[ResourceList[R]]
+
+    def collection(self) -> str:
+        return f"{API_PREFIX}/{self.plural}"
+
+    def item(self, name: str) -> str:
+        return f"{API_PREFIX}/{self.plural}/{quote(name, safe='')}"
+
+
+SANDBOXES: Kind[Sandbox] = Kind("sandboxes", "sandbox", Sandbox, ResourceList[Sandbox])
+ROUTEGROUPS: Kind[RouteGroup] = Kind(
+    "routegroups", "route group", RouteGroup, ResourceList[RouteGroup]
+)
+SPLITS: Kind[Split] = Kind("splits", "split", Split, ResourceList[Split])
+SERVICES: Kind[ServiceResource] = Kind(
+    "services", "service", ServiceResource, ResourceList[ServiceResource]
+)
+
+
+# --- pure helpers ------------------------------------------------------------------------------
+
+_DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
+_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(value: str | float | timedelta) -> int:
+    """Seconds from `90`, `90s`, `15m`, `2h`, `1d`, `1h30m` or a timedelta; > 0, whole seconds."""
+    if isinstance(value, timedelta):
+        seconds = value.total_seconds()
+    elif isinstance(value, int | float):
+        seconds = float(value)
+    else:
+        text = value.strip().lower()
+        if re.fullmatch(r"\d+(\.\d+)?", text):
+            seconds = float(text)
+        else:
+            parts = _DURATION_RE.findall(text)
+            if not parts or "".join(n + u for n, u in parts) != text:
+                raise ValueError(f"duration {value!r}: expected e.g. 90s, 15m, 2h, 1d or 1h30m")
+            seconds = sum(float(n) * _UNIT[u] for n, u in parts)
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ValueError(f"duration {value!r}: must be positive")
+    return math.ceil(seconds)
+
+
+def routing_headers(routing_key: str) -> dict[str, str]:
+    """The headers that steer a request to a sandbox: the header and its W3C baggage twin."""
+    return {ROUTING_KEY_HEADER: routing_key, "baggage": f"{BAGGAGE_MEMBER}={routing_key}"}
+
+
+def parse_fork(text: str) -> ForkSpec:
+    """`SERVICE=HOST:PORT[,HOST:PORT...]` → a fork spec."""
+    service, sep, rest = text.partition("=")
+    endpoints = [e.strip() for e in rest.split(",") if e.strip()]
+    if not sep or not service.strip() or not endpoints:
+        raise ValueError(f"fork {text!r}: expected SERVICE=HOST:PORT[,HOST:PORT...]")
+    return ForkSpec(service=service.strip(), endpoints=endpoints)
+
+
+def new_sandbox_name() -> str:
+    return f"sandbox-{secrets.token_hex(4)}"
+
+
+def build_sandbox(
+    forks: Sequence[ForkSpec | Mapping[str, Any] | str] | None = None,
+    *,
+    spec: SandboxSpec | Mapping[str, Any] | None = None,
+    name: str | None = None,
+    ttl: str | float | timedelta | None = None,
+    labels: Mapping[str, str] | None = None,
+    routing_key: str | None = None,
+    default_ttl: str | float | timedelta | None = None,
+) -> Sandbox:
+    """A `Sandbox` resource from the convenient arguments of `client.sandbox(...)`.
+
+    `forks` items may be `ForkSpec`s, dicts, or `"service=host:port"` strings; `spec` is the
+    whole spec instead. `default_ttl` applies when neither `ttl` nor the spec sets one.
+    Invalid input raises `ValueError` naming the problem.
+    """
+    if (forks is None) == (spec is None):
+        raise ValueError("give exactly one of forks=[...] or spec=...")
+    try:
+        if spec is not None:
+            sandbox_spec = (
+                spec if isinstance(spec, SandboxSpec) else SandboxSpec.model_validate(spec)
+            )
+        else:
+            assert forks is not None
+            fork_specs = [
+                f
+                if isinstance(f, ForkSpec)
+                else parse_fork(f)
+                if isinstance(f, str)
+                else ForkSpec.model_validate(f)
+                for f in forks
+            ]
+            sandbox_spec = SandboxSpec(forks=fork_specs)
+        updates: dict[str, Any] = {}
+        if ttl is None and sandbox_spec.ttl is None:
+            ttl = default_ttl
+        if ttl is not None:
+            updates["ttl"] = TtlSpec(seconds=parse_duration(ttl))
+        if routing_key is not None:
+            updates["routing_key"] = routing_key
+        if updates:
+            sandbox_spec = SandboxSpec.model_validate(
+                {**sandbox_spec.model_dump(by_alias=True), **_aliased(updates)}
+            )
+        metadata = Metadata(name=name or new_sandbox_name(), labels=dict(labels or {}))
+    except ValidationError as exc:
+        raise ValueError(_first_validation_error(exc)) from None
+    return Sandbox(metadata=metadata, spec=sandbox_spec)
+
+
+def _aliased(updates: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in updates.items():
+        alias = SandboxSpec.model_fields[key].alias or key
+        out[alias] = value.model_dump(by_alias=True) if isinstance(value, BaseModel) else value
+    return out
+
+
+def _first_validation_error(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first["loc"])
+    return f"{where}: {first['msg']}" if where else str(first["msg"])
+
+
+@dataclass(frozen=True, slots=True)
+class SandboxHandle:
+    """What `client.sandbox(...)` yields: the key to send and the headers that carry it."""
+
+    name: str
+    routing_key: str
+    sandbox: Sandbox
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+def sandbox_routing_key(sandbox: Sandbox) -> str | None:
+    status_key = sandbox.status.routing_key if sandbox.status else None
+    return status_key or sandbox.spec.routing_key
+
+
+def handle_for(sandbox: Sandbox) -> SandboxHandle:
+    key = sandbox_routing_key(sandbox)
+    if not key:
+        raise ForklaneError(f"sandbox {sandbox.metadata.name!r} is Ready but has no routing key")
+    return SandboxHandle(
+        name=sandbox.metadata.name, routing_key=key, sandbox=sandbox, headers=routing_headers(key)
+    )
+
+
+def describe_status(sandbox: Sandbox) -> str:
+    """`phase Pending; conditions: Ready=False (ForkUnreachable: ...)` for error messages."""
+    status = sandbox.status
+    if status is None:
+        return "no status yet"
+    text = f"phase {status.phase}"
+    conditions = [
+        f"{c.type}={c.status}"
+        + (
+            f" ({': '.join(p for p in (c.reason, c.message) if p)})"
+            if c.reason or c.message
+            else ""
+        )
+        for c in status.conditions
+    ]
+    waiting = [f"{f.service}: {f.message or 'not ready'}" for f in status.forks if not f.ready]
+    if conditions:
+        text += "; conditions: " + ", ".join(conditions)
+    if waiting:
+        text += "; forks not ready: " + ", ".join(waiting)
+    return text
+
+
+# --- operations ----------------------------------------------------------------------------------
+
+
+class Api:
+    """Every REST operation as a generator; holds only immutable policy (no connection)."""
+
+    def __init__(
+        self,
+        base_url: str,
+        retry: RetryPolicy,
+        rng: random.Random,
+        clock: Callable[[], float],
+        wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._base_url = base_url
+        self._retry = retry
+        self._rng = rng
+        self._clock = clock
+        self._wall_clock = wall_clock
+
+    def call(self, request: Request) -> Op[Response]:
+        """Send with bounded retries of transient failures; raise on any non-2xx answer."""
+        idempotent = request.method in IDEMPOTENT
+        last = ""
+        for attempt in range(self._retry.attempts):
+            if attempt:
+                yield Sleep(self._retry.delay(attempt - 1, self._rng))
+            reply = yield request
+            if isinstance(reply, TransportFailure):
+                last = reply.reason
+                if reply.sent and not idempotent:
+                    break
+                continue
+            assert isinstance(reply, Response)
+            if 200 <= reply.status < 300:
+                return reply
+            retryable = reply.status == 503 or (reply.status in (502, 504) and idempotent)
+            error = error_from_response(reply.status, reply.body, request.what)
+            if not retryable or attempt == self._retry.attempts - 1:
+                raise error
+            last = str(error)
+        raise Unavailable(
+            f"control plane at {self._base_url} unavailable: {last}"
+            f" ({request.what}, {self._retry.attempts} attempts)"
+        )
+
+    def _json(self, request: Request) -> Op[Any]:
+        response = yield from self.call(request)
+        if not response.body:
+            return None
+        try:
+            return json.loads(response.body)
+        except ValueError:
+            raise ForklaneError(f"{request.what}: the answer is not JSON") from None
+
+    def _model(self, request: Request, model: type[M]) -> Op[M]:
+        doc = yield from self._json(request)
+        try:
+            return model.model_validate(doc)
+        except ValidationError as exc:
+            raise ForklaneError(
+                f"{request.what}: unexpected answer ({_first_validation_error(exc)})"
+            ) from None
+
+    @staticmethod
+    def _body(model: BaseModel) -> bytes:
+        return json.dumps(dump(model), separators=(",", ":")).encode()
+
+    # CRUD, the same for every kind.
+
+    def create(self, kind: Kind[R], obj: R) -> Op[R]:
+        request = Request("POST", kind.collection(), body=self._body(obj))
+        return (yield from self._model(request, kind.model))
+
+    def get(self, kind: Kind[R], name: str) -> Op[R]:
+        return (yield from self._model(Request("GET", kind.item(name)), kind.model))
+
+    def list(
+        self, kind: Kind[R], labels: Mapping[str, str] | None = None, page_size: int = 500
+    ) -> Op[builtins.list[R]]:
+        """Every item, following `continue` tokens page by page."""
+        params: list[tuple[str, str]] = [("limit", str(page_size))]
+        if labels:
+            params.append(("labelSelector", ",".join(f"{k}={v}" for k, v in labels.items())))
+        items: builtins.list[R] = []
+        token: str | None = None
+        while True:
+            page_params = (*params, ("continue", token)) if token else tuple(params)
+            request = Request("GET", kind.collection(), params=page_params)
+            page = yield from self._model(request, kind.list_model)
+            items.extend(page.items)
+            token = page.metadata.continue_
+            if not token:
+                return items
+
+    def update(self, kind: Kind[R], obj: R) -> Op[R]:
+        """Replace `obj`; 409 (`Conflict`) when its `metadata.resourceVersion` is stale."""
+        name = obj.metadata.name
+        request = Request("PUT", kind.item(name), body=self._body(obj))
+        return (yield from self._model(request, kind.model))
+
+    def delete(self, kind: Kind[R], name: str) -> Op[None]:
+        yield from self.call(Request("DELETE", kind.item(name)))
+        return None
+
+    def apply(self, kind: Kind[R], obj: R, attempts: int = 3) -> Op[R]:
+        """Create, or replace the spec and labels of the existing one (retrying on conflict)."""
+        name = obj.metadata.name
+        for _ in range(attempts):
+            try:
+                current = yield from self.get(kind, name)
+            except NotFound:
+                try:
+                    return (yield from self.create(kind, obj))
+                except Conflict:
+                    continue
+            merged = current.model_copy(
+                update={
+                    "spec": obj.spec,
+                    "metadata": current.metadata.model_copy(update={"labels": obj.metadata.labels}),
+                }
+            )
+            try:
+                return (yield from self.update(kind, merged))
+            except Conflict:
+                continue
+        raise Conflict(f"{kind.label} {name!r} kept changing; gave up after {attempts} attempts")
+
+    # Sandboxes.
+
+    def wait_ready(
+        self,
+        name: str,
+        timeout: float,
+        on_poll: Callable[[Sandbox], None] | None = None,
+        interval: float = 0.1,
+        max_interval: float = 1.0,
+    ) -> Op[Sandbox]:
+        """Poll until the sandbox is Ready for its current generation.
+
+        Raises `SandboxFailed` on phase Failed and `WaitTimeout` (naming the last phase and
+        conditions) at the deadline; `NotFound` if it disappears.
+        """
+        deadline = self._clock() + timeout
+        while True:
+            sandbox = yield from self.get(SANDBOXES, name)
+            if on_poll is not None:
+                on_poll(sandbox)
+            status = sandbox.status
+            if status is not None:
+                current = (
+                    status.observed_generation is None
+                    or sandbox.metadata.generation is None
+                    or status.observed_generation >= sandbox.metadata.generation
+                )
+                if status.phase == "Ready" and current:
+                    return sandbox
+                if status.phase == "Failed" and current:
+                    raise SandboxFailed(f"sandbox {name!r} failed: {describe_status(sandbox)}")
+                if status.phase == "Terminating":
+                    raise SandboxFailed(f"sandbox {name!r} is being deleted")
+            remaining = deadline - self._clock()
+            if remaining <= 0:
+                raise WaitTimeout(
+                    f"sandbox {name!r} not Ready after {timeout:g}s: {describe_status(sandbox)}"
+                )
+            yield Sleep(min(interval, remaining))
+            interval = min(max_interval, interval * 1.5)
+
+    def extend(self, name: str, ttl: str | float | timedelta, attempts: int = 3) -> Op[Sandbox]:
+        """Make the sandbox expire `ttl` from now (TTL counted from its creation)."""
+        extra = parse_duration(ttl)
+        for _ in range(attempts):
+            sandbox = yield from self.get(SANDBOXES, name)
+            created = sandbox.metadata.creation_timestamp
+            age = 0
+            if created is not None:
+                if created.tzinfo is None:
+                    created = created.replace(tzinfo=UTC)
+                age = max(0, math.ceil((self._wall_clock() - created).total_seconds()))
+            seconds = age + extra
+            if seconds > MAX_TTL_SECONDS:
+                raise ValueError(
+                    f"sandbox {name!r}: a TTL may reach at most 30 days after creation"
+                )
+            spec = sandbox.spec.model_copy(update={"ttl": TtlSpec(seconds=seconds)})
+            try:
+                return (
+                    yield from self.update(SANDBOXES, sandbox.model_copy(update={"spec": spec}))
+                )
+            except Conflict:
+                continue
+        raise Conflict(f"sandbox {name!r} kept changing; gave up after {attempts} attempts")
+
+    # Others.
+
+    def proxies(self) -> Op[builtins.list[ProxyInfo]]:
+        result = yield from self._model(Request("GET", f"{API_PREFIX}/proxies"), ProxyList)
+        return result.items
+
+    def snapshot(self) -> Op[dict[str, Any]]:
+        """The compiled routing snapshot as JSON (the proxy's schema; not parsed here)."""
+        doc = yield from self._json(Request("GET", f"{API_PREFIX}/snapshot"))
+        if not isinstance(doc, dict):
+            raise ForklaneError(f"GET {API_PREFIX}/snapshot: expected a JSON object")
+        return doc

@@ -1,0 +1,37 @@
+"""Keep the routing key flowing through a service: capture it from each incoming request,
+add it to every outgoing one.
+
+The core (`RoutingContext`, `routing_context`, `current_routing_key`, `outgoing_headers`)
+imports no HTTP or RPC library. One small module per library holds the glue:
+`sdk.propagation.aiohttp`, `.requests`, `.httpx`, `.grpc` and `.otel` (OpenTelemetry baggage).
+"""
+
+from sdk.propagation._context import (
+    BAGGAGE_MEMBER,
+    FORWARDED_HEADERS,
+    ROUTING_KEY_HEADER,
+    RoutingContext,
+    activate,
+    context_from_headers,
+    current_context,
+    current_routing_key,
+    deactivate,
+    is_routing_key,
+    outgoing_headers,
+    routing_context,
+)
+
+__all__ = [
+    "BAGGAGE_MEMBER",
+    "FORWARDED_HEADERS",
+    "ROUTING_KEY_HEADER",
+    "RoutingContext",
+    "activate",
+    "context_from_headers",
+    "current_context",
+    "current_routing_key",
+    "deactivate",
+    "is_routing_key",
+    "outgoing_headers",
+    "routing_context",
+]

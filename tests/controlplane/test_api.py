@@ -1,0 +1,275 @@
+"""REST contract over real HTTP: every verb, every error status, the token/role matrix."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from conftest import Api
+
+SERVICE = {"metadata": {"name": "web"}, "spec": {"endpoints": ["127.0.0.1:9"]}}
+
+
+def sandbox(name: str, labels: dict[str, str] | None = None, **spec: Any) -> dict[str, Any]:
+    body = {
+        "metadata": {"name": name, "labels": labels or {}},
+        "spec": {"forks": [{"service": "web", "endpoints": ["127.0.0.1:9"]}], **spec},
+    }
+    return body
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], within: float = 5.0) -> None:
+    """Poll `check` until true or the deadline (no fixed sleeps as synchronisation)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while not await check():
+        assert loop.time() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.02)
+
+
+async def test_create_get_list_update_delete(api: Api) -> None:
+    status, svc, headers = await api.call("POST", "/api/v1/services", json_body=SERVICE)
+    assert status == 201, svc
+    assert headers["Location"] == "/api/v1/services/web"
+    meta = svc["metadata"]
+    assert meta["generation"] == 1 and meta["createdBy"] == "admin" and meta["uid"]
+    assert svc["kind"] == "Service" and svc["apiVersion"] == "forklane.dev/v1"
+
+    status, sb, _ = await api.call("POST", "/api/v1/sandboxes", json_body=sandbox("sb1"))
+    assert status == 201, sb
+    key = sb["spec"]["routingKey"]
+    assert re.fullmatch(r"[a-z0-9]{32}", key), "generated keys are 128 bits of [a-z0-9]"
+    assert sb["status"]["routingKey"] == key
+
+    async def status_settled() -> bool:
+        _, got, _ = await api.call("GET", "/api/v1/sandboxes/sb1")
+        return bool(got["status"].get("observedGeneration") == 1)
+
+    # the reconciler writes status (which bumps resourceVersion); let it settle first
+    await eventually(status_settled)
+    status, got, headers = await api.call("GET", "/api/v1/sandboxes/sb1")
+    assert status == 200 and got["spec"]["routingKey"] == key
+    assert headers["ETag"] == f'"{got["metadata"]["resourceVersion"]}"'
+
+    # update via metadata.resourceVersion keeps the key, bumps generation
+    body = sandbox("sb1", {"team": "x"}, description="changed")
+    body["metadata"]["resourceVersion"] = got["metadata"]["resourceVersion"]
+    status, upd, _ = await api.call("PUT", "/api/v1/sandboxes/sb1", json_body=body)
+    assert status == 200, upd
+    assert upd["metadata"]["generation"] == 2 and upd["spec"]["routingKey"] == key
+    assert upd["spec"]["description"] == "changed"
+
+    # the same stale version again: 409, nothing changes
+    body["spec"]["description"] = "lost"
+    status, err, _ = await api.call("PUT", "/api/v1/sandboxes/sb1", json_body=body)
+    assert status == 409 and err["error"]["reason"] == "Conflict"
+    # If-Match with the current version works
+    async def generation_2_settled() -> bool:
+        _, got, _ = await api.call("GET", "/api/v1/sandboxes/sb1")
+        return bool(got["status"].get("observedGeneration") == 2)
+
+    await eventually(generation_2_settled)
+    status, cur, _ = await api.call("GET", "/api/v1/sandboxes/sb1")
+    del body["metadata"]["resourceVersion"]
+    status, upd, _ = await api.call(
+        "PUT", "/api/v1/sandboxes/sb1", json_body=body,
+        headers={"If-Match": f'"{cur["metadata"]["resourceVersion"]}"'},
+    )
+    assert status == 200 and upd["spec"]["description"] == "lost"
+
+    status, gone, _ = await api.call("DELETE", "/api/v1/sandboxes/sb1")
+    assert status == 200 and gone["metadata"]["name"] == "sb1"
+    status, err, _ = await api.call("DELETE", "/api/v1/sandboxes/sb1")
+    assert status == 404 and err["error"]["reason"] == "NotFound"
+    status, err, _ = await api.call("GET", "/api/v1/sandboxes/sb1")
+    assert status == 404
+
+
+async def test_list_label_selector_and_pagination(api: Api) -> None:
+    await api.call("POST", "/api/v1/services", json_body=SERVICE)
+    for i in range(5):
+        status, _, _ = await api.call(
+            "POST", "/api/v1/sandboxes",
+            json_body=sandbox(f"s{i}", {"team": "a" if i < 3 else "b", "env": "dev"}),
+        )
+        assert status == 201
+    status, page, _ = await api.call("GET", "/api/v1/sandboxes?labelSelector=team=a,env=dev")
+    assert status == 200 and page["kind"] == "SandboxList"
+    assert [s["metadata"]["name"] for s in page["items"]] == ["s0", "s1", "s2"]
+    names: list[str] = []
+    path = "/api/v1/sandboxes?limit=2"
+    while True:
+        status, page, _ = await api.call("GET", path)
+        assert status == 200 and len(page["items"]) <= 2
+        names += [s["metadata"]["name"] for s in page["items"]]
+        token = page["metadata"].get("continue")
+        if token is None:
+            break
+        path = f"/api/v1/sandboxes?limit=2&continue={token}"
+    assert names == ["s0", "s1", "s2", "s3", "s4"]
+
+
+async def test_error_statuses(api: Api) -> None:
+    await api.call("POST", "/api/v1/services", json_body=SERVICE)
+
+    status, err, _ = await api.call(
+        "POST", "/api/v1/sandboxes", data=b"{nope", headers={"Content-Type": "application/json"}
+    )
+    assert status == 400 and err["error"]["reason"] == "BadRequest"
+    status, err, _ = await api.call("POST", "/api/v1/sandboxes", json_body=[1, 2])
+    assert status == 400
+    status, err, _ = await api.call(
+        "POST", "/api/v1/sandboxes", data=b"{}", headers={"Content-Type": "text/plain"}
+    )
+    assert status == 415 and err["error"]["reason"] == "UnsupportedMediaType"
+
+    bad = sandbox("bad")
+    bad["spec"]["forks"][0]["endpoints"] = ["no-port-here"]
+    status, err, _ = await api.call("POST", "/api/v1/sandboxes", json_body=bad)
+    assert status == 422 and err["error"]["reason"] == "Invalid"
+    assert [d["field"] for d in err["error"]["details"]] == ["spec.forks[0].endpoints[0]"]
+
+    split = {
+        "metadata": {"name": "canary"},
+        "spec": {"service": "web", "destinations": [
+            {"name": "a", "weight": 0, "endpoints": ["127.0.0.1:9"]}]},
+    }
+    status, err, _ = await api.call("POST", "/api/v1/splits", json_body=split)
+    assert status == 422, "an invalid rule is refused, never pushed"
+    assert "positive weight" in err["error"]["message"]
+
+    status, err, _ = await api.call("POST", "/api/v1/services", json_body=SERVICE)
+    assert status == 409 and "already exists" in err["error"]["message"]
+
+    status, first, _ = await api.call("POST", "/api/v1/sandboxes", json_body=sandbox("one"))
+    dup = sandbox("two", routingKey=first["spec"]["routingKey"])
+    status, err, _ = await api.call("POST", "/api/v1/sandboxes", json_body=dup)
+    assert status == 409 and "already used by sandboxes/one" in err["error"]["message"]
+    group = {"metadata": {"name": "g"},
+             "spec": {"selector": {"a": "b"}, "routingKey": first["spec"]["routingKey"]}}
+    status, err, _ = await api.call("POST", "/api/v1/routegroups", json_body=group)
+    assert status == 409, "keys are unique across sandboxes and route groups"
+
+    status, err, _ = await api.call("GET", "/api/v1/sandboxes?labelSelector=novalue")
+    assert status == 400 and "labelSelector" in err["error"]["message"]
+    status, err, _ = await api.call("GET", "/api/v1/sandboxes?limit=0")
+    assert status == 400
+    status, err, _ = await api.call("PUT", "/api/v1/sandboxes/other", json_body=sandbox("one"))
+    assert status == 400 and "does not match" in err["error"]["message"]
+    status, err, _ = await api.call(
+        "PUT", "/api/v1/sandboxes/one", json_body=sandbox("one"), headers={"If-Match": '"x"'}
+    )
+    assert status == 400
+    status, err, _ = await api.call("GET", "/api/v1/widgets")
+    assert status == 404 and err["error"]["reason"] == "NotFound"
+    status, err, _ = await api.call("PATCH", "/api/v1/sandboxes/one", json_body={})
+    assert status == 405 and "error" in err
+
+
+async def test_token_and_role_matrix(api: Api) -> None:
+    status, err, headers = await api.call("GET", "/api/v1/sandboxes", token=None)
+    assert status == 401 and headers["WWW-Authenticate"].startswith("Bearer")
+    assert err["error"]["reason"] == "Unauthorized"
+    status, err, _ = await api.call("GET", "/api/v1/sandboxes", token="flk_abc_def")
+    assert status == 401 and "invalid" in err["error"]["message"]
+    status, _, _ = await api.call("GET", "/api/v1/sandboxes", token="garbage")
+    assert status == 401
+
+    alice = await api.token("alice", "developer")
+    bob = await api.token("bob", "developer")
+    proxy = await api.token("proxy-1", "proxy")
+    assert alice.startswith("flk_") and alice != bob
+
+    status, err, _ = await api.call("POST", "/api/v1/services", token=alice, json_body=SERVICE)
+    assert status == 403 and "only admins" in err["error"]["message"]
+    await api.call("POST", "/api/v1/services", json_body=SERVICE)
+    status, _, _ = await api.call("GET", "/api/v1/services/web", token=alice)
+    assert status == 200, "developers read services"
+
+    status, sb, _ = await api.call("POST", "/api/v1/sandboxes", token=alice, json_body=sandbox("a1"))
+    assert status == 201 and sb["metadata"]["createdBy"] == "alice"
+    status, err, _ = await api.call("GET", "/api/v1/sandboxes/a1", token=bob)
+    assert status == 403 and "alice" in err["error"]["message"]
+    status, _, _ = await api.call("DELETE", "/api/v1/sandboxes/a1", token=bob)
+    assert status == 403
+    status, _, _ = await api.call("PUT", "/api/v1/sandboxes/a1", token=bob, json_body=sandbox("a1"))
+    assert status == 403
+    status, page, _ = await api.call("GET", "/api/v1/sandboxes", token=bob)
+    assert status == 200 and page["items"] == [], "developers list only their own sandboxes"
+    status, page, _ = await api.call("GET", "/api/v1/sandboxes", token=alice)
+    assert [s["metadata"]["name"] for s in page["items"]] == ["a1"]
+
+    status, err, _ = await api.call("POST", "/api/v1/sandboxes", token=proxy, json_body=sandbox("p"))
+    assert status == 403 and "proxy" in err["error"]["message"]
+    status, _, _ = await api.call("GET", "/api/v1/snapshot", token=proxy)
+    assert status == 200
+
+    status, _, _ = await api.call("GET", "/api/v1/audit", token=alice)
+    assert status == 403
+    status, _, _ = await api.call(
+        "POST", "/api/v1/tokens", token=alice, json_body={"subject": "x", "role": "admin"}
+    )
+    assert status == 403
+    status, err, _ = await api.call(
+        "POST", "/api/v1/tokens", json_body={"subject": "x", "role": "root"}
+    )
+    assert status == 422 and err["error"]["details"][0]["field"] == "role"
+
+    status, _, _ = await api.call("DELETE", "/api/v1/sandboxes/a1", token=alice)
+    assert status == 200
+    status, audit, _ = await api.call("GET", "/api/v1/audit")
+    assert status == 200
+    trail = [(e["subject"], e["verb"], e["resource"], e["name"]) for e in audit["items"]]
+    assert ("alice", "create", "sandboxes", "a1") in trail
+    assert ("alice", "delete", "sandboxes", "a1") in trail
+    deleted = next(e for e in audit["items"] if e["verb"] == "delete")
+    assert deleted["generationBefore"] == 1 and "generationAfter" not in deleted
+
+
+async def test_openapi_health_and_snapshot(api: Api) -> None:
+    status, doc, _ = await api.call("GET", "/api/v1/openapi.json", token=None)
+    assert status == 200 and doc["openapi"].startswith("3.")
+    assert "/api/v1/sandboxes/{name}" in doc["paths"]
+    assert "routingKey" in doc["components"]["schemas"]["SandboxSpec"]["properties"]
+    assert (await api.call("GET", "/healthz", token=None))[0] == 200
+    assert (await api.call("GET", "/readyz", token=None))[0] == 200
+
+    await api.call("POST", "/api/v1/services", json_body=SERVICE)
+    _, sb, _ = await api.call("POST", "/api/v1/sandboxes", json_body=sandbox("s"))
+    key = sb["spec"]["routingKey"]
+
+    async def fork_published() -> bool:
+        _, snap, _ = await api.call("GET", "/api/v1/snapshot")
+        return any(f["routing_key"] == key for f in snap["forks"])
+
+    await eventually(fork_published)
+    await api.call("DELETE", "/api/v1/sandboxes/s")
+
+    async def fork_withdrawn() -> bool:
+        return not await fork_published()
+
+    await eventually(fork_withdrawn)
+
+
+async def test_broken_split_reported_in_status_not_pushed(api: Api) -> None:
+    await api.call("POST", "/api/v1/services", json_body=SERVICE)
+    orphan = {
+        "metadata": {"name": "orphan"},
+        "spec": {"service": "ghost", "destinations": [
+            {"name": "a", "weight": 1, "endpoints": ["127.0.0.1:9"]}]},
+    }
+    status, _, _ = await api.call("POST", "/api/v1/splits", json_body=orphan)
+    assert status == 201, "a reference to an unknown service is a status, not a 422"
+
+    async def failed() -> bool:
+        _, got, _ = await api.call("GET", "/api/v1/splits/orphan")
+        return bool(got.get("status", {}).get("phase") == "Failed")
+
+    await eventually(failed)
+    _, got, _ = await api.call("GET", "/api/v1/splits/orphan")
+    cond = next(c for c in got["status"]["conditions"] if c["type"] == "Compiled")
+    assert cond["status"] == "False" and "ghost" in cond["message"]
+    _, snap, _ = await api.call("GET", "/api/v1/snapshot")
+    assert snap["splits"] == [] and [s["name"] for s in snap["services"]] == ["web"]

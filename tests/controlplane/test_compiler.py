@@ -1,0 +1,153 @@
+"""Compiler tables: resources → snapshot; a broken resource is isolated, never fatal."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from controlplane import wire
+from controlplane.compiler import Inputs, compile_snapshot
+
+
+def svc(name: str, *authorities: str, endpoint: str = "10.0.0.1:80") -> wire.ServiceResource:
+    return wire.ServiceResource.model_validate(
+        {"metadata": {"name": name},
+         "spec": {"endpoints": [endpoint], "authorities": list(authorities)}}
+    )
+
+
+def sb(
+    name: str, key: str, *services: str, labels: dict[str, str] | None = None,
+    phase: str = "Pending", fallback: str = "fail",
+) -> wire.Sandbox:
+    return wire.Sandbox.model_validate(
+        {
+            "metadata": {"name": name, "labels": labels or {}},
+            "spec": {
+                "routingKey": key,
+                "fallback": fallback,
+                "forks": [{"service": s, "endpoints": [f"10.1.0.1:{8000 + i}"]}
+                          for i, s in enumerate(services)],
+            },
+            "status": {"phase": phase},
+        }
+    )
+
+
+def group(name: str, key: str, selector: dict[str, str]) -> wire.RouteGroup:
+    return wire.RouteGroup.model_validate(
+        {"metadata": {"name": name}, "spec": {"selector": selector, "routingKey": key}}
+    )
+
+
+def split(name: str, service: str, **extra: Any) -> wire.Split:
+    spec = {"service": service,
+            "destinations": [{"name": "v1", "weight": 90, "endpoints": ["10.2.0.1:80"]},
+                             {"name": "v2", "weight": 10, "endpoints": ["10.2.0.2:80"]}],
+            **extra}
+    return wire.Split.model_validate({"metadata": {"name": name}, "spec": spec})
+
+
+def test_empty_store_compiles_to_empty_snapshot() -> None:
+    out = compile_snapshot(Inputs(revision=7))
+    assert out.snapshot.version == "7" and out.snapshot.forks == () and out.problems == {}
+
+
+def test_sandbox_forks_and_fallback() -> None:
+    out = compile_snapshot(
+        Inputs(revision=3, services=[svc("web"), svc("api")],
+               sandboxes=[sb("b", "keyb", "web", fallback="baseline"), sb("a", "keya", "api", "web")])
+    )
+    forks = [(f.routing_key, f.service, f.sandbox, f.fallback) for f in out.snapshot.forks]
+    assert forks == [
+        ("keya", "api", "a", "fail"),
+        ("keya", "web", "a", "fail"),
+        ("keyb", "web", "b", "baseline"),
+    ]
+    assert out.problems == {}
+
+
+def test_deterministic_whatever_the_input_order() -> None:
+    services = [svc("web"), svc("api", "api.local")]
+    sandboxes = [sb("a", "k1", "web"), sb("b", "k2", "api")]
+    one = compile_snapshot(Inputs(revision=1, services=services, sandboxes=sandboxes))
+    two = compile_snapshot(Inputs(revision=1, services=services[::-1], sandboxes=sandboxes[::-1]))
+    assert one.snapshot == two.snapshot
+
+
+def test_terminating_sandbox_is_withdrawn() -> None:
+    out = compile_snapshot(
+        Inputs(revision=1, services=[svc("web")],
+               sandboxes=[sb("gone", "k", "web", phase="Terminating"), sb("live", "l", "web")])
+    )
+    assert [f.sandbox for f in out.snapshot.forks] == ["live"]
+
+
+@pytest.mark.parametrize(
+    ("inputs", "broken", "reason", "kept_forks"),
+    [
+        (  # fork of a service that does not exist
+            Inputs(revision=1, services=[svc("web")],
+                   sandboxes=[sb("bad", "k1", "ghost"), sb("good", "k2", "web")]),
+            ("sandboxes", "bad"), "unknown service 'ghost'", ["good"],
+        ),
+        (  # the same routing key twice: the first by name keeps it
+            Inputs(revision=1, services=[svc("web")],
+                   sandboxes=[sb("a", "same", "web"), sb("b", "same", "web")]),
+            ("sandboxes", "b"), "already used by sandboxes/a", ["a"],
+        ),
+        (  # two forks of one service in one route group
+            Inputs(revision=1, services=[svc("web")],
+                   sandboxes=[sb("a", "k1", "web", labels={"g": "1"}),
+                              sb("b", "k2", "web", labels={"g": "1"})],
+                   routegroups=[group("grp", "gk", {"g": "1"})]),
+            ("routegroups", "grp"), "forked by both", ["a", "b"],
+        ),
+        (  # an authority claimed by two services
+            Inputs(revision=1, services=[svc("api", "shared.local"), svc("web", "shared.local")],
+                   sandboxes=[sb("a", "k1", "api")]),
+            ("services", "web"), "already names service 'api'", ["a"],
+        ),
+    ],
+)
+def test_broken_resource_is_isolated(
+    inputs: Inputs, broken: tuple[str, str], reason: str, kept_forks: list[str]
+) -> None:
+    out = compile_snapshot(inputs)
+    assert list(out.problems) == [broken]
+    assert reason in out.problems[broken]
+    assert sorted({f.sandbox for f in out.snapshot.forks}) == kept_forks
+
+
+def test_route_group_joins_matching_sandboxes() -> None:
+    out = compile_snapshot(
+        Inputs(
+            revision=5,
+            services=[svc("web"), svc("api")],
+            sandboxes=[sb("a", "k1", "web", labels={"feature": "x"}),
+                       sb("b", "k2", "api", labels={"feature": "x", "team": "t"}),
+                       sb("c", "k3", "api", labels={"feature": "y"})],
+            routegroups=[group("fx", "groupkey", {"feature": "x"})],
+        )
+    )
+    grouped = [(f.service, f.endpoints) for f in out.snapshot.forks if f.routing_key == "groupkey"]
+    assert grouped == [("api", ("10.1.0.1:8000",)), ("web", ("10.1.0.1:8000",))]
+    assert out.group_members == {"fx": ("a", "b")}
+    assert all(f.sandbox == "fx" and f.fallback == "baseline"
+               for f in out.snapshot.forks if f.routing_key == "groupkey")
+
+
+def test_splits_and_mirrors() -> None:
+    mirrors = [{"name": "shadow", "percent": 5, "endpoints": ["10.3.0.1:80"]}]
+    out = compile_snapshot(
+        Inputs(revision=2, services=[svc("web")],
+               splits=[split("b-canary", "web", sticky={"header": "x-user"}, mirrors=mirrors),
+                       split("a-first", "web", match={"pathPrefix": "/v2"}),
+                       split("orphan", "ghost")])
+    )
+    assert [s.name for s in out.snapshot.splits] == ["a-first", "b-canary"], "name order"
+    assert out.snapshot.splits[0].match.path_prefix == "/v2"
+    assert out.snapshot.splits[1].sticky is not None
+    assert [(m.name, m.percent) for m in out.snapshot.mirrors] == [("b-canary.shadow", 5.0)]
+    assert list(out.problems) == [("splits", "orphan")]

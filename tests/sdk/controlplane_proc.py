@@ -1,0 +1,98 @@
+"""Start and stop a real forklane control plane (`python -m controlplane serve`) for tests.
+
+Shared by the SDK tests and the CLI end-to-end tests. The control plane listens on port 0 with
+a temporary data directory and the bootstrap admin token from `FORKLANE_ADMIN_TOKEN`; we wait
+for its "listening on" line (no sleeping) and parse the URL from it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+ADMIN_TOKEN = "forklane-test-admin-token-0123456789"
+LISTENING = re.compile(r"forklane controlplane listening on (http://\S+)")
+
+
+@dataclass(frozen=True)
+class ControlPlane:
+    url: str
+    token: str
+    data_dir: Path
+
+
+def controlplane_missing() -> str | None:
+    """Why the control plane cannot be started from this tree, or None when it can."""
+    if not (REPO / "controlplane" / "__main__.py").exists():
+        return "the control plane has no `python -m controlplane` entry point in this tree yet"
+    return None
+
+
+def start_controlplane(
+    data_dir: Path, extra_env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[str], str]:
+    env = {
+        **os.environ,
+        "FORKLANE_ADMIN_TOKEN": ADMIN_TOKEN,
+        "PYTHONPATH": str(REPO),
+        "FORKLANE_RECONCILE_INTERVAL": "0.2",
+        **(extra_env or {}),
+    }
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "controlplane",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--grpc",
+            "127.0.0.1:0",
+            "--data-dir",
+            str(data_dir),
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert proc.stdout is not None
+    lines: list[str] = []
+    found: list[str] = []
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            match = LISTENING.search(line)
+            if match and not found:
+                found.append(match.group(1))
+                ready.set()
+        ready.set()
+
+    ready = threading.Event()
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    ready.wait(timeout=30)
+    if not found:
+        proc.kill()
+        proc.wait(timeout=10)
+        raise RuntimeError("control plane did not start:\n" + "".join(lines[-30:]))
+    return proc, found[0].rstrip("/")
+
+
+def stop_process(proc: subprocess.Popen[str]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
