@@ -33,7 +33,7 @@ from controlplane.compiler import service_to_schema, split_to_schema
 from controlplane.errors import ApiError, from_store_error, from_validation_error
 from controlplane.openapi import OPENAPI
 from controlplane.publisher import SnapshotPublisher
-from controlplane.reconciler import Clock, Reconciler, utcnow
+from controlplane.reconciler import Clock, utcnow
 from controlplane.resources import KINDS, ResourceKind, parse_selector, to_wire
 from controlplane.store.base import AuditEntry, Record, Store, StoreError
 
@@ -56,7 +56,6 @@ class ApiContext:
     publisher: SnapshotPublisher
     proxies: ProxyLister
     authenticator: Authenticator | None  # None: auth disabled (local demo only)
-    reconciler: Reconciler | None = None
     clock: Clock = utcnow
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 from datetime import datetime
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO
 
 from aiohttp import web
 
@@ -23,7 +23,15 @@ from controlplane.settings import Settings, parse_hostport
 from controlplane.store import make_store
 from controlplane.store.base import Store
 
-__all__ = ["ControlPlane", "NoProxies"]
+__all__ = ["ControlPlane", "NoProxies", "ProxyView"]
+
+
+class ProxyView(Protocol):
+    """What the API and the reconciler need of the proxy registry."""
+
+    def list(self) -> list[wire.ProxyInfo]: ...
+
+    def all_acked(self, version: int) -> bool: ...
 
 
 class NoProxies:
@@ -56,18 +64,22 @@ class ControlPlane:
         self._with_push = with_push
         self._clock = clock
         self._stderr = stderr or sys.stderr
-        self.registry: Any = NoProxies()
+        self.registry: ProxyView = NoProxies()
         self.push: Any = None
         if with_push:
             from controlplane.push.registry import ProxyRegistry
             from controlplane.push.server import PushServer
 
-            self.registry = ProxyRegistry(replica=settings.replica)
-            self.push = PushServer(self.publisher, self.registry, authorize=self._authorize_push)
+            registry = ProxyRegistry(replica=settings.replica)
+            self.registry = registry
+            self.push = PushServer(self.publisher, registry, authorize=self._authorize_push)
         self.reconciler = Reconciler(
             self.store, self.publisher, self.registry, clock=clock, probe=probe,
             probe_timeout=settings.probe_timeout, interval=settings.reconcile_interval,
         )
+        if with_push:
+            # an ACK may make a sandbox Ready: judge it now, not at the next interval
+            registry.add_listener(self.reconciler.kick)
         self.authenticator: Authenticator | None = None
         self._runner: web.AppRunner | None = None
         self.api_address: tuple[str, int] | None = None
@@ -110,8 +122,7 @@ class ControlPlane:
             app = build_app(
                 ApiContext(
                     store=self.store, publisher=self.publisher, proxies=self.registry,
-                    authenticator=self.authenticator, reconciler=self.reconciler,
-                    clock=self._clock,
+                    authenticator=self.authenticator, clock=self._clock,
                 )
             )
             self._runner = web.AppRunner(app, access_log=None, handle_signals=False)

@@ -16,7 +16,7 @@ Invariants:
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Generic, Literal, TypeVar
+from typing import Annotated, Any, Final, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -57,7 +57,7 @@ __all__ = [
     "TtlSpec",
 ]
 
-API_VERSION = "forklane.dev/v1"
+API_VERSION: Final = "forklane.dev/v1"
 
 NAME_PATTERN = r"^[a-z0-9]([a-z0-9\-]{0,61}[a-z0-9])?$"
 ROUTING_KEY_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,127}$"

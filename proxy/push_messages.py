@@ -43,9 +43,9 @@ __all__ = [
     "decode_request",
     "decode_response",
     "describe_validation_error",
+    "encode_full_response",
     "encode_request",
     "encode_response",
-    "encode_full_response",
 ]
 
 SERVICE = "forklane.push.v1.SnapshotService"
@@ -64,16 +64,20 @@ class Node(_Msg):
     """Who subscribes: a stable id per sidecar, the service it stands beside, its listeners."""
 
     id: str = Field(min_length=1, max_length=253)
-    service: str | None = Field(None, max_length=253)
+    service: str | None = Field(default=None, max_length=253)
     listeners: tuple[str, ...] = Field(default=(), max_length=16)
     capabilities: tuple[Literal["full", "delta"], ...] = ("full",)
 
 
 class SubscribeRequest(_Msg):
     node: Node | None = None
-    version_info: str = Field("", max_length=128, description="last applied version, '' if none")
-    response_nonce: str = Field("", max_length=64, description="the push this answers")
-    error_detail: str | None = Field(None, max_length=MAX_ERROR_DETAIL, description="NACK reason")
+    version_info: str = Field(
+        default="", max_length=128, description="last applied version, '' if none"
+    )
+    response_nonce: str = Field(default="", max_length=64, description="the push this answers")
+    error_detail: str | None = Field(
+        default=None, max_length=MAX_ERROR_DETAIL, description="NACK reason"
+    )
 
     @property
     def is_nack(self) -> bool:
@@ -114,8 +118,9 @@ def describe_validation_error(exc: ValidationError, limit: int = 5) -> str:
     """A one-line reason naming the fields, short enough for a NACK or a log line."""
     parts = []
     for err in exc.errors()[:limit]:
-        loc = ".".join(str(p) for p in err["loc"]) or "(root)"
-        parts.append(f"{loc}: {err['msg']}")
+        msg = err["msg"].removeprefix("Value error, ")
+        loc = ".".join(str(p) for p in err["loc"])
+        parts.append(f"{loc}: {msg}" if loc else msg)
     more = exc.error_count() - limit
     if more > 0:
         parts.append(f"and {more} more")

@@ -22,15 +22,7 @@ from pydantic import BaseModel
 from rich.console import Console
 from rich.table import Table
 
-from controlplane.wire import (
-    API_VERSION,
-    ProxyInfo,
-    RouteGroup,
-    Sandbox,
-    ServiceResource,
-    Split,
-    dump,
-)
+from controlplane.wire import API_VERSION, Sandbox, Split, dump
 from sdk.config import ConfigFile
 
 __all__ = [
@@ -44,6 +36,7 @@ __all__ = [
     "Format",
     "emit",
     "emit_document",
+    "explanation_text",
     "humanize_seconds",
     "list_document",
 ]
@@ -239,9 +232,27 @@ def emit(
         emit_document(doc, fmt, out)
 
 
-def resource_kind(model: BaseModel) -> str:
-    if isinstance(model, Sandbox | RouteGroup | Split | ServiceResource):
-        return model.kind
-    if isinstance(model, ProxyInfo):
-        return "Proxy"
-    return type(model).__name__
+def explanation_text(decision: dict[str, Any]) -> str:
+    """A routing decision (the proxy's `/explain` JSON) as aligned lines for people."""
+    dest = decision.get("destination")
+    if not dest:
+        dest = f"local answer {decision.get('status')} ({decision.get('error')})"
+    lines = [f"{decision.get('kind', '?'):<10} -> {dest}"]
+    endpoints = decision.get("endpoints") or []
+    if endpoints:
+        lines.append(f"endpoints  {', '.join(map(str, endpoints))}")
+    lines.append(f"rule       {decision.get('rule', '-')}")
+    lines.append(f"reason     {decision.get('reason', '-')}")
+    key = decision.get("routing_key") or "-"
+    if decision.get("carrier"):
+        key += f" (from {decision['carrier']})"
+    if decision.get("conflict"):
+        key += " - carriers disagreed, key ignored"
+    lines.append(f"key        {key}")
+    if decision.get("fallback"):
+        lines.append(f"fallback   {decision['fallback']}")
+    if decision.get("mirrors"):
+        lines.append(f"mirrors    {', '.join(map(str, decision['mirrors']))}")
+    if decision.get("table_version"):
+        lines.append(f"table      {decision['table_version']}")
+    return "\n".join(lines)

@@ -30,8 +30,8 @@ from urllib.parse import quote
 from pydantic import BaseModel, ValidationError
 
 from controlplane.wire import (
+    ENDPOINT_PATTERN,
     ForkSpec,
-    Metadata,
     ProxyInfo,
     ProxyList,
     ResourceList,
@@ -198,13 +198,25 @@ def routing_headers(routing_key: str) -> dict[str, str]:
     return {ROUTING_KEY_HEADER: routing_key, "baggage": f"{BAGGAGE_MEMBER}={routing_key}"}
 
 
+_ENDPOINT_RE = re.compile(ENDPOINT_PATTERN)
+
+
+def parse_endpoints(text: str) -> list[str]:
+    """`HOST:PORT[,HOST:PORT...]` → the list; ValueError naming the first bad one."""
+    endpoints = [e.strip() for e in text.split(",") if e.strip()]
+    for endpoint in endpoints:
+        if not _ENDPOINT_RE.match(endpoint) or not 0 < int(endpoint.rpartition(":")[2]) < 65536:
+            raise ValueError(f"endpoint {endpoint!r}: expected HOST:PORT with a port in 1..65535")
+    return endpoints
+
+
 def parse_fork(text: str) -> ForkSpec:
     """`SERVICE=HOST:PORT[,HOST:PORT...]` → a fork spec."""
     service, sep, rest = text.partition("=")
-    endpoints = [e.strip() for e in rest.split(",") if e.strip()]
-    if not sep or not service.strip() or not endpoints:
+    if not sep or not service.strip() or not rest.strip():
         raise ValueError(f"fork {text!r}: expected SERVICE=HOST:PORT[,HOST:PORT...]")
-    return ForkSpec(service=service.strip(), endpoints=endpoints)
+    endpoints = parse_endpoints(rest)
+    return ForkSpec.model_validate({"service": service.strip(), "endpoints": endpoints})
 
 
 def new_sandbox_name() -> str:
@@ -231,43 +243,28 @@ def build_sandbox(
         raise ValueError("give exactly one of forks=[...] or spec=...")
     try:
         if spec is not None:
-            sandbox_spec = (
-                spec if isinstance(spec, SandboxSpec) else SandboxSpec.model_validate(spec)
-            )
+            spec_doc = dump(spec) if isinstance(spec, SandboxSpec) else dict(spec)
         else:
             assert forks is not None
-            fork_specs = [
-                f
-                if isinstance(f, ForkSpec)
-                else parse_fork(f)
-                if isinstance(f, str)
-                else ForkSpec.model_validate(f)
-                for f in forks
-            ]
-            sandbox_spec = SandboxSpec(forks=fork_specs)
-        updates: dict[str, Any] = {}
-        if ttl is None and sandbox_spec.ttl is None:
+            spec_doc = {"forks": [_fork_doc(f) for f in forks]}
+        if ttl is None and spec_doc.get("ttl") is None:
             ttl = default_ttl
         if ttl is not None:
-            updates["ttl"] = TtlSpec(seconds=parse_duration(ttl))
+            spec_doc["ttl"] = {"seconds": parse_duration(ttl)}
         if routing_key is not None:
-            updates["routing_key"] = routing_key
-        if updates:
-            sandbox_spec = SandboxSpec.model_validate(
-                {**sandbox_spec.model_dump(by_alias=True), **_aliased(updates)}
-            )
-        metadata = Metadata(name=name or new_sandbox_name(), labels=dict(labels or {}))
+            spec_doc["routingKey"] = routing_key
+        metadata = {"name": name or new_sandbox_name(), "labels": dict(labels or {})}
+        return Sandbox.model_validate({"metadata": metadata, "spec": spec_doc})
     except ValidationError as exc:
         raise ValueError(_first_validation_error(exc)) from None
-    return Sandbox(metadata=metadata, spec=sandbox_spec)
 
 
-def _aliased(updates: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in updates.items():
-        alias = SandboxSpec.model_fields[key].alias or key
-        out[alias] = value.model_dump(by_alias=True) if isinstance(value, BaseModel) else value
-    return out
+def _fork_doc(fork: ForkSpec | Mapping[str, Any] | str) -> dict[str, Any]:
+    if isinstance(fork, str):
+        return dump(parse_fork(fork))
+    if isinstance(fork, ForkSpec):
+        return dump(fork)
+    return dict(fork)
 
 
 def _first_validation_error(exc: ValidationError) -> str:
@@ -508,7 +505,9 @@ class Api:
                 raise ValueError(
                     f"sandbox {name!r}: a TTL may reach at most 30 days after creation"
                 )
-            spec = sandbox.spec.model_copy(update={"ttl": TtlSpec(seconds=seconds)})
+            spec = sandbox.spec.model_copy(
+                update={"ttl": TtlSpec.model_validate({"seconds": seconds})}
+            )
             try:
                 return (
                     yield from self.update(SANDBOXES, sandbox.model_copy(update={"spec": spec}))

@@ -34,7 +34,6 @@ from functools import partial
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
 
-import click
 import httpx
 import typer
 import yaml
@@ -44,14 +43,11 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from controlplane.wire import (
     API_VERSION,
-    Metadata,
     RouteGroup,
     Sandbox,
     ServiceResource,
     Split,
     SplitDestinationSpec,
-    SplitSpec,
-    StickySpec,
     dump,
 )
 from sdk._cli_render import (
@@ -66,9 +62,10 @@ from sdk._cli_render import (
     contexts_document,
     emit,
     emit_document,
+    explanation_text,
     list_document,
 )
-from sdk._core import ROUTING_KEY_HEADER, build_sandbox, parse_duration
+from sdk._core import ROUTING_KEY_HEADER, build_sandbox, parse_duration, parse_endpoints
 from sdk.client import Client, Resource
 from sdk.config import (
     ConfigFile,
@@ -161,8 +158,8 @@ class Globals:
     debug: bool
 
 
-class UsageProblem(click.UsageError):
-    """A flag value we could not parse; exit code 2 with the reason."""
+class UsageProblem(typer.BadParameter):
+    """A flag value we could not parse: typer prints the usage line and exits 2."""
 
 
 # --- shared option types ------------------------------------------------------------------------
@@ -523,13 +520,18 @@ def routegroup_delete(
 
 def parse_destination(text: str) -> SplitDestinationSpec:
     """`NAME=HOST:PORT[,HOST:PORT]:WEIGHT` → a weighted destination."""
+    expected = f"{text!r}: expected NAME=HOST:PORT:WEIGHT, e.g. v1=10.0.0.5:8080:90"
     name, sep, rest = text.partition("=")
     endpoints_text, colon, weight = rest.rpartition(":")
     if not sep or not name.strip() or not colon or not weight.strip().isdigit():
-        raise ValueError(f"{text!r}: expected NAME=HOST:PORT:WEIGHT, e.g. v1=10.0.0.5:8080:90")
-    endpoints = [e.strip() for e in endpoints_text.split(",") if e.strip()]
+        raise ValueError(expected)
+    if ":" not in endpoints_text:
+        raise ValueError(expected)
+    endpoints = parse_endpoints(endpoints_text)
     try:
-        return SplitDestinationSpec(name=name.strip(), weight=int(weight), endpoints=endpoints)
+        return SplitDestinationSpec.model_validate(
+            {"name": name.strip(), "weight": int(weight), "endpoints": endpoints}
+        )
     except ValidationError as exc:
         first = exc.errors()[0]
         raise ValueError(f"{text!r}: {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
@@ -556,16 +558,17 @@ def split_set(
 ) -> None:
     """Create or replace the weighted split of SERVICE (e.g. 90/10, sticky by a header)."""
     destinations = [_parse("--dest", partial(parse_destination, d)) for d in dest]
-    sticky = (
-        StickySpec(header=sticky_header, cookie=sticky_cookie)
-        if sticky_header or sticky_cookie
-        else None
-    )
+    sticky = {"header": sticky_header, "cookie": sticky_cookie}
+    doc = {
+        "metadata": {"name": name or service, "labels": _pairs(label, "--label")},
+        "spec": {
+            "service": service,
+            "destinations": [dump(d) for d in destinations],
+            **({"sticky": sticky} if sticky_header or sticky_cookie else {}),
+        },
+    }
     try:
-        spec = SplitSpec(service=service, destinations=destinations, sticky=sticky)
-        wanted = Split(
-            metadata=Metadata(name=name or service, labels=_pairs(label, "--label")), spec=spec
-        )
+        wanted = Split.model_validate(doc)
     except ValidationError as exc:
         raise _validation_problem("split", exc) from None
     with _client(ctx) as client:
@@ -684,62 +687,62 @@ def proxies(ctx: typer.Context, output: OutputOpt = Format.table) -> None:
     )
 
 
-def _header_pairs(values: Sequence[str] | None) -> list[tuple[str, str]]:
-    out = []
+def _header_pairs(values: Sequence[str] | None) -> dict[str, str]:
+    out: dict[str, str] = {}
     for value in values or ():
         name, sep, val = value.partition(":")
         if not sep or not name.strip():
             raise UsageProblem(f"-H {value!r}: expected 'NAME: VALUE'")
-        out.append((name.strip().lower(), val.strip()))
+        out[name.strip().lower()] = val.strip()
     return out
 
 
-def _explain_via_admin(admin: str, request: dict[str, Any]) -> Any:
+def _explain_via_admin(admin: str, request: dict[str, Any]) -> dict[str, Any]:
+    """`POST /explain` on a proxy's admin port: the decision of the table it runs now."""
     url = normalize_url(admin) + "/explain"
     try:
         r = httpx.post(url, json=request, timeout=10.0)
     except httpx.HTTPError as exc:
         raise Unavailable(f"proxy admin at {admin} unreachable: {exc}") from None
-    if r.status_code >= 400:
-        raise error_from_response(r.status_code, r.content, f"POST {url}")
     try:
-        return r.json()
+        body = r.json()
     except ValueError:
-        raise ForklaneError(f"POST {url}: the answer is not JSON") from None
+        body = None
+    if r.status_code >= 400:
+        if isinstance(body, dict) and isinstance(body.get("error"), str):
+            cls = Unavailable if r.status_code == 503 else Invalid
+            raise cls(f"proxy admin: {body['error']}", status=r.status_code)
+        raise error_from_response(r.status_code, r.content, f"POST {url}")
+    if not isinstance(body, dict):
+        raise ForklaneError(f"POST {url}: the answer is not a JSON object")
+    return body
 
 
-def _explain_via_snapshot(snapshot: dict[str, Any], request: dict[str, Any], fmt: Format) -> int:
-    """Run the proxy's own decision code on the snapshot, in a subprocess (sdk ↛ proxy)."""
+def _explain_via_snapshot(snapshot: dict[str, Any], request: dict[str, Any]) -> dict[str, Any]:
+    """Run the proxy's own decision code on the snapshot in a subprocess (the SDK never
+    imports the proxy), so the answer is exactly what a proxy on that snapshot would do."""
     with tempfile.TemporaryDirectory(prefix="forklane-explain-") as tmp:
         config = Path(tmp) / "snapshot.json"
         config.write_text(json.dumps(snapshot), encoding="utf-8")
-        argv = [
-            sys.executable,
-            "-m",
-            "proxy",
-            "explain",
-            "--config",
-            str(config),
-            "--method",
-            request["method"],
-            "--host",
-            request["host"],
-            "--path",
-            request["path"],
-        ]
-        for name, value in request["headers"]:
+        argv = [sys.executable, "-m", "proxy", "explain", "--config", str(config),
+                "--listener", request["listener"], "--method", request["method"],
+                "--host", request["host"], "--path", request["path"], "-o", "json"]  # fmt: skip
+        for name, value in request["headers"].items():
             argv += ["-H", f"{name}: {value}"]
-        if fmt is not Format.table:
-            argv += ["-o", fmt.value]
         try:
             done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
         except subprocess.TimeoutExpired:
             raise ForklaneError("proxy explain did not finish within 60s") from None
-    sys.stdout.write(done.stdout)
     if done.returncode != 0:
         message = (done.stderr.strip().splitlines() or ["no reason given"])[-1]
-        raise ForklaneError(f"proxy explain failed (exit {done.returncode}): {message}")
-    return done.returncode
+        raise ForklaneError(f"explain failed: {message}")
+    try:
+        result = json.loads(done.stdout)
+    except ValueError:
+        raise ForklaneError("explain failed: the proxy printed no JSON decision") from None
+    if not isinstance(result, dict):
+        raise ForklaneError("explain failed: the proxy printed no JSON decision")
+    return result
 
 
 @app.command("explain")
@@ -757,6 +760,9 @@ def explain(
         str | None,
         typer.Option("--routing-key", "-k", metavar="KEY", help=f"adds {ROUTING_KEY_HEADER}"),
     ] = None,
+    listener: Annotated[
+        str, typer.Option("--listener", metavar="outbound|inbound", help="which side decides")
+    ] = "outbound",
     proxy_admin: Annotated[
         str | None,
         typer.Option(
@@ -767,28 +773,33 @@ def explain(
     ] = None,
     output: OutputOpt = Format.table,
 ) -> None:
-    """Say where a request with these headers would go, and which rule decided it."""
+    """Say where a request with these headers would go, and which rule decided it.
+
+    Without --proxy-admin, the control plane's current snapshot is fetched and the proxy's
+    own decision function runs on it locally.
+    """
+    if listener not in ("outbound", "inbound"):
+        raise UsageProblem(f"--listener {listener!r}: expected outbound or inbound")
     headers = _header_pairs(header)
     if routing_key:
-        headers.append((ROUTING_KEY_HEADER, routing_key))
+        headers[ROUTING_KEY_HEADER] = routing_key
     request: dict[str, Any] = {
+        "listener": listener,
         "method": method.upper(),
         "host": host,
         "path": path,
         "headers": headers,
     }
     if proxy_admin:
-        body = {**request, "headers": [[n, v] for n, v in headers]}
-        decision = _explain_via_admin(proxy_admin, body)
-        if output is Format.table:
-            fmt = Format.yaml
-        else:
-            fmt = output
-        emit_document(decision, fmt, sys.stdout)
-        return
-    with _client(ctx) as client:
-        snapshot = client.snapshot()
-    _explain_via_snapshot(snapshot, request, output)
+        decision = _explain_via_admin(proxy_admin, request)
+    else:
+        with _client(ctx) as client:
+            snapshot = client.snapshot()
+        decision = _explain_via_snapshot(snapshot, request)
+    if output is Format.table:
+        _stdout().print(explanation_text(decision), highlight=False)
+    else:
+        emit_document(decision, output, sys.stdout)
 
 
 # --- contexts, login -----------------------------------------------------------------------------
@@ -910,26 +921,26 @@ def exit_code_for(exc: ForklaneError) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:
-    """Run the CLI; every outcome becomes an exit code (see the module docstring)."""
+    """Run the CLI; every outcome becomes an exit code (see the module docstring).
+
+    Typer handles usage errors (exit 2) and `--help`; SDK errors are translated here, once,
+    into one line on stderr and their exit code.
+    """
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
-    command = typer.main.get_command(app)
     try:
-        result = command.main(args=args, prog_name="forklane", standalone_mode=False)
-        code = result if isinstance(result, int) else EXIT_OK
-    except click.exceptions.Exit as exc:
-        code = exc.exit_code
-    except click.ClickException as exc:
-        exc.show()
-        code = EXIT_USAGE if isinstance(exc, click.UsageError) else exc.exit_code
-    except (click.exceptions.Abort, KeyboardInterrupt):
-        sys.stderr.write("\naborted\n")
-        code = 130
+        app(args=args, prog_name="forklane")
+        code = EXIT_OK
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else EXIT_ERROR
     except ForklaneError as exc:
         if debug:
             traceback.print_exc()
         sys.stderr.write(f"error: {exc}\n")
         code = exit_code_for(exc)
+    except KeyboardInterrupt:
+        sys.stderr.write("\naborted\n")
+        code = 130
     except Exception as exc:  # the last resort: one line, never a bare traceback
         if debug:
             traceback.print_exc()

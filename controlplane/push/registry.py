@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from controlplane import wire
@@ -37,7 +37,6 @@ class _Entry:
     acked: str | None = None
     nacked: str | None = None
     last_error: str | None = None
-    extra: dict[str, str] = field(default_factory=dict)
 
 
 def _version_number(version: str | None) -> int | None:
@@ -58,16 +57,18 @@ class ProxyRegistry:
     def list(self) -> list[wire.ProxyInfo]:
         """Connected proxies, oldest connection first."""
         return [
-            wire.ProxyInfo(
-                node_id=e.node_id,
-                service=e.service,
-                listeners=list(e.listeners),
-                connected_at=e.connected_at,
-                sent_version=e.sent,
-                acked_version=e.acked,
-                nacked_version=e.nacked,
-                last_error=e.last_error,
-                replica=self.replica,
+            wire.ProxyInfo.model_validate(
+                {
+                    "node_id": e.node_id,
+                    "service": e.service,
+                    "listeners": list(e.listeners),
+                    "connected_at": e.connected_at,
+                    "sent_version": e.sent,
+                    "acked_version": e.acked,
+                    "nacked_version": e.nacked,
+                    "last_error": e.last_error,
+                    "replica": self.replica,
+                }
             )
             for e in self._entries.values()
         ]

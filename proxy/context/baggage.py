@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 __all__ = [
     "MAX_BYTES",
@@ -33,6 +33,7 @@ __all__ = [
     "encode_value",
     "fit_members",
     "make_member",
+    "member_values",
     "parse_baggage",
     "serialize_baggage",
 ]
@@ -54,9 +55,12 @@ _BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 _SAFE = frozenset(chr(c) for c in range(0x21, 0x7F) if chr(c) not in '",;\\%')
 
 
-@dataclass(frozen=True, slots=True)
-class BaggageMember:
-    """One well-formed list member. `value` is still percent-encoded; `text` is exact."""
+class BaggageMember(NamedTuple):
+    """One well-formed list member. `value` is still percent-encoded; `text` is exact.
+
+    A NamedTuple rather than a frozen dataclass: just as immutable, and several times
+    cheaper to build, which matters because members are built per request.
+    """
 
     key: str
     value: str
@@ -78,6 +82,23 @@ def parse_baggage(value: str | None) -> tuple[BaggageMember, ...]:
             continue
         out.append(BaggageMember(m.group(1), m.group(2), m.group(3), text))
     return tuple(out)
+
+
+def member_values(value: str, names: frozenset[str]) -> list[tuple[str, str]]:
+    """`(key, raw value)` of the well-formed members whose key is in `names`, in order.
+
+    The routing hot path: members with other keys are skipped before any regex runs.
+    Exactly the members `parse_baggage` would return for those keys.
+    """
+    out: list[tuple[str, str]] = []
+    for raw in value.split(","):
+        head, sep, _ = raw.partition("=")
+        if not sep or head.strip(" \t") not in names:
+            continue
+        m = _MEMBER.fullmatch(raw.strip(" \t"))
+        if m is not None:
+            out.append((m.group(1), m.group(2)))
+    return out
 
 
 def decode_value(raw: str) -> str | None:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from proxy.context import baggage as _baggage
 from proxy.context import tracestate as _tracestate
@@ -96,6 +96,11 @@ class CarrierPlan:
     emit_headers: tuple[str, ...]
     emit_baggage: tuple[str, ...]
     emit_tracestate: tuple[str, ...]
+    # Look-up forms of the member sources: member key -> (priority, carrier id).
+    baggage_names: frozenset[str] = field(default=frozenset(), compare=False)
+    baggage_ids: Mapping[str, tuple[int, str]] = field(default_factory=dict, compare=False)
+    tracestate_names: frozenset[str] = field(default=frozenset(), compare=False)
+    tracestate_ids: Mapping[str, tuple[int, str]] = field(default_factory=dict, compare=False)
 
 
 def build_carrier_plan(carriers: tuple[Carrier, ...]) -> CarrierPlan:
@@ -134,13 +139,15 @@ def build_carrier_plan(carriers: tuple[Carrier, ...]) -> CarrierPlan:
         emit_headers=tuple(emit_h),
         emit_baggage=tuple(emit_b),
         emit_tracestate=tuple(emit_t),
+        baggage_names=frozenset(n for n, _, _ in bag),
+        baggage_ids={n: (p, i) for n, i, p in bag},
+        tracestate_names=frozenset(n for n, _, _ in state),
+        tracestate_ids={n: (p, i) for n, i, p in state},
     )
 
 
 def _header_keys(value: str) -> list[str]:
     """Valid keys in a header carrier's value (several fields arrive joined with ',')."""
-    if _KEY_RE.fullmatch(value):
-        return [value]
     out: list[str] = []
     for part in value.split(","):
         part = part.strip(" \t")
@@ -158,35 +165,33 @@ def extract_routing_key(plan: CarrierPlan, headers: Mapping[str, str]) -> KeyRes
     for name, carrier_id, priority in plan.header_sources:
         value = get(name)
         if value is not None:
-            for key in _header_keys(value):
-                found.append((priority, carrier_id, key))
+            if _KEY_RE.fullmatch(value):
+                found.append((priority, carrier_id, value))
+            else:
+                for key in _header_keys(value):
+                    found.append((priority, carrier_id, key))
     if plan.baggage_sources:
         value = get(BAGGAGE)
         # Member keys are tokens and never percent-encoded, so a substring test is exact
-        # enough to skip parsing baggage that cannot hold a carrier.
-        if value is not None and any(name in value for name, _, _ in plan.baggage_sources):
-            members = _baggage.parse_baggage(value)
-            for name, carrier_id, priority in plan.baggage_sources:
-                for member in members:
-                    if member.key == name:
-                        decoded = _baggage.decode_value(member.value)
-                        if decoded is not None and _KEY_RE.fullmatch(decoded):
-                            found.append((priority, carrier_id, decoded))
+        # enough to skip baggage that cannot hold a carrier.
+        if value is not None and any(name in value for name in plan.baggage_names):
+            for name, raw in _baggage.member_values(value, plan.baggage_names):
+                decoded = _baggage.decode_value(raw)
+                if decoded is not None and _KEY_RE.fullmatch(decoded):
+                    found.append((*plan.baggage_ids[name], decoded))
     if plan.tracestate_sources:
         value = get(TRACESTATE)
         if (
             value is not None
-            and any(name in value for name, _, _ in plan.tracestate_sources)
+            and any(name in value for name in plan.tracestate_names)
             and parse_traceparent(get(TRACEPARENT)) is not None
         ):
-            tmembers = _tracestate.parse_tracestate(value)
-            for name, carrier_id, priority in plan.tracestate_sources:
-                for tmember in tmembers:
-                    if tmember.key == name and _KEY_RE.fullmatch(tmember.value):
-                        found.append((priority, carrier_id, tmember.value))
+            for name, raw in _tracestate.member_values(value, plan.tracestate_names):
+                if _KEY_RE.fullmatch(raw):
+                    found.append((*plan.tracestate_ids[name], raw))
     if not found:
         return _NOTHING
-    first = min(found)
+    first = found[0] if len(found) == 1 else min(found)
     for _, _, key in found:
         if key != first[2]:
             return _CONFLICT
@@ -199,18 +204,28 @@ def extract_trace_id(headers: Mapping[str, str]) -> str | None:
     return None if parsed is None else parsed.trace_id
 
 
+def _has_exactly(
+    found: list[tuple[str, str]], names: frozenset[str], key: str, *, decode: bool
+) -> bool:
+    """True when every name occurs once in `found` with value `key` (percent-decoded if asked)."""
+    if len(found) != len(names):
+        return False
+    seen: set[str] = set()
+    for name, value in found:
+        if name in seen or (value != key and not (decode and _baggage.decode_value(value) == key)):
+            return False
+        seen.add(name)
+    return True
+
+
 def _rewrite_baggage(current: str | None, names: tuple[str, ...], key: str) -> str | None:
     """New baggage value with `names=key` first, or None when `current` already has it."""
+    wanted = frozenset(names)
+    if current is not None and _has_exactly(
+        _baggage.member_values(current, wanted), wanted, key, decode=True
+    ):
+        return None
     members = _baggage.parse_baggage(current)
-    if current is not None:
-        correct = True
-        for name in names:
-            values = [m.value for m in members if m.key == name]
-            if len(values) != 1 or _baggage.decode_value(values[0]) != key:
-                correct = False
-                break
-        if correct:
-            return None
     ours = [_baggage.make_member(name, key) for name in names]
     owned = set(names)
     rest = [m for m in members if m.key not in owned]
@@ -219,16 +234,12 @@ def _rewrite_baggage(current: str | None, names: tuple[str, ...], key: str) -> s
 
 def _rewrite_tracestate(current: str | None, names: tuple[str, ...], key: str) -> str | None:
     """New tracestate with `names=key` left-most, or None when `current` already has it."""
+    wanted = frozenset(names)
+    if current is not None and _has_exactly(
+        _tracestate.member_values(current, wanted), wanted, key, decode=False
+    ):
+        return None
     members = _tracestate.parse_tracestate(current)
-    if current is not None:
-        correct = True
-        for name in names:
-            values = [m.value for m in members if m.key == name]
-            if values != [key]:
-                correct = False
-                break
-        if correct:
-            return None
     updated: tuple[_tracestate.TraceStateMember, ...] = members
     # Reverse priority, so the first configured carrier ends up left-most.
     for name in reversed(names):

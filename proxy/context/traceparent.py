@@ -15,7 +15,7 @@ An invalid traceparent is never an error for the request: the result is simply `
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from typing import NamedTuple
 
 __all__ = ["TraceParent", "parse_traceparent"]
 
@@ -24,9 +24,11 @@ _ZERO_TRACE = "0" * 32
 _ZERO_PARENT = "0" * 16
 
 
-@dataclass(frozen=True, slots=True)
-class TraceParent:
-    """A valid traceparent. `text` is the header value as received (trimmed)."""
+class TraceParent(NamedTuple):
+    """A valid traceparent. `text` is the header value as received (trimmed).
+
+    A NamedTuple: immutable and cheap to build per request.
+    """
 
     version: str
     trace_id: str
@@ -36,6 +38,7 @@ class TraceParent:
 
     @property
     def sampled(self) -> bool:
+        """The sampled flag (bit 0 of flags)."""
         return bool(int(self.flags, 16) & 0x01)
 
 

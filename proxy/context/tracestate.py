@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 __all__ = [
     "MAX_MEMBERS",
     "TraceStateMember",
     "make_member",
+    "member_values",
     "parse_tracestate",
     "serialize_tracestate",
     "with_member",
@@ -42,9 +43,11 @@ _KEY_RE = re.compile(_KEY)
 _VALUE_RE = re.compile(_VALUE)
 
 
-@dataclass(frozen=True, slots=True)
-class TraceStateMember:
-    """One well-formed member; `text` is `key=value` exactly as received."""
+class TraceStateMember(NamedTuple):
+    """One well-formed member; `text` is `key=value` exactly as received.
+
+    A NamedTuple: immutable and cheap to build per request.
+    """
 
     key: str
     value: str
@@ -69,6 +72,28 @@ def parse_tracestate(value: str | None) -> tuple[TraceStateMember, ...]:
             continue
         out.append(TraceStateMember(m.group(1), m.group(2), text))
     return tuple(out)
+
+
+def member_values(value: str, names: frozenset[str]) -> list[tuple[str, str]]:
+    """`(key, value)` of well-formed members whose key is in `names`; [] for a list over 32.
+
+    The routing hot path: other members are only counted, never matched.
+    """
+    out: list[tuple[str, str]] = []
+    count = 0
+    for raw in value.split(","):
+        text = raw.strip(" \t")
+        if not text:
+            continue
+        count += 1
+        if count > MAX_MEMBERS:
+            return []
+        head, sep, _ = text.partition("=")
+        if sep and head in names:
+            m = _MEMBER.fullmatch(text)
+            if m is not None:
+                out.append((m.group(1), m.group(2)))
+    return out
 
 
 def make_member(key: str, value: str) -> TraceStateMember:

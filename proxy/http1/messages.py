@@ -13,6 +13,7 @@ __all__ = [
     "check_transfer_encoding",
     "local_reply",
     "status_line",
+    "valid_host",
 ]
 
 # RFC 9110 §7.6.1 plus the legacy Proxy-* and Keep-Alive fields. Content-Length and
@@ -31,6 +32,11 @@ HOP_BY_HOP: frozenset[bytes] = frozenset(
         b"content-length",
     }
 )
+
+# RFC 3986 reg-name (unreserved, sub-delims, '%' of pct-encoded); an IP-literal is taken to
+# be IPv6 only (hex digits, ':' and '.'); IPvFuture never names a service.
+_REG_NAME = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~!$&'()*+,;=%"
+_IP_LITERAL = b"0123456789abcdefABCDEF:."
 
 _STATUS_LINES: dict[int, bytes] = {
     s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode() for s in HTTPStatus
@@ -90,3 +96,22 @@ def check_transfer_encoding(value: bytes) -> LocalReply | None:
     return LocalReply(
         400, "bad-transfer-encoding", "Transfer-Encoding must end with chunked", close=True
     )
+
+
+def valid_host(value: bytes) -> bool:
+    """`uri-host [":" port]` (RFC 9112 §3.2): anything else in Host is answered with 400, so a
+    next hop never has to guess what a malformed authority meant."""
+    if value[:1] == b"[":
+        end = value.find(b"]")
+        if end < 2 or value[1:end].translate(None, _IP_LITERAL):
+            return False
+        port = value[end + 1 :]
+    else:
+        colon = value.find(b":")
+        name, port = (value, b"") if colon < 0 else (value[:colon], value[colon:])
+        if name.translate(None, _REG_NAME):
+            return False
+    if not port:
+        return True
+    digits = port[1:]
+    return port[:1] == b":" and len(digits) <= 5 and (not digits or digits.isdigit())

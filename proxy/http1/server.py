@@ -36,7 +36,9 @@ from proxy.http1.messages import (
     check_transfer_encoding,
     local_reply,
     status_line,
+    valid_host,
 )
+from proxy.http1.mirror import MirrorCopy
 from proxy.http1.upstream import Pools, UpstreamConnection
 from proxy.metrics import Stats
 from proxy.routing import Decision, RequestView, decide
@@ -85,6 +87,10 @@ class _Reject(Exception):
     def __init__(self, reply: LocalReply) -> None:
         super().__init__(reply.error)
         self.reply = reply
+
+
+class _Stop(Exception):
+    """Raised from a parser callback to stop parsing a connection that is ending."""
 
 
 def _bad(error: str, body: str, status: int = 400) -> _Reject:
@@ -150,7 +156,7 @@ class Exchange:
         "header_count", "host", "host_count", "is_head", "keep_alive", "method", "pending",
         "pending_bytes", "reply", "req_done", "req_trailers", "resp_started", "reused",
         "started", "status", "table", "te", "timer", "up", "upgrade", "url", "version",
-        "via", "view", "xff", "xfh", "xfp", "lines", "has_body", "route",
+        "via", "view", "xff", "xfh", "xfp", "lines", "has_body", "route", "mirrors",
     )
 
     def __init__(self, down: Downstream, table: RoutingTable | None, started: float) -> None:
@@ -198,10 +204,15 @@ class Exchange:
         self.fallback_used = False
         self.explain = False
         self.done = False
+        self.mirrors: list[MirrorCopy] | None = None
 
     # -- request body towards the upstream ----------------------------------------------------
 
     def send_body(self, data: bytes) -> None:
+        mirrors = self.mirrors
+        if mirrors is not None:
+            for mirror in mirrors:
+                mirror.send_body(data)
         if self.done:
             return
         up = self.up
@@ -219,6 +230,10 @@ class Exchange:
             transport.write(data)
 
     def send_end(self) -> None:
+        mirrors = self.mirrors
+        if mirrors is not None:
+            for mirror in mirrors:
+                mirror.send_end()
         up = self.up
         if up is None or self.pending is not None or not self.chunked:
             return
@@ -505,9 +520,14 @@ class Downstream(asyncio.Protocol):
             cause = exc.__context__
             if isinstance(cause, _Reject):
                 self.protocol_error(cause.reply)
+            elif isinstance(cause, _Stop):
+                self.closing = True
             else:
                 raise
         except httptools.HttpParserError as exc:
+            if str(exc) == "Invalid HTTP version":  # HTTP/1.2, HTTP/3.0: well-formed, unknown
+                self.protocol_error(LocalReply(505, "unsupported-version", str(exc), close=True))
+                return
             self.protocol_error(
                 LocalReply(400, "malformed-request", f"malformed request: {exc}", close=True)
             )
@@ -557,6 +577,10 @@ class Downstream(asyncio.Protocol):
     # -- httptools callbacks -----------------------------------------------------------------
 
     def on_message_begin(self) -> None:
+        if self.closing or (self.queue and not self.queue[-1].keep_alive):
+            # The connection ends after an earlier request (local error, `Connection: close`,
+            # HTTP/1.0): bytes pipelined behind it in the same read are never a request.
+            raise _Stop
         ctx = self.ctx
         now = ctx.loop.time()
         self.parsing = Exchange(self, ctx.holder.table, now)
@@ -599,7 +623,8 @@ class Downstream(asyncio.Protocol):
                     ex.conn_tokens.extend(tokens)
                 return
             elif special == _TE_HEADER:
-                ex.te = value
+                # Several lines form one list (RFC 9110 §5.3): `gzip` then `chunked` is 501.
+                ex.te = value if ex.te is None else ex.te + b", " + value
                 return
             elif special == _CL:
                 ex.has_body = value.strip() != b"0"
@@ -654,9 +679,12 @@ class Downstream(asyncio.Protocol):
         if ex.host_count == 0 and ex.version == "1.1":
             raise _bad("missing-host", "HTTP/1.1 requests need a Host header")
         host = ex.host
-        if host and (b" " in host or b"/" in host or b"@" in host or b"\t" in host):
+        if host and not valid_host(host):
             raise _bad("bad-host", "the Host header is not a valid authority")
         if ex.te is not None:
+            if ex.version == "1.0":
+                # RFC 9112 §6.1: HTTP/1.0 has no chunked framing, so the framing is faulty.
+                raise _bad("bad-transfer-encoding", "Transfer-Encoding is not valid in HTTP/1.0")
             problem = check_transfer_encoding(ex.te)
             if problem is not None:
                 raise _Reject(problem)
@@ -677,6 +705,11 @@ class Downstream(asyncio.Protocol):
                 raise _bad("bad-target", "the request target has no host")
             authority = parsed.host + (b":%d" % parsed.port if parsed.port else b"")
             target = (parsed.path or b"/") + (b"?" + parsed.query if parsed.query else b"")
+            # RFC 9112 §3.2.2: the target's authority replaces any Host the client sent, so
+            # the next hop never sees a Host that disagrees with where we routed.
+            ex.lines = [item for item in ex.lines if item[0] != b"host"]
+            ex.lines.append((b"host", b"host: " + authority + b"\r\n"))
+            ex.host = authority
         if ex.upgrade is not None and not (ex.conn_tokens and b"upgrade" in ex.conn_tokens):
             ex.upgrade = None  # Upgrade without Connection: upgrade is not an upgrade request
         if ex.conn_tokens:
@@ -700,6 +733,13 @@ class Downstream(asyncio.Protocol):
             if decision.key.conflict:
                 ctx.stats.key_conflicts += 1
             ex.head = self._request_head(ex, table, decision, target)
+            if decision.mirrors and ex.upgrade is None:
+                ex.mirrors = [
+                    MirrorCopy(ctx, dest, ex.head, ex.chunked, ex.is_head)
+                    for dest in decision.mirrors
+                ]
+                for mirror in ex.mirrors:
+                    mirror.start()
         self.queue.append(ex)
         if len(self.queue) == 1:
             self.deadline_kind = _DEADLINE_NONE

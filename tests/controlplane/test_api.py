@@ -5,9 +5,14 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
+import aiohttp
 from conftest import Api
+
+from controlplane.server import ControlPlane
+from controlplane.settings import Settings
 
 SERVICE = {"metadata": {"name": "web"}, "spec": {"endpoints": ["127.0.0.1:9"]}}
 
@@ -273,3 +278,23 @@ async def test_broken_split_reported_in_status_not_pushed(api: Api) -> None:
     assert cond["status"] == "False" and "ghost" in cond["message"]
     _, snap, _ = await api.call("GET", "/api/v1/snapshot")
     assert snap["splits"] == [] and [s["name"] for s in snap["services"]] == ["web"]
+
+
+async def test_no_auth_mode_accepts_anonymous_callers(tmp_path: Path) -> None:
+    """`auth: false` (local demo only): no token needed, the caller acts as an admin."""
+    settings = Settings(listen="127.0.0.1:0", data_dir=tmp_path, auth=False, replica="demo")
+    plane = ControlPlane(settings, with_push=False)
+    await plane.start()
+    try:
+        assert plane.api_address is not None
+        base = f"http://127.0.0.1:{plane.api_address[1]}/api/v1"
+        async with aiohttp.ClientSession() as session:
+            async with session.post(f"{base}/services", json=SERVICE) as resp:
+                assert resp.status == 201
+                assert (await resp.json())["metadata"]["createdBy"] == "anonymous"
+            async with session.post(
+                f"{base}/tokens", json={"subject": "x", "role": "developer"}
+            ) as resp:
+                assert resp.status == 400, "tokens are refused when they would not be checked"
+    finally:
+        await plane.aclose()

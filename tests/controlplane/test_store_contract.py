@@ -158,11 +158,13 @@ async def test_listeners_hear_own_writes_at_once(store: Store) -> None:
 
 
 @pytest.mark.postgres
+@pytest.mark.parametrize("store_factory", ["postgres"], indirect=True)
 async def test_listeners_hear_other_replicas_writes(store_factory: StoreFactory) -> None:
-    """Two instances on one database (replicas): each hears the other's writes."""
+    """Two instances on one database (replicas): each hears the other's writes.
+
+    PostgreSQL only: SQLite notifies in-process, replicas need PostgreSQL.
+    """
     a, b = store_factory(), store_factory()
-    if type(a).__name__ == "SqliteStore":
-        pytest.skip("SQLite notifies in-process only; replicas need PostgreSQL")
     await a.open()
     await b.open()  # migrations already applied: must be a no-op
     heard_b: list[int] = []

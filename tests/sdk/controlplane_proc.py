@@ -34,9 +34,31 @@ def controlplane_missing() -> str | None:
     return None
 
 
-def start_controlplane(
-    data_dir: Path, extra_env: dict[str, str] | None = None
-) -> tuple[subprocess.Popen[str], str]:
+@dataclass
+class Process:
+    """A running control plane: its process, URL and the thread draining its output."""
+
+    proc: subprocess.Popen[str]
+    url: str
+    reader: threading.Thread
+    lines: list[str]
+
+    def stop(self) -> None:
+        """SIGTERM, wait (kill after 15 s), then drain and close the output pipe."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        self.reader.join(timeout=10)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+
+def start_controlplane(data_dir: Path, extra_env: dict[str, str] | None = None) -> Process:
+    """Start on port 0 and return once it printed its "listening on" line."""
     env = {
         **os.environ,
         "FORKLANE_ADMIN_TOKEN": ADMIN_TOKEN,
@@ -44,28 +66,14 @@ def start_controlplane(
         "FORKLANE_RECONCILE_INTERVAL": "0.2",
         **(extra_env or {}),
     }
+    argv = [sys.executable, "-m", "controlplane", "serve", "--listen", "127.0.0.1:0",
+            "--grpc", "127.0.0.1:0", "--data-dir", str(data_dir)]  # fmt: skip
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "controlplane",
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--grpc",
-            "127.0.0.1:0",
-            "--data-dir",
-            str(data_dir),
-        ],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+        argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
-    assert proc.stdout is not None
     lines: list[str] = []
     found: list[str] = []
+    ready = threading.Event()
 
     def read() -> None:
         assert proc.stdout is not None
@@ -73,26 +81,15 @@ def start_controlplane(
             lines.append(line)
             match = LISTENING.search(line)
             if match and not found:
-                found.append(match.group(1))
+                found.append(match.group(1).rstrip("/"))
                 ready.set()
         ready.set()
 
-    ready = threading.Event()
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
     ready.wait(timeout=30)
+    running = Process(proc, found[0] if found else "", reader, lines)
     if not found:
-        proc.kill()
-        proc.wait(timeout=10)
+        running.stop()
         raise RuntimeError("control plane did not start:\n" + "".join(lines[-30:]))
-    return proc, found[0].rstrip("/")
-
-
-def stop_process(proc: subprocess.Popen[str]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+    return running

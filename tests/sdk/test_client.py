@@ -16,10 +16,8 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from conftest import Both, ScriptedServer
 
 from sdk import (
-    Client,
     Conflict,
     Forbidden,
     Invalid,
@@ -29,6 +27,7 @@ from sdk import (
     Unavailable,
 )
 from sdk._core import build_sandbox
+from tests.sdk.sdk_support import Both, ScriptedServer, with_sandbox
 
 Start = Callable[[Callable[[web.Request], Any]], ScriptedServer]
 
@@ -165,25 +164,6 @@ class Sandboxes:
         return web.json_response(self.items[name])
 
 
-def use_sandbox(forks: list[str], body: Callable[[Any], None], **kwargs: Any) -> Callable:
-    """Build `fn(client)` running `with client.sandbox(...) as sb: body(sb)` for both modes."""
-
-    def fn(client: Any) -> Any:
-        if isinstance(client, Client):
-            with client.sandbox(forks, **kwargs) as sb:
-                body(sb)
-                return sb
-
-        async def run() -> Any:
-            async with client.sandbox(forks, **kwargs) as sb:
-                body(sb)
-                return sb
-
-        return run()
-
-    return fn
-
-
 async def test_sandbox_yields_key_and_headers_and_deletes_on_exit(
     mode: str, scripted_server: Start
 ) -> None:
@@ -191,7 +171,7 @@ async def test_sandbox_yields_key_and_headers_and_deletes_on_exit(
     server = scripted_server(api)
     seen: list[Any] = []
     sb = await Both(mode, server.url).run(
-        use_sandbox(["pricing=127.0.0.1:9"], seen.append, name="mine", ttl="10m")
+        with_sandbox(["pricing=127.0.0.1:9"], seen.append, name="mine", ttl="10m")
     )
     assert seen and seen[0].name == "mine"
     assert sb.headers == {
@@ -211,7 +191,7 @@ async def test_sandbox_is_deleted_when_the_body_raises(mode: str, scripted_serve
         raise KeyError("the test failed")
 
     with pytest.raises(KeyError):
-        await Both(mode, server.url).run(use_sandbox(["pricing=127.0.0.1:9"], body, name="oops"))
+        await Both(mode, server.url).run(with_sandbox(["pricing=127.0.0.1:9"], body, name="oops"))
     assert api.deleted == ["oops"]
     assert api.items == {}
 
@@ -223,7 +203,7 @@ async def test_sandbox_is_deleted_when_it_never_becomes_ready(
     server = scripted_server(api)
     with pytest.raises(SandboxFailed, match="phase Failed"):
         await Both(mode, server.url).run(
-            use_sandbox(["pricing=127.0.0.1:9"], lambda sb: None, name="bad")
+            with_sandbox(["pricing=127.0.0.1:9"], lambda sb: None, name="bad")
         )
     assert api.deleted == ["bad"]
 
@@ -234,5 +214,5 @@ async def test_bad_fork_arguments_fail_before_anything_is_sent(
     api = Sandboxes()
     server = scripted_server(api)
     with pytest.raises(ValueError, match="SERVICE=HOST:PORT"):
-        await Both(mode, server.url).run(use_sandbox(["pricing"], lambda sb: None))
+        await Both(mode, server.url).run(with_sandbox(["pricing"], lambda sb: None))
     assert server.seen == []

@@ -411,7 +411,8 @@ def test_build_sandbox_keeps_the_specs_own_ttl_over_the_default() -> None:
     ("kwargs", "message"),
     [
         ({"forks": ["pricing"]}, "SERVICE=HOST:PORT"),
-        ({"forks": ["pricing=nohostport"]}, "endpoints"),
+        ({"forks": ["pricing=nohostport"]}, "endpoint .nohostport.: expected HOST:PORT"),
+        ({"forks": ["pricing=h:99999"]}, "port in 1..65535"),
         ({"forks": [], "name": "x"}, "forks"),
         ({}, "exactly one"),
         ({"forks": ["a=h:1"], "name": "Bad_Name"}, "name"),

@@ -47,7 +47,10 @@ def test_plan_names_every_header_it_reads_or_writes() -> None:
 
 def test_schema_accepts_the_compatibility_carriers() -> None:
     snap = RoutingSnapshot.model_validate(
-        {"version": "1", "carriers": [c.model_dump() for c in (*DEFAULT_CARRIERS, *COMPAT_CARRIERS)]}
+        {
+            "version": "1",
+            "carriers": [c.model_dump() for c in (*DEFAULT_CARRIERS, *COMPAT_CARRIERS)],
+        }
     )
     assert len(snap.carriers) == 6
 
@@ -63,18 +66,28 @@ def test_schema_accepts_the_compatibility_carriers() -> None:
         ({"baggage": "forklane-routing-key=%61bc"}, "abc", "baggage:forklane-routing-key"),
         ({"baggage": "sd-routing-key=abc"}, "abc", "baggage:sd-routing-key"),
         ({"tracestate": "forklane=abc", "traceparent": TP}, "abc", "tracestate:forklane"),
-        ({"tracestate": "sd-routing-key=abc", "traceparent": TP}, "abc", "tracestate:sd-routing-key"),
+        (
+            {"tracestate": "sd-routing-key=abc", "traceparent": TP},
+            "abc",
+            "tracestate:sd-routing-key",
+        ),
         ({"uberctx-sd-routing-key": "abc"}, "abc", "header:uberctx-sd-routing-key"),
         ({"ot-baggage-sd-routing-key": "abc"}, "abc", "header:ot-baggage-sd-routing-key"),
         # agreement: attributed to the first carrier in priority order
-        ({"baggage": "forklane-routing-key=abc", "x-forklane-routing-key": "abc"}, "abc",
-         "header:x-forklane-routing-key"),
+        (
+            {"baggage": "forklane-routing-key=abc", "x-forklane-routing-key": "abc"},
+            "abc",
+            "header:x-forklane-routing-key",
+        ),
         # tracestate without a valid traceparent is discarded
         ({"tracestate": "forklane=abc"}, None, None),
         ({"tracestate": "forklane=abc", "traceparent": f"{TP},{TP}"}, None, None),
         # invalid values are ignored, not conflicts
-        ({"x-forklane-routing-key": "-bad", "baggage": "forklane-routing-key=abc"}, "abc",
-         "baggage:forklane-routing-key"),
+        (
+            {"x-forklane-routing-key": "-bad", "baggage": "forklane-routing-key=abc"},
+            "abc",
+            "baggage:forklane-routing-key",
+        ),
         ({"x-forklane-routing-key": "a" * 129}, None, None),
         ({"baggage": "forklane-routing-key=a%20b"}, None, None),
         ({"baggage": "forklane-routing-key=abc%"}, None, None),
@@ -149,7 +162,9 @@ def test_inject_skips_tracestate_without_valid_traceparent() -> None:
 
 
 def test_inject_honours_emit_false() -> None:
-    plan = build_carrier_plan((HEADER, Carrier(kind="baggage", name="forklane-routing-key", emit=False)))
+    plan = build_carrier_plan(
+        (HEADER, Carrier(kind="baggage", name="forklane-routing-key", emit=False))
+    )
     assert inject_routing_key(plan, "abc", {}) == {"x-forklane-routing-key": "abc"}
 
 
@@ -186,9 +201,7 @@ def test_injected_headers_round_trip_through_opentelemetry() -> None:
     assert ours == otel_baggage.get_all(ctx)
     ctx = TraceContextTextMapPropagator().extract(out)
     state = trace.get_current_span(ctx).get_span_context().trace_state
-    assert list(state.items()) == [
-        (m.key, m.value) for m in parse_tracestate(out["tracestate"])
-    ]
+    assert list(state.items()) == [(m.key, m.value) for m in parse_tracestate(out["tracestate"])]
     assert state["forklane"] == "sb-1.x_y"
     assert state["congo"] == "t61rcWkgMzE"
 
@@ -223,4 +236,13 @@ def test_inject_is_idempotent_header_safe_and_extractable(
         assert not any(c in value for c in "\r\n\x00")
     forwarded = {**given_headers, **out}
     assert inject_routing_key(ALL, key, forwarded) == {}
-    assert extract_routing_key(ALL, forwarded) == KeyResult(key, "header:x-forklane-routing-key", False)
+    assert extract_routing_key(ALL, forwarded) == KeyResult(
+        key, "header:x-forklane-routing-key", False
+    )
+
+
+def test_a_percent_encoded_tracestate_value_is_not_the_key() -> None:
+    plan = build_carrier_plan((STATE,))
+    headers = {"traceparent": TP, "tracestate": "forklane=%73b-1"}
+    assert extract_routing_key(plan, headers).key is None
+    assert inject_routing_key(plan, "sb-1", headers) == {"tracestate": "forklane=sb-1"}

@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from proxy.context.tracestate import (
     make_member,
+    member_values,
     parse_tracestate,
     serialize_tracestate,
     with_member,
@@ -98,3 +99,10 @@ def test_parse_never_raises_and_round_trips(value: str) -> None:
     assert len(members) <= 32
     again = parse_tracestate(text)
     assert serialize_tracestate(again) == text
+
+
+@given(st.text(alphabet=st.sampled_from(list("ab=, \t@k1")), max_size=120))
+def test_member_values_agrees_with_the_full_parser(header: str) -> None:
+    names = frozenset({"a", "k", "a@b"})
+    expected = [(m.key, m.value) for m in parse_tracestate(header) if m.key in names]
+    assert member_values(header, names) == expected

@@ -1,0 +1,238 @@
+"""The gRPC server that pushes the latest routing snapshot to every subscribed proxy.
+
+See the package docstring for the protocol. This module owns the grpc.aio server and every
+per-stream task; grpc exceptions never leave it. A stream's reader and writer tasks are owned
+by the stream's handler and cancelled with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+import grpc.aio
+
+from controlplane.publisher import SnapshotPublisher
+from controlplane.push.registry import ProxyRegistry, StreamId
+from proxy.push_messages import (
+    REPLICA_METADATA,
+    SERVICE,
+    MessageError,
+    SubscribeRequest,
+    decode_request,
+    encode_full_response,
+)
+from proxy.schema import RoutingSnapshot
+
+__all__ = ["Authorize", "PushServer"]
+
+log = logging.getLogger("forklane.controlplane.push")
+
+Authorize = Callable[[str | None], Awaitable[bool]]
+
+_SERVER_OPTIONS: tuple[tuple[str, Any], ...] = (
+    # Proxies ping every 20 s to notice a dead peer; accept that without a GOAWAY.
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.max_receive_message_length", 1 << 20),
+)
+
+
+class _StreamClosed(Exception):
+    """The proxy half-closed its side: the stream is over."""
+
+
+@dataclass(slots=True)
+class _Pending:
+    """The one push of a stream that awaits its answer."""
+
+    nonce: str | None = None
+    version: str = ""
+    answered: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+def _bearer(metadata: Iterable[tuple[str, str | bytes]] | None) -> str | None:
+    for key, value in metadata or ():
+        if key.lower() != "authorization" or not isinstance(value, str):
+            continue
+        scheme, _, token = value.partition(" ")
+        if scheme.lower() == "bearer" and token.strip():
+            return token.strip()
+    return None
+
+
+class PushServer:
+    def __init__(
+        self,
+        publisher: SnapshotPublisher,
+        registry: ProxyRegistry,
+        authorize: Authorize,
+    ) -> None:
+        self._publisher = publisher
+        self._registry = registry
+        self._authorize = authorize
+        self._server: grpc.aio.Server | None = None
+        self._encoded: tuple[RoutingSnapshot, bytes] | None = None
+        self._nonces = itertools.count(1)
+
+    async def start(self, address: str) -> int:
+        """Bind `host:port` (port 0: any free port), start serving; returns the bound port."""
+        if self._server is not None:
+            raise RuntimeError("push server already started")
+        server = grpc.aio.server(options=_SERVER_OPTIONS)
+        handler = grpc.stream_stream_rpc_method_handler(self._stream)
+        server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler(SERVICE, {"Stream": handler}),)
+        )
+        try:
+            port = int(server.add_insecure_port(address))
+        except RuntimeError as exc:
+            raise OSError(f"push server cannot listen on {address}: {exc}") from exc
+        if port == 0:
+            raise OSError(f"push server cannot listen on {address}")
+        await server.start()
+        self._server = server
+        log.info("snapshot push (grpc) listening on %s (port %d)", address, port)
+        return port
+
+    async def aclose(self) -> None:
+        """Stop at once: open streams are cancelled and their proxies reconnect elsewhere."""
+        server, self._server = self._server, None
+        if server is not None:
+            await server.stop(None)
+
+    # -- one stream -------------------------------------------------------------------------
+    async def _stream(self, request_iterator: object, context: grpc.aio.ServicerContext) -> None:
+        token = _bearer(context.invocation_metadata())
+        try:
+            allowed = await self._authorize(token)
+        except Exception:
+            log.exception("push: token check failed")
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "cannot check the token now")
+            return
+        if not allowed:
+            reason = (
+                "missing bearer token (metadata 'authorization: Bearer <token>')"
+                if token is None
+                else "token is invalid or may not subscribe to snapshots"
+            )
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, reason)
+            return
+        try:
+            first = await self._read(context)
+        except _StreamClosed:
+            return
+        except MessageError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            return
+        node = first.node
+        if node is None:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, "the first SubscribeRequest must carry 'node'"
+            )
+            return
+        stream = self._registry.connect(
+            node.id, node.service, node.listeners, first.version_info or None
+        )
+        log.info(
+            "push: proxy %s (%s) subscribed at version %r from %s",
+            node.id,
+            node.service,
+            first.version_info,
+            context.peer(),
+        )
+        try:
+            await context.send_initial_metadata(((REPLICA_METADATA, self._registry.replica),))
+            error = await self._serve(stream, context)
+        finally:
+            self._registry.disconnect(stream)
+            log.info("push: proxy %s disconnected", node.id)
+        if error is not None:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, error)
+
+    async def _serve(self, stream: StreamId, context: grpc.aio.ServicerContext) -> str | None:
+        """Run reader and writer until either ends; returns an error to abort with, if any."""
+        pending = _Pending()
+        reader = asyncio.create_task(self._read_answers(stream, context, pending))
+        writer = asyncio.create_task(self._push_latest(stream, context, pending))
+        try:
+            done, _ = await asyncio.wait((reader, writer), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            reader.cancel()
+            writer.cancel()
+            await asyncio.gather(reader, writer, return_exceptions=True)
+        for task in done:
+            exc = task.exception()
+            if isinstance(exc, MessageError):
+                return str(exc)
+            if isinstance(exc, _StreamClosed):
+                return None
+            if exc is not None:
+                raise exc
+        return None
+
+    async def _read(self, context: grpc.aio.ServicerContext) -> SubscribeRequest:
+        data = await context.read()
+        if data is grpc.aio.EOF:
+            raise _StreamClosed
+        if not isinstance(data, bytes):
+            raise MessageError("expected a JSON SubscribeRequest")
+        return decode_request(data)
+
+    async def _read_answers(
+        self, stream: StreamId, context: grpc.aio.ServicerContext, pending: _Pending
+    ) -> None:
+        while True:
+            answer = await self._read(context)
+            if pending.nonce is None or answer.response_nonce != pending.nonce:
+                log.debug(
+                    "push: stream %d: stale answer (nonce %r) ignored",
+                    stream,
+                    answer.response_nonce,
+                )
+                continue
+            if answer.is_nack:
+                detail = answer.error_detail or ""
+                self._registry.nacked(stream, pending.version, detail)
+                log.warning(
+                    "push: stream %d NACKed version %s: %s", stream, pending.version, detail
+                )
+            else:
+                self._registry.acked(stream, answer.version_info)
+            pending.nonce = None
+            pending.answered.set()
+
+    async def _push_latest(
+        self, stream: StreamId, context: grpc.aio.ServicerContext, pending: _Pending
+    ) -> None:
+        # A new stream always gets the latest snapshot, whatever version the proxy reports:
+        # the proxy skips re-applying identical content, and a control plane whose store was
+        # reset may reuse a version number for different content.
+        than: str | None = None
+        while True:
+            snapshot = await self._publisher.wait_newer(than)
+            nonce = str(next(self._nonces))
+            pending.nonce, pending.version = nonce, snapshot.version
+            pending.answered.clear()
+            self._registry.sent(stream, snapshot.version)
+            await context.write(
+                encode_full_response(snapshot.version, nonce, self._encode(snapshot))
+            )
+            await pending.answered.wait()
+            than = snapshot.version
+
+    def _encode(self, snapshot: RoutingSnapshot) -> bytes:
+        """Each version is encoded once and shared by every stream."""
+        cached = self._encoded
+        if cached is not None and cached[0] is snapshot:
+            return cached[1]
+        data = snapshot.model_dump_json().encode()
+        self._encoded = (snapshot, data)
+        return data

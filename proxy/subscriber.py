@@ -1,0 +1,334 @@
+"""The proxy end of the snapshot push stream: subscribe, apply, ACK or NACK, persist, reconnect.
+
+This is the only proxy module that imports grpc; whoever starts a subscriber imports it
+lazily, so a proxy fed by a static file never loads grpc. grpc errors are translated here
+into `last_error` text and log lines; none leaves `run()`.
+
+Invariants:
+- the routing table changes only through `TableHolder.apply`; a snapshot that fails
+  validation or `apply` is NACKed with the reason and never applied, and the old table keeps
+  serving;
+- while disconnected the last good table keeps serving; `run()` reconnects forever with
+  full-jitter exponential backoff (about 0.2 s at first, capped at 30 s), reset after a
+  stream that was established;
+- after every ACK the snapshot is written to `state_dir/snapshot.json` (atomically), and a
+  cold start with no table serves that file until the control plane answers;
+- `connected` is True exactly while a stream is open that the control plane has accepted
+  (it sent its replica metadata), and `on_connected_change` is called on each transition.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+import grpc.aio
+
+from proxy.persist import load_snapshot, save_snapshot
+from proxy.push_messages import (
+    MAX_ERROR_DETAIL,
+    METHOD,
+    REPLICA_METADATA,
+    MessageError,
+    Node,
+    SnapshotRejected,
+    SubscribeRequest,
+    decode_response,
+    encode_request,
+)
+from proxy.schema import RoutingSnapshot
+from proxy.state import TableHolder
+from proxy.table import ConfigError
+
+__all__ = ["Subscriber", "backoff_delay"]
+
+log = logging.getLogger("forklane.proxy.subscriber")
+
+BACKOFF_BASE = 0.2
+BACKOFF_CAP = 30.0
+
+_CHANNEL_OPTIONS: tuple[tuple[str, Any], ...] = (
+    # Notice a control plane that vanished without closing the connection.
+    ("grpc.keepalive_time_ms", 20_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+    # A snapshot of thousands of sandboxes is several MB; the default limit is 4 MB.
+    ("grpc.max_receive_message_length", 256 << 20),
+    # Our own backoff decides when to retry; every attempt uses a fresh channel.
+    ("grpc.enable_retries", 0),
+)
+
+
+def backoff_delay(
+    attempt: int, rng: random.Random, base: float = BACKOFF_BASE, cap: float = BACKOFF_CAP
+) -> float:
+    """Full jitter: uniform in [0, min(cap, base * 2**attempt)] (attempt counts from 0)."""
+    ceiling = cap if attempt >= 64 else min(cap, base * (2**attempt))
+    return rng.uniform(0.0, ceiling)
+
+
+class _StreamError(Exception):
+    """A stream ended with an error; the text says why. Retried after a backoff."""
+
+
+class _Refused(_StreamError):
+    """The control plane refused this proxy (bad token, bad request): worth an error log."""
+
+
+_REFUSALS = frozenset(
+    {
+        grpc.StatusCode.UNAUTHENTICATED,
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.INVALID_ARGUMENT,
+    }
+)
+
+
+class Subscriber:
+    def __init__(
+        self,
+        address: str,
+        holder: TableHolder,
+        node_id: str,
+        service: str | None,
+        listeners: tuple[str, ...] | list[str] = (),
+        token: str | None = None,
+        state_dir: Path | None = None,
+        on_connected_change: Callable[[bool], None] | None = None,
+        *,
+        rng: random.Random | None = None,
+        backoff_base: float = BACKOFF_BASE,
+        backoff_cap: float = BACKOFF_CAP,
+    ) -> None:
+        self.address = address
+        self.holder = holder
+        self.node = Node(id=node_id, service=service, listeners=tuple(listeners))
+        self.state_dir = state_dir
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        self._on_connected_change = on_connected_change
+        self._rng = rng or random.Random()
+        self._backoff_base = backoff_base
+        self._backoff_cap = backoff_cap
+        self._connected = False
+        self._closing = asyncio.Event()
+        self._stopped = asyncio.Event()
+        self._running = False
+        self._session_task: asyncio.Task[bool] | None = None
+        self._restored = False
+        self.version = ""  # the version applied from the control plane (or restored)
+        self.replica = ""  # the control-plane replica of the current stream
+        self.last_error = ""
+        self.pushes_received = 0
+        self.acks = 0
+        self.nacks = 0
+        self.reconnects = 0
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
+    def restore(self) -> bool:
+        """Serve the persisted snapshot if the holder has no table yet; True if it did."""
+        if self._restored or self.holder.table is not None or self.state_dir is None:
+            return False
+        self._restored = True
+        snapshot = load_snapshot(self.state_dir)
+        if snapshot is None:
+            return False
+        try:
+            self.holder.apply(snapshot, source=f"persisted:{self.state_dir}")
+        except ConfigError as exc:
+            log.warning("persisted snapshot %s cannot be served: %s", snapshot.version, exc)
+            return False
+        self.version = snapshot.version
+        log.info("serving persisted snapshot %s until the control plane answers", snapshot.version)
+        return True
+
+    async def run(self) -> None:
+        """Subscribe until `aclose()`, reconnecting with jittered backoff."""
+        if self._running:
+            raise RuntimeError("subscriber already running")
+        self._running = True
+        try:
+            self.restore()
+            attempt = 0
+            first = True
+            while not self._closing.is_set():
+                if not first:
+                    self.reconnects += 1
+                first = False
+                # The session runs in its own task so aclose() can cancel a blocked read
+                # without cancelling run()'s caller.
+                session = asyncio.create_task(self._session(), name="forklane-subscription")
+                self._session_task = session
+                await asyncio.wait((session,))
+                self._session_task = None
+                if self._closing.is_set() or session.cancelled():
+                    break
+                established = session.result()
+                if established:
+                    attempt = 0
+                delay = backoff_delay(attempt, self._rng, self._backoff_base, self._backoff_cap)
+                attempt += 1
+                log.info(
+                    "control plane %s: retrying in %.2fs (%s)",
+                    self.address,
+                    delay,
+                    self.last_error or "stream ended",
+                )
+                try:
+                    await asyncio.wait_for(self._closing.wait(), timeout=delay)
+                except TimeoutError:
+                    pass
+        finally:
+            session = self._session_task
+            if session is not None and not session.done():
+                # run() itself was cancelled: its session must not outlive it.
+                session.cancel()
+                await asyncio.wait((session,))
+            self._session_task = None
+            self._set_connected(False)
+            self._running = False
+            self._stopped.set()
+
+    async def aclose(self) -> None:
+        """Stop `run()` (if running) and close the stream; the table stays as it is."""
+        self._closing.set()
+        session = self._session_task
+        if session is not None:
+            session.cancel()
+        if self._running:
+            await self._stopped.wait()
+
+    # -- one stream -------------------------------------------------------------------------
+    async def _session(self) -> bool:
+        """One stream, until it ends; returns whether the control plane accepted it."""
+        established = False
+        channel = grpc.aio.insecure_channel(self.address, options=_CHANNEL_OPTIONS)
+        try:
+            call = channel.stream_stream(METHOD)(metadata=self._metadata)
+            await call.write(
+                encode_request(SubscribeRequest(node=self.node, version_info=self.version))
+            )
+            metadata = await call.initial_metadata()
+            replica = _metadata_value(metadata, REPLICA_METADATA)
+            if replica is None:
+                error = await self._status_error(call)
+                raise error or _StreamError("the control plane ended the stream at once")
+            established = True
+            self.replica = replica
+            self.last_error = ""
+            self._set_connected(True)
+            log.info("subscribed to control plane %s (replica %s)", self.address, replica)
+            while True:
+                data = await call.read()
+                if data is grpc.aio.EOF:
+                    error = await self._status_error(call)
+                    raise error or _StreamError("the control plane ended the stream")
+                await self._handle(call, data)
+        except grpc.aio.AioRpcError as exc:
+            if not self._closing.is_set():
+                self._record(_error_of(exc))
+        except _StreamError as exc:
+            if not self._closing.is_set():
+                self._record(exc)
+        except MessageError as exc:
+            self.last_error = f"control plane sent an unreadable message: {exc}"
+            log.error("control plane %s: %s", self.address, self.last_error)
+        finally:
+            self._set_connected(False)
+            await channel.close(grace=None)
+        return established
+
+    async def _status_error(self, call: Any) -> _StreamError | None:
+        """The error a finished call ended with, or None if it ended OK."""
+        code = await call.code()
+        if code == grpc.StatusCode.OK:
+            return None
+        text = f"{code.name}: {await call.details()}"
+        return _Refused(text) if code in _REFUSALS else _StreamError(text)
+
+    async def _handle(self, call: Any, data: bytes) -> None:
+        self.pushes_received += 1
+        try:
+            response = decode_response(data)
+        except SnapshotRejected as exc:
+            await self._nack(call, exc.version_info, exc.nonce, exc.reason)
+            return
+        snapshot = response.snapshot
+        assert snapshot is not None  # decode_response guarantees a full snapshot
+        table = self.holder.table
+        if table is not None and table.snapshot == snapshot:
+            pass  # the same content again (a reconnect): nothing to rebuild
+        else:
+            try:
+                self.holder.apply(snapshot, source=f"controlplane:{self.address}")
+            except ConfigError as exc:
+                await self._nack(call, response.version_info, response.nonce, str(exc))
+                return
+        self.version = snapshot.version
+        await call.write(
+            encode_request(
+                SubscribeRequest(version_info=snapshot.version, response_nonce=response.nonce)
+            )
+        )
+        self.acks += 1
+        log.info("applied and ACKed snapshot %s", snapshot.version)
+        await self._persist(snapshot)
+
+    async def _nack(self, call: Any, version: str, nonce: str, reason: str) -> None:
+        reason = reason[:MAX_ERROR_DETAIL] or "rejected"
+        self.holder.reject(reason)
+        log.error("NACK snapshot %s: %s", version, reason)
+        await call.write(
+            encode_request(
+                SubscribeRequest(
+                    version_info=self.version, response_nonce=nonce, error_detail=reason
+                )
+            )
+        )
+        self.nacks += 1
+
+    async def _persist(self, snapshot: RoutingSnapshot) -> None:
+        if self.state_dir is None:
+            return
+        try:
+            await asyncio.to_thread(save_snapshot, self.state_dir, snapshot)
+        except OSError as exc:
+            log.warning(
+                "cannot persist snapshot %s to %s: %s", snapshot.version, self.state_dir, exc
+            )
+
+    def _record(self, error: _StreamError) -> None:
+        self.last_error = str(error)
+        if isinstance(error, _Refused):
+            log.error("control plane %s refused the subscription: %s", self.address, error)
+        else:
+            log.warning("control plane %s: %s", self.address, error)
+
+    def _set_connected(self, value: bool) -> None:
+        if value == self._connected:
+            return
+        self._connected = value
+        if self._on_connected_change is not None:
+            self._on_connected_change(value)
+
+
+def _metadata_value(metadata: Any, key: str) -> str | None:
+    for k, v in metadata or ():
+        if k == key:
+            return str(v)
+    return None
+
+
+def _error_of(exc: grpc.aio.AioRpcError) -> _StreamError:
+    """Translate grpc's exception at this boundary."""
+    code = exc.code()
+    text = f"{code.name if code is not None else 'UNKNOWN'}: {exc.details() or 'no details'}"
+    return _Refused(text) if code in _REFUSALS else _StreamError(text)

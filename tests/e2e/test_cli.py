@@ -1,0 +1,376 @@
+"""The `forklane` CLI end to end: real subprocesses against a real control plane.
+
+Each test runs the CLI as a user would (`python -m sdk`, the same `sdk.cli:main` the
+installed `forklane` script calls) and checks what a user or a script sees: output that
+parses (`-o json`, `-o yaml`), tables that fit, one-line errors, and the documented exit
+codes (0 ok, 1 error, 2 usage, 3 not found, 4 conflict, 5 unauthorized/forbidden,
+6 invalid, 7 unavailable, 8 timeout).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from controlplane.wire import ServiceResource
+from sdk import Client
+from tests.sdk.controlplane_proc import (
+    ADMIN_TOKEN,
+    REPO,
+    ControlPlane,
+    controlplane_missing,
+    start_controlplane,
+)
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+    def json(self) -> Any:
+        return json.loads(self.out)
+
+
+def run_cli(
+    *args: str, env: dict[str, str], stdin: str | None = None, timeout: float = 60
+) -> Result:
+    done = subprocess.run(
+        [sys.executable, "-m", "sdk", *args],
+        cwd=REPO,
+        env=env,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    return Result(done.returncode, done.stdout, done.stderr)
+
+
+def base_env(home: Path) -> dict[str, str]:
+    """No ambient forklane configuration leaks in from the machine running the tests."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FORKLANE_")}
+    env.update(HOME=str(home), FORKLANE_CONFIG=str(home / "forklane.yaml"), COLUMNS="100",
+               PYTHONPATH=str(REPO))  # fmt: skip
+    return env
+
+
+def one_error_line(result: Result) -> str:
+    lines = result.err.strip().splitlines()
+    assert len(lines) == 1, result.err
+    assert lines[0].startswith("error: ")
+    assert "Traceback" not in result.err
+    return lines[0]
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{secrets.token_hex(3)}"
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    return base_env(tmp_path)
+
+
+@pytest.fixture
+def listener() -> Iterator[str]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(16)
+        yield f"127.0.0.1:{s.getsockname()[1]}"
+
+
+@pytest.fixture
+def closed_port() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{s.getsockname()[1]}"
+
+
+@pytest.fixture(scope="module")
+def controlplane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
+    reason = controlplane_missing()
+    if reason:
+        pytest.skip(reason)
+    data_dir = tmp_path_factory.mktemp("cli-cp")
+    running = start_controlplane(data_dir)
+    try:
+        yield ControlPlane(url=running.url, token=ADMIN_TOKEN, data_dir=data_dir)
+    finally:
+        running.stop()
+
+
+@pytest.fixture
+def cp_env(controlplane: ControlPlane, env: dict[str, str]) -> dict[str, str]:
+    return {**env, "FORKLANE_URL": controlplane.url, "FORKLANE_TOKEN": controlplane.token}
+
+
+@pytest.fixture
+def svc(controlplane: ControlPlane, listener: str) -> str:
+    """A baseline service, created through the SDK (setup, not the thing under test)."""
+    name = unique("svc")
+    resource = ServiceResource.model_validate(
+        {"metadata": {"name": name},
+         "spec": {"endpoints": [listener], "authorities": [f"{name}.test"]}}
+    )  # fmt: skip
+    with Client(controlplane.url, controlplane.token) as client:
+        client.services.create(resource)
+    return name
+
+
+# --- local behaviour (no control plane needed) ------------------------------------------------
+
+
+def test_help_lists_commands_and_documents_exit_codes(env: dict[str, str]) -> None:
+    result = run_cli("--help", env=env)
+    assert result.code == 0
+    for command in ("sandbox", "routegroup", "split", "service", "explain", "proxies",
+                    "context", "login", "proxy", "controlplane", "demo"):  # fmt: skip
+        assert command in result.out
+    for line in ("3  not found", "7  unavailable", "8  timeout"):
+        assert line in result.out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("sandbox", "create"), "-f FILE or at least one --fork"),
+        (("sandbox", "create", "--fork", "pricing"), "SERVICE=HOST:PORT"),
+        (("split", "set", "pricing", "--dest", "v1=h:1"), "NAME=HOST:PORT:WEIGHT"),
+        (("sandbox", "list", "-o", "xml"), "xml"),
+    ],
+)
+def test_usage_errors_exit_2_with_the_reason(
+    env: dict[str, str], args: tuple[str, ...], message: str
+) -> None:
+    result = run_cli(*args, env=env)
+    assert result.code == 2, (result.out, result.err)
+    assert message in result.err
+    assert "Traceback" not in result.err
+
+
+def test_unreachable_control_plane_exits_7_with_one_line(
+    env: dict[str, str], closed_port: str
+) -> None:
+    result = run_cli("sandbox", "list", env={**env, "FORKLANE_URL": f"http://{closed_port}"})
+    assert result.code == 7
+    line = one_error_line(result)
+    assert closed_port in line and "unavailable" in line
+
+
+def test_debug_shows_the_traceback(env: dict[str, str], closed_port: str) -> None:
+    result = run_cli("--debug", "sandbox", "list",
+                     env={**env, "FORKLANE_URL": f"http://{closed_port}"})  # fmt: skip
+    assert result.code == 7
+    assert "Traceback" in result.err
+
+
+def test_demo_is_a_placeholder_for_now(env: dict[str, str]) -> None:
+    result = run_cli("demo", env=env)
+    assert result.code == 1
+    assert "not available" in result.err
+
+
+def test_controlplane_command_passes_arguments_through(env: dict[str, str]) -> None:
+    result = run_cli("controlplane", "--help", env=env)
+    assert result.code == 0
+    assert "serve" in result.out and "python -m controlplane" in result.out
+
+
+def test_proxy_command_passes_arguments_through(env: dict[str, str]) -> None:
+    if not (REPO / "proxy" / "__main__.py").exists():
+        pytest.skip("the proxy has no `python -m proxy` entry point in this tree yet")
+    result = run_cli("proxy", "explain", "--help", env=env)
+    assert result.code == 0
+    assert "--config" in result.out
+
+
+def test_contexts_set_use_list(env: dict[str, str]) -> None:
+    first = run_cli("context", "set", "a", "--url", "http://a.test:1", "--token", "s3cret", env=env)
+    assert first.code == 0, first.err
+    assert run_cli("context", "set", "b", "--url", "http://b.test:2", "--use", env=env).code == 0
+    doc = yaml.safe_load(run_cli("context", "list", "-o", "yaml", env=env).out)
+    assert doc["current-context"] == "b"
+    assert {c["name"]: c["token"] for c in doc["contexts"]} == {"a": "<set>", "b": None}
+
+    missing = run_cli("context", "use", "ghost", env=env)
+    assert missing.code == 1 and "ghost" in one_error_line(missing)
+    # commands use the current context: b points nowhere, so this is unavailable
+    result = run_cli("sandbox", "list", env=env)
+    assert result.code == 7 and "b.test" in result.err
+
+
+# --- against a real control plane -------------------------------------------------------------
+
+
+def test_sandbox_lifecycle(cp_env: dict[str, str], svc: str, listener: str) -> None:
+    name = unique("sb")
+    created = run_cli("sandbox", "create", "--fork", f"{svc}={listener}", "--name", name,
+                      "--ttl", "10m", "--label", "team=pay", "--wait", "--timeout", "30",
+                      "-o", "json", env=cp_env)  # fmt: skip
+    assert created.code == 0, created.err
+    doc = created.json()
+    assert doc["kind"] == "Sandbox" and doc["metadata"]["name"] == name
+    assert doc["status"]["phase"] == "Ready"
+    key = doc["status"]["routingKey"]
+    assert key and doc["spec"]["ttl"]["seconds"] == 600
+
+    listed = run_cli("sandbox", "list", "-l", "team=pay", "-o", "yaml", env=cp_env)
+    assert listed.code == 0
+    items = yaml.safe_load(listed.out)["items"]
+    assert name in [i["metadata"]["name"] for i in items]
+
+    table = run_cli("sandbox", "get", name, env=cp_env)
+    assert table.code == 0
+    assert name in table.out and key in table.out and "Ready" in table.out
+    assert all(len(line) <= 100 for line in table.out.splitlines())
+
+    again = run_cli("sandbox", "create", "--fork", f"{svc}={listener}", "--name", name,
+                    env=cp_env)  # fmt: skip
+    assert again.code == 4
+    one_error_line(again)
+
+    extended = run_cli("sandbox", "extend", name, "--ttl", "2h", "-o", "json", env=cp_env)
+    assert extended.code == 0, extended.err
+    assert extended.json()["spec"]["ttl"]["seconds"] >= 7200
+
+    assert run_cli("sandbox", "delete", name, env=cp_env).code == 0
+    gone = run_cli("sandbox", "get", name, env=cp_env)
+    assert gone.code == 3
+    assert name in one_error_line(gone)
+
+
+def test_sandbox_from_file(cp_env: dict[str, str], svc: str, listener: str, tmp_path: Path) -> None:
+    name = unique("sb")
+    path = tmp_path / "sandbox.yaml"
+    path.write_text(yaml.safe_dump({
+        "apiVersion": "forklane.dev/v1", "kind": "Sandbox",
+        "metadata": {"name": name, "labels": {"from": "file"}},
+        "spec": {"forks": [{"service": svc, "endpoints": [listener]}],
+                 "ttl": {"seconds": 900}},
+    }))  # fmt: skip
+    result = run_cli("sandbox", "create", "-f", str(path), "-o", "json", env=cp_env)
+    assert result.code == 0, result.err
+    doc = result.json()
+    assert doc["metadata"]["labels"] == {"from": "file"}
+    assert doc["spec"]["ttl"]["seconds"] == 900
+    run_cli("sandbox", "delete", name, env=cp_env)
+
+
+def test_waiting_for_an_unreachable_fork_times_out_with_exit_8(
+    cp_env: dict[str, str], svc: str, closed_port: str
+) -> None:
+    name = unique("sb")
+    result = run_cli("sandbox", "create", "--fork", f"{svc}={closed_port}", "--name", name,
+                     "--wait", "--timeout", "1", env=cp_env)  # fmt: skip
+    try:
+        assert result.code == 8
+        line = one_error_line(result)
+        assert "not Ready after 1s" in line and "phase Pending" in line and closed_port in line
+    finally:
+        run_cli("sandbox", "delete", name, env=cp_env)
+
+
+def test_bad_token_exits_5(cp_env: dict[str, str]) -> None:
+    result = run_cli("sandbox", "list", env={**cp_env, "FORKLANE_TOKEN": "wrong-token"})
+    assert result.code == 5
+    one_error_line(result)
+
+
+def test_server_side_invalid_exits_6_naming_the_field(
+    cp_env: dict[str, str], listener: str
+) -> None:
+    result = run_cli("service", "create", unique("svc"), "-e", listener, "-a", "Not A Host!",
+                     env=cp_env)  # fmt: skip
+    assert result.code == 6
+    assert "spec" in one_error_line(result)
+
+
+def test_split_set_then_change_weights(cp_env: dict[str, str], svc: str, listener: str) -> None:
+    first = run_cli("split", "set", svc, "--dest", f"v1={listener}:90", "--dest",
+                    f"v2={listener}:10", "--sticky-header", "x-user", "-o", "json", env=cp_env)  # fmt: skip
+    assert first.code == 0, first.err
+    doc = first.json()
+    assert [(d["name"], d["weight"]) for d in doc["spec"]["destinations"]] == [
+        ("v1", 90),
+        ("v2", 10),
+    ]
+    assert doc["spec"]["sticky"] == {"header": "x-user"}
+    second = run_cli("split", "set", svc, "--dest", f"v1={listener}:50", "--dest",
+                     f"v2={listener}:50", "-o", "json", env=cp_env)  # fmt: skip
+    assert second.code == 0, second.err
+    assert [d["weight"] for d in second.json()["spec"]["destinations"]] == [50, 50]
+    assert run_cli("split", "delete", svc, env=cp_env).code == 0
+    assert run_cli("split", "get", svc, env=cp_env).code == 3
+
+
+def test_routegroups_and_services_lists(cp_env: dict[str, str], svc: str) -> None:
+    name = unique("rg")
+    created = run_cli("routegroup", "create", name, "--selector", "team=pay", "-o", "json",
+                      env=cp_env)  # fmt: skip
+    assert created.code == 0, created.err
+    assert created.json()["spec"]["selector"] == {"team": "pay"}
+    listed = run_cli("routegroup", "list", "-o", "json", env=cp_env).json()
+    assert listed["kind"] == "RouteGroupList"
+    assert name in [i["metadata"]["name"] for i in listed["items"]]
+
+    services = run_cli("service", "list", "-o", "json", env=cp_env).json()
+    assert svc in [i["metadata"]["name"] for i in services["items"]]
+
+
+def test_proxies_lists_connected_proxies(cp_env: dict[str, str]) -> None:
+    result = run_cli("proxies", "-o", "json", env=cp_env)
+    assert result.code == 0, result.err
+    assert result.json()["items"] == []
+
+
+def test_explain_runs_the_proxys_decision_on_the_control_planes_snapshot(
+    cp_env: dict[str, str], svc: str, listener: str
+) -> None:
+    if not (REPO / "proxy" / "__main__.py").exists():
+        pytest.skip("the proxy has no `python -m proxy explain` in this tree yet")
+    name = unique("sb")
+    created = run_cli("sandbox", "create", "--fork", f"{svc}={listener}", "--name", name,
+                      "--routing-key", f"key{secrets.token_hex(4)}", "--wait", "-o", "json",
+                      env=cp_env)  # fmt: skip
+    assert created.code == 0, created.err
+    key = created.json()["status"]["routingKey"]
+    try:
+        baseline = run_cli("explain", "--host", f"{svc}.test", "-o", "json", env=cp_env)
+        assert baseline.code == 0, baseline.err
+        assert baseline.json()["kind"] == "baseline"
+        text = run_cli("explain", "--host", f"{svc}.test", "-H", f"baggage: forklane-routing-key={key}",
+                       env=cp_env)  # fmt: skip
+        assert text.code == 0 and "fork" in text.out and key in text.out
+    finally:
+        run_cli("sandbox", "delete", name, env=cp_env)
+
+
+def test_login_saves_a_context_only_after_the_token_works(
+    controlplane: ControlPlane, env: dict[str, str]
+) -> None:
+    bad = run_cli("login", "--url", controlplane.url, "--token", "nope", env=env)
+    assert bad.code == 5
+    assert not Path(env["FORKLANE_CONFIG"]).exists()
+
+    good = run_cli("login", "--url", controlplane.url, "--token", controlplane.token,
+                   "--context", "local", env=env)  # fmt: skip
+    assert good.code == 0, good.err
+    assert oct(Path(env["FORKLANE_CONFIG"]).stat().st_mode & 0o777) == "0o600"
+    # no FORKLANE_URL/TOKEN: the saved current context is used
+    listed = run_cli("sandbox", "list", "-o", "json", env=env)
+    assert listed.code == 0, listed.err
+    assert listed.json()["kind"] == "SandboxList"
