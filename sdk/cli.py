@@ -65,7 +65,13 @@ from sdk._cli_render import (
     explanation_text,
     list_document,
 )
-from sdk._core import ROUTING_KEY_HEADER, build_sandbox, parse_duration, parse_endpoints
+from sdk._core import (
+    ROUTING_KEY_HEADER,
+    build_sandbox,
+    new_sandbox_name,
+    parse_duration,
+    parse_endpoints,
+)
 from sdk.client import Client, Resource
 from sdk.config import (
     ConfigFile,
@@ -242,17 +248,24 @@ def _validation_problem(source: str, exc: ValidationError) -> UsageProblem:
 M = TypeVar("M", bound=BaseModel)
 
 
-def _load_resource(path: Path, model: type[M], kind: str, name: str | None) -> M:
-    """A resource file (`kind`, `metadata`, `spec`); `--name` overrides the file's name."""
+def _load_resource(
+    path: Path, model: type[M], kind: str, name: str | None, default_name: str | None = None
+) -> M:
+    """A resource file (`kind`, `metadata`, `spec`), or a bare spec; `--name` overrides the
+    file's name, and `default_name` fills it in when neither gives one."""
     doc = _read_document(path)
     if not isinstance(doc, dict):
         raise UsageProblem(f"{path}: expected a mapping with metadata and spec")
+    if "spec" not in doc and "metadata" not in doc and "kind" not in doc:
+        doc = {"spec": doc}
     if doc.get("kind", kind) != kind:
         raise UsageProblem(f"{path}: kind is {doc.get('kind')!r}, expected {kind!r}")
     doc = {"apiVersion": API_VERSION, "kind": kind, **doc}
     doc.pop("status", None)
-    if name:
-        doc["metadata"] = {**(doc.get("metadata") or {}), "name": name}
+    metadata = dict(doc.get("metadata") or {})
+    if name or not metadata.get("name"):
+        metadata["name"] = name or default_name
+    doc["metadata"] = metadata
     try:
         return model.model_validate(doc)
     except ValidationError as exc:
@@ -361,7 +374,7 @@ def sandbox_create(
         raise UsageProblem("give either -f FILE or at least one --fork SERVICE=HOST:PORT")
     labels = _pairs(label, "--label")
     if file is not None:
-        base = _load_resource(file, Sandbox, "Sandbox", name)
+        base = _load_resource(file, Sandbox, "Sandbox", name, new_sandbox_name())
         wanted = _parse(
             str(file),
             lambda: build_sandbox(
@@ -382,6 +395,9 @@ def sandbox_create(
         if wait:
             created = _wait(client, created.metadata.name, timeout)
     _show(output, SANDBOX_COLUMNS, [created], "Sandbox", single=True)
+    key = created.status.routing_key if created.status else created.spec.routing_key
+    if output is Format.table and key:
+        _stderr().print(f"send requests with -H '{ROUTING_KEY_HEADER}: {key}'", highlight=False)
 
 
 @sandbox_app.command("list")

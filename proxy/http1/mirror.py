@@ -156,3 +156,9 @@ class MirrorCopy:
 
     def upgraded(self, conn: UpstreamConnection, rest: bytes) -> None:
         self.abandon("failed")
+
+    def cork(self) -> None:
+        pass
+
+    def uncork(self) -> None:
+        pass

@@ -252,7 +252,7 @@ class Exchange:
         for name, value in headers:
             parts.append(name + b": " + value + b"\r\n")
         parts.append(b"\r\n")
-        down.transport.write(b"".join(parts))
+        down.write(b"".join(parts))
 
     def response_head(
         self,
@@ -333,16 +333,18 @@ class Exchange:
         if self.explain:
             parts.append(self.explanation())
         parts.append(b"\r\n")
-        down.transport.write(b"".join(parts))
+        down.write(b"".join(parts))
 
     def response_body(self, data: bytes) -> None:
-        transport = self.down.transport
-        if transport is None or self.done:
+        down = self.down
+        if down.transport is None or self.done:
             return
         if self.framing == _CHUNKED:
-            transport.writelines((b"%x\r\n" % len(data), data, b"\r\n"))
+            down.write(b"%x\r\n" % len(data))
+            down.write(data)
+            down.write(b"\r\n")
         else:
-            transport.write(data)
+            down.write(data)
 
     def response_end(self, conn: UpstreamConnection, trailers: list[tuple[bytes, bytes]]) -> None:
         down = self.down
@@ -354,7 +356,7 @@ class Exchange:
             for name, value in trailers:
                 tail.append(name + b": " + value + b"\r\n")
             tail.append(b"\r\n")
-            down.transport.write(b"".join(tail))
+            down.write(b"".join(tail))
         if conn.keep_alive and self.req_done and not conn.tunnel:
             down.ctx.pools.give_back(conn)
         else:
@@ -363,6 +365,12 @@ class Exchange:
 
     def upstream_pause(self, paused: bool) -> None:
         self.down.set_upstream_blocked(paused)
+
+    def cork(self) -> None:
+        self.down.cork()
+
+    def uncork(self) -> None:
+        self.down.flush()
 
     def upgraded(self, conn: UpstreamConnection, rest: bytes) -> None:
         self.down.start_tunnel(self, conn, rest)
@@ -467,6 +475,7 @@ class Downstream(asyncio.Protocol):
         self.deadline = 0.0
         self.deadline_kind = _DEADLINE_NONE
         self.tunnel: UpstreamConnection | None = None
+        self.out: list[bytes] | None = None  # corked writes (see cork())
 
     # -- asyncio.Protocol --------------------------------------------------------------------
 
@@ -946,7 +955,7 @@ class Downstream(asyncio.Protocol):
             extra = ex.explanation() if ex.explain else b""
             if close and not reply.close:
                 reply = LocalReply(reply.status, reply.error, reply.body, close=True)
-            transport.write(local_reply(reply, extra, head_only=ex.is_head))
+            self.write(local_reply(reply, extra, head_only=ex.is_head))
         self.finish(ex)
 
     def protocol_error(self, reply: LocalReply) -> None:
@@ -1003,6 +1012,7 @@ class Downstream(asyncio.Protocol):
         ):
             self.closing = True
             self.queue.clear()
+            self.flush()
             transport.close()
             return
         if self.queue:
@@ -1064,6 +1074,33 @@ class Downstream(asyncio.Protocol):
         if self.ctx.access_log:
             sys.stdout.write(json.dumps(record, separators=(",", ":")) + "\n")
 
+    # -- writing: coalesced per upstream read ------------------------------------------------
+
+    def cork(self) -> None:
+        """Collect writes until `uncork()`: the response head and the body that arrived in the
+        same upstream read leave in one syscall instead of two or three."""
+        if self.out is None:
+            self.out = []
+
+    def uncork(self) -> None:
+        self.flush()
+
+    def write(self, data: bytes) -> None:
+        out = self.out
+        if out is not None:
+            out.append(data)
+        elif self.transport is not None:
+            self.transport.write(data)
+
+    def flush(self) -> None:
+        out = self.out
+        if out is None:
+            return
+        self.out = None
+        transport = self.transport
+        if out and transport is not None:
+            transport.write(out[0] if len(out) == 1 else b"".join(out))
+
     # -- flow control, tunnels, deadlines ---------------------------------------------------
 
     def set_upstream_blocked(self, blocked: bool) -> None:
@@ -1099,7 +1136,7 @@ class Downstream(asyncio.Protocol):
             ex.timer.cancel()
             ex.timer = None
         if rest:
-            transport.write(rest)
+            self.write(rest)  # after the corked 101 head
         pending, ex.pending = ex.pending, None
         if pending:
             conn.transport.writelines(pending)
@@ -1137,6 +1174,7 @@ class Downstream(asyncio.Protocol):
 
     def _close_quietly(self) -> None:
         self.closing = True
+        self.flush()
         if self.tunnel is not None:
             self.tunnel.close()
         if self.transport is not None:

@@ -34,6 +34,8 @@ class ResponseSink(Protocol):
     def upstream_lost(self, conn: UpstreamConnection, exc: Exception | None) -> None: ...
     def upstream_pause(self, paused: bool) -> None: ...
     def upgraded(self, conn: UpstreamConnection, rest: bytes) -> None: ...
+    def cork(self) -> None: ...
+    def uncork(self) -> None: ...
 
 
 class UpstreamConnection(asyncio.Protocol):
@@ -81,6 +83,9 @@ class UpstreamConnection(asyncio.Protocol):
                 self.sink.response_body(data)
             return
         self.seen_bytes = True
+        sink = self.sink
+        if sink is not None:
+            sink.cork()
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -92,6 +97,9 @@ class UpstreamConnection(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             self._fail(exc)
             return
+        finally:
+            if sink is not None:
+                sink.uncork()
         if self.reset_parser:
             self.reset_parser = False
             self.parser = httptools.HttpResponseParser(self)

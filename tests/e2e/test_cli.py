@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import json
 import os
+import pty
 import secrets
 import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +34,7 @@ from tests.sdk.controlplane_proc import (
     controlplane_missing,
     start_controlplane,
 )
+from tests.support.processes import start_proxy
 
 
 @dataclass
@@ -178,6 +181,14 @@ def test_debug_shows_the_traceback(env: dict[str, str], closed_port: str) -> Non
     assert "Traceback" in result.err
 
 
+def test_shell_completion_completes_commands(env: dict[str, str]) -> None:
+    completion = {"_FORKLANE_COMPLETE": "complete_bash", "COMP_WORDS": "forklane sand",
+                  "COMP_CWORD": "1"}  # fmt: skip
+    result = run_cli(env={**env, **completion})
+    assert result.code == 0
+    assert result.out.split() == ["sandbox"]
+
+
 def test_demo_is_a_placeholder_for_now(env: dict[str, str]) -> None:
     result = run_cli("demo", env=env)
     assert result.code == 1
@@ -253,21 +264,29 @@ def test_sandbox_lifecycle(cp_env: dict[str, str], svc: str, listener: str) -> N
     assert name in one_error_line(gone)
 
 
-def test_sandbox_from_file(cp_env: dict[str, str], svc: str, listener: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("shape", ["resource", "bare spec"])
+def test_sandbox_from_file(
+    cp_env: dict[str, str], svc: str, listener: str, tmp_path: Path, shape: str
+) -> None:
+    spec = {"forks": [{"service": svc, "endpoints": [listener]}], "ttl": {"seconds": 900}}
     name = unique("sb")
+    doc: dict[str, Any] = {"apiVersion": "forklane.dev/v1", "kind": "Sandbox",
+                           "metadata": {"name": name, "labels": {"from": "file"}},
+                           "spec": spec}  # fmt: skip
     path = tmp_path / "sandbox.yaml"
-    path.write_text(yaml.safe_dump({
-        "apiVersion": "forklane.dev/v1", "kind": "Sandbox",
-        "metadata": {"name": name, "labels": {"from": "file"}},
-        "spec": {"forks": [{"service": svc, "endpoints": [listener]}],
-                 "ttl": {"seconds": 900}},
-    }))  # fmt: skip
-    result = run_cli("sandbox", "create", "-f", str(path), "-o", "json", env=cp_env)
+    path.write_text(yaml.safe_dump(doc if shape == "resource" else spec))
+    result = run_cli("sandbox", "create", "-f", str(path), "-l", "by=flag", "-o", "json",
+                     env=cp_env)  # fmt: skip
     assert result.code == 0, result.err
-    doc = result.json()
-    assert doc["metadata"]["labels"] == {"from": "file"}
-    assert doc["spec"]["ttl"]["seconds"] == 900
-    run_cli("sandbox", "delete", name, env=cp_env)
+    created = result.json()
+    if shape == "resource":
+        assert created["metadata"]["name"] == name
+        assert created["metadata"]["labels"] == {"from": "file", "by": "flag"}
+    else:
+        assert created["metadata"]["name"].startswith("sandbox-")
+        assert created["metadata"]["labels"] == {"by": "flag"}
+    assert created["spec"]["ttl"]["seconds"] == 900
+    run_cli("sandbox", "delete", created["metadata"]["name"], env=cp_env)
 
 
 def test_waiting_for_an_unreachable_fork_times_out_with_exit_8(
@@ -282,6 +301,43 @@ def test_waiting_for_an_unreachable_fork_times_out_with_exit_8(
         assert "not Ready after 1s" in line and "phase Pending" in line and closed_port in line
     finally:
         run_cli("sandbox", "delete", name, env=cp_env)
+
+
+def test_waiting_shows_a_spinner_with_elapsed_time_on_a_terminal(
+    cp_env: dict[str, str], svc: str, closed_port: str
+) -> None:
+    name = unique("sb")
+    primary, secondary = pty.openpty()
+    chunks: list[bytes] = []
+
+    def drain() -> None:
+        while True:
+            try:
+                data = os.read(primary, 4096)
+            except OSError:  # the terminal closed: the CLI is gone
+                return
+            if not data:
+                return
+            chunks.append(data)
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "sdk", "sandbox", "create", "--fork", f"{svc}={closed_port}",
+             "--name", name, "--wait", "--timeout", "1"],
+            cwd=REPO, env={**cp_env, "TERM": "xterm"}, stdout=subprocess.PIPE,
+            stderr=secondary, timeout=60, check=False,
+        )  # fmt: skip
+    finally:
+        os.close(secondary)
+        reader.join(timeout=10)
+        os.close(primary)
+        run_cli("sandbox", "delete", name, env=cp_env)
+    shown = b"".join(chunks).decode("utf-8", "replace")
+    assert done.returncode == 8
+    assert f"waiting for sandbox {name}" in shown
+    assert "0:00:0" in shown  # the elapsed-time column
 
 
 def test_bad_token_exits_5(cp_env: dict[str, str]) -> None:
@@ -357,6 +413,28 @@ def test_explain_runs_the_proxys_decision_on_the_control_planes_snapshot(
         assert text.code == 0 and "fork" in text.out and key in text.out
     finally:
         run_cli("sandbox", "delete", name, env=cp_env)
+
+
+def test_explain_asks_a_running_proxys_admin_port(env: dict[str, str], tmp_path: Path) -> None:
+    if not (REPO / "proxy" / "__main__.py").exists():
+        pytest.skip("the proxy has no `python -m proxy run` in this tree yet")
+    proxy = start_proxy(REPO / "examples" / "static.yaml", tmp_path / "proxy.log")
+    try:
+        admin = proxy.url("admin")
+        forked = run_cli("explain", "--proxy-admin", admin, "--host", "pricing",
+                         "-k", "alice-7f3a", "-o", "json", env=env)  # fmt: skip
+        assert forked.code == 0, forked.err
+        decision = forked.json()
+        assert (decision["kind"], decision["routing_key"]) == ("fork", "alice-7f3a")
+        assert decision["endpoints"] == ["127.0.0.1:9102"]
+        text = run_cli("explain", "--proxy-admin", admin, "--host", "pricing", env=env)
+        assert text.code == 0, text.err
+        assert text.out.startswith("baseline") and "127.0.0.1:9002" in text.out
+    finally:
+        proxy.stop()
+    gone = run_cli("explain", "--proxy-admin", admin, "--host", "pricing", env=env)
+    assert gone.code == 7
+    assert "proxy admin" in one_error_line(gone)
 
 
 def test_login_saves_a_context_only_after_the_token_works(

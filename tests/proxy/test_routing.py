@@ -305,7 +305,11 @@ OUTBOUND_CASES = [
     Case(
         "carriers that agree: attributed to the first in priority",
         "pricing",
-        {"baggage": "forklane-routing-key=alice-7f3a", "x-team-key": "alice-7f3a", KEY_H: "alice-7f3a"},
+        {
+            "baggage": "forklane-routing-key=alice-7f3a",
+            "x-team-key": "alice-7f3a",
+            KEY_H: "alice-7f3a",
+        },
         "fork",
         ALICE_FORK,
         "forks[0]",
@@ -337,9 +341,7 @@ OUTBOUND_CASES = [
     _baseline("catalog", "catalog", id="authority: service name"),
     _baseline("catalog", "catalog:80", id="authority: name with :80"),
     _baseline("catalog", "catalog:8080", id="authority: configured host:port"),
-    _baseline(
-        "catalog", "catalog:9999", id="authority: unknown port falls back to the bare host"
-    ),
+    _baseline("catalog", "catalog:9999", id="authority: unknown port falls back to the bare host"),
     _baseline("catalog", "catalog.default.svc.cluster.local", id="authority: extra name"),
     _baseline(
         "catalog", "catalog.default.svc.cluster.local:80", id="authority: extra name with :80"
@@ -359,7 +361,14 @@ OUTBOUND_CASES = [
         id="a key never makes an unknown authority routable",
     ),
     # --- splits --------------------------------------------------------------------------
-    Case("split: header exact", "shop", {"x-beta": "1"}, "split", "split/shop/beta/on", "splits[beta]"),
+    Case(
+        "split: header exact",
+        "shop",
+        {"x-beta": "1"},
+        "split",
+        "split/shop/beta/on",
+        "splits[beta]",
+    ),
     _baseline("shop", "shop", {"x-beta": "10"}, id="split: header exact is not a prefix"),
     Case(
         "split: header prefix",
@@ -409,9 +418,7 @@ OUTBOUND_CASES = [
         "splits[anonymous]",
         path="/anon/home",
     ),
-    _baseline(
-        "shop", "shop", {"x-user": "u1"}, path="/anon/home", id="split: present false fails"
-    ),
+    _baseline("shop", "shop", {"x-user": "u1"}, path="/anon/home", id="split: present false fails"),
     Case(
         "split: the first matching split wins",
         "shop",
@@ -696,7 +703,9 @@ def test_outbound_ignores_the_routed_marker() -> None:
 # --- robustness ------------------------------------------------------------------------
 
 _header_names = st.sampled_from(sorted(OUTBOUND.interesting_headers))
-_values = st.text(st.characters(min_codepoint=0, max_codepoint=0x10FFFF, exclude_categories=("Cs",)), max_size=40)
+_values = st.text(
+    st.characters(min_codepoint=0, max_codepoint=0x10FFFF, exclude_categories=("Cs",)), max_size=40
+)
 
 
 @settings(max_examples=300, deadline=None)

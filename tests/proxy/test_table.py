@@ -75,9 +75,7 @@ def _snapshot(**overrides: Any) -> RoutingSnapshot:
     return RoutingSnapshot.model_validate(doc)
 
 
-def _split(
-    weights: dict[str, int], sticky: dict[str, str] | None = None
-) -> SplitRule:
+def _split(weights: dict[str, int], sticky: dict[str, str] | None = None) -> SplitRule:
     """A single-split table for service `web`; returns its compiled rule."""
     split: dict[str, Any] = {
         "name": "ab",
