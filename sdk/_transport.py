@@ -16,7 +16,7 @@ from typing import TypeVar
 import httpx
 
 from sdk._core import Op, Reply, Request, Response, Sleep, TransportFailure
-from sdk.errors import ConfigError
+from sdk.errors import ConfigError, ForklaneError
 
 __all__ = ["run_async", "run_sync"]
 
@@ -31,43 +31,38 @@ def _failure(exc: httpx.TransportError) -> TransportFailure:
     return TransportFailure(reason=text, sent=not unsent)
 
 
-def _invalid_url(exc: Exception) -> ConfigError:
-    return ConfigError(f"cannot use the control-plane URL: {exc}")
+def _translate(exc: httpx.HTTPError | httpx.InvalidURL) -> Reply:
+    """The one place httpx errors become ours: a bad URL is the caller's, the rest transient."""
+    if isinstance(exc, httpx.InvalidURL | httpx.UnsupportedProtocol):
+        raise ConfigError(f"cannot use the control-plane URL: {exc}") from None
+    if isinstance(exc, httpx.TransportError):
+        return _failure(exc)
+    raise ForklaneError(f"HTTP client error: {exc}") from None
+
+
+def _build(http: httpx.Client | httpx.AsyncClient, request: Request) -> httpx.Request:
+    return http.build_request(
+        request.method,
+        request.path,
+        params=request.params,
+        content=request.body,
+        headers=_JSON if request.body is not None else None,
+    )
 
 
 def _send_sync(http: httpx.Client, request: Request) -> Reply:
     try:
-        r = http.request(
-            request.method,
-            request.path,
-            params=request.params,
-            content=request.body,
-            headers=_JSON if request.body is not None else None,
-        )
-    except httpx.TransportError as exc:
-        if isinstance(exc, httpx.UnsupportedProtocol):
-            raise _invalid_url(exc) from None
-        return _failure(exc)
-    except httpx.InvalidURL as exc:
-        raise _invalid_url(exc) from None
+        r = http.send(_build(http, request))
+    except (httpx.HTTPError, httpx.InvalidURL) as exc:
+        return _translate(exc)
     return Response(r.status_code, r.content)
 
 
 async def _send_async(http: httpx.AsyncClient, request: Request) -> Reply:
     try:
-        r = await http.request(
-            request.method,
-            request.path,
-            params=request.params,
-            content=request.body,
-            headers=_JSON if request.body is not None else None,
-        )
-    except httpx.TransportError as exc:
-        if isinstance(exc, httpx.UnsupportedProtocol):
-            raise _invalid_url(exc) from None
-        return _failure(exc)
-    except httpx.InvalidURL as exc:
-        raise _invalid_url(exc) from None
+        r = await http.send(_build(http, request))
+    except (httpx.HTTPError, httpx.InvalidURL) as exc:
+        return _translate(exc)
     return Response(r.status_code, r.content)
 
 

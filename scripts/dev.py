@@ -1,0 +1,79 @@
+#!/usr/bin/env python3
+"""Set up forklane's development environment and run its jobs, with nothing but Python 3.11+.
+
+    python3 scripts/dev.py demo     # set up, then run the local demo
+    python3 scripts/dev.py test     # set up, then run the layering check and the whole test suite
+    python3 scripts/dev.py setup    # only set up (.venv with the pinned, tested dependency set)
+    python3 scripts/dev.py bench    # set up, then the peer benchmark (needs nginx, haproxy, wrk)
+
+The virtual environment lives in `.venv/` and installs from `constraints.txt`, the set CI
+tested; it is rebuilt when `pyproject.toml` or `constraints.txt` change. Extra arguments after
+the job name go to the tool it runs (`dev.py test -k routing`, `dev.py demo --help`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+VENV = ROOT / ".venv"
+BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
+PY = BIN / "python"
+STAMP = VENV / ".forklane-installed"
+
+
+def _fingerprint() -> str:
+    h = hashlib.sha256()
+    for name in ("pyproject.toml", "constraints.txt"):
+        h.update((ROOT / name).read_bytes())
+    return h.hexdigest()
+
+
+def setup() -> None:
+    if sys.version_info < (3, 11):
+        sys.exit(f"forklane needs Python 3.11 or newer (this is {sys.version.split()[0]})")
+    if not PY.exists():
+        print("creating .venv ...", flush=True)
+        venv.EnvBuilder(with_pip=True).create(VENV)
+    if STAMP.exists() and STAMP.read_text() == _fingerprint():
+        return
+    print("installing forklane and its pinned dependencies into .venv ...", flush=True)
+    pip = [str(PY), "-m", "pip", "install", "--disable-pip-version-check", "-q"]
+    subprocess.run([*pip, "--upgrade", "pip"], check=True)
+    subprocess.run([*pip, "-c", str(ROOT / "constraints.txt"), "-e", f"{ROOT}[test]"],
+                   check=True)
+    STAMP.write_text(_fingerprint())
+
+
+def run(cmd: list[str]) -> int:
+    return subprocess.run(cmd, cwd=ROOT).returncode
+
+
+def main(argv: list[str]) -> int:
+    job, rest = (argv[0], argv[1:]) if argv else ("help", [])
+    if job in ("help", "-h", "--help"):
+        print(__doc__)
+        return 0
+    if job not in ("setup", "demo", "test", "bench"):
+        print(f"unknown job {job!r}; one of: setup demo test bench", file=sys.stderr)
+        return 2
+    setup()
+    if job == "demo":
+        return run([str(BIN / "forklane"), "demo", *rest])
+    if job == "test":
+        code = run([str(BIN / "lint-imports")])
+        if code:
+            return code
+        return run([str(PY), "-m", "pytest", *rest])
+    if job == "bench":
+        return run(["bash", str(ROOT / "bench" / "peers.sh"), *rest])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
