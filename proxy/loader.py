@@ -56,8 +56,12 @@ def _yaml_load(text: str) -> Any:
 
     try:
         return yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ValueError(f"invalid YAML{where}: {exc.problem or exc.context}") from None
     except yaml.YAMLError as exc:
-        raise ValueError(f"invalid YAML: {exc}") from None
+        raise ValueError(f"invalid YAML: {' '.join(str(exc).split())}") from None
 
 
 def load_snapshot_file(path: Path) -> RoutingSnapshot:
@@ -75,7 +79,7 @@ class FileWatcher:
     Kubernetes ConfigMap updates (a symlink swap) and works on every platform.
     """
 
-    def __init__(self, path: Path, on_change: Callable[[], None]) -> None:
+    def __init__(self, path: Path, on_change: Callable[[], object]) -> None:
         self.path = path
         self.on_change = on_change
         self._seen = self._signature()

@@ -35,6 +35,7 @@ __all__ = [
     "SplitDestination",
     "Sticky",
     "Timeouts",
+    "authority_variants",
     "parse_endpoint",
 ]
 
@@ -68,9 +69,27 @@ def parse_endpoint(text: str) -> tuple[str, int]:
         host, sep, port_text = text.rpartition(":")
         if not sep or not host:
             raise ValueError(f"endpoint {text!r}: expected host:port")
+    if not host:
+        raise ValueError(f"endpoint {text!r}: empty host")
     if not port_text.isdigit() or not 0 < int(port_text) < 65536:
         raise ValueError(f"endpoint {text!r}: port must be 1..65535")
     return host, int(port_text)
+
+
+def authority_variants(authority: str) -> tuple[str, ...]:
+    """Every spelling that names the same authority: a bare host also answers for host:80,
+    and host:80 also answers for the bare host."""
+    if authority.startswith("["):
+        end = authority.find("]")
+        host, rest = authority[: end + 1], authority[end + 1 :]
+        port = rest[1:] if rest.startswith(":") else ""
+    else:
+        host, _, port = authority.partition(":")
+    if not port:
+        return (host, f"{host}:80")
+    if port == "80":
+        return (authority, host)
+    return (authority,)
 
 
 def _check_endpoints(values: tuple[str, ...]) -> tuple[str, ...]:
@@ -106,13 +125,13 @@ class Carrier(_Frozen):
     @model_validator(mode="after")
     def _check_name(self) -> Carrier:
         if self.kind == "header":
-            if not HEADER_NAME_RE.match(self.name):
+            if not HEADER_NAME_RE.fullmatch(self.name):
                 raise ValueError(f"header carrier {self.name!r}: must be a lowercase token")
             if self.name in {"baggage", "tracestate", "traceparent", "host", "connection"}:
                 raise ValueError(f"header carrier {self.name!r}: reserved header")
-        elif self.kind == "baggage" and not BAGGAGE_KEY_RE.match(self.name):
+        elif self.kind == "baggage" and not BAGGAGE_KEY_RE.fullmatch(self.name):
             raise ValueError(f"baggage carrier {self.name!r}: not a token")
-        elif self.kind == "tracestate" and not TRACESTATE_KEY_RE.match(self.name):
+        elif self.kind == "tracestate" and not TRACESTATE_KEY_RE.fullmatch(self.name):
             raise ValueError(f"tracestate carrier {self.name!r}: not a valid tracestate key")
         return self
 
@@ -137,7 +156,7 @@ class Service(_Frozen):
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
-        if not NAME_RE.match(v):
+        if not NAME_RE.fullmatch(v):
             raise ValueError("lowercase letters, digits, '.', '-'")
         return v
 
@@ -146,7 +165,7 @@ class Service(_Frozen):
     def _authorities(cls, v: tuple[str, ...]) -> tuple[str, ...]:
         out = tuple(a.strip().lower() for a in v)
         for a in out:
-            if not a or not AUTHORITY_RE.match(a):
+            if not a or not AUTHORITY_RE.fullmatch(a):
                 raise ValueError(f"authority {a!r}: host or host:port")
         return out
 
@@ -172,7 +191,7 @@ class Fork(_Frozen):
     @field_validator("routing_key")
     @classmethod
     def _key(cls, v: str) -> str:
-        if not ROUTING_KEY_RE.match(v):
+        if not ROUTING_KEY_RE.fullmatch(v):
             raise ValueError("1-128 of [A-Za-z0-9._-], starting alphanumeric")
         return v
 
@@ -192,7 +211,7 @@ class HeaderMatch(_Frozen):
 
     @model_validator(mode="after")
     def _one(self) -> HeaderMatch:
-        if not HEADER_NAME_RE.match(self.name):
+        if not HEADER_NAME_RE.fullmatch(self.name):
             raise ValueError(f"header {self.name!r}: must be a lowercase token")
         if sum(x is not None for x in (self.exact, self.prefix, self.present)) != 1:
             raise ValueError("set exactly one of exact, prefix, present")
@@ -242,7 +261,7 @@ class Sticky(_Frozen):
     def _one(self) -> Sticky:
         if (self.header is None) == (self.cookie is None):
             raise ValueError("set exactly one of header, cookie")
-        if self.header is not None and not HEADER_NAME_RE.match(self.header):
+        if self.header is not None and not HEADER_NAME_RE.fullmatch(self.header):
             raise ValueError(f"header {self.header!r}: must be a lowercase token")
         return self
 
@@ -292,6 +311,12 @@ class RoutingSnapshot(_Frozen):
     splits: tuple[Split, ...] = ()
     mirrors: tuple[Mirror, ...] = ()
 
+    @field_validator("version", mode="before")
+    @classmethod
+    def _version_text(cls, v: object) -> object:
+        # `version: 1` in YAML is a number; a version is an opaque label, so accept it as text.
+        return str(v) if isinstance(v, int | float) and not isinstance(v, bool) else v
+
     @model_validator(mode="after")
     def _consistent(self) -> RoutingSnapshot:
         names: set[str] = set()
@@ -300,12 +325,14 @@ class RoutingSnapshot(_Frozen):
             if svc.name in names:
                 raise ValueError(f"services: duplicate service {svc.name!r}")
             names.add(svc.name)
-            for auth in (svc.name, *svc.authorities):
-                if owner.get(auth, svc.name) != svc.name:
-                    raise ValueError(
-                        f"services: authority {auth!r} names both {owner[auth]!r} and {svc.name!r}"
-                    )
-                owner[auth] = svc.name
+            for given in (svc.name, *svc.authorities):
+                for auth in authority_variants(given):
+                    if owner.get(auth, svc.name) != svc.name:
+                        raise ValueError(
+                            f"services: authority {given!r} names both {owner[auth]!r}"
+                            f" and {svc.name!r}"
+                        )
+                    owner[auth] = svc.name
         seen_forks: set[tuple[str, str]] = set()
         for i, fork in enumerate(self.forks):
             if fork.service not in names:

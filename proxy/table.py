@@ -153,13 +153,13 @@ class SplitRule:
     def pick(self, headers: dict[str, str], draw: float) -> Route:
         """`draw` is a uniform [0, 1) number, used only when there is no sticky value."""
         value = self.sticky_value(headers)
-        if value is None:
+        if not value:  # absent or empty: not a user we can keep anywhere, spread by weight
             target = draw * self.total
             for route, upper in zip(self.routes, self.cumulative, strict=True):
                 if target < upper:
                     return route
             return self.routes[-1]
-        data = value.encode("utf-8", "surrogateescape")
+        data = value.encode("utf-8", "surrogatepass")
         best = self.routes[0]
         best_score = -1.0
         for route, weight, salt in zip(self.routes, self.weights, self.salts, strict=True):
@@ -246,26 +246,11 @@ def _condition(match: schema.Match) -> Condition:
     )
 
 
-def _with_port_variants(authority: str) -> tuple[str, ...]:
-    """A bare host also answers for host:80; host:80 also answers for the bare host."""
-    if authority.startswith("["):
-        end = authority.find("]")
-        host, rest = authority[: end + 1], authority[end + 1 :]
-        port = rest[1:] if rest.startswith(":") else ""
-    else:
-        host, _, port = authority.partition(":")
-    if not port:
-        return (host, f"{host}:80")
-    if port == "80":
-        return (authority, host)
-    return (authority,)
-
-
 def build_table(
     snapshot: schema.RoutingSnapshot, local: LocalIdentity | None = None
 ) -> RoutingTable:
-    """Compile a validated snapshot into the table; raises ConfigError on what pydantic cannot
-    see (a local service that the snapshot does not know)."""
+    """Compile a validated snapshot into the table. A local service the snapshot does not know
+    is not an error: the inbound listener then simply delivers everything to the local app."""
     carriers = build_carrier_plan(snapshot.carriers)
     interesting: set[str] = set(carriers.header_names) | {ROUTED_MARKER}
     services: dict[str, ServiceRoutes] = {}
@@ -377,7 +362,7 @@ def build_table(
         )
         services[svc.name] = routes_for
         for authority in (svc.name, *svc.authorities):
-            for variant in _with_port_variants(authority):
+            for variant in schema.authority_variants(authority):
                 authorities.setdefault(variant, routes_for)
     no_route = Route(
         kind="reject",

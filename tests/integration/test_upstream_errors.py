@@ -128,9 +128,12 @@ async def test_non_idempotent_request_is_not_replayed_after_a_reset(
 
 async def test_garbage_instead_of_a_response_is_502(proxy_factory: ProxyFactory) -> None:
     async def babble(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.readuntil(b"\r\n\r\n")
-        writer.write(b"THIS IS NOT HTTP\r\n\r\n")
-        await writer.drain()
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(b"THIS IS NOT HTTP\r\n\r\n")
+            await reader.read()  # until the proxy gives up on us
+        finally:
+            writer.close()
 
     server = await asyncio.start_server(babble, "127.0.0.1", 0)
     try:
@@ -167,6 +170,10 @@ async def test_reset_after_the_head_cuts_the_client_connection(
             rest = b""  # an abort may arrive as a reset: just as honest
     finally:
         writer.close()
+        try:
+            await writer.wait_closed()
+        except ConnectionError:
+            pass
     assert head.startswith(b"HTTP/1.1 200 ")
     if chunked:
         assert not rest.endswith(b"0\r\n\r\n"), "the cut body was ended as if complete"

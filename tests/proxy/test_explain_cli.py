@@ -227,11 +227,6 @@ def test_bad_config_exits_2_from_the_real_command(tmp_path: Path) -> None:
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a YAML syntax error is printed with PyYAML's multi-line message (context lines and "
-    "a caret), not one line: the loader passes str(YAMLError) through unchanged",
-)
 def test_yaml_syntax_error_exits_2_with_one_line(
     tmp_path: Path, cli: Callable[..., Result]
 ) -> None:

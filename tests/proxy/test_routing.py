@@ -739,12 +739,6 @@ def test_decide_never_raises_and_always_names_a_destination_or_a_status(
     assert decide(v, table, always(draw)) == decision
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="SplitRule.pick encodes the sticky value with 'surrogateescape', which raises "
-    "UnicodeEncodeError on a lone surrogate such as '\\ud800' (reachable through "
-    "POST /explain, whose JSON may carry one); decide() should never raise on request input",
-)
 def test_decide_survives_a_lone_surrogate_in_a_sticky_header() -> None:
     snap = RoutingSnapshot.model_validate(
         {

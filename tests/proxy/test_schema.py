@@ -237,49 +237,24 @@ def test_parse_endpoint(text: str, expected: tuple[str, int]) -> None:
     assert parse_endpoint(text) == expected
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="schema regexes are anchored with '$', which also matches before a trailing "
-    "newline: a header carrier named 'x-key\\n' validates and, with emit: true, would be "
-    "written as a forwarded header name containing LF (use re.fullmatch or '\\Z')",
-)
 def test_header_carrier_name_with_trailing_newline_is_rejected() -> None:
     _error(_doc("carriers.0", {"kind": "header", "name": "x-key\n"}))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ROUTING_KEY_RE ends in '$', so routing key 'alice\\n' validates although the "
-    "schema promises a key safe in a header, a baggage value and a tracestate value",
-)
 def test_routing_key_with_trailing_newline_is_rejected() -> None:
     _error(_doc("forks.0.routing_key", "alice\n"))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="NAME_RE ends in '$': service name 'inventory\\n' validates (and becomes an authority)",
-)
 def test_service_name_with_trailing_newline_is_rejected() -> None:
     doc = copy.deepcopy(VALID)
     doc["services"].append({"name": "inventory\n", "endpoints": ["h:1"]})
     _error(doc)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="parse_endpoint accepts '[]:80' (empty IPv6 host) although it rejects ':80'",
-)
 def test_endpoint_with_empty_ipv6_host_is_rejected() -> None:
     _error(_doc("services.0.endpoints", ["[]:80"]))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the authority-ownership check compares configured strings, but the table treats "
-    "'x' and 'x:80' as one authority: service b's 'pricing:80' validates, then build_table "
-    "silently keeps it on service pricing (setdefault), so b can never be reached by it",
-)
 def test_authority_owned_by_two_services_through_port_80_is_rejected() -> None:
     doc = copy.deepcopy(VALID)
     doc["services"].append({"name": "b", "authorities": ["pricing:80"], "endpoints": ["h:1"]})
