@@ -22,6 +22,7 @@ from sdk import (
     Forbidden,
     Invalid,
     NotFound,
+    SandboxFailed,
     Unauthorized,
     WaitTimeout,
 )
@@ -199,6 +200,20 @@ async def test_unreachable_fork_times_out_naming_the_reason_and_is_cleaned_up(
     text = str(info.value)
     assert name in text and "phase Pending" in text
     assert "Reachable=False" in text and closed_port in text
+    with pytest.raises(NotFound):
+        await client.run(lambda c: c.sandboxes.get(name))
+
+
+async def test_forking_an_unknown_service_fails_fast_and_is_cleaned_up(
+    controlplane: ControlPlane, mode: str, listener: str
+) -> None:
+    client = admin(controlplane, mode)
+    name = unique("sb")
+    ghost = unique("ghost")
+    with pytest.raises(SandboxFailed) as info:
+        await client.run(with_sandbox([f"{ghost}={listener}"], lambda sb: None, name=name))
+    assert name in str(info.value) and "phase Failed" in str(info.value)
+    assert ghost in str(info.value)  # the condition names the missing service
     with pytest.raises(NotFound):
         await client.run(lambda c: c.sandboxes.get(name))
 

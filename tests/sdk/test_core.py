@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from controlplane.wire import Sandbox, SandboxSpec
+from controlplane.wire import Sandbox, SandboxSpec, Split
 from sdk._core import (
     SANDBOXES,
     SPLITS,
@@ -260,8 +260,6 @@ def test_apply_creates_when_missing_and_replaces_spec_when_present() -> None:
         "metadata": {"name": "pricing", "resourceVersion": "9", "generation": 2},
         "spec": {"service": "pricing", "destinations": []},
     }
-    from controlplane.wire import Split
-
     wanted = Split.model_validate(
         {
             "metadata": {"name": "pricing"},
