@@ -248,11 +248,16 @@ async def main(args: argparse.Namespace) -> None:
             fleet = Fleet(cp.grpc, args.proxies)
             await fleet.start()
             try:
-                async def all_connected() -> bool:
-                    return len(await api.proxies()) == args.proxies
+                count = int(args.proxies)
 
-                await poll(f"{args.proxies} proxies to connect", all_connected)
-                await poll("the first snapshot", lambda: _true(fleet.min_version() >= 0))
+                async def all_connected() -> bool:
+                    return len(await api.proxies()) == count
+
+                async def all_served() -> bool:
+                    return fleet.min_version() >= 0
+
+                await poll(f"{count} proxies to connect", all_connected)
+                await poll("the first snapshot on every proxy", all_served)
                 rows.append((f"control plane RSS, {args.proxies} proxies connected",
                              f"{cp.rss_mib():.1f} MiB"))
 
@@ -303,10 +308,6 @@ async def main(args: argparse.Namespace) -> None:
     print("-" * (width + 20))
     for label, value in rows:
         print(f"{label:<{width}}  {value:>16}")
-
-
-async def _true(value: bool) -> bool:
-    return value
 
 
 def parse_args() -> argparse.Namespace:

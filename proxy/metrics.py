@@ -25,7 +25,7 @@ class Stats:
 
     def __init__(self) -> None:
         # listener -> (service, kind) -> [count by status class]; rows owned by each listener
-        self.listener_rows: dict[str, dict[tuple[str, str], list[int]]] = {}
+        self.listener_rows: dict[str, dict[str, list[int]]] = {}  # rows keyed "service\x1fkind"
         self.latency_buckets: list[int] = [0] * (len(LATENCY_BOUNDS) + 1)
         self.latency_sum = 0.0
         self.latency_count = 0
@@ -72,7 +72,8 @@ class _Collector:
         rows = [
             (listener, service, kind, row)
             for listener, by_route in s.listener_rows.items()
-            for (service, kind), row in by_route.items()
+            for key, row in by_route.items()
+            for service, kind in (key.split("\x1f", 1),)
         ]
         for listener, service, kind, row in sorted(rows, key=lambda r: r[:3]):
             for cls, count in enumerate(row):

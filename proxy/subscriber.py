@@ -187,11 +187,11 @@ class Subscriber:
                 except TimeoutError:
                     pass
         finally:
-            session = self._session_task
-            if session is not None and not session.done():
+            leftover = self._session_task
+            if leftover is not None and not leftover.done():
                 # run() itself was cancelled: its session must not outlive it.
-                session.cancel()
-                await asyncio.wait((session,))
+                leftover.cancel()
+                await asyncio.wait((leftover,))
             self._session_task = None
             self._set_connected(False)
             self._running = False

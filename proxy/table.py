@@ -84,10 +84,11 @@ class Route:
     fallback: Destination | None = None  # fork with `fallback: baseline`
     status: int = 0  # for kind == "reject": the status to answer with
     error: str = ""  # for kind == "reject": the x-forklane-error reason
-    stat_key: tuple[str, str] = field(init=False, compare=False)  # metrics row: (service, kind)
+    # The metrics row key "service<US>kind": a str, because str hashes are cached.
+    stat_key: str = field(init=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "stat_key", (self.service or "", self.kind))
+        object.__setattr__(self, "stat_key", f"{self.service or ''}\x1f{self.kind}")
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,7 +8,8 @@ Invariants:
 - one entry per open stream (a node id may appear twice while an old stream is dying);
 - `acked` only grows with what the proxy reports (the version it says it runs);
 - `all_acked(v)` is True when there is no connected proxy: nobody is behind;
-- listeners run synchronously after every change and must not block.
+- listeners run synchronously after every change of who is connected or what they run
+  (not on a mere send) and must not block.
 """
 
 from __future__ import annotations
@@ -91,7 +92,7 @@ class ProxyRegistry:
             await event.wait()
 
     def add_listener(self, listener: Listener) -> None:
-        """Call `listener()` after every change (a connection, an answer, a disconnection)."""
+        """Call `listener()` after a connection, an ACK or NACK, or a disconnection."""
         self._listeners.append(listener)
 
     def remove_listener(self, listener: Listener) -> None:
@@ -118,10 +119,11 @@ class ProxyRegistry:
         return stream
 
     def sent(self, stream: StreamId, version: str) -> None:
+        """Bookkeeping only: a push in flight changes nobody's acked version, so listeners
+        (the reconciler re-runs a whole pass on each) are not called."""
         entry = self._entries.get(stream)
         if entry is not None:
             entry.sent = version
-            self._notify()
 
     def acked(self, stream: StreamId, version: str) -> None:
         entry = self._entries.get(stream)

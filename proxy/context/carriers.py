@@ -191,11 +191,28 @@ def extract_routing_key(plan: CarrierPlan, headers: Mapping[str, str]) -> KeyRes
                     found.append((*plan.tracestate_ids[name], raw))
     if not found:
         return _NOTHING
-    first = found[0] if len(found) == 1 else min(found)
-    for _, _, key in found:
-        if key != first[2]:
-            return _CONFLICT
-    return KeyResult(first[2], first[1], False)
+    if len(found) == 1:
+        _, carrier_id, key = found[0]
+    else:
+        _, carrier_id, key = min(found)
+        for item in found:
+            if item[2] != key:
+                return _CONFLICT
+    return _key_result(carrier_id, key)
+
+
+_RESULTS: dict[tuple[str, str], KeyResult] = {}
+
+
+def _key_result(carrier_id: str, key: str) -> KeyResult:
+    """Interned results: a request path that sees the same few keys allocates nothing."""
+    pair = (carrier_id, key)
+    result = _RESULTS.get(pair)
+    if result is None:
+        if len(_RESULTS) >= 4096:
+            _RESULTS.clear()
+        result = _RESULTS[pair] = KeyResult(key, carrier_id, False)
+    return result
 
 
 def extract_trace_id(headers: Mapping[str, str]) -> str | None:
@@ -220,6 +237,9 @@ def _has_exactly(
 
 def _rewrite_baggage(current: str | None, names: tuple[str, ...], key: str) -> str | None:
     """New baggage value with `names=key` first, or None when `current` already has it."""
+    if not current:
+        # The common case, and cheap: routing keys need no percent-encoding.
+        return ",".join(f"{name}={key}" for name in names)
     wanted = frozenset(names)
     if current is not None and _has_exactly(
         _baggage.member_values(current, wanted), wanted, key, decode=True

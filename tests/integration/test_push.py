@@ -329,3 +329,33 @@ async def test_unreachable_control_plane_retries_without_crashing(
     assert not proxy.sub.connected and proxy.transitions == []
     assert proxy.sub.last_error.startswith("UNAVAILABLE")
     assert not proxy.task.done()
+
+
+async def test_unanswered_push_holds_back_the_next_and_latest_wins(cp: ControlPlane) -> None:
+    """One push in flight per stream: a proxy busy with v1 later gets v3, never v2."""
+    from proxy.push_messages import Node, decode_response
+
+    await cp.publisher.publish(snapshot(1))
+    async with grpc.aio.insecure_channel(cp.address) as channel:
+        call = channel.stream_stream(METHOD)(metadata=(("authorization", f"Bearer {TOKEN}"),))
+        await call.write(encode_request(SubscribeRequest(node=Node(id="slow"))))
+        first = decode_response(await call.read())
+        assert first.version_info == "1"
+        await cp.publisher.publish(snapshot(2))
+        await cp.publisher.publish(snapshot(3))
+        await call.write(
+            encode_request(SubscribeRequest(version_info="1", response_nonce=first.nonce))
+        )
+        second = decode_response(await call.read())
+        assert second.version_info == "3"
+        # A stale answer (wrong nonce) is ignored; answers are read in order, so once the
+        # real ACK of 3 shows, the stale NACK before it has been seen and dropped.
+        stale = SubscribeRequest(version_info="1", response_nonce="x", error_detail="old")
+        await call.write(encode_request(stale))
+        ack = SubscribeRequest(version_info="3", response_nonce=second.nonce)
+        await call.write(encode_request(ack))
+        await asyncio.wait_for(cp.registry.wait_all_acked(3), 5)
+        [info] = cp.registry.list()
+        assert (info.sent_version, info.acked_version, info.nacked_version) == ("3", "3", None)
+        call.cancel()
+    await until(lambda: len(cp.registry) == 0)

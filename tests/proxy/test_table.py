@@ -210,9 +210,9 @@ def test_table_is_frozen() -> None:
 
 def test_route_metrics_row_is_service_and_kind() -> None:
     table = build_table(_snapshot())
-    assert table.services["pricing"].baseline.stat_key == ("pricing", "baseline")
-    assert table.services["pricing"].forks["alice"].stat_key == ("pricing", "fork")
-    assert table.no_route.stat_key == ("", "reject")
+    assert table.services["pricing"].baseline.stat_key == "pricing\x1fbaseline"
+    assert table.services["pricing"].forks["alice"].stat_key == "pricing\x1ffork"
+    assert table.no_route.stat_key == "\x1freject"
 
 
 def test_local_identity_builds_inbound_routes() -> None:

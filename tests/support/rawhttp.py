@@ -8,6 +8,7 @@ body that happens to contain `HTTP/1.1` is never mistaken for a second response.
 from __future__ import annotations
 
 import asyncio
+import socket
 from dataclasses import dataclass, field
 
 import httptools
@@ -61,18 +62,33 @@ async def read_until_closed(reader: asyncio.StreamReader, within: float = 5.0) -
 
 
 async def send_raw(port: int, data: bytes, within: float = 5.0) -> bytes:
-    """Write `data` in one go, then read until the proxy closes the connection."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    """Write `data` in one go, then read until the proxy closes the connection.
+
+    A plain socket rather than a stream: when the proxy answers and closes while bytes we sent
+    are still unread, the kernel resets the connection, and a stream would drop the answer
+    that had already arrived. A socket hands it over before reporting the reset."""
+    loop = asyncio.get_running_loop()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setblocking(False)
     try:
-        writer.write(data)
-        await writer.drain()
-        return await read_until_closed(reader, within)
+        async with asyncio.timeout(within):
+            await loop.sock_connect(sock, ("127.0.0.1", port))
+            try:
+                await loop.sock_sendall(sock, data)
+            except ConnectionError:
+                pass  # closed before reading everything: what it answered is still there
+            chunks: list[bytes] = []
+            while True:
+                try:
+                    chunk = await loop.sock_recv(sock, 65536)
+                except ConnectionResetError:
+                    break
+                if not chunk:
+                    break
+                chunks.append(chunk)
+            return b"".join(chunks)
     finally:
-        writer.close()
-        try:
-            await writer.wait_closed()
-        except ConnectionError:
-            pass
+        sock.close()
 
 
 async def read_head(reader: asyncio.StreamReader, within: float = 5.0) -> bytes:

@@ -1,0 +1,157 @@
+"""`forklane explain`: where would a request with these headers go, and which rule decided it.
+
+Two sources, one answer format (the proxy's `/explain` JSON):
+- `--proxy-admin URL`: ask a running proxy (`POST /explain`), i.e. the table it runs now;
+- otherwise fetch the control plane's current snapshot and run the proxy's own decision
+  function on it in a subprocess (`python -m proxy explain`), because the SDK must never
+  import the proxy.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Annotated, Any
+
+import httpx
+import typer
+
+from sdk._cli_common import (
+    OutputOpt,
+    UsageProblem,
+    open_client,
+    out_console,
+)
+from sdk._cli_render import (
+    Format,
+    emit_document,
+    explanation_text,
+)
+from sdk._core import ROUTING_KEY_HEADER
+from sdk.config import normalize_url
+from sdk.errors import (
+    ForklaneError,
+    Invalid,
+    Unavailable,
+    error_from_response,
+)
+
+__all__ = ["explain"]
+
+
+def _header_pairs(values: Sequence[str] | None) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for value in values or ():
+        name, sep, val = value.partition(":")
+        if not sep or not name.strip():
+            raise UsageProblem(f"-H {value!r}: expected 'NAME: VALUE'")
+        out[name.strip().lower()] = val.strip()
+    return out
+
+
+def _explain_via_admin(admin: str, request: dict[str, Any]) -> dict[str, Any]:
+    """`POST /explain` on a proxy's admin port: the decision of the table it runs now."""
+    url = normalize_url(admin) + "/explain"
+    try:
+        r = httpx.post(url, json=request, timeout=10.0)
+    except httpx.HTTPError as exc:
+        raise Unavailable(f"proxy admin at {admin} unreachable: {exc}") from None
+    try:
+        body = r.json()
+    except ValueError:
+        body = None
+    if r.status_code >= 400:
+        if isinstance(body, dict) and isinstance(body.get("error"), str):
+            cls = Unavailable if r.status_code == 503 else Invalid
+            raise cls(f"proxy admin: {body['error']}", status=r.status_code)
+        raise error_from_response(r.status_code, r.content, f"POST {url}")
+    if not isinstance(body, dict):
+        raise ForklaneError(f"POST {url}: the answer is not a JSON object")
+    return body
+
+
+def _explain_via_snapshot(snapshot: dict[str, Any], request: dict[str, Any]) -> dict[str, Any]:
+    """Run the proxy's own decision code on the snapshot in a subprocess (the SDK never
+    imports the proxy), so the answer is exactly what a proxy on that snapshot would do."""
+    with tempfile.TemporaryDirectory(prefix="forklane-explain-") as tmp:
+        config = Path(tmp) / "snapshot.json"
+        config.write_text(json.dumps(snapshot), encoding="utf-8")
+        argv = [sys.executable, "-m", "proxy", "explain", "--config", str(config),
+                "--listener", request["listener"], "--method", request["method"],
+                "--host", request["host"], "--path", request["path"], "-o", "json"]  # fmt: skip
+        for name, value in request["headers"].items():
+            argv += ["-H", f"{name}: {value}"]
+        try:
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+        except subprocess.TimeoutExpired:
+            raise ForklaneError("proxy explain did not finish within 60s") from None
+    if done.returncode != 0:
+        message = (done.stderr.strip().splitlines() or ["no reason given"])[-1]
+        raise ForklaneError(f"explain failed: {message}")
+    try:
+        result = json.loads(done.stdout)
+    except ValueError:
+        raise ForklaneError("explain failed: the proxy printed no JSON decision") from None
+    if not isinstance(result, dict):
+        raise ForklaneError("explain failed: the proxy printed no JSON decision")
+    return result
+
+
+def explain(
+    ctx: typer.Context,
+    host: Annotated[
+        str, typer.Option("--host", metavar="HOST", help="Host / :authority of the request")
+    ],
+    path: Annotated[str, typer.Option("--path", metavar="PATH")] = "/",
+    method: Annotated[str, typer.Option("--method", "-X", metavar="METHOD")] = "GET",
+    header: Annotated[
+        list[str] | None, typer.Option("--header", "-H", metavar="'NAME: VALUE'", help="repeatable")
+    ] = None,
+    routing_key: Annotated[
+        str | None,
+        typer.Option("--routing-key", "-k", metavar="KEY", help=f"adds {ROUTING_KEY_HEADER}"),
+    ] = None,
+    listener: Annotated[
+        str, typer.Option("--listener", metavar="outbound|inbound", help="which side decides")
+    ] = "outbound",
+    proxy_admin: Annotated[
+        str | None,
+        typer.Option(
+            "--proxy-admin",
+            metavar="URL",
+            help="ask this proxy's admin port instead, e.g. http://127.0.0.1:15000",
+        ),
+    ] = None,
+    output: OutputOpt = Format.table,
+) -> None:
+    """Say where a request with these headers would go, and which rule decided it.
+
+    Without --proxy-admin, the control plane's current snapshot is fetched and the proxy's
+    own decision function runs on it locally.
+    """
+    if listener not in ("outbound", "inbound"):
+        raise UsageProblem(f"--listener {listener!r}: expected outbound or inbound")
+    headers = _header_pairs(header)
+    if routing_key:
+        headers[ROUTING_KEY_HEADER] = routing_key
+    request: dict[str, Any] = {
+        "listener": listener,
+        "method": method.upper(),
+        "host": host,
+        "path": path,
+        "headers": headers,
+    }
+    if proxy_admin:
+        decision = _explain_via_admin(proxy_admin, request)
+    else:
+        with open_client(ctx) as client:
+            snapshot = client.snapshot()
+        decision = _explain_via_snapshot(snapshot, request)
+    if output is Format.table:
+        out_console().print(explanation_text(decision), highlight=False)
+    else:
+        emit_document(decision, output, sys.stdout)

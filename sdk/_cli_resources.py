@@ -1,0 +1,402 @@
+"""The resource commands: `sandbox`, `routegroup`, `split` and `service` (create, list, get,
+delete; plus `sandbox wait|extend` and `split set`).
+
+Each command parses its flags into a wire model, makes one SDK call and shows the result
+(`-o table|json|yaml`); errors propagate to `sdk.cli.main`, which maps them to exit codes.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Annotated
+
+import typer
+from pydantic import ValidationError
+
+from controlplane.wire import (
+    RouteGroup,
+    Sandbox,
+    ServiceResource,
+    Split,
+    SplitDestinationSpec,
+    dump,
+)
+from sdk._cli_common import (
+    FileOpt,
+    LabelOpt,
+    NameArg,
+    NamesArg,
+    OutputOpt,
+    UsageProblem,
+    delete_all,
+    err_console,
+    load_resource,
+    model_from_flags,
+    open_client,
+    parse_flag,
+    parse_pairs,
+    show,
+    validation_problem,
+    wait_with_spinner,
+)
+from sdk._cli_render import (
+    ROUTEGROUP_COLUMNS,
+    SANDBOX_COLUMNS,
+    SERVICE_COLUMNS,
+    SPLIT_COLUMNS,
+    Format,
+)
+from sdk._core import (
+    ROUTING_KEY_HEADER,
+    build_sandbox,
+    new_sandbox_name,
+    parse_duration,
+    parse_endpoints,
+)
+
+__all__ = ["parse_destination", "routegroup_app", "sandbox_app", "service_app", "split_app"]
+
+sandbox_app = typer.Typer(help="Create, inspect, extend and delete sandboxes.")
+routegroup_app = typer.Typer(help="Route groups: one key joining forks of several sandboxes.")
+split_app = typer.Typer(help="Traffic splits of a service: weights, sticky users.")
+service_app = typer.Typer(help="Baseline services: names, authorities, endpoints.")
+
+
+# --- sandboxes -----------------------------------------------------------------------------------
+
+
+@sandbox_app.command("create")
+def sandbox_create(
+    ctx: typer.Context,
+    file: FileOpt = None,
+    fork: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--fork",
+            metavar="SERVICE=HOST:PORT",
+            help="repeatable; HOST:PORT,HOST:PORT for several",
+        ),
+    ] = None,
+    name: Annotated[
+        str | None, typer.Option("--name", metavar="NAME", help="default: generated")
+    ] = None,
+    ttl: Annotated[
+        str | None,
+        typer.Option("--ttl", metavar="DURATION", help="e.g. 30m, 2h, 1d (default: none)"),
+    ] = None,
+    label: LabelOpt = None,
+    routing_key: Annotated[
+        str | None, typer.Option("--routing-key", metavar="KEY", help="default: generated")
+    ] = None,
+    wait: Annotated[bool, typer.Option("--wait", help="wait until Ready")] = False,
+    timeout: Annotated[
+        float, typer.Option("--timeout", metavar="SECONDS", help="how long --wait waits")
+    ] = 120.0,
+    output: OutputOpt = Format.table,
+) -> None:
+    """Create a sandbox from a file or from --fork flags."""
+    if (file is None) == (not fork):
+        raise UsageProblem("give either -f FILE or at least one --fork SERVICE=HOST:PORT")
+    labels = parse_pairs(label, "--label")
+    if file is not None:
+        base = load_resource(file, Sandbox, "Sandbox", name, new_sandbox_name())
+        wanted = parse_flag(
+            str(file),
+            lambda: build_sandbox(
+                spec=base.spec,
+                name=base.metadata.name,
+                ttl=ttl,
+                labels={**base.metadata.labels, **labels},
+                routing_key=routing_key,
+            ),
+        )
+    else:
+        wanted = parse_flag(
+            "--fork/--ttl",
+            lambda: build_sandbox(fork, name=name, ttl=ttl, labels=labels, routing_key=routing_key),
+        )
+    with open_client(ctx) as client:
+        created = client.sandboxes.create(wanted)
+        if wait:
+            created = wait_with_spinner(client, created.metadata.name, timeout)
+    show(output, SANDBOX_COLUMNS, [created], "Sandbox", single=True)
+    key = created.status.routing_key if created.status else created.spec.routing_key
+    if output is Format.table and key:
+        err_console().print(f"send requests with -H '{ROUTING_KEY_HEADER}: {key}'", highlight=False)
+
+
+@sandbox_app.command("list")
+def sandbox_list(
+    ctx: typer.Context, label: LabelOpt = None, output: OutputOpt = Format.table
+) -> None:
+    """List sandboxes (filter with --label)."""
+    with open_client(ctx) as client:
+        items = client.sandboxes.list(parse_pairs(label, "--label"))
+    show(output, SANDBOX_COLUMNS, items, "Sandbox", single=False)
+
+
+@sandbox_app.command("get")
+def sandbox_get(ctx: typer.Context, name: NameArg, output: OutputOpt = Format.table) -> None:
+    """Show one sandbox."""
+    with open_client(ctx) as client:
+        item = client.sandboxes.get(name)
+    show(output, SANDBOX_COLUMNS, [item], "Sandbox", single=True)
+
+
+@sandbox_app.command("wait")
+def sandbox_wait(
+    ctx: typer.Context,
+    name: NameArg,
+    timeout: Annotated[float, typer.Option("--timeout", metavar="SECONDS")] = 120.0,
+    output: OutputOpt = Format.table,
+) -> None:
+    """Wait until a sandbox is Ready (exit 8 at the deadline)."""
+    with open_client(ctx) as client:
+        item = wait_with_spinner(client, name, timeout)
+    show(output, SANDBOX_COLUMNS, [item], "Sandbox", single=True)
+
+
+@sandbox_app.command("delete")
+def sandbox_delete(
+    ctx: typer.Context,
+    names: NamesArg,
+    ignore_not_found: Annotated[bool, typer.Option("--ignore-not-found")] = False,
+) -> None:
+    """Delete sandboxes; their routes are withdrawn."""
+    with open_client(ctx) as client:
+        delete_all(client.sandboxes, names, ignore_not_found)
+
+
+@sandbox_app.command("extend")
+def sandbox_extend(
+    ctx: typer.Context,
+    name: NameArg,
+    ttl: Annotated[
+        str, typer.Option("--ttl", metavar="DURATION", help="expire this long from now, e.g. 2h")
+    ],
+    output: OutputOpt = Format.table,
+) -> None:
+    """Push a sandbox's expiry to TTL from now."""
+    parse_flag("--ttl", lambda: parse_duration(ttl))
+    with open_client(ctx) as client:
+        item = parse_flag(name, lambda: client.sandboxes.extend(name, ttl))
+    show(output, SANDBOX_COLUMNS, [item], "Sandbox", single=True)
+
+
+# --- route groups --------------------------------------------------------------------------------
+
+
+@routegroup_app.command("create")
+def routegroup_create(
+    ctx: typer.Context,
+    name: Annotated[
+        str | None, typer.Argument(metavar="[NAME]", help="default: from the file")
+    ] = None,
+    file: FileOpt = None,
+    selector: Annotated[
+        list[str] | None,
+        typer.Option("--selector", "-s", metavar="KEY=VALUE", help="sandbox label, repeatable"),
+    ] = None,
+    routing_key: Annotated[str | None, typer.Option("--routing-key", metavar="KEY")] = None,
+    fallback: Annotated[str, typer.Option("--fallback", metavar="baseline|fail")] = "baseline",
+    label: LabelOpt = None,
+    output: OutputOpt = Format.table,
+) -> None:
+    """Create a route group joining the forks of sandboxes matching --selector."""
+    if file is not None:
+        wanted = load_resource(file, RouteGroup, "RouteGroup", name)
+    else:
+        if not name or not selector:
+            raise UsageProblem("give NAME and at least one --selector KEY=VALUE, or -f FILE")
+        spec = {
+            "selector": parse_pairs(selector, "--selector"),
+            "routingKey": routing_key,
+            "fallback": fallback,
+        }
+        wanted = model_from_flags(
+            RouteGroup, name, label, {k: v for k, v in spec.items() if v is not None}
+        )
+    with open_client(ctx) as client:
+        item = client.routegroups.create(wanted)
+    show(output, ROUTEGROUP_COLUMNS, [item], "RouteGroup", single=True)
+
+
+@routegroup_app.command("list")
+def routegroup_list(
+    ctx: typer.Context, label: LabelOpt = None, output: OutputOpt = Format.table
+) -> None:
+    """List route groups."""
+    with open_client(ctx) as client:
+        items = client.routegroups.list(parse_pairs(label, "--label"))
+    show(output, ROUTEGROUP_COLUMNS, items, "RouteGroup", single=False)
+
+
+@routegroup_app.command("get")
+def routegroup_get(ctx: typer.Context, name: NameArg, output: OutputOpt = Format.table) -> None:
+    """Show one route group."""
+    with open_client(ctx) as client:
+        item = client.routegroups.get(name)
+    show(output, ROUTEGROUP_COLUMNS, [item], "RouteGroup", single=True)
+
+
+@routegroup_app.command("delete")
+def routegroup_delete(
+    ctx: typer.Context,
+    names: NamesArg,
+    ignore_not_found: Annotated[bool, typer.Option("--ignore-not-found")] = False,
+) -> None:
+    """Delete route groups."""
+    with open_client(ctx) as client:
+        delete_all(client.routegroups, names, ignore_not_found)
+
+
+# --- splits --------------------------------------------------------------------------------------
+
+
+def parse_destination(text: str) -> SplitDestinationSpec:
+    """`NAME=HOST:PORT[,HOST:PORT]:WEIGHT` → a weighted destination."""
+    expected = f"{text!r}: expected NAME=HOST:PORT:WEIGHT, e.g. v1=10.0.0.5:8080:90"
+    name, sep, rest = text.partition("=")
+    endpoints_text, colon, weight = rest.rpartition(":")
+    if not sep or not name.strip() or not colon or not weight.strip().isdigit():
+        raise ValueError(expected)
+    if ":" not in endpoints_text:
+        raise ValueError(expected)
+    endpoints = parse_endpoints(endpoints_text)
+    try:
+        return SplitDestinationSpec.model_validate(
+            {"name": name.strip(), "weight": int(weight), "endpoints": endpoints}
+        )
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise ValueError(f"{text!r}: {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+
+
+@split_app.command("set")
+def split_set(
+    ctx: typer.Context,
+    service: Annotated[str, typer.Argument(metavar="SERVICE")],
+    dest: Annotated[
+        list[str],
+        typer.Option("--dest", "-d", metavar="NAME=HOST:PORT:WEIGHT", help="repeatable"),
+    ],
+    sticky_header: Annotated[
+        str | None,
+        typer.Option("--sticky-header", metavar="HEADER", help="keep a user on one side"),
+    ] = None,
+    sticky_cookie: Annotated[str | None, typer.Option("--sticky-cookie", metavar="COOKIE")] = None,
+    name: Annotated[
+        str | None, typer.Option("--name", metavar="NAME", help="default: the service name")
+    ] = None,
+    label: LabelOpt = None,
+    output: OutputOpt = Format.table,
+) -> None:
+    """Create or replace the weighted split of SERVICE (e.g. 90/10, sticky by a header)."""
+    destinations = [parse_flag("--dest", partial(parse_destination, d)) for d in dest]
+    sticky = {"header": sticky_header, "cookie": sticky_cookie}
+    doc = {
+        "metadata": {"name": name or service, "labels": parse_pairs(label, "--label")},
+        "spec": {
+            "service": service,
+            "destinations": [dump(d) for d in destinations],
+            **({"sticky": sticky} if sticky_header or sticky_cookie else {}),
+        },
+    }
+    try:
+        wanted = Split.model_validate(doc)
+    except ValidationError as exc:
+        raise validation_problem("split", exc) from None
+    with open_client(ctx) as client:
+        item = client.splits.apply(wanted)
+    show(output, SPLIT_COLUMNS, [item], "Split", single=True)
+
+
+@split_app.command("list")
+def split_list(
+    ctx: typer.Context, label: LabelOpt = None, output: OutputOpt = Format.table
+) -> None:
+    """List splits."""
+    with open_client(ctx) as client:
+        items = client.splits.list(parse_pairs(label, "--label"))
+    show(output, SPLIT_COLUMNS, items, "Split", single=False)
+
+
+@split_app.command("get")
+def split_get(ctx: typer.Context, name: NameArg, output: OutputOpt = Format.table) -> None:
+    """Show one split."""
+    with open_client(ctx) as client:
+        item = client.splits.get(name)
+    show(output, SPLIT_COLUMNS, [item], "Split", single=True)
+
+
+@split_app.command("delete")
+def split_delete(
+    ctx: typer.Context,
+    names: NamesArg,
+    ignore_not_found: Annotated[bool, typer.Option("--ignore-not-found")] = False,
+) -> None:
+    """Delete splits (traffic goes back to the baseline)."""
+    with open_client(ctx) as client:
+        delete_all(client.splits, names, ignore_not_found)
+
+
+# --- services ------------------------------------------------------------------------------------
+
+
+@service_app.command("create")
+def service_create(
+    ctx: typer.Context,
+    name: Annotated[
+        str | None, typer.Argument(metavar="[NAME]", help="default: from the file")
+    ] = None,
+    file: FileOpt = None,
+    endpoint: Annotated[
+        list[str] | None, typer.Option("--endpoint", "-e", metavar="HOST:PORT", help="repeatable")
+    ] = None,
+    authority: Annotated[
+        list[str] | None, typer.Option("--authority", "-a", metavar="HOST", help="repeatable")
+    ] = None,
+    lb: Annotated[str, typer.Option("--lb", metavar="round_robin|least_request")] = "round_robin",
+    label: LabelOpt = None,
+    output: OutputOpt = Format.table,
+) -> None:
+    """Register a baseline service."""
+    if file is not None:
+        wanted = load_resource(file, ServiceResource, "Service", name)
+    else:
+        if not name or not endpoint:
+            raise UsageProblem("give NAME and at least one --endpoint HOST:PORT, or -f FILE")
+        spec = {"endpoints": endpoint, "authorities": authority or [], "lb": lb}
+        wanted = model_from_flags(ServiceResource, name, label, spec)
+    with open_client(ctx) as client:
+        item = client.services.create(wanted)
+    show(output, SERVICE_COLUMNS, [item], "Service", single=True)
+
+
+@service_app.command("list")
+def service_list(
+    ctx: typer.Context, label: LabelOpt = None, output: OutputOpt = Format.table
+) -> None:
+    """List baseline services."""
+    with open_client(ctx) as client:
+        items = client.services.list(parse_pairs(label, "--label"))
+    show(output, SERVICE_COLUMNS, items, "Service", single=False)
+
+
+@service_app.command("get")
+def service_get(ctx: typer.Context, name: NameArg, output: OutputOpt = Format.table) -> None:
+    """Show one service."""
+    with open_client(ctx) as client:
+        item = client.services.get(name)
+    show(output, SERVICE_COLUMNS, [item], "Service", single=True)
+
+
+@service_app.command("delete")
+def service_delete(
+    ctx: typer.Context,
+    names: NamesArg,
+    ignore_not_found: Annotated[bool, typer.Option("--ignore-not-found")] = False,
+) -> None:
+    """Delete baseline services."""
+    with open_client(ctx) as client:
+        delete_all(client.services, names, ignore_not_found)
