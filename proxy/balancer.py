@@ -58,9 +58,14 @@ class Balancer:
         if not candidates:
             candidates = [e for e in endpoints if e is not exclude] or list(endpoints)
         if dest.lb == "least_request" and len(candidates) > 1:
+            # Two *different* candidates: with replacement the busier one would still win a
+            # quarter of the picks between two endpoints.
             n = len(candidates)
-            a = candidates[int(self._draw() * n) % n]
-            b = candidates[int(self._draw() * n) % n]
+            i = int(self._draw() * n) % n
+            j = int(self._draw() * (n - 1)) % (n - 1)
+            if j >= i:
+                j += 1
+            a, b = candidates[i], candidates[j]
             return a if self.endpoint_health(a).active <= self.endpoint_health(b).active else b
         cursor = self._next.get(dest.name, 0)
         self._next[dest.name] = cursor + 1

@@ -43,9 +43,18 @@ _STATUS_LINES: dict[int, bytes] = {
 }
 
 
+_SEEN_LINES: dict[tuple[int, bytes], bytes] = {}
+
+
 def status_line(status: int, reason: bytes | None = None) -> bytes:
     if reason:
-        return b"HTTP/1.1 %d %s\r\n" % (status, reason)
+        # Upstreams repeat the same few status lines: build each once.
+        line = _SEEN_LINES.get((status, reason))
+        if line is None:
+            if len(_SEEN_LINES) > 512:
+                _SEEN_LINES.clear()
+            line = _SEEN_LINES[(status, reason)] = b"HTTP/1.1 %d %s\r\n" % (status, reason)
+        return line
     line = _STATUS_LINES.get(status)
     return line if line is not None else b"HTTP/1.1 %d Unknown\r\n" % status
 

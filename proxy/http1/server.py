@@ -53,6 +53,7 @@ ListenerKind = Literal["inbound", "outbound"]
 _ROUTED_MARKER_RAW = ROUTED_MARKER.encode()
 _ROUTED_LINE = _ROUTED_MARKER_RAW + b": 1\r\n"
 _VIA_HOP = b"1.1 forklane"
+_VIA_LINE = b"via: " + _VIA_HOP + b"\r\n"
 _PENDING_LIMIT = 64 * 1024  # request body buffered while the upstream connection opens
 _REPLAYABLE = frozenset({b"GET", b"HEAD", b"OPTIONS", b"DELETE", b"TRACE"})
 
@@ -309,7 +310,8 @@ class Exchange:
                 if lname == b"content-length":
                     length = value
                 elif lname == b"connection":
-                    conn_tokens = [t.strip().lower() for t in value.split(b",")]
+                    if value != b"keep-alive" and value != b"close":
+                        conn_tokens = [t.strip().lower() for t in value.split(b",")]
                 elif lname == b"upgrade":
                     upgrade_value = value
                 continue
@@ -491,6 +493,7 @@ class Downstream(asyncio.Protocol):
         self.upstream_blocked = False
         self.write_paused = False
         self.peer = b""
+        self.forwarded_block = b""
         self.deadline = 0.0
         self.deadline_kind = _DEADLINE_NONE
         self.tunnel: UpstreamConnection | None = None
@@ -511,6 +514,9 @@ class Downstream(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         if peer:
             self.peer = str(peer[0]).encode()
+        self.forwarded_block = (
+            b"x-forwarded-for: " + self.peer + b"\r\nx-forwarded-proto: http\r\n"
+        )
         transport.set_write_buffer_limits(high=64 * 1024)
         ctx.connections.add(self)
         ctx.stats.connections_open += 1
@@ -793,6 +799,11 @@ class Downstream(asyncio.Protocol):
         ex.req_done = True
         if not ex.done:
             ex.send_end()
+        elif not self.queue and self.transport is not None:
+            # Answered before its headers were even done being parsed (a local reply): the
+            # connection is idle now.
+            self.deadline = self.ctx.loop.time() + self.ctx.idle_timeout
+            self.deadline_kind = _DEADLINE_IDLE
         if ex.upgrade is None and len(self.queue) > self.ctx.max_pipelined:
             self._update_reading()
 
@@ -830,13 +841,16 @@ class Downstream(asyncio.Protocol):
         if route.kind != "local":
             parts.append(_ROUTED_LINE)
         xff = ex.xff
-        parts.append(b"x-forwarded-for: " + (xff + b", " if xff else b"") + self.peer + b"\r\n")
-        if not ex.xfp:
-            parts.append(b"x-forwarded-proto: http\r\n")
+        if xff is None and not ex.xfp:
+            parts.append(self.forwarded_block)  # built once per connection
+        else:
+            parts.append(b"x-forwarded-for: " + (xff + b", " if xff else b"") + self.peer + b"\r\n")
+            if not ex.xfp:
+                parts.append(b"x-forwarded-proto: http\r\n")
         if not ex.xfh and ex.host:
             parts.append(b"x-forwarded-host: " + ex.host + b"\r\n")
         via = ex.via
-        parts.append(b"via: " + (via + b", " if via else b"") + _VIA_HOP + b"\r\n")
+        parts.append(b"via: " + via + b", " + _VIA_HOP + b"\r\n" if via else _VIA_LINE)
         if ex.chunked:
             parts.append(b"transfer-encoding: chunked\r\n")
         if ex.upgrade is not None:
@@ -1028,7 +1042,7 @@ class Downstream(asyncio.Protocol):
         if (
             ex.close_after
             or not ex.keep_alive
-            or (not ex.req_done and self.parsing is ex)
+            or (not ex.req_done and ex.has_body and self.parsing is ex)
             or self.parser is None  # after a refused upgrade there is nothing left to parse
             or (self.closing and not self.queue)
         ):

@@ -280,7 +280,10 @@ async def test_least_request_steers_away_from_the_busy_endpoint(
             raw = b"GET /lr/%d HTTP/1.1\r\nHost: svc\r\nConnection: close\r\n\r\n" % i
             task = asyncio.ensure_future(send_raw(port, raw))
             # Wait until this request is either answered (by idle) or held (by busy).
-            await wait_until(lambda: task.done() or len(busy.requests) + len(idle.requests) > i)
+            def settled(task: asyncio.Task[bytes] = task, seen: int = i) -> bool:
+                return task.done() or len(busy.requests) + len(idle.requests) > seen
+
+            await wait_until(settled)
             if busy.requests and busy.requests[-1].target == f"/lr/{i}":
                 pending.append(task)
             else:
