@@ -48,6 +48,16 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--header-timeout", type=float)
     run.add_argument("--idle-timeout", type=float)
     run.add_argument("--drain-seconds", type=float)
+    run.add_argument("--tls-cert", type=Path, help="PEM certificate: serve TLS (ALPN h2, http/1.1)")
+    run.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
+    run.add_argument("--trace-repair", action="store_true", default=None,
+                     help="restore a routing key the app dropped, from its trace")
+    run.add_argument("--trace-gaps", action="store_true", default=None,
+                     help="count outbound requests of a keyed trace that lost the key")
+    run.add_argument("--trace-memory-size", type=int, help="traces remembered (default 100000)")
+    run.add_argument("--trace-memory-ttl", type=float, help="seconds a trace is remembered")
+    run.add_argument("--tracing", action="store_true", default=None,
+                     help="export a span per request (OTLP; configured by OTEL_* variables)")
     run.add_argument("--seed", type=int, help=argparse.SUPPRESS)
     run.add_argument("--worker-child", action="store_true", help=argparse.SUPPRESS)
 

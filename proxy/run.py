@@ -14,12 +14,14 @@ import asyncio
 import logging
 import random
 import signal
+import ssl
 import sys
 from collections.abc import Callable
 from typing import Any
 
 from proxy.admin import AdminServer
 from proxy.balancer import Balancer
+from proxy.hooks import PropagationState
 from proxy.http1.server import Downstream, ListenerContext, ListenerKind
 from proxy.http1.upstream import Pools
 from proxy.loader import FileWatcher, load_snapshot_file
@@ -53,6 +55,7 @@ class Proxy:
             failure_threshold=settings.outlier_consecutive_failures,
             ejection_seconds=settings.outlier_ejection_seconds,
         )
+        self.propagation = PropagationState(settings, self.stats)
         self.contexts: list[ListenerContext] = []
         self.servers: list[asyncio.Server] = []
         self.admin: AdminServer | None = None
@@ -61,6 +64,7 @@ class Proxy:
         self.watcher: FileWatcher | None = None
         self.subscriber: Any = None
         self.tasks: list[asyncio.Task[None]] = []
+        self.tls = _tls_context(settings)
 
     def _swapped(self, table: RoutingTable) -> None:
         self.stats.config_version = table.version
@@ -123,10 +127,12 @@ class Proxy:
             kind, self.holder, self.settings, self.stats, self.pools, self.balancer,
             self.draw, self.loop,
         )
+        ctx.hooks = self.propagation.hooks_for(kind)
         server = await self.loop.create_server(
             lambda: Downstream(ctx),
             self.settings.bind,
             port,
+            ssl=self.tls,
             reuse_port=self.settings.workers > 1 or None,
             backlog=2048,
         )
@@ -190,6 +196,8 @@ class Proxy:
             for task in tuple(ctx.tasks):
                 task.cancel()
         self.pools.close_all()
+        for ctx in self.contexts:
+            ctx.h2_pools.close_all()
 
     async def aclose(self) -> None:
         for task in self.tasks:
@@ -200,6 +208,22 @@ class Proxy:
             await self.admin.aclose()
         for server in self.servers:
             server.close()
+        if self.propagation.tracer is not None:
+            # Exporting the last batch blocks on HTTP: keep it off the event loop.
+            await self.loop.run_in_executor(None, self.propagation.shutdown)
+
+
+def _tls_context(settings: ProxySettings) -> ssl.SSLContext | None:
+    """TLS for both listeners when a certificate is configured; ALPN picks h2 or HTTP/1.1."""
+    if settings.tls_cert is None or settings.tls_key is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(settings.tls_cert, settings.tls_key)
+    except (OSError, ssl.SSLError) as exc:
+        raise SystemExit(f"forklane proxy: cannot load the TLS certificate: {exc}") from None
+    context.set_alpn_protocols(["h2", "http/1.1"])
+    return context
 
 
 async def serve(settings: ProxySettings, ready_line: bool = True) -> int:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from proxy.schema import parse_endpoint
@@ -45,6 +45,18 @@ class ProxySettings(BaseSettings):
     idle_timeout: float = Field(60.0, gt=0, le=3600)
     max_pipelined: int = Field(16, ge=1, le=1024)
 
+    # --- HTTP/2 and TLS (h2c with prior knowledge is always on; TLS+ALPN when a cert is set) ---
+    tls_cert: Path | None = Field(None, description="PEM certificate chain: serve TLS with ALPN h2")
+    tls_key: Path | None = Field(None, description="PEM private key of tls_cert")
+    h2_rapid_reset_threshold: int = Field(
+        100, ge=1, le=100_000,
+        description="GOAWAY once this many streams were reset by the client before their "
+        "response completed (and they are at least half of the connection's streams)",
+    )
+    h2_validate_headers: bool = Field(
+        True, description="let the h2 state machine validate inbound header blocks"
+    )
+
     # --- upstream behaviour ---
     max_idle_per_endpoint: int = Field(64, ge=0, le=10_000)
     retries: int = Field(2, ge=0, le=5, description="retries after a connect failure")
@@ -64,12 +76,31 @@ class ProxySettings(BaseSettings):
     )
     seed: int | None = Field(None, description="seed of the split/mirror RNG (tests only)")
 
+    # --- context propagation (all off by default: then the request path pays nothing) ---
+    trace_repair: bool = Field(
+        False, description="restore a dropped routing key from the trace it belongs to"
+    )
+    trace_gaps: bool = Field(
+        False, description="count outbound requests of a keyed trace that lost the key"
+    )
+    trace_memory_size: int = Field(100_000, ge=1, le=10_000_000)
+    trace_memory_ttl: float = Field(300.0, gt=0, le=86_400)
+    tracing: bool = Field(
+        False, description="one OpenTelemetry span per proxied request (OTLP, OTEL_* env)"
+    )
+
     @field_validator("local_app")
     @classmethod
     def _app(cls, v: str | None) -> str | None:
         if v is not None:
             parse_endpoint(v)
         return v
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> ProxySettings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together")
+        return self
 
     @field_validator("explain_header")
     @classmethod

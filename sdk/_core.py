@@ -425,10 +425,12 @@ class Api:
         yield from self.call(Request("DELETE", kind.item(name)))
         return None
 
-    def apply(self, kind: Kind[R], obj: R, attempts: int = 3) -> Op[R]:
+    def apply(self, kind: Kind[R], obj: R, attempts: int = 5) -> Op[R]:
         """Create, or replace the spec and labels of the existing one (retrying on conflict)."""
         name = obj.metadata.name
-        for _ in range(attempts):
+        for attempt in range(attempts):
+            if attempt:  # status writes also move resourceVersion: back off, re-read
+                yield Sleep(self._retry.delay(attempt - 1, self._rng))
             try:
                 current = yield from self.get(kind, name)
             except NotFound:
@@ -489,10 +491,12 @@ class Api:
             yield Sleep(min(interval, remaining))
             interval = min(max_interval, interval * 1.5)
 
-    def extend(self, name: str, ttl: str | float | timedelta, attempts: int = 3) -> Op[Sandbox]:
+    def extend(self, name: str, ttl: str | float | timedelta, attempts: int = 5) -> Op[Sandbox]:
         """Make the sandbox expire `ttl` from now (TTL counted from its creation)."""
         extra = parse_duration(ttl)
-        for _ in range(attempts):
+        for attempt in range(attempts):
+            if attempt:  # status writes also move resourceVersion: back off, re-read
+                yield Sleep(self._retry.delay(attempt - 1, self._rng))
             sandbox = yield from self.get(SANDBOXES, name)
             created = sandbox.metadata.creation_timestamp
             age = 0

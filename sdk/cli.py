@@ -180,10 +180,18 @@ def controlplane_cmd(ctx: typer.Context) -> None:
 
 
 @app.command("demo")
-def demo() -> None:
-    """Start a local demo of routing with a sandbox (not available yet)."""
-    sys.stderr.write("error: forklane demo is not available in this version yet\n")
-    raise typer.Exit(EXIT_ERROR)
+def demo(
+    requests: Annotated[
+        int, typer.Option("--requests", "-n", min=2, help="requests to send, every 2nd with the key")
+    ] = 4,
+    keep: Annotated[
+        bool, typer.Option("--keep", help="leave everything running until Ctrl-C, to try curl")
+    ] = False,
+) -> None:
+    """Run control plane, services and sidecars on loopback; show a request reach a fork."""
+    from sdk.demo import run_demo  # loaded only here: the other commands do not need it
+
+    run_demo(out_console(), requests=requests, keep=keep)
 
 
 # --- entry point ------------------------------------------------------------------------------

@@ -23,8 +23,8 @@ import json
 import socket
 import sys
 from collections import deque
-from collections.abc import Callable, Coroutine
-from typing import Any, Literal, cast
+from collections.abc import Callable, Coroutine, Sequence
+from typing import TYPE_CHECKING, Any, Literal, Protocol, cast
 
 import httptools
 
@@ -40,11 +40,18 @@ from proxy.http1.messages import (
 )
 from proxy.http1.mirror import MirrorCopy
 from proxy.http1.upstream import Pools, UpstreamConnection
+from proxy.http2._flow import Hub
+from proxy.http2.server import PREFACE, H2Downstream
+from proxy.http2.upstream import H2Pools
 from proxy.metrics import Stats
 from proxy.routing import Decision, RequestView, decide
 from proxy.settings import ProxySettings
 from proxy.state import TableHolder
 from proxy.table import ROUTED_MARKER, Destination, Endpoint, Route, RoutingTable
+
+if TYPE_CHECKING:
+    from proxy.hooks import RequestHooks
+    from proxy.tracing import ProxySpan
 
 __all__ = ["Downstream", "ListenerContext"]
 
@@ -102,6 +109,19 @@ def _bad(error: str, body: str, status: int = 400) -> _Reject:
     return _Reject(LocalReply(status, error, body, close=True))
 
 
+class ListenerConnection(Protocol):
+    """What the sweep and the drain need of a client connection (HTTP/1.1 or HTTP/2)."""
+
+    deadline: float
+    deadline_kind: int
+
+    @property
+    def queue(self) -> Sequence[Exchange]: ...
+    def deadline_expired(self) -> None: ...
+    def drain(self) -> None: ...
+    def close(self) -> None: ...
+
+
 class ListenerContext:
     """Everything the connections of one listener share. Built once at start."""
 
@@ -124,7 +144,7 @@ class ListenerContext:
         self.balancer = balancer
         self.draw = draw
         self.loop = loop
-        self.connections: set[Downstream] = set()
+        self.connections: set[ListenerConnection] = set()
         self.tasks: set[asyncio.Task[None]] = set()
         self.draining = False
         self.max_header_bytes = settings.max_header_bytes
@@ -140,6 +160,9 @@ class ListenerContext:
         self.actions: dict[bytes, int] = {}
         self.actions_table: RoutingTable | None = None
         self.host_ok = b""  # the last Host value that passed validation (clients repeat it)
+        self.h2_hub = Hub()
+        self.h2_pools = H2Pools(loop, self.h2_hub, settings.h2_validate_headers)
+        self.hooks: RequestHooks | None = None  # propagation hooks; None when all are off
 
     def actions_for(self, table: RoutingTable | None) -> dict[bytes, int]:
         """What `on_header` does with each header name, for one table (rebuilt on swaps):
@@ -167,6 +190,8 @@ class ListenerContext:
         request cost more than the rest of routing; a tenth of a second is precise enough
         for timeouts measured in seconds."""
         now = self.loop.time()
+        if self.h2_pools.conns:
+            self.h2_pools.sweep(self.idle_timeout)
         for conn in tuple(self.connections):
             if conn.deadline_kind and now >= conn.deadline:
                 conn.deadline_expired()
@@ -222,6 +247,7 @@ class Exchange:
     explain = False
     done = False
     mirrors: list[MirrorCopy] | None = None
+    span: ProxySpan | None = None
 
     def __init__(self, down: Downstream, table: RoutingTable | None, started: float) -> None:
         self.down = down
@@ -498,6 +524,7 @@ class Downstream(asyncio.Protocol):
         self.deadline_kind = _DEADLINE_NONE
         self.tunnel: UpstreamConnection | None = None
         self.out: list[bytes] | None = None  # corked writes (see cork())
+        self.first = True  # the first bytes may be an HTTP/2 preface
 
     # -- asyncio.Protocol --------------------------------------------------------------------
 
@@ -523,8 +550,34 @@ class Downstream(asyncio.Protocol):
         ctx.stats.connections_total += 1
         self.deadline = ctx.loop.time() + ctx.header_timeout
         self.deadline_kind = _DEADLINE_HEADERS
+        ssl_object = transport.get_extra_info("ssl_object")
+        if ssl_object is not None and ssl_object.selected_alpn_protocol() == "h2":
+            self._to_http2(b"")
+
+    def _to_http2(self, data: bytes) -> None:
+        """Hand this connection to the HTTP/2 protocol (h2c preface seen, or ALPN h2)."""
+        transport = self.transport
+        assert transport is not None
+        ctx = self.ctx
+        ctx.connections.discard(self)
+        ctx.stats.connections_open -= 1
+        ctx.stats.connections_total -= 1
+        self.transport = None
+        self.parser = None
+        h2 = H2Downstream(ctx, tls=transport.get_extra_info("ssl_object") is not None)
+        transport.set_protocol(h2)
+        h2.connection_made(transport)
+        if data:
+            h2.data_received(data)
+        else:
+            ctx.h2_hub.flush()
 
     def data_received(self, data: bytes) -> None:
+        if self.first:
+            self.first = False
+            if data[:3] == b"PRI" or (len(data) < 3 and PREFACE.startswith(data)):
+                self._to_http2(data)  # h2c with prior knowledge; h2 checks the whole preface
+                return
         tunnel = self.tunnel
         if tunnel is not None:
             self.deadline = self.ctx.loop.time() + self.ctx.idle_timeout
@@ -765,6 +818,9 @@ class Downstream(asyncio.Protocol):
                 headers=ex.view,
             )
             decision = decide(view, table, ctx.draw)
+            hooks = ctx.hooks
+            if hooks is not None:
+                decision, ex.span = hooks.after_decide(view, table, decision, ctx.draw, ex.lines)
             ex.decision = decision
             ex.route = decision.route
             if decision.key.conflict:
@@ -1081,6 +1137,10 @@ class Downstream(asyncio.Protocol):
                 row = ctx.rows["\x1frejected"] = [0, 0, 0, 0, 0, 0]
             row[status // 100 if status < 600 else 5] += 1
         ctx.stats.observe_latency(now - ex.started)
+        span = ex.span
+        if span is not None:
+            ex.span = None
+            span.finish(status, ex.dest, ex.endpoint)
         if ctx.access_log or ctx.stats.taps:
             self._log(ex, status, now)
 

@@ -33,6 +33,7 @@ from tests.sdk.controlplane_proc import (
     ControlPlane,
     controlplane_missing,
     start_controlplane,
+    tcp_listener,
 )
 from tests.support.processes import start_proxy
 
@@ -90,10 +91,8 @@ def env(tmp_path: Path) -> dict[str, str]:
 
 @pytest.fixture
 def listener() -> Iterator[str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        s.listen(16)
-        yield f"127.0.0.1:{s.getsockname()[1]}"
+    with tcp_listener() as endpoint:
+        yield endpoint
 
 
 @pytest.fixture

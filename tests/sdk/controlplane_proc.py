@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,3 +96,29 @@ def start_controlplane(data_dir: Path, extra_env: dict[str, str] | None = None) 
         running.stop()
         raise RuntimeError("control plane did not start:\n" + "".join(lines[-30:]))
     return running
+
+
+@contextmanager
+def tcp_listener() -> Iterator[str]:
+    """A reachable fork endpoint: accepts and closes every connection, so the control plane's
+    reachability probes never fill an accept queue (which would make the fork look down)."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(64)
+
+    def accept_forever() -> None:
+        while True:
+            try:
+                conn, _ = sock.accept()
+            except OSError:  # the socket was closed: the fixture is done
+                return
+            conn.close()
+
+    thread = threading.Thread(target=accept_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        sock.shutdown(socket.SHUT_RDWR)
+        sock.close()
+        thread.join(timeout=5)

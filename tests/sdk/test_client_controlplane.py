@@ -27,7 +27,7 @@ from sdk import (
     WaitTimeout,
 )
 from sdk._core import build_sandbox
-from tests.sdk.controlplane_proc import ControlPlane
+from tests.sdk.controlplane_proc import ControlPlane, tcp_listener
 from tests.sdk.sdk_support import Both, with_sandbox
 
 
@@ -37,11 +37,8 @@ def unique(prefix: str) -> str:
 
 @pytest.fixture
 def listener() -> Iterator[str]:
-    """A reachable endpoint (the kernel completes the TCP handshake from the backlog)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        s.listen(16)
-        yield f"127.0.0.1:{s.getsockname()[1]}"
+    with tcp_listener() as endpoint:
+        yield endpoint
 
 
 @pytest.fixture

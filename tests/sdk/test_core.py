@@ -337,8 +337,9 @@ def test_extend_sets_ttl_from_creation_and_retries_on_conflict() -> None:
     created = NOW - timedelta(minutes=30)
     doc = sandbox_doc("Ready", created=created)
     script = [ok(doc), err(409, "Conflict", "changed"), ok(doc), ok(doc)]
-    _, requests, _ = drive(api.extend("sb", "2h"), script)
+    _, requests, sleeps = drive(api.extend("sb", "2h"), script)
     assert [r.method for r in requests] == ["GET", "PUT", "GET", "PUT"]
+    assert len(sleeps) == 1  # backs off before re-reading
     sent = json.loads(requests[-1].body or b"")
     assert sent["spec"]["ttl"] == {"seconds": 30 * 60 + 2 * 3600, "since": "creation"}
 

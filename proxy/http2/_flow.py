@@ -1,0 +1,178 @@
+"""Moving DATA from one HTTP/2 connection to another within both sides' limits.
+
+A `Pipe` carries one direction of one proxied stream. It holds what arrived from its source
+until the destination's flow-control window and socket allow sending it, and acknowledges
+bytes to the source only once they left for the destination: the source can never have more
+than one window of data in flight through the proxy, so buffers stay bounded without a
+separate byte limit.
+
+A `Hub` collects the connections whose `h2` state machine has bytes to write and writes each
+once at the end of a callback, so the frames one event produces on both sides leave in one
+syscall per socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import TYPE_CHECKING
+
+from h2.connection import H2Connection
+from h2.exceptions import ProtocolError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+__all__ = ["Hub", "Peer", "Pipe"]
+
+
+class Peer:
+    """One HTTP/2 connection (client- or server-facing) and its transport."""
+
+    h2: H2Connection
+    transport: asyncio.Transport | None = None
+    write_paused = False
+    dirty = False
+
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+        self.blocked: set[Pipe] = set()  # pipes waiting for this peer's window or socket
+
+    def mark(self) -> None:
+        """This connection has frames to write: write them at the end of the callback."""
+        if not self.dirty:
+            self.dirty = True
+            self.hub.dirty.append(self)
+
+    def unblock(self) -> None:
+        """The window grew or the socket drained: let waiting pipes send again."""
+        if self.blocked and not self.write_paused:
+            blocked = tuple(self.blocked)
+            self.blocked.clear()
+            for pipe in blocked:
+                pipe.pump()
+
+
+class Hub:
+    """Connections with pending frames, written once per callback (see module docstring)."""
+
+    __slots__ = ("dirty",)
+
+    def __init__(self) -> None:
+        self.dirty: list[Peer] = []
+
+    def flush(self) -> None:
+        dirty = self.dirty
+        while dirty:
+            peer = dirty.pop()
+            peer.dirty = False
+            data = peer.h2.data_to_send()
+            transport = peer.transport
+            if data and transport is not None and not transport.is_closing():
+                transport.write(data)
+
+
+class Pipe:
+    """One direction of one stream: source stream → destination stream."""
+
+    __slots__ = ("chunks", "done", "dst", "dst_sid", "ended", "on_done", "sent", "src",
+                 "src_sid", "trailers")
+
+    def __init__(self, src: Peer | None, src_sid: int, on_done: Callable[[], None]) -> None:
+        self.src = src
+        self.src_sid = src_sid
+        self.dst: Peer | None = None
+        self.dst_sid = 0
+        self.chunks: deque[bytes] = deque()
+        self.ended = False
+        self.trailers: list[tuple[bytes, bytes]] | None = None
+        self.done = False  # the end of the stream was sent (or the pipe was discarded)
+        self.sent = 0  # DATA bytes handed to the destination
+        self.on_done = on_done
+
+    def bind(self, dst: Peer, dst_sid: int) -> None:
+        self.dst = dst
+        self.dst_sid = dst_sid
+        self.pump()
+
+    def push(self, data: bytes, flow_len: int) -> None:
+        if self.done:
+            self.ack(flow_len)
+            return
+        if flow_len > len(data):
+            self.ack(flow_len - len(data))  # padding is never forwarded
+        if data:
+            self.chunks.append(data)
+            self.pump()
+
+    def finish(self, trailers: list[tuple[bytes, bytes]] | None) -> None:
+        if self.ended:
+            return
+        self.ended = True
+        self.trailers = trailers
+        self.pump()
+
+    def ack(self, size: int) -> None:
+        src = self.src
+        if src is None or size <= 0:
+            return
+        try:
+            src.h2.acknowledge_received_data(size, self.src_sid)
+        except ProtocolError:
+            return  # the source connection is closing: nothing to give back
+        src.mark()
+
+    def discard(self) -> None:
+        """The stream ended abnormally: give the source its window back, drop the rest."""
+        self.done = True
+        pending = sum(len(c) for c in self.chunks)
+        self.chunks.clear()
+        self.ack(pending)
+        if self.dst is not None:
+            self.dst.blocked.discard(self)
+
+    def pump(self) -> None:
+        dst = self.dst
+        if dst is None or self.done:
+            return
+        if dst.write_paused:
+            dst.blocked.add(self)
+            return
+        h2 = dst.h2
+        sid = self.dst_sid
+        chunks = self.chunks
+        try:
+            while chunks:
+                window = h2.local_flow_control_window(sid)
+                if window <= 0:
+                    dst.blocked.add(self)
+                    dst.mark()
+                    return
+                data = chunks[0]
+                size = min(window, h2.max_outbound_frame_size)
+                if len(data) <= size:
+                    chunks.popleft()
+                    piece = data
+                else:
+                    piece = data[:size]
+                    chunks[0] = data[size:]
+                last = not chunks and self.ended and self.trailers is None
+                h2.send_data(sid, piece, end_stream=last)
+                self.sent += len(piece)
+                self.ack(len(piece))
+                if last:
+                    self.done = True
+            if self.ended and not self.done:
+                self.done = True
+                if self.trailers is not None:
+                    h2.send_headers(sid, self.trailers, end_stream=True)
+                else:
+                    h2.end_stream(sid)
+        except ProtocolError:
+            # The destination stream was reset or its connection is going: the owner hears
+            # about that through its own event; here only the source's window matters.
+            self.discard()
+            return
+        dst.mark()
+        if self.done:
+            self.on_done()

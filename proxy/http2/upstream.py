@@ -1,0 +1,299 @@
+"""Upstream h2c connections, multiplexed and pooled per endpoint.
+
+An `H2Upstream` carries many streams at once, at most as many as the upstream's
+MAX_CONCURRENT_STREAMS; the pool opens another connection to the same endpoint beyond that.
+A connection is usable only once the upstream's first SETTINGS arrived (until then its limits
+are unknown); concurrent requests for an endpoint whose connection is still opening wait for
+that one instead of each opening their own.
+
+Invariants:
+- a connection that received GOAWAY takes no new streams; its streams at or below the
+  announced last stream id finish, the ones above it are told they were refused (safe to retry);
+- every stream's sink hears exactly one of: its end, a reset, or the connection's loss.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from typing import Protocol, cast
+
+from h2.config import H2Configuration
+from h2.connection import ConnectionState, H2Connection
+from h2.errors import ErrorCodes
+from h2.events import (
+    ConnectionTerminated,
+    DataReceived,
+    InformationalResponseReceived,
+    RemoteSettingsChanged,
+    ResponseReceived,
+    StreamEnded,
+    StreamReset,
+    TrailersReceived,
+    WindowUpdated,
+)
+from h2.exceptions import ProtocolError
+from h2.settings import SettingCodes
+
+from proxy.http2._flow import Hub, Peer
+from proxy.table import Endpoint
+
+__all__ = ["CONNECTION_WINDOW", "H2Pools", "H2Upstream", "UpstreamSink"]
+
+CONNECTION_WINDOW = 1024 * 1024
+STREAM_WINDOW = 65535
+_MAX_STREAMS_CAP = 1000  # even if an upstream allows more, spread further load over sockets
+
+
+class UpstreamSink(Protocol):
+    """The downstream side of one proxied stream, fed by its upstream stream."""
+
+    def up_response(self, headers: list[tuple[bytes, bytes]], ended: bool) -> None: ...
+    def up_data(self, data: bytes, flow_len: int) -> None: ...
+    def up_trailers(self, headers: list[tuple[bytes, bytes]]) -> None: ...
+    def up_end(self) -> None: ...
+    def up_reset(self, code: int, refused: bool) -> None: ...
+
+
+class H2Upstream(asyncio.Protocol, Peer):
+    """One h2c connection to one upstream endpoint."""
+
+    def __init__(self, pools: H2Pools, address: str) -> None:
+        Peer.__init__(self, pools.hub)
+        self.pools = pools
+        self.address = address
+        self.h2 = H2Connection(H2Configuration(
+            client_side=True, header_encoding=None, validate_outbound_headers=False,
+            normalize_outbound_headers=False, validate_inbound_headers=pools.validate,
+        ))
+        self.streams: dict[int, UpstreamSink] = {}
+        self.ready: asyncio.Future[None] = pools.loop.create_future()
+        self.goaway = False
+        self.lost = False
+        self.last_used = pools.loop.time()
+
+    # -- asyncio.Protocol --------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport = cast(asyncio.Transport, transport)
+        self.transport = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+        transport.set_write_buffer_limits(high=64 * 1024)
+        h2 = self.h2
+        h2.initiate_connection()
+        h2.update_settings({SettingCodes.ENABLE_PUSH: 0})
+        h2.increment_flow_control_window(CONNECTION_WINDOW - 65535)
+        transport.write(h2.data_to_send())
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            events = self.h2.receive_data(data)
+        except ProtocolError:
+            self.abort()
+            self.hub.flush()
+            return
+        streams = self.streams
+        for event in events:
+            if isinstance(event, DataReceived):
+                sink = streams.get(event.stream_id)
+                if sink is not None:
+                    sink.up_data(event.data, event.flow_controlled_length)
+                else:
+                    self.h2.acknowledge_received_data(event.flow_controlled_length,
+                                                      event.stream_id)
+                    self.mark()
+            elif isinstance(event, ResponseReceived):
+                sink = streams.get(event.stream_id)
+                if sink is not None:
+                    sink.up_response(event.headers, event.stream_ended is not None)
+            elif isinstance(event, StreamEnded):
+                sink = streams.pop(event.stream_id, None)
+                if sink is not None:
+                    sink.up_end()
+                self._maybe_idle()
+            elif isinstance(event, TrailersReceived):
+                sink = streams.get(event.stream_id)
+                if sink is not None:
+                    sink.up_trailers(event.headers)
+            elif isinstance(event, StreamReset):
+                sink = streams.pop(event.stream_id, None)
+                if sink is not None:
+                    sink.up_reset(event.error_code,
+                                  event.error_code == ErrorCodes.REFUSED_STREAM)
+                self._maybe_idle()
+            elif isinstance(event, WindowUpdated):
+                self.unblock()
+            elif isinstance(event, RemoteSettingsChanged):
+                if not self.ready.done():
+                    self.ready.set_result(None)
+            elif isinstance(event, ConnectionTerminated):
+                self._goaway(event.error_code, event.last_stream_id)
+            elif isinstance(event, InformationalResponseReceived):
+                pass  # 1xx: meaningless to forward over HTTP/2 streams we already answer
+        self.mark()
+        self.hub.flush()
+
+    def _goaway(self, code: int | None, last_stream_id: int | None) -> None:
+        self.goaway = True
+        self.pools.forget(self)
+        last = last_stream_id if last_stream_id is not None else 0
+        for sid in [s for s in self.streams if s > last]:
+            self.streams.pop(sid).up_reset(ErrorCodes.REFUSED_STREAM, True)
+        if code == ErrorCodes.NO_ERROR and self.streams:
+            # h2 closes its state machine on any GOAWAY; RFC 9113 §6.8 lets the streams at or
+            # below the last stream id finish, so reopen it for them.
+            self.h2.state_machine.state = ConnectionState.CLIENT_OPEN
+        elif self.streams:
+            for sid in tuple(self.streams):
+                self.streams.pop(sid).up_reset(ErrorCodes.INTERNAL_ERROR, False)
+        if not self.streams:
+            self.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        self.transport = None
+        self.pools.forget(self)
+        if not self.ready.done():
+            self.ready.set_exception(ConnectionError("upstream closed before its settings"))
+        streams, self.streams = self.streams, {}
+        for sink in streams.values():
+            sink.up_reset(ErrorCodes.INTERNAL_ERROR, False)
+        self.blocked.clear()
+        self.hub.flush()
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        self.unblock()
+        self.hub.flush()
+
+    # -- streams ----------------------------------------------------------------------------
+
+    def has_capacity(self) -> bool:
+        if self.goaway or self.lost or self.transport is None:
+            return False
+        limit = min(self.h2.remote_settings.max_concurrent_streams, _MAX_STREAMS_CAP)
+        return len(self.streams) < limit
+
+    def open_stream(
+        self, sink: UpstreamSink, headers: list[tuple[bytes, bytes]], end_stream: bool
+    ) -> int:
+        """Send the request head on a new stream; raises ProtocolError if that is refused."""
+        sid = self.h2.get_next_available_stream_id()
+        self.h2.send_headers(sid, headers, end_stream=end_stream)
+        self.streams[sid] = sink
+        self.mark()
+        return sid
+
+    def cancel(self, sid: int, code: int = ErrorCodes.CANCEL) -> None:
+        """The downstream no longer wants this stream (client reset, timeout, local end)."""
+        if self.streams.pop(sid, None) is None and self.lost:
+            return
+        try:
+            self.h2.reset_stream(sid, code)
+        except ProtocolError:
+            pass  # already closed on the upstream's side
+        self.mark()
+        self._maybe_idle()
+
+    def _maybe_idle(self) -> None:
+        if not self.streams:
+            self.last_used = self.pools.loop.time()
+            if self.goaway:
+                self.close()
+
+    def close(self) -> None:
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            try:
+                self.h2.close_connection()
+                self.mark()
+                self.hub.flush()
+            except ProtocolError:
+                pass
+            transport.close()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+
+class H2Pools:
+    """h2c connections per endpoint address, shared by every stream of one listener."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, hub: Hub, validate: bool = True) -> None:
+        self.loop = loop
+        self.hub = hub
+        self.validate = validate
+        self.conns: dict[str, list[H2Upstream]] = {}
+        self.opening: dict[str, tuple[asyncio.Future[H2Upstream], list[int]]] = {}
+        self.opened = 0
+
+    def take(self, address: str) -> H2Upstream | None:
+        for conn in self.conns.get(address, ()):
+            if conn.has_capacity():
+                return conn
+        return None
+
+    async def connect(self, endpoint: Endpoint) -> H2Upstream:
+        """A ready connection to `endpoint`: the one being opened if it has room, else a new
+        one. The caller bounds the wait with its connect timeout."""
+        address = endpoint.address
+        opening = self.opening.get(address)
+        if opening is not None and opening[1][0] < _MAX_STREAMS_CAP:
+            opening[1][0] += 1
+            return await asyncio.shield(opening[0])
+        fut: asyncio.Future[H2Upstream] = self.loop.create_future()
+        fut.add_done_callback(_consume)
+        self.opening[address] = (fut, [1])
+        try:
+            _, conn = await self.loop.create_connection(
+                lambda: H2Upstream(self, address), endpoint.host, endpoint.port
+            )
+            try:
+                await conn.ready
+            except BaseException:
+                conn.abort()
+                raise
+        except BaseException as exc:
+            if not fut.done():
+                fut.set_exception(exc if isinstance(exc, Exception) else ConnectionError())
+            raise
+        finally:
+            if self.opening.get(address, (None,))[0] is fut:
+                del self.opening[address]
+        self.opened += 1
+        self.conns.setdefault(address, []).append(conn)
+        fut.set_result(conn)
+        return conn
+
+    def forget(self, conn: H2Upstream) -> None:
+        conns = self.conns.get(conn.address)
+        if conns and conn in conns:
+            conns.remove(conn)
+
+    def sweep(self, idle_timeout: float) -> None:
+        """Close connections without streams for longer than `idle_timeout`."""
+        horizon = self.loop.time() - idle_timeout
+        for conns in self.conns.values():
+            for conn in [c for c in conns if not c.streams and c.last_used < horizon]:
+                conns.remove(conn)
+                conn.close()
+
+    def close_all(self) -> None:
+        for conns in self.conns.values():
+            for conn in tuple(conns):
+                conn.close()
+            conns.clear()
+
+
+def _consume(fut: asyncio.Future[H2Upstream]) -> None:
+    if not fut.cancelled():
+        fut.exception()  # retrieved here so an unawaited failure is not reported twice
