@@ -257,14 +257,17 @@ def build_table(
     services: dict[str, ServiceRoutes] = {}
     authorities: dict[str, ServiceRoutes] = {}
     forks_by_service: dict[str, dict[str, Route]] = {s.name: {} for s in snapshot.services}
-    for i, fork in enumerate(snapshot.forks):
-        svc = next(s for s in snapshot.services if s.name == fork.service)
-        baseline_dest = Destination(
+    baselines = {
+        svc.name: Destination(
             name=f"baseline/{svc.name}",
             endpoints=_endpoints(svc.endpoints),
             lb=svc.lb,
             timeouts=_timeouts(svc.timeouts),
         )
+        for svc in snapshot.services
+    }
+    for i, fork in enumerate(snapshot.forks):
+        baseline_dest = baselines[fork.service]
         origin = f" (sandbox {fork.sandbox})" if fork.sandbox else ""
         forks_by_service[fork.service][fork.routing_key] = Route(
             kind="fork",
@@ -283,12 +286,7 @@ def build_table(
         baseline = Route(
             kind="baseline",
             service=svc.name,
-            destination=Destination(
-                name=f"baseline/{svc.name}",
-                endpoints=_endpoints(svc.endpoints),
-                lb=svc.lb,
-                timeouts=_timeouts(svc.timeouts),
-            ),
+            destination=baselines[svc.name],
             rule=f"services[{svc.name}]",
             reason=f"no fork of {svc.name} for this request: baseline",
         )

@@ -16,9 +16,11 @@ from __future__ import annotations
 import asyncio
 import re
 import signal
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -33,7 +35,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 from sdk.propagation import current_routing_key
 from sdk.propagation.aiohttp import server_middleware
-from tests.support.processes import Proc, write_config
+from tests.support.processes import _READY, Proc, spawn, wait_for_line, write_config
 
 pytestmark = pytest.mark.asyncio
 
@@ -102,8 +104,8 @@ def _routing(version: str, ends: dict[str, str], fork: str) -> dict[str, Any]:
     }
 
 
-async def _wait_version(proc: Proc, version: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
+async def _wait_version(proc: Proc, version: str, within: float = 10.0) -> None:
+    deadline = time.monotonic() + within
     async with httpx.AsyncClient() as client:
         while time.monotonic() < deadline:
             if (await client.get(f"{proc.url('admin')}/config")).json()["version"] == version:
@@ -112,7 +114,7 @@ async def _wait_version(proc: Proc, version: str, timeout: float = 10.0) -> None
     raise AssertionError(f"sidecar never loaded {version}:\n{proc.output()}")
 
 
-async def _build_chain(proxy_factory: Any, flags: tuple[str, ...]) -> AsyncIterator[Chain]:
+async def _build_chain(tmp_path: Path, flags: tuple[str, ...]) -> AsyncIterator[Chain]:
     provider = TracerProvider()
     tracer = provider.get_tracer("app-a")
     propagator = CompositePropagator([TraceContextTextMapPropagator(), W3CBaggagePropagator()])
@@ -160,41 +162,52 @@ async def _build_chain(proxy_factory: Any, flags: tuple[str, ...]) -> AsyncItera
     }
     placeholder = {n: "127.0.0.1:9" for n in ("a", "b", "c")}
     boot = _routing("boot", placeholder, apps["c-fork"].address)
-    sidecars = {
-        n: proxy_factory(boot, "--service", n, "--local-app", apps[n].address, *flags,
-                         inbound=True)
-        for n in ("a", "b", "c")
-    }
-    for n, proc in sidecars.items():
-        outbound[n] = proc.url("outbound")
-    # The services' endpoints are the sidecars' inbound ports, known only now: reload.
-    ends = {n: f"127.0.0.1:{proc.ports['inbound']}" for n, proc in sidecars.items()}
-    for proc in sidecars.values():
-        write_config(proc.config, _routing("chain", ends, apps["c-fork"].address))  # type: ignore[attr-defined]
-        proc.popen.send_signal(signal.SIGHUP)
-    for proc in sidecars.values():
-        await _wait_version(proc, "chain")
+    sidecars: dict[str, Proc] = {}
+    configs: dict[str, Path] = {}
     try:
+        # Three processes start at once (their start-up is most of this fixture's time).
+        for n in ("a", "b", "c"):
+            configs[n] = write_config(tmp_path / f"routing-{n}.yaml", boot)
+            sidecars[n] = spawn(
+                [sys.executable, "-m", "proxy", "run", "--config", str(configs[n]),
+                 "--port", "0", "--inbound-port", "0", "--admin-port", "0",
+                 "--service", n, "--local-app", apps[n].address, *flags],
+                tmp_path / f"sidecar-{n}.log",
+            )
+        for proc in sidecars.values():
+            line = await asyncio.to_thread(wait_for_line, proc, "forklane proxy listening", 20)
+            proc.ports = {name: int(port) for name, port in _READY.findall(line)}
+        for n, proc in sidecars.items():
+            outbound[n] = proc.url("outbound")
+        # The services' endpoints are the sidecars' inbound ports, known only now: reload.
+        ends = {n: f"127.0.0.1:{proc.ports['inbound']}" for n, proc in sidecars.items()}
+        for n, proc in sidecars.items():
+            write_config(configs[n], _routing("chain", ends, apps["c-fork"].address))
+            proc.popen.send_signal(signal.SIGHUP)
+        for proc in sidecars.values():
+            await _wait_version(proc, "chain")
         yield Chain(apps, sidecars)
     finally:
         for s in sessions:
             await s.close()
+        for proc in sidecars.values():
+            await asyncio.to_thread(proc.stop)
         for app in apps.values():
             await app.runner.cleanup()
         provider.shutdown()
 
 
 @pytest.fixture
-async def repairing(proxy_factory: Any) -> AsyncIterator[Chain]:
+async def repairing(tmp_path: Path) -> AsyncIterator[Chain]:
     """Every sidecar repairs keys by trace (and would count gaps it could not repair)."""
-    async for chain in _build_chain(proxy_factory, ("--trace-repair", "--trace-gaps")):
+    async for chain in _build_chain(tmp_path, ("--trace-repair", "--trace-gaps")):
         yield chain
 
 
 @pytest.fixture
-async def observing(proxy_factory: Any) -> AsyncIterator[Chain]:
+async def observing(tmp_path: Path) -> AsyncIterator[Chain]:
     """Repair off: the sidecars only count propagation gaps."""
-    async for chain in _build_chain(proxy_factory, ("--trace-gaps",)):
+    async for chain in _build_chain(tmp_path, ("--trace-gaps",)):
         yield chain
 
 
