@@ -11,6 +11,7 @@ Kubernetes), then stop accepting; idle connections close, busy ones finish with
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import signal
@@ -61,6 +62,7 @@ class Proxy:
         self.admin: AdminServer | None = None
         self.draining = False
         self.stopping = asyncio.Event()
+        self.idle = asyncio.Event()  # set when draining and the last connection closed
         self.watcher: FileWatcher | None = None
         self.subscriber: Any = None
         self.tasks: list[asyncio.Task[None]] = []
@@ -136,9 +138,14 @@ class Proxy:
             reuse_port=self.settings.workers > 1 or None,
             backlog=2048,
         )
+        ctx.on_idle = self._maybe_idle
         self.contexts.append(ctx)
         self.servers.append(server)
         return int(server.sockets[0].getsockname()[1])
+
+    def _maybe_idle(self) -> None:
+        if self.draining and not any(ctx.connections for ctx in self.contexts):
+            self.idle.set()
 
     def is_ready(self) -> bool:
         return self.holder.table is not None and not self.draining
@@ -187,9 +194,9 @@ class Proxy:
             ctx.draining = True
             for conn in tuple(ctx.connections):
                 conn.drain()
-        deadline = self.loop.time() + s.drain_seconds
-        while self.loop.time() < deadline and any(ctx.connections for ctx in self.contexts):
-            await asyncio.sleep(0.05)
+        if any(ctx.connections for ctx in self.contexts):
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.idle.wait(), timeout=s.drain_seconds)
         for ctx in self.contexts:
             for conn in tuple(ctx.connections):
                 conn.close()

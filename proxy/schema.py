@@ -343,14 +343,18 @@ class RoutingSnapshot(_Frozen):
                     f"forks[{i}]: key {fork.routing_key!r} already forks {fork.service!r}"
                 )
             seen_forks.add(pair)
-        for kind, items in (("splits", self.splits), ("mirrors", self.mirrors)):
+        policies = (
+            ("splits", [(x.service, x.name) for x in self.splits]),
+            ("mirrors", [(x.service, x.name) for x in self.mirrors]),
+        )
+        for kind, pairs in policies:
             seen: set[tuple[str, str]] = set()
-            for i, item in enumerate(items):
-                if item.service not in names:
-                    raise ValueError(f"{kind}[{i}]: unknown service {item.service!r}")
-                if (item.service, item.name) in seen:
-                    raise ValueError(f"{kind}[{i}]: duplicate name {item.name!r}")
-                seen.add((item.service, item.name))
+            for i, (service, name) in enumerate(pairs):
+                if service not in names:
+                    raise ValueError(f"{kind}[{i}]: unknown service {service!r}")
+                if (service, name) in seen:
+                    raise ValueError(f"{kind}[{i}]: duplicate name {name!r}")
+                seen.add((service, name))
         carrier_ids = [(c.kind, c.name) for c in self.carriers]
         if len(set(carrier_ids)) != len(carrier_ids):
             raise ValueError("carriers: duplicate carrier")

@@ -2,7 +2,7 @@
 """Set up forklane's development environment and run its jobs, with nothing but Python 3.11+.
 
     python3 scripts/dev.py demo     # set up, then run the local demo
-    python3 scripts/dev.py test     # set up, then run the layering check and the whole test suite
+    python3 scripts/dev.py test     # set up, then layering, lint and type checks and the whole test suite
     python3 scripts/dev.py setup    # only set up (.venv with the pinned, tested dependency set)
     python3 scripts/dev.py bench    # set up, then the peer benchmark (needs nginx, haproxy, wrk)
 
@@ -66,9 +66,15 @@ def main(argv: list[str]) -> int:
     if job == "demo":
         return run([str(BIN / "forklane"), "demo", *rest])
     if job == "test":
-        code = run([str(BIN / "lint-imports")])
-        if code:
-            return code
+        # Static checks first (seconds), then the suite. Each failure stops the job.
+        for check in (
+            [str(BIN / "lint-imports")],
+            [str(BIN / "ruff"), "check", "proxy", "controlplane", "sdk", "tests", "scripts"],
+            [str(BIN / "mypy")],
+        ):
+            code = run(check)
+            if code:
+                return code
         return run([str(PY), "-m", "pytest", *rest])
     if job == "bench":
         return run(["bash", str(ROOT / "bench" / "peers.sh"), *rest])

@@ -147,6 +147,7 @@ class ListenerContext:
         self.connections: set[ListenerConnection] = set()
         self.tasks: set[asyncio.Task[None]] = set()
         self.draining = False
+        self.on_idle: Callable[[], None] | None = None  # called when draining empties us
         self.max_header_bytes = settings.max_header_bytes
         self.max_header_count = settings.max_header_count
         self.header_timeout = settings.header_timeout
@@ -631,6 +632,8 @@ class Downstream(asyncio.Protocol):
         self.closing = True
         ctx.connections.discard(self)
         ctx.stats.connections_open -= 1
+        if ctx.draining and not ctx.connections and ctx.on_idle is not None:
+            ctx.on_idle()
         tunnel, self.tunnel = self.tunnel, None
         if tunnel is not None:
             tunnel.abort()

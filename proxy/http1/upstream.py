@@ -40,9 +40,23 @@ class ResponseSink(Protocol):
 
 class UpstreamConnection(asyncio.Protocol):
     __slots__ = (
-        "address", "headers", "head_request", "in_trailers", "interim", "keep_alive",
-        "last_used", "parser", "pools", "reason", "reset_parser", "seen_bytes", "sink",
-        "status", "transport", "tunnel", "upgrade_expected",
+        "address",
+        "head_request",
+        "headers",
+        "in_trailers",
+        "interim",
+        "keep_alive",
+        "last_used",
+        "parser",
+        "pools",
+        "reason",
+        "reset_parser",
+        "seen_bytes",
+        "sink",
+        "status",
+        "transport",
+        "tunnel",
+        "upgrade_expected",
     )
 
     def __init__(self, pools: Pools, address: str) -> None:

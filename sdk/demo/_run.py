@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from types import FrameType
 
 import httpx
 from rich.console import Console
@@ -42,24 +41,6 @@ __all__ = ["run_demo"]
 
 FORK = Hop(FORK_SERVICE, "v2")
 SANDBOX_NAME = "demo-pricing-v2"
-
-
-@contextlib.contextmanager
-def _interrupt_on_signals() -> Iterator[None]:
-    """SIGTERM and SIGHUP end the demo like Ctrl-C does: through the cleanup path."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def interrupt(signum: int, _frame: FrameType | None) -> None:
-        raise KeyboardInterrupt(signal.Signals(signum).name)
-
-    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 def _child_env() -> dict[str, str]:
@@ -155,21 +136,19 @@ def run_demo(console: Console, *, requests: int = 4, keep: bool = False) -> None
         )
 
     console.print("[bold]forklane demo[/]: a request with a routing key reaches your fork")
-    stopped: list[int] = []
+    workdir = Path(tempfile.mkdtemp(prefix="forklane-demo-"))
+    sup = Supervisor(workdir, _child_env())
     try:
-        with contextlib.ExitStack() as exits, _interrupt_on_signals():
-            workdir = Path(
-                exits.enter_context(tempfile.TemporaryDirectory(prefix="forklane-demo-"))
-            )
-            sup = Supervisor(workdir, _child_env())
-            exits.callback(lambda: stopped.append(sup.stop_all()))
-            _tell_story(console, sup, exits, workdir, step, requests=requests, keep=keep)
+        # `sup` stops every process on the way out; `story` first closes what uses them
+        with sup, contextlib.ExitStack() as story:
+            _tell_story(console, sup, story, workdir, step, requests=requests, keep=keep)
     except KeyboardInterrupt:
-        console.print(f"[dim]interrupted: stopped all {sum(stopped)} processes[/]")
+        console.print(f"[dim]interrupted: stopped all {sup.stopped} processes[/]")
         raise
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
     console.print(
-        f"[dim]stopped all {sum(stopped)} processes; "
-        f"done in {time.monotonic() - started:.1f} s[/]"
+        f"[dim]stopped all {sup.stopped} processes; done in {time.monotonic() - started:.1f} s[/]"
     )
 
 

@@ -195,17 +195,25 @@ def test_keep_serves_until_ctrl_c_then_stops_everything(start_demo) -> None:  # 
     assert_nothing_left(demo)
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(sys.platform != "linux", reason="parent-death signal is Linux-only")
+def test_even_a_killed_demo_leaves_nothing_behind(start_demo) -> None:  # type: ignore[no-untyped-def]
+    demo = start_demo()
+    demo.wait_for("✓ services")
+    assert len(marked_pids(demo.marker)) >= 8
+    demo.popen.kill()  # no cleanup code runs: only the kernel's parent-death signal is left
+    demo.popen.wait(10)
+    assert_nothing_left(demo)
+
+
 # --- the process owner itself: what makes the guarantees above hold ---------------------------
 
 
 def test_supervisor_reports_a_child_that_exits_before_it_is_ready(tmp_path: Path) -> None:
-    sup = Supervisor(tmp_path, dict(os.environ))
-    try:
+    with Supervisor(tmp_path, dict(os.environ)) as sup:
         child = sup.spawn("broken", ["-c", "import sys; print('bad flag --x'); sys.exit(2)"])
         with pytest.raises(DemoFailed, match=r"^broken exited with code 2: bad flag --x$"):
             sup.wait_lines({child: re.compile("ready")}, within=10)
-    finally:
-        sup.stop_all()
 
 
 def test_supervisor_kills_a_group_that_ignores_sigterm(tmp_path: Path) -> None:
@@ -218,23 +226,22 @@ def test_supervisor_kills_a_group_that_ignores_sigterm(tmp_path: Path) -> None:
         "print('grandchild', g.pid, flush=True)\n"
         "time.sleep(60)\n"
     )
-    sup = Supervisor(tmp_path, dict(os.environ))
-    try:
+    with Supervisor(tmp_path, dict(os.environ), grace=0.5) as sup:
         child = sup.spawn("stubborn", ["-c", code])
         found = sup.wait_lines({child: re.compile(r"grandchild (\d+)")}, within=10)
         grandchild = int(found[child].group(1))
         with pytest.raises(DemoFailed, match=r"^stubborn did not come up within 0.2s$"):
             sup.wait_lines({child: re.compile("never printed")}, within=0.2)
-    finally:
         started = time.monotonic()
-        sup.stop_all(grace=0.5)
     assert time.monotonic() - started < 5
+    assert sup.stopped == 1
     assert child.popen.returncode == -signal.SIGKILL
-    assert not Path(f"/proc/{grandchild}").exists() or _is_zombie(grandchild)
+    assert not _alive(grandchild)
 
 
-def _is_zombie(pid: int) -> bool:
+def _alive(pid: int) -> bool:
+    """True while `pid` runs (a zombie waiting for its reaper counts as gone)."""
     try:
-        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1].startswith("Z")
+        return not Path(f"/proc/{pid}/stat").read_text().split(") ")[1].startswith("Z")
     except (OSError, IndexError):
-        return True
+        return False

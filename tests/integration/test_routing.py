@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from tests.support.fastclient import count_upstreams
+from tests.support.polling import eventually
 from tests.support.processes import write_config
 
 pytestmark = pytest.mark.asyncio
@@ -23,16 +24,13 @@ KEY_PRICING = "alice-7f3a"
 KEY_CATALOG = "bob-91c2"
 
 
-async def _wait_version(admin: str, version: str, timeout: float = 10.0) -> dict[str, Any]:
-    """Poll the admin /config until the proxy reports `version` (or fail at the deadline)."""
-    deadline = time.monotonic() + timeout
+async def _wait_version(admin: str, version: str) -> None:
+    """Wait until the proxy's admin /config reports `version`."""
     async with httpx.AsyncClient() as client:
-        while time.monotonic() < deadline:
-            body: dict[str, Any] = (await client.get(f"{admin}/config")).json()
-            if body["version"] == version:
-                return body
-            await asyncio.sleep(0.05)
-    raise AssertionError(f"proxy never reported version {version}")
+        async def loaded() -> bool:
+            return bool((await client.get(f"{admin}/config")).json()["version"] == version)
+
+        await eventually(loaded, what=f"proxy loading version {version}")
 
 
 @pytest.fixture
@@ -211,7 +209,8 @@ async def test_sticky_users_stay_and_weight_changes_move_few(upstreams: Any,
         out: dict[str, str] = {}
         for u in users:
             seen = await count_upstreams(proc.ports["outbound"], 1,
-                                         lambda i: {"host": "web", "x-user": u}, connections=1)
+                                         lambda i, u=u: {"host": "web", "x-user": u},
+                                         connections=1)
             (out[u],) = seen
         return out
 
@@ -254,9 +253,7 @@ async def test_mirror_gets_a_copy_and_never_slows_or_fails_the_caller(
                 r = await client.post(proc.url(), headers={"host": host}, content=b"payload")
                 assert r.status_code == 200 and r.headers["x-upstream"] == "main"
             assert time.monotonic() - started < 1.0  # the slow mirror takes 3 s per answer
-    deadline = time.monotonic() + 5
-    while not shadow.requests and time.monotonic() < deadline:
-        await asyncio.sleep(0.02)
+    await eventually(lambda: bool(shadow.requests), within=5, what="the mirror's copy")
     copy = shadow.requests[0]
     assert copy.method == "POST" and copy.target == "/orders" and len(copy.body) == 5000
     assert copy.header("x-forklane-mirror") == "1"
@@ -306,13 +303,12 @@ async def test_invalid_config_is_rejected_and_the_old_table_keeps_serving(
     bad = {"version": "bad", "services": [{"name": "web", "endpoints": ["nope"]}]}
     write_config(proc.config, bad)
     admin = proc.url("admin")
-    deadline = time.monotonic() + 10
     async with httpx.AsyncClient() as client:
-        while time.monotonic() < deadline:
-            cfg = (await client.get(f"{admin}/config")).json()
-            if cfg["last_error"]:
-                break
-            await asyncio.sleep(0.05)
+        async def rejected() -> bool:
+            return bool((await client.get(f"{admin}/config")).json()["last_error"])
+
+        await eventually(rejected, what="the reload to be rejected")
+        cfg = (await client.get(f"{admin}/config")).json()
         assert cfg["version"] == "good"
         assert "services.0.endpoints" in cfg["last_error"]
         r = await client.get(proc.url(), headers={"host": "web"})

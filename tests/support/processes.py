@@ -71,7 +71,7 @@ def wait_for_line(proc: Proc, marker: str, timeout: float) -> str:
 
 def spawn(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> Proc:
     """Start `cmd` with stdout and stderr going to `log` (a pipe could fill and block it)."""
-    fh = open(log, "w")  # noqa: SIM115 - owned by the process record
+    fh = open(log, "w")
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     popen = subprocess.Popen(cmd, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT, text=True,
                              env=full_env)
