@@ -35,7 +35,7 @@ def _fingerprint() -> str:
 
 
 def setup() -> None:
-    if sys.version_info < (3, 11):
+    if sys.version_info < (3, 11):  # noqa: UP036 - this script runs before the venv exists
         sys.exit(f"forklane needs Python 3.11 or newer (this is {sys.version.split()[0]})")
     if not PY.exists():
         print("creating .venv ...", flush=True)
