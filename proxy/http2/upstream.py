@@ -246,6 +246,9 @@ class H2Pools:
         """A ready connection to `endpoint`: the one being opened if it has room, else a new
         one. The caller bounds the wait with its connect timeout."""
         address = endpoint.address
+        ready = self.take(address)  # opened while this caller waited for its turn
+        if ready is not None:
+            return ready
         opening = self.opening.get(address)
         if opening is not None and opening[1][0] < _MAX_STREAMS_CAP:
             opening[1][0] += 1

@@ -21,7 +21,6 @@ import shutil
 import signal
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -97,7 +96,7 @@ def _explain(console: Console, sb: SandboxHandle) -> None:
         "The key travels from hop to hop because each service forwards it "
         "(sdk.propagation.aiohttp, one middleware); the sidecars route on it.",
     ):
-        points.add_row("  •", Text.from_markup(line))
+        points.add_row("  •", Text.from_markup(line))  # Text: no number highlighting
     console.print()
     console.print("[bold]What happened[/]")
     console.print(points)
@@ -128,10 +127,12 @@ def run_demo(console: Console, *, requests: int = 4, keep: bool = False) -> None
 
     def step(title: str, detail: str) -> None:
         console.print(
-            Text("  ✓ ", style="green")
-            + Text(f"{title:<20}", style="bold")
-            + Text(detail)
-            + Text(f"  {time.monotonic() - started:.1f} s", style="dim"),
+            Text.assemble(
+                ("  ✓ ", "green"),
+                (f"{title:<20}", "bold"),
+                detail,
+                (f"  {time.monotonic() - started:.1f} s", "dim"),
+            ),
             soft_wrap=True,
         )
 
@@ -143,12 +144,13 @@ def run_demo(console: Console, *, requests: int = 4, keep: bool = False) -> None
         with sup, contextlib.ExitStack() as story:
             _tell_story(console, sup, story, workdir, step, requests=requests, keep=keep)
     except KeyboardInterrupt:
-        console.print(f"[dim]interrupted: stopped all {sup.stopped} processes[/]")
+        console.print(f"[dim]interrupted: stopped all {sup.stopped} processes[/]", highlight=False)
         raise
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     console.print(
-        f"[dim]stopped all {sup.stopped} processes; done in {time.monotonic() - started:.1f} s[/]"
+        f"[dim]stopped all {sup.stopped} processes; done in {time.monotonic() - started:.1f} s[/]",
+        highlight=False,
     )
 
 

@@ -24,8 +24,8 @@ from pathlib import Path
 
 from controlplane.wire import Metadata, ServiceResource, ServiceSpec
 from sdk.client import Client
-from sdk.demo._supervisor import Child, DemoFailed, Supervisor
 from sdk.demo._lines import READY_PREFIX, UPSTREAM_PREFIX
+from sdk.demo._supervisor import Child, DemoFailed, Supervisor
 
 __all__ = ["CHAIN", "FORK_SERVICE", "Stack", "Step", "start_stack"]
 
@@ -41,9 +41,7 @@ FORK_DISCOUNT = 20.0
 
 _CP_READY = re.compile(r"forklane controlplane listening on http://(\S+) \(grpc (\S+),")
 _APP_READY = re.compile(re.escape(READY_PREFIX) + r" \S+ \S+ listening on (\S+)")
-_PROXY_READY = re.compile(
-    r"forklane proxy listening: outbound=(\S+) inbound=(\S+) admin=(\S+)"
-)
+_PROXY_READY = re.compile(r"forklane proxy listening: outbound=(\S+) inbound=(\S+) admin=(\S+)")
 
 Step = Callable[[str, str], None]
 
@@ -93,7 +91,10 @@ def _wait_acked(client: Client, nodes: set[str], within: float) -> str:
 
 
 def start_stack(
-    sup: Supervisor, data_dir: Path, client_for: Callable[[str], Client], step: Step,
+    sup: Supervisor,
+    data_dir: Path,
+    client_for: Callable[[str], Client],
+    step: Step,
     within: float = 20.0,
 ) -> tuple[Stack, Client]:
     """Start everything, register the baseline, wait until every sidecar routes it.
@@ -103,17 +104,29 @@ def start_stack(
     """
     cp = sup.spawn(
         "controlplane",
-        ["-m", "controlplane", "serve", "--listen", "127.0.0.1:0", "--grpc", "127.0.0.1:0",
-         "--store", "sqlite", "--data-dir", str(data_dir), "--no-auth"],
+        [
+            "-m",
+            "controlplane",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--grpc",
+            "127.0.0.1:0",
+            "--store",
+            "sqlite",
+            "--data-dir",
+            str(data_dir),
+            "--no-auth",
+        ],
     )
     apps: dict[str, Child] = {
-        name: sup.spawn(f"{name}-v1", _app_args(name, "v1", nxt), stdin=True)
-        for name, nxt in CHAIN
+        name: sup.spawn(f"{name}-v1", _app_args(name, "v1", nxt), stdin=True) for name, nxt in CHAIN
     }
     fork = sup.spawn(f"{FORK_SERVICE}-v2", _app_args(FORK_SERVICE, "v2", None), stdin=True)
 
-    found = sup.wait_lines({cp: _CP_READY, fork: _APP_READY} | dict.fromkeys(
-        apps.values(), _APP_READY), within)
+    found = sup.wait_lines(
+        {cp: _CP_READY, fork: _APP_READY} | dict.fromkeys(apps.values(), _APP_READY), within
+    )
     api, grpc = found[cp].group(1), found[cp].group(2)
     app_addr = {name: found[child].group(1) for name, child in apps.items()}
     step("control plane", f"http://{api}  (SQLite in a temporary directory)")
@@ -121,10 +134,27 @@ def start_stack(
     sidecars = {
         name: sup.spawn(
             f"{name}-sidecar",
-            ["-m", "proxy", "run", "--controlplane", grpc, "--service", name,
-             "--node-id", f"demo-{name}", "--local-app", app_addr[name],
-             "--port", "0", "--inbound-port", "0", "--admin-port", "0",
-             "--drain-seconds", "1"],
+            [
+                "-m",
+                "proxy",
+                "run",
+                "--controlplane",
+                grpc,
+                "--service",
+                name,
+                "--node-id",
+                f"demo-{name}",
+                "--local-app",
+                app_addr[name],
+                "--port",
+                "0",
+                "--inbound-port",
+                "0",
+                "--admin-port",
+                "0",
+                "--drain-seconds",
+                "1",
+            ],
         )
         for name, _ in CHAIN
     }

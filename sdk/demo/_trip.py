@@ -61,7 +61,8 @@ def check_trip(trip: Trip, *, keyed: bool, fork: Hop, chain: tuple[str, ...]) ->
 
 def trip_line(label: str, trip: Trip, fork: Hop) -> Text:
     """`request 2 (key 3f9c…)   frontend v1 → catalog v1 → pricing v2   price  80.00  ← ...`"""
-    line = Text(f"{label:<{_LABEL_WIDTH}}", style="bold")
+    line = Text()  # styles per span: a Text's own style would cover every appended part
+    line.append(f"{label:<{_LABEL_WIDTH}}", style="bold")
     for i, hop in enumerate(trip.hops):
         if i:
             line.append(" → ", style="dim")

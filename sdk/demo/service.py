@@ -22,6 +22,7 @@ import argparse
 import asyncio
 import json
 import sys
+from collections.abc import AsyncIterator
 from typing import Any
 
 from aiohttp import ClientError, ClientSession, ClientTimeout, web
@@ -51,12 +52,16 @@ def build_app(args: argparse.Namespace) -> web.Application:
     app = web.Application(middlewares=[server_middleware()])
     app[_UPSTREAM] = []
 
+    answer: dict[str, Any] = {
+        "hops": [hop],
+        "price": round(args.price * (100.0 - args.discount) / 100.0, 2),
+    }
+    if args.discount:
+        answer["note"] = f"{args.discount:g}% off"
+    leaf_body = json.dumps(answer)
+
     async def leaf(request: web.Request) -> web.Response:
-        price = round(args.price * (100.0 - args.discount) / 100.0, 2)
-        body: dict[str, Any] = {"hops": [hop], "price": price}
-        if args.discount:
-            body["note"] = f"{args.discount:g}% off"
-        return web.json_response(body)
+        return web.Response(text=leaf_body, content_type="application/json")
 
     async def relay(request: web.Request) -> web.Response:
         if not app[_UPSTREAM]:
@@ -66,11 +71,11 @@ def build_app(args: argparse.Namespace) -> web.Application:
             async with app[_SESSION].get(url, headers={"Host": args.next_service}) as resp:
                 text = await resp.text()
                 if resp.status != 200:
-                    reason = resp.headers.get("x-forklane-error", "") or text.strip()[:120]
                     return web.json_response(
-                        {"error": f"{args.name} → {args.next_service}: {resp.status} {reason}"},
+                        {"error": f"{args.name} → {args.next_service}: {resp.status} "
+                         f"{_reason(resp.headers.get('x-forklane-error', ''), text)}"},
                         status=502,
-                    )
+                    )  # fmt: skip
                 downstream = json.loads(text)
         except (ClientError, TimeoutError, ValueError) as exc:
             return web.json_response(
@@ -82,7 +87,7 @@ def build_app(args: argparse.Namespace) -> web.Application:
 
     app.router.add_get("/", relay if args.next_service else leaf)
 
-    async def session_ctx(app: web.Application) -> Any:
+    async def session_ctx(app: web.Application) -> AsyncIterator[None]:
         app[_SESSION] = ClientSession(
             middlewares=(client_middleware,), timeout=ClientTimeout(total=5)
         )
@@ -91,6 +96,16 @@ def build_app(args: argparse.Namespace) -> web.Application:
 
     app.cleanup_ctx.append(session_ctx)
     return app
+
+
+def _reason(header: str, body: str) -> str:
+    """Why a call failed: the sidecar's reason header, else the `error` of a demo answer."""
+    if header:
+        return header
+    try:
+        return str(json.loads(body)["error"])
+    except (ValueError, KeyError, TypeError):
+        return body.strip()[:120]
 
 
 async def _serve(args: argparse.Namespace) -> int:

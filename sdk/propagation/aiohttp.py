@@ -19,6 +19,7 @@ from aiohttp import (
     TraceRequestStartParams,
     web,
 )
+from aiohttp.typedefs import Middleware
 
 from sdk.propagation._context import activate, context_from_headers, deactivate, outgoing_headers
 
@@ -30,7 +31,7 @@ ClientHandler = Callable[[ClientRequest], Awaitable[ClientResponse]]
 
 def server_middleware(
     *, otel_baggage: bool = False
-) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+) -> Middleware:
     """Middleware making the request's routing context current for its handler.
 
     `otel_baggage=True` also puts the key into OpenTelemetry baggage, so clients

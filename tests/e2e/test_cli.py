@@ -188,12 +188,6 @@ def test_shell_completion_completes_commands(env: dict[str, str]) -> None:
     assert result.out.split() == ["sandbox"]
 
 
-def test_demo_is_a_placeholder_for_now(env: dict[str, str]) -> None:
-    result = run_cli("demo", env=env)
-    assert result.code == 1
-    assert "not available" in result.err
-
-
 def test_controlplane_command_passes_arguments_through(env: dict[str, str]) -> None:
     result = run_cli("controlplane", "--help", env=env)
     assert result.code == 0

@@ -17,7 +17,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -69,7 +69,9 @@ class Demo:
             try:
                 line = self.lines.get(timeout=max(0.0, deadline - time.monotonic()))
             except queue.Empty:
-                raise AssertionError(f"no {text!r} within {within}s:\n{''.join(self.seen)}") from None
+                raise AssertionError(
+                    f"no {text!r} within {within}s:\n{''.join(self.seen)}"
+                ) from None
             if line is None:
                 raise AssertionError(f"demo ended before {text!r}:\n{''.join(self.seen)}")
             self.seen.append(line)
@@ -84,8 +86,11 @@ class Demo:
         return code, "".join(self.seen), self.popen.stderr.read()
 
 
+StartDemo = Callable[..., Demo]
+
+
 @pytest.fixture
-def start_demo(tmp_path: Path) -> Iterator[object]:
+def start_demo(tmp_path: Path) -> Iterator[StartDemo]:
     started: list[Demo] = []
     readers: list[threading.Thread] = []
 
@@ -142,7 +147,7 @@ REQUEST = re.compile(r"^request (\d+) \((no key|key \S+)\)\s+(.*)$")
 
 
 @pytest.mark.slow
-def test_demo_shows_the_fork_only_for_requests_with_the_key(start_demo) -> None:  # type: ignore[no-untyped-def]
+def test_demo_shows_the_fork_only_for_requests_with_the_key(start_demo: StartDemo) -> None:
     demo = start_demo("--requests", "4")
     code, out, err = demo.finish(60)
     assert code == 0, f"{out}\n{err}"
@@ -162,7 +167,7 @@ def test_demo_shows_the_fork_only_for_requests_with_the_key(start_demo) -> None:
 
 
 @pytest.mark.slow
-def test_ctrl_c_while_starting_leaves_nothing_behind(start_demo) -> None:  # type: ignore[no-untyped-def]
+def test_ctrl_c_while_starting_leaves_nothing_behind(start_demo: StartDemo) -> None:
     demo = start_demo()
     demo.wait_for("✓ control plane")
     assert len(marked_pids(demo.marker)) >= 5  # the stack is up: the check below means something
@@ -176,7 +181,7 @@ def test_ctrl_c_while_starting_leaves_nothing_behind(start_demo) -> None:  # typ
 
 
 @pytest.mark.slow
-def test_keep_serves_until_ctrl_c_then_stops_everything(start_demo) -> None:  # type: ignore[no-untyped-def]
+def test_keep_serves_until_ctrl_c_then_stops_everything(start_demo: StartDemo) -> None:
     import httpx
 
     demo = start_demo("--keep", "--requests", "2")
@@ -197,13 +202,25 @@ def test_keep_serves_until_ctrl_c_then_stops_everything(start_demo) -> None:  # 
 
 @pytest.mark.slow
 @pytest.mark.skipif(sys.platform != "linux", reason="parent-death signal is Linux-only")
-def test_even_a_killed_demo_leaves_nothing_behind(start_demo) -> None:  # type: ignore[no-untyped-def]
+def test_even_a_killed_demo_leaves_nothing_behind(start_demo: StartDemo) -> None:
     demo = start_demo()
     demo.wait_for("✓ services")
     assert len(marked_pids(demo.marker)) >= 8
     demo.popen.kill()  # no cleanup code runs: only the kernel's parent-death signal is left
     demo.popen.wait(10)
     assert_nothing_left(demo)
+
+
+def test_too_few_requests_is_a_usage_error(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FORKLANE_")}
+    env.update(HOME=str(tmp_path), PYTHONPATH=str(REPO))
+    done = subprocess.run(
+        [*forklane_cmd(), "demo", "--requests", "1"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert "--requests" in done.stderr and "Traceback" not in done.stderr
+    assert done.stdout == ""  # nothing was started
 
 
 # --- the process owner itself: what makes the guarantees above hold ---------------------------
@@ -236,6 +253,10 @@ def test_supervisor_kills_a_group_that_ignores_sigterm(tmp_path: Path) -> None:
     assert time.monotonic() - started < 5
     assert sup.stopped == 1
     assert child.popen.returncode == -signal.SIGKILL
+    # SIG_IGN is inherited, so only the group's SIGKILL ends the grandchild
+    deadline = time.monotonic() + 5
+    while _alive(grandchild) and time.monotonic() < deadline:
+        time.sleep(0.02)  # polling /proc until the kernel finishes the kill, with a deadline
     assert not _alive(grandchild)
 
 

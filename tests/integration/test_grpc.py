@@ -155,29 +155,26 @@ def _upstream_of(call: Any) -> str:
     return dict(call.initial_metadata())["x-upstream"]  # type: ignore[no-any-return]
 
 
-@pytest.mark.parametrize(
-    ("metadata", "expected"),
-    [
-        ((), "greeter"),
-        ((("x-forklane-routing-key", KEY),), "greeter-fork"),
-        ((("baggage", f"user=1,forklane-routing-key={KEY}"),), "greeter-fork"),
-        ((("x-forklane-routing-key", OTHER_KEY),), "greeter"),
-        ((("x-forklane-routing-key", "nobody-000"),), "greeter"),
-    ],
-    ids=["no key", "header key", "baggage key", "other service's key", "unknown key"],
-)
-def test_unary_is_routed_by_the_key_in_metadata(
-    grpc_mesh: dict[str, Any], metadata: tuple[tuple[str, str], ...], expected: str
-) -> None:
+ROUTING_CASES = [
+    ("no key", (), "greeter"),
+    ("header key", (("x-forklane-routing-key", KEY),), "greeter-fork"),
+    ("baggage key", (("baggage", f"user=1,forklane-routing-key={KEY}"),), "greeter-fork"),
+    ("other service's key", (("x-forklane-routing-key", OTHER_KEY),), "greeter"),
+    ("unknown key", (("x-forklane-routing-key", "nobody-000"),), "greeter"),
+]
+
+
+def test_unary_is_routed_by_the_key_in_metadata(grpc_mesh: dict[str, Any]) -> None:
     with _channel(grpc_mesh["target"]) as channel:
         unary = channel.unary_unary("/test.Echo/Unary")
-        reply, call = unary.with_call(b"ping", metadata=metadata, timeout=10)
-    assert reply == b"ping"
-    assert _upstream_of(call) == expected
-    assert call.code() == grpc.StatusCode.OK
-    if expected == "greeter-fork":
-        # the fork sees the key in the header carrier even when it came in baggage
-        assert grpc_mesh["fork"].keys == [KEY]
+        for case, metadata, expected in ROUTING_CASES:
+            reply, call = unary.with_call(b"ping", metadata=metadata, timeout=10)
+            assert reply == b"ping", case
+            assert _upstream_of(call) == expected, case
+            assert call.code() == grpc.StatusCode.OK, case
+    # the fork saw the key in the header carrier even when it came in baggage
+    assert grpc_mesh["fork"].keys == [KEY, KEY]
+    assert grpc_mesh["base"].keys == [None, OTHER_KEY, "nobody-000"]
 
 
 async def test_all_four_call_types_with_the_asyncio_client(grpc_mesh: dict[str, Any]) -> None:
