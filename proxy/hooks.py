@@ -106,13 +106,13 @@ class RequestHooks:
         table: RoutingTable,
         decision: Decision,
         draw: Callable[[], float],
-        lines: list[bytes],
+        lines: list[bytes] | None,
     ) -> tuple[Decision, ProxySpan | None]:
         """The decision to act on (maybe re-made with a restored key) and the request's span.
 
         `view.headers` is left as received, so injection on forwarding adds the restored key
-        to every emitting carrier; `lines` (the forwarded header lines) may get a new
-        `traceparent` when tracing is on.
+        to every emitting carrier. With tracing on, the HTTP/1 header `lines` get the span's
+        `traceparent`; an adapter that passes None applies `span.traceparent` itself.
         """
         memory = self.memory
         if memory is not None and _TRACEPARENT in view.headers:

@@ -63,12 +63,19 @@ _DEFAULT_SERVICE_NAME = "forklane-proxy"
 
 
 class ProxySpan:
-    """The span of one request; `finish()` records the outcome and ends it (once)."""
+    """The span of one request; `finish()` records the outcome and ends it (once).
 
-    __slots__ = ("_span",)
+    `traceparent` is the value to forward (it names this span); `keeps_tracestate` is False
+    when the incoming traceparent was invalid, so its tracestate must not be forwarded. A
+    protocol adapter that keeps header lines of its own (HTTP/2) applies these itself.
+    """
 
-    def __init__(self, span: Span) -> None:
+    __slots__ = ("_span", "keeps_tracestate", "traceparent")
+
+    def __init__(self, span: Span, traceparent: bytes, keeps_tracestate: bool) -> None:
         self._span = span
+        self.traceparent = traceparent
+        self.keeps_tracestate = keeps_tracestate
 
     @property
     def span(self) -> Span:
@@ -105,9 +112,10 @@ class ProxyTracer:
         listener: Literal["inbound", "outbound"],
         view: RequestView,
         decision: Decision,
-        lines: list[bytes],
+        lines: list[bytes] | None,
     ) -> ProxySpan:
-        """Start the request's span and point the forwarded `traceparent` (in `lines`) at it."""
+        """Start the request's span; point the forwarded `traceparent` (in HTTP/1 `lines`,
+        when given) at it."""
         headers = view.headers
         parent = parse_traceparent(headers.get("traceparent"))
         context = None
@@ -140,13 +148,12 @@ class ProxyTracer:
             attributes=attributes,
         )
         sc = span.get_span_context()
-        forwarded = b"traceparent: 00-%032x-%016x-%02x\r\n" % (
-            sc.trace_id, sc.span_id, int(sc.trace_flags)
-        )
-        drop = (_TRACEPARENT,) if parent is not None else (_TRACEPARENT, _TRACESTATE)
-        lines[:] = [line for line in lines if not line[:12].lower().startswith(drop)]
-        lines.append(forwarded)
-        return ProxySpan(span)
+        value = b"00-%032x-%016x-%02x" % (sc.trace_id, sc.span_id, int(sc.trace_flags))
+        if lines is not None:
+            drop = (_TRACEPARENT,) if parent is not None else (_TRACEPARENT, _TRACESTATE)
+            lines[:] = [line for line in lines if not line[:12].lower().startswith(drop)]
+            lines.append(b"traceparent: " + value + b"\r\n")
+        return ProxySpan(span, value, parent is not None)
 
     def shutdown(self) -> None:
         """Export what is still batched, then stop (blocking: call it off the event loop)."""

@@ -562,6 +562,7 @@ class H2Downstream(asyncio.Protocol, Peer):
             self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        import sys; print("LOST", __import__("time").time(), exc, file=sys.stderr, flush=True)  # DBG
         ctx = self.ctx
         self.transport = None
         ctx.connections.discard(self)
@@ -783,6 +784,7 @@ class H2Downstream(asyncio.Protocol, Peer):
 
         The GOAWAY frame is written directly: h2's state machine refuses to send anything
         after its own GOAWAY, which would cut the streams RFC 9113 §6.8 lets finish."""
+        import sys; print("DRAIN", __import__("time").time(), len(self.ctx.connections), self.goaway_sent, self.transport, self.transport and self.transport.get_write_buffer_size(), self.write_paused, self.streams, file=sys.stderr, flush=True)  # DBG
         if self.goaway_sent or self.transport is None:
             return
         self.goaway_sent = True

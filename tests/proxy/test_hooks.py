@@ -210,3 +210,38 @@ def test_invalid_memory_settings_are_refused() -> None:
         ProxySettings(trace_memory_size=0)
     with pytest.raises(ValidationError):
         ProxySettings(trace_memory_ttl=0)
+
+
+def test_tracing_rewrites_the_forwarded_traceparent_or_hands_it_to_the_adapter(
+    table: RoutingTable,
+) -> None:
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from proxy.tracing import ProxyTracer
+
+    exporter = InMemorySpanExporter()
+    tracer = ProxyTracer("orders", exporter)
+    state = PropagationState(ProxySettings(service="orders"), Stats(), tracer=tracer)
+    hooks = state.hooks_for("outbound")
+    assert hooks is not None and state.memory is None
+    view = RequestView("outbound", "GET", "/", "catalog",
+                       {"x-forklane-routing-key": KEY, "traceparent": TP, "tracestate": "a=1"})
+    lines = [b"Host: catalog\r\n", b"TraceParent: " + TP.encode() + b"\r\n", b"tracestate: a=1\r\n"]
+    decision, span = hooks.after_decide(view, table, decide(view, table, _never), _never, lines)
+    _, untouched = hooks.after_decide(view, table, decision, _never, None)
+    assert span is not None and untouched is not None
+    assert lines == [b"Host: catalog\r\n", b"tracestate: a=1\r\n",
+                     b"traceparent: " + span.traceparent + b"\r\n"]
+    assert span.keeps_tracestate
+    span.finish(200, None, None)
+    untouched.finish(0, None, None)
+    tracer.shutdown()
+    finished = {s.context.span_id: s for s in exporter.get_finished_spans()}
+    assert len(finished) == 2
+    mine = finished[int(span.traceparent.split(b"-")[2], 16)]
+    assert span.traceparent == f"00-{TRACE}-{mine.context.span_id:016x}-01".encode()
+    assert mine.parent is not None and mine.parent.span_id == 0xB7AD6B7169203331
+    assert mine.attributes is not None and mine.attributes["forklane.routing_key"] == KEY
+    assert mine.attributes["http.response.status_code"] == 200
+    reset = finished[int(untouched.traceparent.split(b"-")[2], 16)]
+    assert not reset.status.is_ok, "a reset request's span is an error"
