@@ -34,6 +34,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--no-auth", action="store_true", help="disable bearer tokens (local demo only!)"
     )
+    serve.add_argument(
+        "--carriers", metavar="KIND:NAME,…",
+        help="where proxies read the routing key, in priority order (default: "
+        "header:x-forklane-routing-key,baggage:forklane-routing-key)",
+    )
     return parser
 
 
@@ -61,7 +66,7 @@ async def _serve(settings: Settings) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     overrides: dict[str, Any] = {}
-    for flag in ("listen", "grpc", "store", "data_dir"):
+    for flag in ("listen", "grpc", "store", "data_dir", "carriers"):
         value = getattr(args, flag)
         if value is not None:
             overrides[flag] = value

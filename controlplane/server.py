@@ -76,6 +76,7 @@ class ControlPlane:
         self.reconciler = Reconciler(
             self.store, self.publisher, self.registry, clock=clock, probe=probe,
             probe_timeout=settings.probe_timeout, interval=settings.reconcile_interval,
+            carriers=settings.carrier_list(),
         )
         if with_push:
             # an ACK may make a sandbox Ready: judge it now, not at the next interval

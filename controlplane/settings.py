@@ -13,10 +13,32 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["Settings", "parse_hostport"]
+from proxy.schema import Carrier
+
+__all__ = ["Settings", "parse_carriers", "parse_hostport"]
+
+
+def parse_carriers(text: str) -> tuple[Carrier, ...]:
+    """`header:x-forklane-routing-key,baggage:sd-routing-key:noemit` → carriers, validated."""
+    out = []
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        kind, _, rest = item.partition(":")
+        name, _, flag = rest.partition(":")
+        if flag not in ("", "noemit"):
+            raise ValueError(f"carrier {item!r}: the only option is ':noemit'")
+        try:
+            out.append(Carrier.model_validate({"kind": kind, "name": name, "emit": not flag}))
+        except ValidationError as exc:
+            reason = "; ".join(str(e["msg"]) for e in exc.errors())
+            raise ValueError(f"carrier {item!r}: {reason}") from None
+    if not out:
+        raise ValueError("at least one carrier is needed")
+    return tuple(out)
 
 
 def parse_hostport(text: str) -> tuple[str, int]:
@@ -56,6 +78,20 @@ class Settings(BaseSettings):
     reconcile_interval: float = Field(5.0, gt=0, le=3600, description="seconds between passes")
     probe_timeout: float = Field(1.0, gt=0, le=60, description="fork TCP connect timeout, s")
     replica: str = Field(default_factory=socket.gethostname, description="this replica's name")
+    carriers: str = Field(
+        "header:x-forklane-routing-key,baggage:forklane-routing-key",
+        description="where proxies read the key, in priority order: KIND:NAME[:noemit],… "
+        "(kind header|baggage|tracestate); e.g. add baggage:sd-routing-key while migrating",
+    )
+
+    @field_validator("carriers")
+    @classmethod
+    def _carriers(cls, v: str) -> str:
+        parse_carriers(v)
+        return v
+
+    def carrier_list(self) -> tuple[Carrier, ...]:
+        return parse_carriers(self.carriers)
 
     @field_validator("listen", "grpc")
     @classmethod

@@ -17,9 +17,12 @@ from typing import Any
 __all__ = ["main"]
 
 
-def _port(text: str) -> int | None:
+_OFF = -1  # "--admin-port off": distinct from "not given" (None) until settings are built
+
+
+def _port(text: str) -> int:
     if text in ("off", "none", "-"):
-        return None
+        return _OFF
     if not text.isdigit() or int(text) > 65535:
         raise argparse.ArgumentTypeError(f"{text!r}: a port number 0..65535, or 'off'")
     return int(text)
@@ -79,10 +82,13 @@ def _parser() -> argparse.ArgumentParser:
 def _settings_from(args: argparse.Namespace) -> Any:
     from pydantic import ValidationError
 
-    from proxy.settings import ProxySettings
+    from proxy.settings import ProxySettings, UsageError
 
     fields = set(ProxySettings.model_fields)
     given = {k: v for k, v in vars(args).items() if k in fields and v is not None}
+    for name in ("outbound_port", "inbound_port", "admin_port"):
+        if given.get(name) == _OFF:
+            given[name] = None
     if "inbound_port" not in given and not (args.service and args.local_app):
         given["inbound_port"] = None  # no local app known: no inbound listener by default
     try:
@@ -90,7 +96,9 @@ def _settings_from(args: argparse.Namespace) -> Any:
     except ValidationError as exc:
         from proxy.loader import format_validation_error
 
-        raise SystemExit(f"forklane proxy: invalid settings: {format_validation_error(exc)}") from None
+        raise UsageError(
+            f"forklane proxy: invalid settings: {format_validation_error(exc)}"
+        ) from None
 
 
 def _run_workers(argv: list[str], workers: int) -> int:
@@ -168,12 +176,18 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "explain":
         return _explain(args)
-    settings = _settings_from(args)
-    if settings.workers > 1 and not args.worker_child:
-        return _run_workers(argv, settings.workers)
-    from proxy.run import run
+    from proxy.settings import UsageError
 
-    return run(settings)
+    try:
+        settings = _settings_from(args)
+        if settings.workers > 1 and not args.worker_child:
+            return _run_workers(argv, settings.workers)
+        from proxy.run import run
+
+        return run(settings)
+    except UsageError as exc:
+        print(exc, file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from proxy.http1.server import Downstream, ListenerContext, ListenerKind
 from proxy.http1.upstream import Pools
 from proxy.loader import FileWatcher, load_snapshot_file
 from proxy.metrics import Stats
-from proxy.settings import ProxySettings
+from proxy.settings import ProxySettings, UsageError
 from proxy.state import TableHolder
 from proxy.table import ConfigError, LocalIdentity, RoutingTable
 
@@ -93,7 +93,7 @@ class Proxy:
         s = self.settings
         if s.config is not None:
             if not self.reload_file():
-                raise SystemExit(f"forklane proxy: {self.holder.last_error}")
+                raise UsageError(f"forklane proxy: {self.holder.last_error}")
             self.watcher = FileWatcher(s.config, self.reload_file)
         elif s.controlplane is not None:
             from proxy.persist import load_snapshot
@@ -120,7 +120,7 @@ class Proxy:
             self.stats.controlplane_connected = lambda: int(self.subscriber.connected)
             self.tasks.append(self.loop.create_task(self.subscriber.run()))
         else:
-            raise SystemExit("forklane proxy: give --config FILE or --controlplane ADDR")
+            raise UsageError("forklane proxy: give --config FILE or --controlplane ADDR")
 
     # -- listeners ---------------------------------------------------------------------------
 
@@ -158,7 +158,7 @@ class Proxy:
             bound.append(f"outbound={s.bind}:{await self.open_listener('outbound', s.outbound_port)}")
         if s.inbound_port is not None:
             if self.holder.local is None:
-                raise SystemExit("forklane proxy: the inbound listener needs --service and --local-app")
+                raise UsageError("forklane proxy: the inbound listener needs --service and --local-app")
             bound.append(f"inbound={s.bind}:{await self.open_listener('inbound', s.inbound_port)}")
         if s.admin_port is not None:
             self.admin = AdminServer(self.holder, self.stats, self.draw, self.is_ready)
@@ -228,7 +228,7 @@ def _tls_context(settings: ProxySettings) -> ssl.SSLContext | None:
     try:
         context.load_cert_chain(settings.tls_cert, settings.tls_key)
     except (OSError, ssl.SSLError) as exc:
-        raise SystemExit(f"forklane proxy: cannot load the TLS certificate: {exc}") from None
+        raise UsageError(f"forklane proxy: cannot load the TLS certificate: {exc}") from None
     context.set_alpn_protocols(["h2", "http/1.1"])
     return context
 

@@ -14,7 +14,11 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from proxy.schema import parse_endpoint
 
-__all__ = ["ProxySettings"]
+__all__ = ["ProxySettings", "UsageError"]
+
+
+class UsageError(Exception):
+    """Invalid settings or configuration at start: one line on stderr, exit status 2."""
 
 
 class ProxySettings(BaseSettings):

@@ -387,7 +387,13 @@ class Exchange:
 
     def response_body(self, data: bytes) -> None:
         down = self.down
-        if down.transport is None or self.done:
+        if down.transport is None:
+            return
+        if self.done:
+            if down.tunnel is not None:
+                # Upgraded (101): raw tunnel bytes, and traffic keeps the tunnel from idling.
+                down.deadline = down.ctx.loop.time() + down.ctx.idle_timeout
+                down.write(data)
             return
         if self.framing == _CHUNKED:
             down.write(b"%x\r\n" % len(data))
@@ -432,10 +438,10 @@ class Exchange:
         if self.endpoint is not None and self.track:
             ctx.balancer.endpoint_health(self.endpoint).active -= 1
         self.up = None
-        if self.done:
-            return
         if down.tunnel is conn:
-            down.close()
+            down.close()  # the upstream ended the tunnel: so does the client side
+            return
+        if self.done:
             return
         if not self.resp_started:
             if (

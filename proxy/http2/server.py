@@ -52,6 +52,7 @@ MAX_CONCURRENT_STREAMS = 100
 _REPLAYABLE = frozenset({b"GET", b"HEAD", b"OPTIONS", b"DELETE", b"TRACE"})
 _ROUTED = (ROUTED_MARKER.encode(), b"1")
 _VIA_HOP = b"2 forklane"
+_MAX_FRAME = 16384  # our SETTINGS_MAX_FRAME_SIZE (h2's default)
 
 # What the request path does with a header name (lowercase; h2 delivers lowercase names).
 (_DROP, _TE, _HOST, _CTYPE, _GRPC_TIMEOUT, _XFF, _XFP, _VIA, _MARKER, _INTERESTING,
@@ -515,14 +516,28 @@ class H2Downstream(asyncio.Protocol, Peer):
         h2 = self.h2
         try:
             events = h2.receive_data(data)
-        except ProtocolError as exc:
+        except ProtocolError:
             # h2 queued a GOAWAY with the right error code: send it and close.
             self.ctx.stats.rejected["h2-protocol-error"] += 1
             self.mark()
             self.hub.flush()
             if self.transport is not None:
                 self.transport.close()
-            del exc
+            return
+        partial = h2.incoming_buffer._data
+        if len(partial) >= 9 and int.from_bytes(partial[:3], "big") > _MAX_FRAME:
+            # h2 buffers a frame's whole declared length (up to 16 MiB) before checking it
+            # against SETTINGS_MAX_FRAME_SIZE: refuse the overlong frame as soon as its
+            # header shows it, so a client cannot make us hold megabytes it never finishes.
+            self.ctx.stats.rejected["h2-frame-too-large"] += 1
+            try:
+                h2.close_connection(ErrorCodes.FRAME_SIZE_ERROR)
+            except ProtocolError:
+                pass
+            self.mark()
+            self.hub.flush()
+            if self.transport is not None:
+                self.transport.close()
             return
         streams = self.streams
         for event in events:
@@ -562,7 +577,6 @@ class H2Downstream(asyncio.Protocol, Peer):
             self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        import sys; print("LOST", __import__("time").time(), exc, file=sys.stderr, flush=True)  # DBG
         ctx = self.ctx
         self.transport = None
         ctx.connections.discard(self)
@@ -576,6 +590,8 @@ class H2Downstream(asyncio.Protocol, Peer):
         self.streams.clear()
         self.blocked.clear()
         self.hub.flush()
+        if ctx.draining and not ctx.connections and ctx.on_idle is not None:
+            ctx.on_idle()
 
     def pause_writing(self) -> None:
         self.write_paused = True
@@ -784,7 +800,6 @@ class H2Downstream(asyncio.Protocol, Peer):
 
         The GOAWAY frame is written directly: h2's state machine refuses to send anything
         after its own GOAWAY, which would cut the streams RFC 9113 §6.8 lets finish."""
-        import sys; print("DRAIN", __import__("time").time(), len(self.ctx.connections), self.goaway_sent, self.transport, self.transport and self.transport.get_write_buffer_size(), self.write_paused, self.streams, file=sys.stderr, flush=True)  # DBG
         if self.goaway_sent or self.transport is None:
             return
         self.goaway_sent = True

@@ -18,6 +18,7 @@ from typing import Any
 
 import h2.config
 import h2.connection
+import h2.errors
 import h2.events
 import h2.exceptions
 import httpx
@@ -427,3 +428,20 @@ async def test_tls_alpn_offers_h2_and_http1(
     # ALPN http/1.1 is served by the HTTP/1.1 data plane, which speaks HTTP/1.1 upstream
     # too: this h2c-only upstream refuses it.
     assert (r1.http_version, r1.status_code) == ("HTTP/1.1", 502)
+
+
+async def test_preface_followed_by_http1_bytes_is_a_protocol_error(mesh: dict[str, Any]) -> None:
+    """An h2c preface commits the connection to HTTP/2: what follows is never parsed as an
+    HTTP/1.1 request (no smuggling through the preface); the frame is refused at once."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", mesh["proc"].ports["outbound"])
+    try:
+        writer.write(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: pricing\r\n\r\n")
+        data = await asyncio.wait_for(reader.read(), 10)  # until the proxy closes
+    finally:
+        writer.close()
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    conn.initiate_connection()
+    events = conn.receive_data(data)
+    [goaway] = [e for e in events if isinstance(e, h2.events.ConnectionTerminated)]
+    assert goaway.error_code == h2.errors.ErrorCodes.FRAME_SIZE_ERROR
+    assert all(not up.seen for up in mesh["ups"].values())

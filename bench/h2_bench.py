@@ -1,0 +1,218 @@
+"""HTTP/2 / gRPC unary benchmark: forklane against direct calls and nginx `grpc_pass`.
+
+    .venv/bin/python bench/h2_bench.py [--requests 40000] [--profile]
+
+Not a test: it prints a table from one run. Every path carries the same request (a gRPC
+unary POST with a routing key that forks the service) to the same fast upstream (nginx, h2c,
+one worker, a fixed answer with a `grpc-status: 0` trailer), driven by `h2load`:
+
+    direct     h2load -> upstream
+    nginx      h2load -> nginx grpc_pass, routing on the key header (1 worker) -> upstream
+    forklane   h2load -> forklane (1 process) -> upstream
+
+Throughput is closed-loop (`--conns` connections x `--streams` streams each). Added latency
+is measured open-loop at `--rate` calls/s (an h2load timing script, one call per interval)
+and reported as p50/p99 minus the direct path's. `--profile` runs forklane under cProfile
+during a second throughput run and prints where the time goes.
+
+Needs: nginx with the HTTP/2 and gRPC modules, h2load (Debian: nginx-light, nghttp2-client).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pstats
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+KEY = "bench-1"
+PAYLOAD = b"\x00\x00\x00\x00\x0c" + b"hello-bench!"  # one length-prefixed gRPC message
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"process {proc.args!r} exited with {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)  # startup poll with a deadline
+    raise SystemExit(f"nothing listens on {port} after {timeout}s")
+
+
+def render(template: str, run: Path, out: str, **values: object) -> Path:
+    text = (ROOT / "bench" / template).read_text()
+    values = {"RUN": run, "USER": "user root;" if os.geteuid() == 0 else "", **values}
+    for name, value in values.items():
+        text = text.replace(f"@{name}@", str(value))
+    path = run / out
+    path.write_text(text)
+    return path
+
+
+def start(cmd: list[str], log: Path) -> subprocess.Popen[bytes]:
+    with open(log, "wb") as fh:
+        return subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=ROOT,
+                                start_new_session=True)
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def h2load(port: int, extra: list[str], run: Path) -> str:
+    cmd = [
+        "h2load", *extra, "-d", str(run / "payload.bin"),
+        "-H", "content-type: application/grpc", "-H", "te: trailers",
+        "-H", f"x-forklane-routing-key: {KEY}", "-H", ":authority: greeter",
+        f"http://127.0.0.1:{port}/bench.Echo/Unary",
+    ]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        raise SystemExit(f"h2load failed: {out.stdout}\n{out.stderr}")
+    return out.stdout
+
+
+def throughput(port: int, args: argparse.Namespace, run: Path) -> tuple[float, int]:
+    """Closed loop: calls/s and how many calls did not end in a 2xx."""
+    text = h2load(port, ["-n", str(args.requests), "-c", str(args.conns),
+                         "-m", str(args.streams)], run)
+    rps = re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", text)
+    status = re.search(r"status codes: (\d+) 2xx", text)
+    if rps is None or status is None:
+        raise SystemExit(f"unexpected h2load output for port {port}:\n{text}")
+    return float(rps.group(1)), args.requests - int(status.group(1))
+
+
+def latency(port: int, args: argparse.Namespace, run: Path, name: str) -> tuple[float, float]:
+    """Open loop at args.rate calls/s: p50 and p99 in microseconds."""
+    n = int(args.rate * args.seconds)
+    interval = 1000.0 / args.rate
+    script = run / "timing.txt"
+    uri = f"http://127.0.0.1:{port}/bench.Echo/Unary"
+    script.write_text("".join(f"{i * interval:.3f}\t{uri}\n" for i in range(n)))
+    log = run / f"latency-{name}.log"
+    h2load(port, ["-c", "1", "-m", "100", "--timing-script-file", str(script),
+                  "--log-file", str(log)], run)
+    samples = sorted(int(line.split("\t")[2]) for line in log.read_text().splitlines() if line)
+    if len(samples) != n:
+        raise SystemExit(f"{name}: {len(samples)} of {n} calls logged")
+    return samples[len(samples) // 2] / 1.0, samples[int(len(samples) * 0.99)] / 1.0
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--requests", type=int, default=40_000)
+    p.add_argument("--conns", type=int, default=4)
+    p.add_argument("--streams", type=int, default=16)
+    p.add_argument("--rate", type=int, default=1000, help="calls/s of the latency run")
+    p.add_argument("--seconds", type=float, default=5.0, help="length of the latency run")
+    p.add_argument("--profile", action="store_true", help="cProfile forklane under load")
+    p.add_argument("--forklane-args", default="", help="extra flags for `proxy run`")
+    p.add_argument("--paths", default="direct,nginx,forklane",
+                   help="which paths to run (direct is always the latency reference)")
+    args = p.parse_args()
+    for tool in ("nginx", "h2load"):
+        if shutil.which(tool) is None:
+            raise SystemExit(f"{tool} not found (Debian: nginx-light, nghttp2-client)")
+    run = Path(tempfile.mkdtemp(prefix="forklane-h2bench-"))
+    (run / "tmp").mkdir()
+    (run / "payload.bin").write_bytes(PAYLOAD)
+    base_port, fork_port, nginx_port, fl_port = (free_port() for _ in range(4))
+    ports = {"BASELINE_PORT": base_port, "FORK_PORT": fork_port, "NGINX_PORT": nginx_port,
+             "KEY": KEY}
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        up_conf = render("nginx-h2-upstream.conf.tmpl", run, "upstream.conf", **ports)
+        up = start(["nginx", "-p", str(run), "-e", str(run / "upstream.error.log"),
+                    "-c", str(up_conf)], run / "upstream.out")
+        procs.append(up)
+        wait_port(base_port, up)
+        wait_port(fork_port, up)
+        ng_conf = render("nginx-grpc.conf.tmpl", run, "grpc.conf", **ports)
+        ng = start(["nginx", "-p", str(run), "-e", str(run / "grpc-proxy.error.log"),
+                    "-c", str(ng_conf)], run / "grpc.out")
+        procs.append(ng)
+        wait_port(nginx_port, ng)
+        routing = run / "routing.yaml"
+        routing.write_text(
+            "version: bench\n"
+            "services:\n"
+            f"  - name: greeter\n    endpoints: ['127.0.0.1:{base_port}']\n"
+            "forks:\n"
+            f"  - routing_key: {KEY}\n    service: greeter\n"
+            f"    endpoints: ['127.0.0.1:{fork_port}']\n"
+        )
+
+        def forklane(profile: Path | None) -> subprocess.Popen[bytes]:
+            py = [sys.executable] + (["-m", "cProfile", "-o", str(profile)] if profile else [])
+            cmd = [*py, "-m", "proxy", "run", "--config", str(routing), "--port", str(fl_port),
+                   "--admin-port", "off", "--inbound-port", "off", *args.forklane_args.split()]
+            proc = start(cmd, run / "forklane.out")
+            wait_port(fl_port, proc)
+            return proc
+
+        fl = forklane(None)
+        procs.append(fl)
+        targets = {"direct": fork_port, "nginx grpc_pass": nginx_port, "forklane": fl_port}
+        wanted = set(args.paths.split(",")) | {"direct"}
+        targets = {k: v for k, v in targets.items() if k.split()[0] in wanted}
+        for port in targets.values():  # warm-up: connections, pools, caches
+            throughput(port, argparse.Namespace(**{**vars(args), "requests": 2000}), run)
+        results: dict[str, tuple[float, int, float, float]] = {}
+        for name, port in targets.items():
+            rps, failed = throughput(port, args, run)
+            p50, p99 = latency(port, args, run, name.split()[0])
+            results[name] = (rps, failed, p50, p99)
+        stop(fl)
+        procs.remove(fl)
+        prof = None
+        if args.profile:
+            prof = run / "forklane.prof"
+            fl = forklane(prof)
+            throughput(fl_port, args, run)
+            stop(fl)
+    finally:
+        for proc in procs:
+            stop(proc)
+    nginx_rps = results.get("nginx grpc_pass", results["direct"])[0]
+    d50, d99 = results["direct"][2], results["direct"][3]
+    print(f"\ngRPC unary, {args.requests} calls, {args.conns} connections x {args.streams} "
+          f"streams; latency open loop at {args.rate}/s for {args.seconds:g}s")
+    print(f"{'path':<17}{'calls/s':>10}{'vs nginx':>10}{'non-2xx':>9}{'p50 µs':>9}"
+          f"{'p99 µs':>9}{'+p50 µs':>9}{'+p99 µs':>9}")
+    for name, (rps, failed, p50, p99) in results.items():
+        print(f"{name:<17}{rps:>10.0f}{rps / nginx_rps:>10.2f}{failed:>9}{p50:>9.0f}"
+              f"{p99:>9.0f}{p50 - d50:>9.0f}{p99 - d99:>9.0f}")
+    if prof is not None:
+        print("\nforklane profile (cProfile, top 25 by own time):")
+        pstats.Stats(str(prof)).sort_stats("tottime").print_stats(25)
+    print(f"(files in {run})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
