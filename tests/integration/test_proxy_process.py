@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.support.polling import eventually
 from tests.support.processes import ROOT
 
 
@@ -47,19 +48,18 @@ async def test_sigterm_finishes_requests_in_flight_then_exits_0(
                          "--drain-seconds", "10")
     async with httpx.AsyncClient() as client:
         in_flight = asyncio.create_task(client.get(proc.url(), headers={"host": "web"}))
-        while not up.requests:  # the request reached the upstream, which holds its answer
-            await asyncio.sleep(0.01)
+        # the request reached the upstream, which holds its answer
+        await eventually(lambda: bool(up.requests), what="the request reaching the upstream")
         proc.popen.send_signal(signal.SIGTERM)
         admin = proc.url("admin")
         # readiness fails at once, so the endpoint is taken out of rotation
-        for _ in range(200):
+        async def not_ready() -> bool:
             try:
-                ready = await client.get(f"{admin}/readyz")
+                return (await client.get(f"{admin}/readyz")).status_code == 503
             except httpx.TransportError:
-                break
-            if ready.status_code == 503:
-                break
-            await asyncio.sleep(0.01)
+                return True  # the admin listener already closed
+
+        await eventually(not_ready, what="readiness failing after SIGTERM")
         hold.set()
         response = await in_flight
     assert response.status_code == 200 and response.headers["x-upstream"] == "slow"
@@ -88,9 +88,7 @@ async def test_workers_share_the_port(upstreams: Any, tmp_path: Path) -> None:
                 r = await client.get(f"http://127.0.0.1:{port}/", headers={"host": "web",
                                                                            "connection": "close"})
                 assert r.status_code == 200
-        deadline = asyncio.get_running_loop().time() + 20
-        while proc.output().count("forklane proxy listening") < 2:
-            assert asyncio.get_running_loop().time() < deadline, proc.output()
-            await asyncio.sleep(0.05)
+        await eventually(lambda: proc.output().count("forklane proxy listening") == 2,
+                         what="both workers listening")
     finally:
         assert proc.stop() == 0
