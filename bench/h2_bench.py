@@ -12,17 +12,17 @@ one worker, a fixed answer with a `grpc-status: 0` trailer), driven by `h2load`:
 
 Throughput is closed-loop (`--conns` connections x `--streams` streams each). Added latency
 is measured open-loop at `--rate` calls/s (an h2load timing script, one call per interval)
-and reported as p50/p99 minus the direct path's. `--profile` runs forklane under cProfile
+and reported as p50/p99 minus the direct path's. `--profile` samples forklane with py-spy
 during a second throughput run and prints where the time goes.
 
-Needs: nginx with the HTTP/2 and gRPC modules, h2load (Debian: nginx-light, nghttp2-client).
+Needs: nginx with the HTTP/2 and gRPC modules, h2load (Debian: nginx-light, nghttp2-client);
+py-spy (PyPI) for --profile.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import pstats
 import re
 import shutil
 import signal
@@ -123,6 +123,27 @@ def latency(port: int, args: argparse.Namespace, run: Path, name: str) -> tuple[
     return samples[len(samples) // 2] / 1.0, samples[int(len(samples) * 0.99)] / 1.0
 
 
+def print_profile(collapsed: Path, top: int = 30) -> None:
+    """Own time and inclusive time per function from py-spy's collapsed stacks."""
+    own: dict[str, int] = {}
+    incl: dict[str, int] = {}
+    total = 0
+    for line in collapsed.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        frames = stack.split(";")
+        n = int(count)
+        total += n
+        own[frames[-1]] = own.get(frames[-1], 0) + n
+        for frame in set(frames):
+            incl[frame] = incl.get(frame, 0) + n
+    print(f"\nforklane profile (py-spy, {total} samples): own time")
+    for frame, n in sorted(own.items(), key=lambda kv: -kv[1])[:top]:
+        print(f"{100 * n / total:6.1f}%  {frame}")
+    print("\ninclusive time")
+    for frame, n in sorted(incl.items(), key=lambda kv: -kv[1])[:top]:
+        print(f"{100 * n / total:6.1f}%  {frame}")
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--requests", type=int, default=40_000)
@@ -191,10 +212,16 @@ def main() -> int:
         procs.remove(fl)
         prof = None
         if args.profile:
-            prof = run / "forklane.prof"
-            fl = forklane(prof)
+            prof = run / "forklane.collapsed"
+            fl = forklane(None)
+            procs.append(fl)
+            spy = start([str(Path(sys.executable).with_name("py-spy")), "record", "--pid", str(fl.pid), "--rate", "500",
+                         "--format", "raw", "--nonblocking", "-o", str(prof)],
+                        run / "py-spy.out")
+            time.sleep(1.0)  # let py-spy attach before the load starts
             throughput(fl_port, args, run)
-            stop(fl)
+            spy.send_signal(signal.SIGINT)
+            spy.wait(30)
     finally:
         for proc in procs:
             stop(proc)
@@ -208,8 +235,7 @@ def main() -> int:
         print(f"{name:<17}{rps:>10.0f}{rps / nginx_rps:>10.2f}{failed:>9}{p50:>9.0f}"
               f"{p99:>9.0f}{p50 - d50:>9.0f}{p99 - d99:>9.0f}")
     if prof is not None:
-        print("\nforklane profile (cProfile, top 25 by own time):")
-        pstats.Stats(str(prof)).sort_stats("tottime").print_stats(25)
+        print_profile(prof)
     print(f"(files in {run})")
     return 0
 

@@ -79,8 +79,9 @@ class ControlPlane:
             carriers=settings.carrier_list(),
         )
         if with_push:
-            # an ACK may make a sandbox Ready: judge it now, not at the next interval
-            registry.add_listener(self.reconciler.kick)
+            # an ACK may make a sandbox Ready: judge it now (the reconciler wakes only when
+            # it does), not at the next interval
+            registry.add_listener(self.reconciler.acks_changed)
         self.authenticator: Authenticator | None = None
         self._runner: web.AppRunner | None = None
         self.api_address: tuple[str, int] | None = None

@@ -25,6 +25,7 @@ from proxy.balancer import Balancer
 from proxy.hooks import PropagationState
 from proxy.http1.server import Downstream, ListenerContext, ListenerKind
 from proxy.http1.upstream import Pools
+from proxy.http2 import _tuning as h2_tuning
 from proxy.loader import FileWatcher, load_snapshot_file
 from proxy.metrics import Stats
 from proxy.settings import ProxySettings, UsageError
@@ -67,6 +68,7 @@ class Proxy:
         self.subscriber: Any = None
         self.tasks: list[asyncio.Task[None]] = []
         self.tls = _tls_context(settings)
+        h2_tuning.apply()  # measured speedups of the HTTP/2 stack (see proxy.http2._tuning)
 
     def _swapped(self, table: RoutingTable) -> None:
         self.stats.config_version = table.version

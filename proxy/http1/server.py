@@ -161,7 +161,7 @@ class ListenerContext:
         self.actions: dict[bytes, int] = {}
         self.actions_table: RoutingTable | None = None
         self.host_ok = b""  # the last Host value that passed validation (clients repeat it)
-        self.h2_hub = Hub()
+        self.h2_hub = Hub(loop)
         self.h2_pools = H2Pools(loop, self.h2_hub, settings.h2_validate_headers)
         self.hooks: RequestHooks | None = None  # propagation hooks; None when all are off
 

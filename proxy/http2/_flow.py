@@ -6,9 +6,10 @@ bytes to the source only once they left for the destination: the source can neve
 than one window of data in flight through the proxy, so buffers stay bounded without a
 separate byte limit.
 
-A `Hub` collects the connections whose `h2` state machine has bytes to write and writes each
-once at the end of a callback, so the frames one event produces on both sides leave in one
-syscall per socket.
+A `Hub` collects the connections whose `h2` state machine has bytes to write. Socket
+callbacks flush it when they are done, so the frames one read produces on both sides leave in
+one syscall per socket; any other path that produces frames (timers, connect completions) is
+covered by a flush scheduled for the end of the loop iteration.
 """
 
 from __future__ import annotations
@@ -17,13 +18,39 @@ import asyncio
 from collections import deque
 from typing import TYPE_CHECKING
 
-from h2.connection import H2Connection
+from h2.connection import ConnectionState, H2Connection
+from h2.errors import ErrorCodes
+from h2.events import Event
 from h2.exceptions import ProtocolError
+from hyperframe.frame import Frame, GoAwayFrame
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-__all__ = ["Hub", "Peer", "Pipe"]
+__all__ = ["GracefulH2Connection", "Hub", "Peer", "Pipe"]
+
+
+class GracefulH2Connection(H2Connection):
+    """`H2Connection` that lets streams in flight finish after a GOAWAY with NO_ERROR.
+
+    h2 closes its whole state machine on any GOAWAY received, so a response frame that
+    follows a graceful GOAWAY (in the same read, even) becomes a protocol error, and it drops
+    the frames it had queued (a PING or SETTINGS acknowledgement among them). RFC 9113 §6.8
+    lets the streams at or below the announced last stream id complete; the owner refuses new
+    streams itself."""
+
+    def _receive_goaway_frame(
+        self, frame: GoAwayFrame
+    ) -> tuple[list[Frame], list[Event]]:
+        state = self.state_machine.state
+        queued = self.data_to_send()
+        frames, events = super()._receive_goaway_frame(frame)
+        if frame.error_code == ErrorCodes.NO_ERROR and state in (
+            ConnectionState.CLIENT_OPEN, ConnectionState.SERVER_OPEN
+        ):
+            self.state_machine.state = state
+            self._data_to_send[:0] = queued
+        return frames, events
 
 
 class Peer:
@@ -39,10 +66,14 @@ class Peer:
         self.blocked: set[Pipe] = set()  # pipes waiting for this peer's window or socket
 
     def mark(self) -> None:
-        """This connection has frames to write: write them at the end of the callback."""
+        """This connection has frames to write: at the latest when this iteration ends."""
         if not self.dirty:
             self.dirty = True
-            self.hub.dirty.append(self)
+            hub = self.hub
+            hub.dirty.append(self)
+            if not hub.scheduled:
+                hub.scheduled = True
+                hub.loop.call_soon(hub.flush)
 
     def unblock(self) -> None:
         """The window grew or the socket drained: let waiting pipes send again."""
@@ -54,14 +85,17 @@ class Peer:
 
 
 class Hub:
-    """Connections with pending frames, written once per callback (see module docstring)."""
+    """Connections with pending frames (see the module docstring)."""
 
-    __slots__ = ("dirty",)
+    __slots__ = ("dirty", "loop", "scheduled")
 
-    def __init__(self) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
         self.dirty: list[Peer] = []
+        self.scheduled = False
 
     def flush(self) -> None:
+        self.scheduled = False
         dirty = self.dirty
         while dirty:
             peer = dirty.pop()

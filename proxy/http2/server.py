@@ -16,11 +16,12 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
+import sys
 from typing import TYPE_CHECKING, cast
 
 from h2.config import H2Configuration
-from h2.connection import ConnectionState, H2Connection
 from h2.errors import ErrorCodes
 from h2.events import (
     ConnectionTerminated,
@@ -37,7 +38,7 @@ from hyperframe.frame import GoAwayFrame
 
 from proxy.context.carriers import inject_routing_key
 from proxy.http2 import grpc
-from proxy.http2._flow import Peer, Pipe
+from proxy.http2._flow import GracefulH2Connection, Peer, Pipe
 from proxy.http2.upstream import CONNECTION_WINDOW, H2Upstream
 from proxy.routing import Decision, RequestView, decide
 from proxy.table import ROUTED_MARKER, Destination, Endpoint, Route, RoutingTable
@@ -120,6 +121,9 @@ class H2Stream:
     attempts = 0
     fallback_used = False
     error = ""
+    method = b""
+    path = b""
+    authority = b""
 
     def __init__(self, down: H2Downstream, sid: int, started: float) -> None:
         self.down = down
@@ -151,7 +155,6 @@ class H2Stream:
         except (OSError, TimeoutError, ConnectionError, ProtocolError) as exc:
             reason = "connect-timeout" if isinstance(exc, TimeoutError) else "connect-failed"
             self.connect_failed(dest, endpoint, reason)
-            ctx.h2_hub.flush()
             return
         if self.done:
             return
@@ -159,7 +162,6 @@ class H2Stream:
             self.bind(conn)
         else:
             self.dispatch(dest, endpoint if len(dest.endpoints) > 1 else None, fresh=False)
-        ctx.h2_hub.flush()
 
     def connect_failed(self, dest: Destination, endpoint: Endpoint, reason: str) -> None:
         if self.done:
@@ -423,8 +425,40 @@ class H2Stream:
         if row is None:
             row = ctx.rows[key] = [0, 0, 0, 0, 0, 0]
         row[status // 100 if status < 600 else 5] += 1
-        ctx.stats.observe_latency(ctx.loop.time() - self.started)
+        now = ctx.loop.time()
+        ctx.stats.observe_latency(now - self.started)
+        if ctx.access_log or ctx.stats.taps:
+            self._log(status, now)
         down.stream_finished(self)
+
+    def _log(self, status: int, now: float) -> None:
+        """The same access-log / live-tap record as HTTP/1.1, with the protocol named."""
+        route = self.route
+        decision = self.decision
+        record = {
+            "listener": self.down.ctx.kind,
+            "protocol": "grpc" if self.grpc else "h2",
+            "method": self.method.decode("latin-1"),
+            "target": self.path.decode("latin-1"),
+            "host": self.authority.decode("latin-1"),
+            "status": status,
+            "duration_ms": round((now - self.started) * 1000, 3),
+            "kind": route.kind if route else "rejected",
+            "rule": route.rule if route else None,
+            "destination": self.dest.name if self.dest else None,
+            "endpoint": self.endpoint.address if self.endpoint else None,
+            "routing_key": decision.key.key if decision else None,
+            "carrier": decision.key.carrier if decision else None,
+            "fallback": self.fallback_used,
+            "error": self.error or None,
+            "peer": self.down.peer.decode("latin-1"),
+        }
+        ctx = self.down.ctx
+        for queue in ctx.stats.taps:
+            if not queue.full():
+                queue.put_nowait(record)
+        if ctx.access_log:
+            sys.stdout.write(json.dumps(record, separators=(",", ":")) + "\n")
 
     def explanation(self) -> tuple[bytes, bytes]:
         decision = self.decision
@@ -467,7 +501,7 @@ class H2Downstream(asyncio.Protocol, Peer):
         self.ctx = ctx
         self.tls = tls
         settings = ctx.settings
-        self.h2 = H2Connection(H2Configuration(
+        self.h2 = GracefulH2Connection(H2Configuration(
             client_side=False, header_encoding=None, validate_outbound_headers=False,
             normalize_outbound_headers=False,
             validate_inbound_headers=settings.h2_validate_headers,
@@ -565,14 +599,13 @@ class H2Downstream(asyncio.Protocol, Peer):
             elif isinstance(event, WindowUpdated):
                 self.unblock()
             elif isinstance(event, ConnectionTerminated):
+                # The client opens no more streams; after NO_ERROR the ones in flight finish
+                # (GracefulH2Connection kept the state machine open for them).
                 self.closing = True
-                if streams and event.error_code == ErrorCodes.NO_ERROR:
-                    # The client stops opening streams; the ones in flight still finish.
-                    h2.state_machine.state = ConnectionState.SERVER_OPEN
-                elif self.transport is not None:
+                if event.error_code != ErrorCodes.NO_ERROR and self.transport is not None:
                     self.transport.close()
         self.mark()
-        self.hub.flush()
+        self.hub.flush()  # now rather than at the end of the iteration: lower latency
         if self.closing and not self.streams and self.transport is not None:
             self.transport.close()
 
@@ -589,7 +622,6 @@ class H2Downstream(asyncio.Protocol, Peer):
                 stream.finish(0, reset=True)
         self.streams.clear()
         self.blocked.clear()
-        self.hub.flush()
         if ctx.draining and not ctx.connections and ctx.on_idle is not None:
             ctx.on_idle()
 
@@ -706,6 +738,9 @@ class H2Downstream(asyncio.Protocol, Peer):
         stream.is_head = method == b"HEAD"
         if authority is None:
             authority = host or b""
+        stream.method = method
+        stream.path = path
+        stream.authority = authority
         if table is None:
             stream.fail(503, grpc.UNAVAILABLE, "no-config", "no routing table loaded yet")
             return
@@ -793,7 +828,6 @@ class H2Downstream(asyncio.Protocol, Peer):
                 stream.timed_out(now)
         if not self.streams and now - self.idle_since >= self.ctx.idle_timeout:
             self.drain()
-        self.hub.flush()
 
     def drain(self) -> None:
         """Graceful end: GOAWAY naming the last stream we took; streams in flight finish.

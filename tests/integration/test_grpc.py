@@ -32,6 +32,7 @@ class Upstream:
     keys: list[str | None] = field(default_factory=list)
     cancelled: threading.Event = field(default_factory=threading.Event)
     streaming: threading.Event = field(default_factory=threading.Event)
+    release: threading.Event = field(default_factory=threading.Event)
 
     @property
     def address(self) -> str:
@@ -92,6 +93,13 @@ class Upstream:
         self.cancelled.wait(20)
         return b""
 
+    def wait(self, request: bytes, context: grpc.ServicerContext) -> bytes:
+        """Answers once the test sets `release`."""
+        self._hello(context)
+        self.streaming.set()
+        self.release.wait(20)
+        return b"done"
+
     def start(self) -> Upstream:
         unary = grpc.unary_unary_rpc_method_handler
         handlers = {
@@ -102,6 +110,7 @@ class Upstream:
             "Fail": unary(self.fail),
             "Endless": grpc.unary_stream_rpc_method_handler(self.endless),
             "Hang": unary(self.hang),
+            "Wait": unary(self.wait),
         }
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=16), options=_OPTIONS)
         server.add_generic_rpc_handlers(
@@ -290,4 +299,20 @@ def test_upstream_dying_mid_stream_is_unavailable_not_a_hang(
         with pytest.raises(grpc.RpcError) as err:
             for _ in call:
                 pass
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
+
+
+def test_upstream_goaway_lets_calls_in_flight_finish(grpc_mesh: dict[str, Any]) -> None:
+    """A graceful upstream shutdown (GOAWAY) does not cut the calls it already took."""
+    base = grpc_mesh["base"]
+    with _channel(grpc_mesh["target"]) as channel:
+        future: Any = channel.unary_unary("/test.Echo/Wait").future(b"", timeout=20)
+        assert base.streaming.wait(10)
+        assert base.server is not None
+        stopped = base.server.stop(grace=15)  # GOAWAY now, in-flight calls may finish
+        base.release.set()
+        assert future.result() == b"done"
+        assert stopped.wait(10)
+        with pytest.raises(grpc.RpcError) as err:
+            channel.unary_unary("/test.Echo/Unary")(b"x", timeout=10)
     assert err.value.code() == grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]

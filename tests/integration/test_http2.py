@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import ssl
 import subprocess
 import time
@@ -24,6 +25,7 @@ import h2.exceptions
 import httpx
 import pytest
 
+from proxy.http2._flow import GracefulH2Connection
 from tests.integration.test_routing import KEY_CATALOG, KEY_PRICING, MATRIX
 
 pytestmark = pytest.mark.asyncio
@@ -73,6 +75,7 @@ class _UpConn(asyncio.Protocol):
                 self.flush_pending()
             elif isinstance(event, h2.events.StreamReset):
                 self.server.resets.append(event.error_code)
+                self.server.reset_seen.set()
                 self.pending.pop(event.stream_id, None)
         self.write()
 
@@ -128,6 +131,7 @@ class H2Upstream:
         self.loop = asyncio.get_running_loop()
         self.seen: list[dict[str, Any]] = []
         self.resets: list[int] = []
+        self.reset_seen = asyncio.Event()
         self.connections = 0
         self.active = 0
         self.max_active = 0
@@ -292,8 +296,9 @@ async def test_local_answers_over_http2(mesh: dict[str, Any]) -> None:
 
 async def _raw_h2(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter,
                                         h2.connection.H2Connection]:
+    """A raw h2 client that, unlike plain `h2`, keeps its streams after a graceful GOAWAY."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    conn = GracefulH2Connection(h2.config.H2Configuration(client_side=True))
     conn.initiate_connection()
     writer.write(conn.data_to_send())
     return reader, writer, conn
@@ -445,3 +450,109 @@ async def test_preface_followed_by_http1_bytes_is_a_protocol_error(mesh: dict[st
     [goaway] = [e for e in events if isinstance(e, h2.events.ConnectionTerminated)]
     assert goaway.error_code == h2.errors.ErrorCodes.FRAME_SIZE_ERROR
     assert all(not up.seen for up in mesh["ups"].values())
+
+
+async def test_grpc_timeout_is_enforced_by_the_proxy(mesh: dict[str, Any]) -> None:
+    """The upstream here knows nothing of gRPC deadlines: the proxy ends the call itself
+    with DEADLINE_EXCEEDED, as a gRPC status, and cancels the upstream stream."""
+    up = mesh["ups"]["pricing"]
+    never = asyncio.Event()
+
+    async def hang(conn: _UpConn, sid: int, headers: dict[str, str]) -> None:
+        try:
+            await asyncio.wait_for(never.wait(), 10)
+        except TimeoutError:
+            pass
+
+    up.behaviour = hang
+    started = time.monotonic()
+    async with _client() as client:
+        r = await client.post(mesh["proc"].url() + "/pkg.Svc/Call", content=b"\0\0\0\0\0",
+                              headers={"host": "pricing", "content-type": "application/grpc",
+                                       "te": "trailers", "grpc-timeout": "300m"})
+    assert time.monotonic() - started < 3
+    assert r.status_code == 200
+    assert r.headers["grpc-status"] == "4"
+    assert r.headers["x-forklane-error"] == "deadline-exceeded"
+    await asyncio.wait_for(up.reset_seen.wait(), 5)
+    assert up.resets == [h2.errors.ErrorCodes.CANCEL]
+
+
+async def test_too_many_headers_is_431_for_that_stream_only(mesh: dict[str, Any]) -> None:
+    async with _client() as client:
+        many = {f"x-h{i}": "v" for i in range(150)}
+        big = await client.get(mesh["proc"].url(), headers={"host": "pricing", **many})
+        ok = await client.get(mesh["proc"].url(), headers={"host": "pricing"})
+    assert big.status_code == 431
+    assert big.headers["x-forklane-error"] == "headers-too-large"
+    assert ok.status_code == 200  # same connection, next stream: unaffected
+    assert len(mesh["ups"]["pricing"].seen) == 1
+
+
+async def test_sigterm_sends_goaway_and_lets_streams_in_flight_finish(
+    mesh: dict[str, Any],
+) -> None:
+    """Raw h2 client: httpx fails every open stream on any GOAWAY, which RFC 9113 does not."""
+    up = mesh["ups"]["pricing"]
+    release = asyncio.Event()
+    arrived = asyncio.Event()
+
+    async def hold(conn: _UpConn, sid: int, headers: dict[str, str]) -> None:
+        arrived.set()
+        await asyncio.wait_for(release.wait(), 10)
+
+    up.behaviour = hold
+    proc = mesh["proc"]
+    reader, writer, conn = await _raw_h2(proc.ports["outbound"])
+    try:
+        conn.send_headers(1, [(":method", "GET"), (":scheme", "http"),
+                              (":authority", "pricing"), (":path", "/slow")], end_stream=True)
+        writer.write(conn.data_to_send())
+        await asyncio.wait_for(arrived.wait(), 10)
+        proc.popen.send_signal(signal.SIGTERM)
+        seen: list[str] = []
+        body = b""
+        deadline = time.monotonic() + 10
+        while "end" not in seen and time.monotonic() < deadline:
+            data = await asyncio.wait_for(reader.read(65536), 10)
+            if not data:
+                break
+            for event in conn.receive_data(data):
+                if isinstance(event, h2.events.ConnectionTerminated):
+                    seen.append(f"goaway:{event.error_code}:{event.last_stream_id}")
+                    release.set()  # only now may the held response go out
+                elif isinstance(event, h2.events.ResponseReceived):
+                    seen.append("response")
+                elif isinstance(event, h2.events.DataReceived):
+                    body += event.data
+                    conn.acknowledge_received_data(event.flow_controlled_length, 1)
+                elif isinstance(event, h2.events.StreamEnded):
+                    seen.append("end")
+            writer.write(conn.data_to_send())
+    finally:
+        writer.close()
+    assert seen == ["goaway:0:1", "response", "end"]
+    assert json.loads(body)["target"] == "/slow"
+    assert await asyncio.to_thread(proc.popen.wait, 10) == 0
+
+
+async def test_inbound_listener_over_http2(h2_upstreams: Any, proxy_factory: Any) -> None:
+    app, fork = await h2_upstreams("local-app"), await h2_upstreams("pricing-fork")
+    doc = {
+        "version": "i1",
+        "services": [{"name": "pricing", "endpoints": ["127.0.0.1:1"]}],
+        "forks": [{"routing_key": KEY_PRICING, "service": "pricing",
+                   "endpoints": [fork.address]}],
+    }
+    proc = proxy_factory(doc, "--service", "pricing", "--local-app", app.address, inbound=True)
+    url = proc.url("inbound")
+    async with _client() as client:
+        plain = await client.get(url, headers={"host": "pricing"})
+        forked = await client.get(url, headers={"x-forklane-routing-key": KEY_PRICING})
+        already = await client.get(url, headers={"x-forklane-routing-key": KEY_PRICING,
+                                                 "x-forklane-routed": "1"})
+    assert [r.headers["x-upstream"] for r in (plain, forked, already)] == [
+        "local-app", "pricing-fork", "local-app"]
+    # the marker is between sidecars only: the app never sees it
+    assert all(app.header(i, "x-forklane-routed") is None for i in range(len(app.seen)))
+    assert fork.header(0, "x-forklane-routed") == "1"
