@@ -24,6 +24,7 @@ import argparse
 import asyncio
 import os
 import re
+import signal
 import statistics
 import subprocess
 import sys
@@ -111,38 +112,95 @@ def controlplane(data_dir: Path) -> Iterator[ControlPlane]:
 
 
 class Fleet:
-    """N in-process sidecars; knows when all of them run a version (or newer)."""
+    """N sidecars spread over W worker processes (`--worker`), each running its share of
+    subscribers exactly as a sidecar does (own TableHolder). Workers print the lowest
+    version their subscribers run whenever it rises; this process only reads those lines, so
+    the clock that times a write never waits behind a table build."""
 
-    def __init__(self, address: str, count: int) -> None:
-        self.holders = [TableHolder() for _ in range(count)]
-        self.subs = [
-            Subscriber(address, h, f"bench-proxy-{i:03d}", f"svc-{i % 50:02d}", ("outbound",))
-            for i, h in enumerate(self.holders)
-        ]
-        self.tasks: list[asyncio.Task[None]] = []
+    def __init__(self, address: str, count: int, workers: int) -> None:
+        self.address = address
+        self.count = count
+        self.workers = max(1, min(workers, count))
+        self.procs: list[asyncio.subprocess.Process] = []
+        self.readers: list[asyncio.Task[None]] = []
+        self.versions: list[int] = [-1] * self.workers
+        self.firsts: list[int] = [-1] * self.workers
         self._changed = asyncio.Event()
-        for h in self.holders:
-            h.on_swap(self._swapped)
-
-    def _swapped(self, table: RoutingTable) -> None:
-        event, self._changed = self._changed, asyncio.Event()
-        event.set()
 
     def min_version(self) -> int:
-        return min(int(h.table.version) if h.table is not None else -1 for h in self.holders)
+        return min(self.versions)
 
-    async def wait_version(self, version: int) -> None:
+    async def wait_version(self, version: int, *, first: bool = False) -> None:
+        """Until every proxy (or, with `first`, any one) runs `version` or newer."""
         async with asyncio.timeout(WAIT):
-            while self.min_version() < version:
-                await self._changed.wait()
+            while (max(self.firsts) if first else self.min_version()) < version:
+                event = self._changed
+                await event.wait()
 
     async def start(self) -> None:
-        self.tasks = [asyncio.create_task(s.run()) for s in self.subs]
+        share = [self.count // self.workers + (i < self.count % self.workers)
+                 for i in range(self.workers)]
+        first = 0
+        for w, n in enumerate(share):
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, __file__, "--worker", self.address, str(first), str(n),
+                stdout=asyncio.subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(REPO)},
+            )
+            first += n
+            self.procs.append(proc)
+            self.readers.append(asyncio.create_task(self._read(w, proc)))
+
+    async def _read(self, w: int, proc: asyncio.subprocess.Process) -> None:
+        assert proc.stdout is not None
+        async for raw in proc.stdout:
+            kind, _, value = raw.decode().strip().partition(" ")
+            if kind == "v":
+                self.versions[w] = int(value)
+            elif kind == "f":
+                self.firsts[w] = int(value)
+            else:
+                continue
+            event, self._changed = self._changed, asyncio.Event()
+            event.set()
 
     async def aclose(self) -> None:
-        for s in self.subs:
-            await s.aclose()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
+        for proc in self.procs:
+            if proc.returncode is None:
+                proc.terminate()
+        for proc in self.procs:
+            await proc.wait()
+        await asyncio.gather(*self.readers, return_exceptions=True)
+
+
+async def worker(address: str, first: int, count: int) -> None:
+    """`--worker ADDR FIRST COUNT`: run COUNT subscribers; print `v <lowest version>` when it
+    rises and `f <highest version>` when that rises."""
+    holders = [TableHolder() for _ in range(count)]
+    subs = [
+        Subscriber(address, h, f"bench-proxy-{i:03d}", f"svc-{i % 50:02d}", ("outbound",))
+        for i, h in zip(range(first, first + count), holders, strict=True)
+    ]
+    reported, highest = -1, -1
+
+    def swapped(table: RoutingTable) -> None:
+        nonlocal reported, highest
+        if int(table.version) > highest:
+            highest = int(table.version)
+            print(f"f {highest}", flush=True)
+        low = min(int(h.table.version) if h.table is not None else -1 for h in holders)
+        if low > reported:
+            reported = low
+            print(f"v {low}", flush=True)
+
+    for h in holders:
+        h.on_swap(swapped)
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    tasks = [asyncio.create_task(s.run()) for s in subs]
+    await stop.wait()
+    for s in subs:
+        await s.aclose()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def poll(what: str, check: Callable[[], Awaitable[bool]], within: float = WAIT) -> None:
@@ -184,11 +242,16 @@ class Api:
             return items
 
 
-async def timed_write(api: Api, fleet: Fleet, name: str, services: list[str]) -> float:
+async def timed_write(
+    api: Api, fleet: Fleet, name: str, services: list[str]
+) -> tuple[float, float]:
+    """(seconds until the first proxy runs the write, seconds until all of them do)."""
     start = time.perf_counter()
     version = await api.post("sandboxes", sandbox_body(name, services))
+    await fleet.wait_version(version, first=True)
+    first = time.perf_counter() - start
     await fleet.wait_version(version)
-    return time.perf_counter() - start
+    return first, time.perf_counter() - start
 
 
 def compile_figures(sandboxes: int, services: int, forks: int) -> tuple[float, float, float, int]:
@@ -245,7 +308,7 @@ async def main(args: argparse.Namespace) -> None:
                     "metadata": {"name": name},
                     "spec": {"endpoints": [f"10.0.{i}.1:8080"], "authorities": [f"{name}.shop"]},
                 })
-            fleet = Fleet(cp.grpc, args.proxies)
+            fleet = Fleet(cp.grpc, args.proxies, args.fleet_procs)
             await fleet.start()
             try:
                 count = int(args.proxies)
@@ -318,8 +381,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--services", type=int, default=50)
     parser.add_argument("--forks-per-sandbox", type=int, default=2)
     parser.add_argument("--big-writes", type=int, default=10)
+    parser.add_argument("--fleet-procs", type=int, default=2,
+                        help="worker processes the proxies are spread over")
     return parser.parse_args()
 
 
 if __name__ == "__main__":
-    asyncio.run(main(parse_args()))
+    if len(sys.argv) == 5 and sys.argv[1] == "--worker":
+        asyncio.run(worker(sys.argv[2], int(sys.argv[3]), int(sys.argv[4])))
+    else:
+        asyncio.run(main(parse_args()))

@@ -25,7 +25,6 @@ from proxy.balancer import Balancer
 from proxy.hooks import PropagationState
 from proxy.http1.server import Downstream, ListenerContext, ListenerKind
 from proxy.http1.upstream import Pools
-from proxy.http2 import _tuning as h2_tuning
 from proxy.loader import FileWatcher, load_snapshot_file
 from proxy.metrics import Stats
 from proxy.settings import ProxySettings, UsageError
@@ -68,7 +67,6 @@ class Proxy:
         self.subscriber: Any = None
         self.tasks: list[asyncio.Task[None]] = []
         self.tls = _tls_context(settings)
-        h2_tuning.apply()  # measured speedups of the HTTP/2 stack (see proxy.http2._tuning)
 
     def _swapped(self, table: RoutingTable) -> None:
         self.stats.config_version = table.version
@@ -206,7 +204,7 @@ class Proxy:
                 task.cancel()
         self.pools.close_all()
         for ctx in self.contexts:
-            ctx.h2_pools.close_all()
+            ctx.close_h2()
 
     async def aclose(self) -> None:
         for task in self.tasks:

@@ -40,9 +40,6 @@ from proxy.http1.messages import (
 )
 from proxy.http1.mirror import MirrorCopy
 from proxy.http1.upstream import Pools, UpstreamConnection
-from proxy.http2._flow import Hub
-from proxy.http2.server import PREFACE, H2Downstream
-from proxy.http2.upstream import H2Pools
 from proxy.metrics import Stats
 from proxy.routing import Decision, RequestView, decide
 from proxy.settings import ProxySettings
@@ -53,11 +50,16 @@ if TYPE_CHECKING:
     from proxy.hooks import RequestHooks
     from proxy.tracing import ProxySpan
 
+if TYPE_CHECKING:
+    from proxy.http2._flow import Hub
+    from proxy.http2.upstream import H2Pools
+
 __all__ = ["Downstream", "ListenerContext"]
 
 ListenerKind = Literal["inbound", "outbound"]
 
 _ROUTED_MARKER_RAW = ROUTED_MARKER.encode()
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"  # RFC 9113 §3.4, h2c with prior knowledge
 _ROUTED_LINE = _ROUTED_MARKER_RAW + b": 1\r\n"
 _VIA_HOP = b"1.1 forklane"
 _VIA_LINE = b"via: " + _VIA_HOP + b"\r\n"
@@ -161,8 +163,10 @@ class ListenerContext:
         self.actions: dict[bytes, int] = {}
         self.actions_table: RoutingTable | None = None
         self.host_ok = b""  # the last Host value that passed validation (clients repeat it)
-        self.h2_hub = Hub(loop)
-        self.h2_pools = H2Pools(loop, self.h2_hub, settings.h2_validate_headers)
+        # The HTTP/2 stack (h2, hpack, hyperframe) loads with the first HTTP/2 connection:
+        # a sidecar that only ever sees HTTP/1.1 does not carry it.
+        self._h2_hub: Hub | None = None
+        self._h2_pools: H2Pools | None = None
         self.hooks: RequestHooks | None = None  # propagation hooks; None when all are off
 
     def actions_for(self, table: RoutingTable | None) -> dict[bytes, int]:
@@ -178,6 +182,33 @@ class ListenerContext:
         self.actions_table = table
         return actions
 
+    @property
+    def h2_hub(self) -> Hub:
+        if self._h2_hub is None:
+            self._load_h2()
+        assert self._h2_hub is not None
+        return self._h2_hub
+
+    @property
+    def h2_pools(self) -> H2Pools:
+        if self._h2_pools is None:
+            self._load_h2()
+        assert self._h2_pools is not None
+        return self._h2_pools
+
+    def _load_h2(self) -> None:
+        from proxy.http2 import _tuning
+        from proxy.http2._flow import Hub
+        from proxy.http2.upstream import H2Pools
+
+        _tuning.apply()  # measured speedups of the HTTP/2 stack (idempotent)
+        self._h2_hub = Hub(self.loop)
+        self._h2_pools = H2Pools(self.loop, self._h2_hub, self.settings.h2_validate_headers)
+
+    def close_h2(self) -> None:
+        if self._h2_pools is not None:
+            self._h2_pools.close_all()
+
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         """Run a connection-opening coroutine owned by this listener (cancelled at close)."""
         task = self.loop.create_task(coro)
@@ -191,8 +222,8 @@ class ListenerContext:
         request cost more than the rest of routing; a tenth of a second is precise enough
         for timeouts measured in seconds."""
         now = self.loop.time()
-        if self.h2_pools.conns:
-            self.h2_pools.sweep(self.idle_timeout)
+        if self._h2_pools is not None and self._h2_pools.conns:
+            self._h2_pools.sweep(self.idle_timeout)
         for conn in tuple(self.connections):
             if conn.deadline_kind and now >= conn.deadline:
                 conn.deadline_expired()
@@ -527,6 +558,7 @@ class Downstream(asyncio.Protocol):
         self.write_paused = False
         self.peer = b""
         self.forwarded_block = b""
+        self.proto = b"http"
         self.deadline = 0.0
         self.deadline_kind = _DEADLINE_NONE
         self.tunnel: UpstreamConnection | None = None
@@ -548,8 +580,9 @@ class Downstream(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         if peer:
             self.peer = str(peer[0]).encode()
+        self.proto = b"https" if transport.get_extra_info("ssl_object") is not None else b"http"
         self.forwarded_block = (
-            b"x-forwarded-for: " + self.peer + b"\r\nx-forwarded-proto: http\r\n"
+            b"x-forwarded-for: " + self.peer + b"\r\nx-forwarded-proto: " + self.proto + b"\r\n"
         )
         transport.set_write_buffer_limits(high=64 * 1024)
         ctx.connections.add(self)
@@ -571,6 +604,8 @@ class Downstream(asyncio.Protocol):
         ctx.stats.connections_total -= 1
         self.transport = None
         self.parser = None
+        from proxy.http2.server import H2Downstream
+
         h2 = H2Downstream(ctx, tls=transport.get_extra_info("ssl_object") is not None)
         transport.set_protocol(h2)
         h2.connection_made(transport)
@@ -911,7 +946,7 @@ class Downstream(asyncio.Protocol):
         else:
             parts.append(b"x-forwarded-for: " + (xff + b", " if xff else b"") + self.peer + b"\r\n")
             if not ex.xfp:
-                parts.append(b"x-forwarded-proto: http\r\n")
+                parts.append(b"x-forwarded-proto: " + self.proto + b"\r\n")
         if not ex.xfh and ex.host:
             parts.append(b"x-forwarded-host: " + ex.host + b"\r\n")
         via = ex.via

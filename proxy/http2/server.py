@@ -50,7 +50,6 @@ __all__ = ["PREFACE", "H2Downstream"]
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 MAX_CONCURRENT_STREAMS = 100
-_REPLAYABLE = frozenset({b"GET", b"HEAD", b"OPTIONS", b"DELETE", b"TRACE"})
 _ROUTED = (ROUTED_MARKER.encode(), b"1")
 _VIA_HOP = b"2 forklane"
 _MAX_FRAME = 16384  # our SETTINGS_MAX_FRAME_SIZE (h2's default)
@@ -385,7 +384,7 @@ class H2Stream:
         resp.ended = True
         resp.bind(down, self.sid)
 
-    def timed_out(self, now: float) -> None:
+    def timed_out(self) -> None:
         ctx = self.down.ctx
         if self.grpc:
             ctx.stats.upstream_errors["grpc-deadline"] += 1
@@ -825,7 +824,7 @@ class H2Downstream(asyncio.Protocol, Peer):
         now = self.ctx.loop.time()
         for stream in tuple(self.streams.values()):
             if stream.deadline and now >= stream.deadline and not stream.done:
-                stream.timed_out(now)
+                stream.timed_out()
         if not self.streams and now - self.idle_since >= self.ctx.idle_timeout:
             self.drain()
 

@@ -40,7 +40,6 @@ from proxy.table import Endpoint
 __all__ = ["CONNECTION_WINDOW", "H2Pools", "H2Upstream", "UpstreamSink"]
 
 CONNECTION_WINDOW = 1024 * 1024
-STREAM_WINDOW = 65535
 _MAX_STREAMS_CAP = 1000  # even if an upstream allows more, spread further load over sockets
 
 
