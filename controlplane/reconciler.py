@@ -263,19 +263,24 @@ class Reconciler:
             await self._refresh(now)
         compiled = self._compiled
         assert compiled is not None
-        due = self._due_probes()
-        if due:
-            if inline_probes:
+        probing = self._probing is not None and not self._probing.done()
+        if self._probing is not None and self._probing.done():
+            if not self._probing.cancelled() and self._probing.exception() is not None:
+                log.error("fork probes failed", exc_info=self._probing.exception())
+            self._probing = None
+        delay = self._interval
+        if not probing:  # (a batch in flight wakes us when it ends)
+            due, next_due = self._due_probes()
+            if due and inline_probes:
                 await self._probe_sandboxes(due)
-            elif self._probing is None or self._probing.done():
+                _, next_due = self._due_probes()
+            elif due:
                 self._probing = asyncio.create_task(
                     self._probe_then_wake(due), name="forklane-reconciler-probes"
                 )
+            if next_due is not None:
+                delay = min(delay, next_due - asyncio.get_running_loop().time())
         await self._write_statuses(compiled, now)
-        delay = self._interval
-        loop_now = asyncio.get_running_loop().time()
-        for probed in self._probed.values():
-            delay = min(delay, max(0.0, probed.due - loop_now))
         next_expiry = min(
             (e for _, m in self._models.values() if isinstance(m, wire.Sandbox)
              and (e := expires_at(m))),
@@ -381,11 +386,13 @@ class Reconciler:
         return expired
 
     # -- probes -----------------------------------------------------------------------------
-    def _due_probes(self) -> list[tuple[str, wire.Sandbox]]:
-        """Sandboxes whose forks are new, changed, or due for another look."""
+    def _due_probes(self) -> tuple[list[tuple[str, wire.Sandbox]], float | None]:
+        """Sandboxes whose forks are new, changed, or due for another look; and when the
+        next one not yet due will be (loop time)."""
         assert self._compiled is not None
         now = asyncio.get_running_loop().time()
         due: list[tuple[str, wire.Sandbox]] = []
+        next_due: float | None = None
         for (kind, name), (_, model) in self._models.items():
             if not isinstance(model, wire.Sandbox) or (kind, name) in self._compiled.problems:
                 continue
@@ -395,10 +402,15 @@ class Reconciler:
                 probed = self._probed[name] = _Probed(target)
             if probed.due <= now:
                 due.append((name, model))
-        return due
+            elif next_due is None or probed.due < next_due:
+                next_due = probed.due
+        return due, next_due
 
     async def _probe_then_wake(self, due: list[tuple[str, wire.Sandbox]]) -> None:
-        if await self._probe_sandboxes(due):
+        """Background batch: always wake the loop after, to judge and reschedule."""
+        try:
+            await self._probe_sandboxes(due)
+        finally:
             self._wake.set()
 
     async def _probe_sandboxes(self, due: list[tuple[str, wire.Sandbox]]) -> bool:

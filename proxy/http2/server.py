@@ -44,6 +44,7 @@ from proxy.routing import Decision, RequestView, decide
 from proxy.table import ROUTED_MARKER, Destination, Endpoint, Route, RoutingTable
 
 if TYPE_CHECKING:
+    from proxy.tracing import ProxySpan
     from proxy.http1.server import ListenerContext
 
 __all__ = ["PREFACE", "H2Downstream"]
@@ -106,6 +107,7 @@ class H2Stream:
     is_head = False
     route: Route | None = None
     decision: Decision | None = None
+    span: ProxySpan | None = None
     dest: Destination | None = None
     endpoint: Endpoint | None = None
     track = False
@@ -426,6 +428,10 @@ class H2Stream:
         row[status // 100 if status < 600 else 5] += 1
         now = ctx.loop.time()
         ctx.stats.observe_latency(now - self.started)
+        span = self.span
+        if span is not None:
+            self.span = None
+            span.finish(status, self.dest, self.endpoint)
         if ctx.access_log or ctx.stats.taps:
             self._log(status, now)
         down.stream_finished(self)
@@ -745,17 +751,25 @@ class H2Downstream(asyncio.Protocol, Peer):
             return
         qmark = path.find(b"?")
         view_path = path if qmark < 0 else path[:qmark]
-        decision = decide(
-            RequestView(
-                listener=ctx.kind,
-                method=method.decode("latin-1"),
-                path=view_path.decode("latin-1"),
-                authority=authority.lower().decode("latin-1"),
-                headers=view,
-            ),
-            table,
-            ctx.draw,
+        request_view = RequestView(
+            listener=ctx.kind,
+            method=method.decode("latin-1"),
+            path=view_path.decode("latin-1"),
+            authority=authority.lower().decode("latin-1"),
+            headers=view,
         )
+        decision = decide(request_view, table, ctx.draw)
+        hooks = ctx.hooks
+        if hooks is not None:
+            # trace repair / gap counting / spans: the same hooks as HTTP/1.1
+            decision, stream.span = hooks.after_decide(request_view, table, decision, ctx.draw,
+                                                       None)
+            span = stream.span
+            if span is not None:
+                dropped = {b"traceparent"} if span.keeps_tracestate else {b"traceparent",
+                                                                          b"tracestate"}
+                lines = [item for item in lines if item[0] not in dropped]
+                lines.append((b"traceparent", span.traceparent))
         stream.decision = decision
         route = stream.route = decision.route
         if decision.key.conflict:

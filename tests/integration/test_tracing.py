@@ -21,6 +21,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
+from tests.integration.test_http2 import h2_upstreams  # noqa: F401, F811 - the fixture
 from tests.support.processes import Proc
 
 pytestmark = pytest.mark.asyncio
@@ -210,3 +211,20 @@ async def test_without_tracing_the_traceparent_passes_untouched(
             "host": "catalog", "traceparent": TRACEPARENT, "tracestate": TRACESTATE})
     assert base.requests[0].header("traceparent") == TRACEPARENT
     assert base.requests[0].header("tracestate") == TRACESTATE
+
+
+async def test_http2_requests_get_the_same_spans(
+    collector: Collector, traced: Callable[..., Proc], h2_upstreams: Any,  # noqa: F811
+) -> None:
+    """One decision and one set of hooks for every protocol: an h2c request is traced and its
+    forwarded traceparent names the proxy's span, exactly as over HTTP/1.1."""
+    base, fork = await h2_upstreams("catalog"), await h2_upstreams("catalog-fork")
+    proc = traced(_routing(base.address, fork.address))
+    async with httpx.AsyncClient(http1=False, http2=True) as client:
+        r = await client.get(f"{proc.url()}/items", headers={
+            "host": "catalog", "x-forklane-routing-key": KEY, "traceparent": TRACEPARENT})
+    assert r.status_code == 200 and r.http_version == "HTTP/2"
+    [(_, span)] = await collector.wait_for(1)
+    assert span.trace_id.hex() == TRACE and span.parent_span_id.hex() == PARENT
+    assert _attributes(span.attributes)["forklane.destination.kind"] == "fork"
+    assert fork.header(0, "traceparent") == f"00-{TRACE}-{span.span_id.hex()}-01"
