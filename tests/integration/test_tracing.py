@@ -21,7 +21,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
-from tests.integration.test_http2 import h2_upstreams  # noqa: F401, F811 - the fixture
+from tests.integration.test_http2 import h2_upstreams  # noqa: F401 - the fixture
 from tests.support.processes import Proc
 
 pytestmark = pytest.mark.asyncio
