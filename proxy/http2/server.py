@@ -44,8 +44,8 @@ from proxy.routing import Decision, RequestView, decide
 from proxy.table import ROUTED_MARKER, Destination, Endpoint, Route, RoutingTable
 
 if TYPE_CHECKING:
-    from proxy.tracing import ProxySpan
     from proxy.http1.server import ListenerContext
+    from proxy.tracing import ProxySpan
 
 __all__ = ["PREFACE", "H2Downstream"]
 
