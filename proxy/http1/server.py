@@ -19,9 +19,7 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
-import json
 import socket
-import sys
 from collections import deque
 from collections.abc import Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any, Literal, Protocol, cast
@@ -41,6 +39,7 @@ from proxy.http1.messages import (
 from proxy.http1.mirror import MirrorCopy
 from proxy.http1.upstream import Pools, UpstreamConnection
 from proxy.metrics import Stats
+from proxy.requestlog import count_request, log_request
 from proxy.routing import Decision, RequestView, decide
 from proxy.settings import ProxySettings
 from proxy.state import TableHolder
@@ -1168,51 +1167,19 @@ class Downstream(asyncio.Protocol):
 
     def _count(self, ex: Exchange, status: int) -> None:
         ctx = self.ctx
-        route = ex.route
         now = ctx.loop.time()
-        if route is not None:
-            row = ctx.rows.get(route.stat_key)
-            if row is None:
-                row = ctx.rows[route.stat_key] = [0, 0, 0, 0, 0, 0]
-            row[status // 100 if status < 600 else 5] += 1
-        else:
-            row = ctx.rows.get("\x1frejected")
-            if row is None:
-                row = ctx.rows["\x1frejected"] = [0, 0, 0, 0, 0, 0]
-            row[status // 100 if status < 600 else 5] += 1
-        ctx.stats.observe_latency(now - ex.started)
+        count_request(ctx, ex.route, status, now - ex.started)
         span = ex.span
         if span is not None:
             ex.span = None
             span.finish(status, ex.dest, ex.endpoint)
         if ctx.access_log or ctx.stats.taps:
-            self._log(ex, status, now)
-
-    def _log(self, ex: Exchange, status: int, now: float) -> None:
-        route = ex.route
-        decision = ex.decision
-        record = {
-            "listener": self.ctx.kind,
-            "method": ex.method.decode("latin-1"),
-            "target": ex.url.decode("latin-1"),
-            "host": ex.host.decode("latin-1"),
-            "status": status,
-            "duration_ms": round((now - ex.started) * 1000, 3),
-            "kind": route.kind if route else "rejected",
-            "rule": route.rule if route else None,
-            "destination": ex.dest.name if ex.dest else None,
-            "endpoint": ex.endpoint.address if ex.endpoint else None,
-            "routing_key": decision.key.key if decision else None,
-            "carrier": decision.key.carrier if decision else None,
-            "fallback": ex.fallback_used,
-            "error": ex.reply.error if ex.reply else None,
-            "peer": self.peer.decode("latin-1"),
-        }
-        for queue in self.ctx.stats.taps:
-            if not queue.full():
-                queue.put_nowait(record)
-        if self.ctx.access_log:
-            sys.stdout.write(json.dumps(record, separators=(",", ":")) + "\n")
+            log_request(
+                ctx, protocol="http/1.1", method=ex.method, target=ex.url, host=ex.host,
+                status=status, elapsed=now - ex.started, route=ex.route, decision=ex.decision,
+                dest=ex.dest, endpoint=ex.endpoint, fallback=ex.fallback_used,
+                error=ex.reply.error if ex.reply else None, peer=self.peer,
+            )
 
     # -- writing: coalesced per upstream read ------------------------------------------------
 

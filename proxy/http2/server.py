@@ -16,9 +16,7 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
-import json
 import socket
-import sys
 from typing import TYPE_CHECKING, cast
 
 from h2.config import H2Configuration
@@ -40,6 +38,7 @@ from proxy.context.carriers import inject_routing_key
 from proxy.http2 import grpc
 from proxy.http2._flow import GracefulH2Connection, Peer, Pipe
 from proxy.http2.upstream import CONNECTION_WINDOW, H2Upstream
+from proxy.requestlog import count_request, log_request
 from proxy.routing import Decision, RequestView, decide
 from proxy.table import ROUTED_MARKER, Destination, Endpoint, Route, RoutingTable
 
@@ -420,14 +419,8 @@ class H2Stream:
             except ProtocolError:
                 pass
             down.mark()
-        route = self.route
-        key = route.stat_key if route is not None else "\x1frejected"
-        row = ctx.rows.get(key)
-        if row is None:
-            row = ctx.rows[key] = [0, 0, 0, 0, 0, 0]
-        row[status // 100 if status < 600 else 5] += 1
         now = ctx.loop.time()
-        ctx.stats.observe_latency(now - self.started)
+        count_request(ctx, self.route, status, now - self.started)
         span = self.span
         if span is not None:
             self.span = None
@@ -438,32 +431,12 @@ class H2Stream:
 
     def _log(self, status: int, now: float) -> None:
         """The same access-log / live-tap record as HTTP/1.1, with the protocol named."""
-        route = self.route
-        decision = self.decision
-        record = {
-            "listener": self.down.ctx.kind,
-            "protocol": "grpc" if self.grpc else "h2",
-            "method": self.method.decode("latin-1"),
-            "target": self.path.decode("latin-1"),
-            "host": self.authority.decode("latin-1"),
-            "status": status,
-            "duration_ms": round((now - self.started) * 1000, 3),
-            "kind": route.kind if route else "rejected",
-            "rule": route.rule if route else None,
-            "destination": self.dest.name if self.dest else None,
-            "endpoint": self.endpoint.address if self.endpoint else None,
-            "routing_key": decision.key.key if decision else None,
-            "carrier": decision.key.carrier if decision else None,
-            "fallback": self.fallback_used,
-            "error": self.error or None,
-            "peer": self.down.peer.decode("latin-1"),
-        }
-        ctx = self.down.ctx
-        for queue in ctx.stats.taps:
-            if not queue.full():
-                queue.put_nowait(record)
-        if ctx.access_log:
-            sys.stdout.write(json.dumps(record, separators=(",", ":")) + "\n")
+        log_request(
+            self.down.ctx, protocol="grpc" if self.grpc else "h2", method=self.method,
+            target=self.path, host=self.authority, status=status, elapsed=now - self.started,
+            route=self.route, decision=self.decision, dest=self.dest, endpoint=self.endpoint,
+            fallback=self.fallback_used, error=self.error or None, peer=self.down.peer,
+        )
 
     def explanation(self) -> tuple[bytes, bytes]:
         decision = self.decision

@@ -363,3 +363,29 @@ async def test_admin_explain_and_tap(mesh: dict[str, Any]) -> None:
             await asyncio.sleep(0.05)
         records = await task
     assert records and records[0]["kind"] == "baseline" and records[0]["status"] == 200
+
+
+async def test_access_log_is_one_json_line_per_request(upstreams: Any, proxy_factory: Any) -> None:
+    web, fork = await upstreams("web"), await upstreams("web-fork")
+    doc = {"version": "log1", "services": [{"name": "web", "endpoints": [web.address]}],
+           "forks": [{"routing_key": KEY_PRICING, "service": "web",
+                      "endpoints": [fork.address]}]}
+    proc = proxy_factory(doc, "--access-log")
+    async with httpx.AsyncClient() as client:
+        await client.get(f"{proc.url()}/a?b=1", headers={"host": "web"})
+        await client.get(f"{proc.url()}/c", headers={"host": "web",
+                                                     "x-forklane-routing-key": KEY_PRICING})
+        await client.get(proc.url(), headers={"host": "nowhere"})
+
+    def records() -> list[dict[str, Any]]:
+        return [json.loads(line) for line in proc.output().splitlines()
+                if line.startswith("{")]
+
+    await eventually(lambda: len(records()) == 3, what="three access-log lines")
+    first, second, third = records()
+    assert (first["target"], first["status"], first["kind"]) == ("/a?b=1", 200, "baseline")
+    assert first["endpoint"] == web.address and first["protocol"] == "http/1.1"
+    assert (second["kind"], second["routing_key"], second["carrier"]) == (
+        "fork", KEY_PRICING, "header:x-forklane-routing-key")
+    assert (third["status"], third["kind"], third["destination"]) == (404, "reject", None)
+    assert all(r["duration_ms"] >= 0 for r in records())

@@ -1,0 +1,74 @@
+"""What every finished request leaves behind, whatever its protocol: its metrics row, its
+latency, and (when someone listens) an access-log line and a live-tap record.
+
+Shared by the HTTP/1.1 and HTTP/2 listeners so both count and log the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import TYPE_CHECKING, Any
+
+from proxy.routing import Decision
+from proxy.table import Destination, Endpoint, Route
+
+if TYPE_CHECKING:
+    from proxy.http1.server import ListenerContext
+
+__all__ = ["count_request", "log_request"]
+
+_REJECTED = "\x1frejected"
+
+
+def count_request(ctx: ListenerContext, route: Route | None, status: int, elapsed: float) -> None:
+    """Bump the (service, kind) row by status class and observe the latency."""
+    key = route.stat_key if route is not None else _REJECTED
+    row = ctx.rows.get(key)
+    if row is None:
+        row = ctx.rows[key] = [0, 0, 0, 0, 0, 0]
+    row[status // 100 if status < 600 else 5] += 1
+    ctx.stats.observe_latency(elapsed)
+
+
+def log_request(
+    ctx: ListenerContext,
+    *,
+    protocol: str,
+    method: bytes,
+    target: bytes,
+    host: bytes,
+    status: int,
+    elapsed: float,
+    route: Route | None,
+    decision: Decision | None,
+    dest: Destination | None,
+    endpoint: Endpoint | None,
+    fallback: bool,
+    error: str | None,
+    peer: bytes,
+) -> None:
+    """One JSON record to the live-tap readers and, when enabled, the access log."""
+    record: dict[str, Any] = {
+        "listener": ctx.kind,
+        "protocol": protocol,
+        "method": method.decode("latin-1"),
+        "target": target.decode("latin-1"),
+        "host": host.decode("latin-1"),
+        "status": status,
+        "duration_ms": round(elapsed * 1000, 3),
+        "kind": route.kind if route else "rejected",
+        "rule": route.rule if route else None,
+        "destination": dest.name if dest else None,
+        "endpoint": endpoint.address if endpoint else None,
+        "routing_key": decision.key.key if decision else None,
+        "carrier": decision.key.carrier if decision else None,
+        "fallback": fallback,
+        "error": error,
+        "peer": peer.decode("latin-1"),
+    }
+    for queue in ctx.stats.taps:
+        if not queue.full():
+            queue.put_nowait(record)
+    if ctx.access_log:
+        sys.stdout.write(json.dumps(record, separators=(",", ":")) + "\n")
