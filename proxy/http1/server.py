@@ -19,7 +19,6 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections import deque
 from collections.abc import Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any, Literal, Protocol, cast
@@ -42,6 +41,7 @@ from proxy.metrics import Stats
 from proxy.requestlog import count_request, log_request
 from proxy.routing import Decision, RequestView, decide
 from proxy.settings import ProxySettings
+from proxy.sockets import tune_transport
 from proxy.state import TableHolder
 from proxy.table import ROUTED_MARKER, Destination, Endpoint, Route, RoutingTable
 
@@ -570,20 +570,11 @@ class Downstream(asyncio.Protocol):
         transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
         self.transport = transport
         ctx = self.ctx
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                pass
-        peer = transport.get_extra_info("peername")
-        if peer:
-            self.peer = str(peer[0]).encode()
+        self.peer = tune_transport(transport)
         self.proto = b"https" if transport.get_extra_info("ssl_object") is not None else b"http"
         self.forwarded_block = (
             b"x-forwarded-for: " + self.peer + b"\r\nx-forwarded-proto: " + self.proto + b"\r\n"
         )
-        transport.set_write_buffer_limits(high=64 * 1024)
         ctx.connections.add(self)
         ctx.stats.connections_open += 1
         ctx.stats.connections_total += 1

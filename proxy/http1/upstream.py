@@ -13,11 +13,12 @@ complete and both sides agreed to keep it alive.
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections import deque
 from typing import Protocol, cast
 
 import httptools
+
+from proxy.sockets import tune_transport
 
 __all__ = ["Pools", "ResponseSink", "UpstreamConnection"]
 
@@ -83,13 +84,7 @@ class UpstreamConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
         self.transport = transport
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                pass
-        transport.set_write_buffer_limits(high=64 * 1024)
+        tune_transport(transport)
 
     def data_received(self, data: bytes) -> None:
         if self.tunnel:

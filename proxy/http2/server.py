@@ -16,7 +16,6 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
-import socket
 from typing import TYPE_CHECKING, cast
 
 from h2.config import H2Configuration
@@ -40,6 +39,7 @@ from proxy.http2._flow import GracefulH2Connection, Peer, Pipe
 from proxy.http2.upstream import CONNECTION_WINDOW, H2Upstream
 from proxy.requestlog import count_request, log_request
 from proxy.routing import Decision, RequestView, decide
+from proxy.sockets import tune_transport
 from proxy.table import ROUTED_MARKER, Destination, Endpoint, Route, RoutingTable
 
 if TYPE_CHECKING:
@@ -501,16 +501,7 @@ class H2Downstream(asyncio.Protocol, Peer):
         transport = cast(asyncio.Transport, transport)
         self.transport = transport
         ctx = self.ctx
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                pass
-        peer = transport.get_extra_info("peername")
-        if peer:
-            self.peer = str(peer[0]).encode()
-        transport.set_write_buffer_limits(high=64 * 1024)
+        self.peer = tune_transport(transport)
         ctx.connections.add(self)
         ctx.stats.connections_open += 1
         ctx.stats.connections_total += 1

@@ -15,7 +15,6 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
-import socket
 from typing import Protocol, cast
 
 from h2.config import H2Configuration
@@ -35,6 +34,7 @@ from h2.exceptions import ProtocolError
 from h2.settings import SettingCodes
 
 from proxy.http2._flow import GracefulH2Connection, Hub, Peer
+from proxy.sockets import tune_transport
 from proxy.table import Endpoint
 
 __all__ = ["CONNECTION_WINDOW", "H2Pools", "H2Upstream", "UpstreamSink"]
@@ -75,13 +75,7 @@ class H2Upstream(asyncio.Protocol, Peer):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         transport = cast(asyncio.Transport, transport)
         self.transport = transport
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                pass
-        transport.set_write_buffer_limits(high=64 * 1024)
+        tune_transport(transport)
         h2 = self.h2
         h2.initiate_connection()
         h2.update_settings({SettingCodes.ENABLE_PUSH: 0})
