@@ -174,3 +174,41 @@ async def test_write_is_reconciled_promptly(store: Store, closed_port: int) -> N
         assert [f.sandbox for f in snap.forks] == ["late"]
     finally:
         await rec.aclose()
+
+
+async def test_an_ack_burst_wakes_the_reconciler_once_it_routes_a_sandbox(
+    store: Store, listening_port: int
+) -> None:
+    """Fifty proxies ACKing one version must not cost fifty passes, and an ACK that makes a
+    waiting sandbox Routed must make it Ready at once (the interval here is 60 s)."""
+    from tests.support.polling import eventually
+
+    acks = Acks(0)  # no proxy has ACKed anything yet
+    rec, _ = make(store, Clock(), acks)
+    await put_sandbox(store, "a", listening_port)
+    await rec.start()
+    try:
+        async def conditions() -> dict[str, str]:
+            status = (await store.get("sandboxes", "a")).status or {}
+            return {c["type"]: c["status"] for c in status.get("conditions", [])}
+
+        async def reachable_not_routed() -> bool:
+            c = await conditions()
+            return c.get("Reachable") == "True" and c.get("Routed") == "False"
+
+        await eventually(reachable_not_routed, what="a reachable sandbox waiting for ACKs")
+        for _ in range(50):  # ACKs of other versions / other proxies: nothing to do
+            rec.acks_changed()
+        before = rec.passes
+        acks.upto = 10**9
+        for _ in range(50):  # the burst that routes it
+            rec.acks_changed()
+
+        async def ready() -> bool:
+            status = (await store.get("sandboxes", "a")).status or {}
+            return bool(status.get("phase") == "Ready")
+
+        await eventually(ready, within=5, what="Ready right after the ACKs")
+        assert rec.passes - before <= 3, "an ACK burst is coalesced into one pass"
+    finally:
+        await rec.aclose()
