@@ -25,12 +25,19 @@ MIRROR_HEADER = b"x-forklane-mirror: 1\r\n"
 
 class MirrorCopy:
     __slots__ = ("chunked", "conn", "ctx", "dest", "done", "is_head", "pending", "pending_bytes",
-                 "req_done", "timer")
+                 "req_done", "stat_key", "timer")
 
     def __init__(
-        self, ctx: ListenerContext, dest: Destination, head: bytes, chunked: bool, is_head: bool
+        self,
+        ctx: ListenerContext,
+        dest: Destination,
+        head: bytes,
+        chunked: bool,
+        is_head: bool,
+        service: str,
     ) -> None:
         self.ctx = ctx
+        self.stat_key = f"{service}\x1fmirror"  # forklane_requests_total{kind="mirror"}
         self.is_head = is_head
         self.dest = dest
         self.chunked = chunked
@@ -113,6 +120,7 @@ class MirrorCopy:
             return
         self.done = True
         self.ctx.stats.mirror[reason] += 1
+        self._count(0)  # counted as "reset": the copy got no answer
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
@@ -130,6 +138,14 @@ class MirrorCopy:
         headers: list[tuple[bytes, bytes]],
     ) -> None:
         self.ctx.stats.mirror["answered"] += 1
+        self._count(status)
+
+    def _count(self, status: int) -> None:
+        rows = self.ctx.rows
+        row = rows.get(self.stat_key)
+        if row is None:
+            row = rows[self.stat_key] = [0, 0, 0, 0, 0, 0]
+        row[status // 100 if status < 600 else 5] += 1
 
     def response_body(self, data: bytes) -> None:
         pass

@@ -862,7 +862,8 @@ class Downstream(asyncio.Protocol):
             ex.head = self._request_head(ex, table, decision, target)
             if decision.mirrors and ex.upgrade is None:
                 ex.mirrors = [
-                    MirrorCopy(ctx, dest, ex.head, ex.chunked, ex.is_head)
+                    MirrorCopy(ctx, dest, ex.head, ex.chunked, ex.is_head,
+                               decision.route.service or "")
                     for dest in decision.mirrors
                 ]
                 for mirror in ex.mirrors:

@@ -257,6 +257,16 @@ async def test_mirror_gets_a_copy_and_never_slows_or_fails_the_caller(
     copy = shadow.requests[0]
     assert copy.method == "POST" and copy.target == "/orders" and len(copy.body) == 5000
     assert copy.header("x-forklane-mirror") == "1"
+    # Mirror traffic is its own destination kind in the request metrics.
+    async with httpx.AsyncClient() as client:
+        async def counted() -> bool:
+            text = (await client.get(proc.url("admin") + "/metrics")).text
+            return ('kind="mirror",listener="outbound",service="a",status_class="2xx"} 1.0'
+                    in text and
+                    'kind="mirror",listener="outbound",service="c",status_class="reset"} 5.0'
+                    in text)
+
+        await eventually(counted, what="mirror rows in /metrics")
 
 
 @pytest.mark.slow
