@@ -44,6 +44,7 @@ from sdk._cli_render import (
     SANDBOX_COLUMNS,
     SERVICE_COLUMNS,
     SPLIT_COLUMNS,
+    Column,
     Format,
 )
 from sdk._core import (
@@ -125,24 +126,6 @@ def sandbox_create(
         err_console().print(f"send requests with -H '{ROUTING_KEY_HEADER}: {key}'", highlight=False)
 
 
-@sandbox_app.command("list")
-def sandbox_list(
-    ctx: typer.Context, label: LabelOpt = None, output: OutputOpt = Format.table
-) -> None:
-    """List sandboxes (filter with --label)."""
-    with open_client(ctx) as client:
-        items = client.sandboxes.list(parse_pairs(label, "--label"))
-    show(output, SANDBOX_COLUMNS, items, "Sandbox", single=False)
-
-
-@sandbox_app.command("get")
-def sandbox_get(ctx: typer.Context, name: NameArg, output: OutputOpt = Format.table) -> None:
-    """Show one sandbox."""
-    with open_client(ctx) as client:
-        item = client.sandboxes.get(name)
-    show(output, SANDBOX_COLUMNS, [item], "Sandbox", single=True)
-
-
 @sandbox_app.command("wait")
 def sandbox_wait(
     ctx: typer.Context,
@@ -154,17 +137,6 @@ def sandbox_wait(
     with open_client(ctx) as client:
         item = wait_with_spinner(client, name, timeout)
     show(output, SANDBOX_COLUMNS, [item], "Sandbox", single=True)
-
-
-@sandbox_app.command("delete")
-def sandbox_delete(
-    ctx: typer.Context,
-    names: NamesArg,
-    ignore_not_found: Annotated[bool, typer.Option("--ignore-not-found")] = False,
-) -> None:
-    """Delete sandboxes; their routes are withdrawn."""
-    with open_client(ctx) as client:
-        delete_all(client.sandboxes, names, ignore_not_found)
 
 
 @sandbox_app.command("extend")
@@ -219,35 +191,6 @@ def routegroup_create(
     with open_client(ctx) as client:
         item = client.routegroups.create(wanted)
     show(output, ROUTEGROUP_COLUMNS, [item], "RouteGroup", single=True)
-
-
-@routegroup_app.command("list")
-def routegroup_list(
-    ctx: typer.Context, label: LabelOpt = None, output: OutputOpt = Format.table
-) -> None:
-    """List route groups."""
-    with open_client(ctx) as client:
-        items = client.routegroups.list(parse_pairs(label, "--label"))
-    show(output, ROUTEGROUP_COLUMNS, items, "RouteGroup", single=False)
-
-
-@routegroup_app.command("get")
-def routegroup_get(ctx: typer.Context, name: NameArg, output: OutputOpt = Format.table) -> None:
-    """Show one route group."""
-    with open_client(ctx) as client:
-        item = client.routegroups.get(name)
-    show(output, ROUTEGROUP_COLUMNS, [item], "RouteGroup", single=True)
-
-
-@routegroup_app.command("delete")
-def routegroup_delete(
-    ctx: typer.Context,
-    names: NamesArg,
-    ignore_not_found: Annotated[bool, typer.Option("--ignore-not-found")] = False,
-) -> None:
-    """Delete route groups."""
-    with open_client(ctx) as client:
-        delete_all(client.routegroups, names, ignore_not_found)
 
 
 # --- splits --------------------------------------------------------------------------------------
@@ -311,35 +254,6 @@ def split_set(
     show(output, SPLIT_COLUMNS, [item], "Split", single=True)
 
 
-@split_app.command("list")
-def split_list(
-    ctx: typer.Context, label: LabelOpt = None, output: OutputOpt = Format.table
-) -> None:
-    """List splits."""
-    with open_client(ctx) as client:
-        items = client.splits.list(parse_pairs(label, "--label"))
-    show(output, SPLIT_COLUMNS, items, "Split", single=False)
-
-
-@split_app.command("get")
-def split_get(ctx: typer.Context, name: NameArg, output: OutputOpt = Format.table) -> None:
-    """Show one split."""
-    with open_client(ctx) as client:
-        item = client.splits.get(name)
-    show(output, SPLIT_COLUMNS, [item], "Split", single=True)
-
-
-@split_app.command("delete")
-def split_delete(
-    ctx: typer.Context,
-    names: NamesArg,
-    ignore_not_found: Annotated[bool, typer.Option("--ignore-not-found")] = False,
-) -> None:
-    """Delete splits (traffic goes back to the baseline)."""
-    with open_client(ctx) as client:
-        delete_all(client.splits, names, ignore_not_found)
-
-
 # --- services ------------------------------------------------------------------------------------
 
 
@@ -373,30 +287,63 @@ def service_create(
     show(output, SERVICE_COLUMNS, [item], "Service", single=True)
 
 
-@service_app.command("list")
-def service_list(
-    ctx: typer.Context, label: LabelOpt = None, output: OutputOpt = Format.table
+def add_read_delete_commands(
+    app: typer.Typer,
+    attr: str,
+    columns: tuple[Column, ...],
+    kind: str,
+    *,
+    list_doc: str,
+    get_doc: str,
+    delete_doc: str,
 ) -> None:
-    """List baseline services."""
-    with open_client(ctx) as client:
-        items = client.services.list(parse_pairs(label, "--label"))
-    show(output, SERVICE_COLUMNS, items, "Service", single=False)
+    """`list`, `get` and `delete` of one resource: the same three commands for every kind."""
+
+    def list_command(
+        ctx: typer.Context, label: LabelOpt = None, output: OutputOpt = Format.table
+    ) -> None:
+        with open_client(ctx) as client:
+            items = getattr(client, attr).list(parse_pairs(label, "--label"))
+        show(output, columns, items, kind, single=False)
+
+    def get_command(ctx: typer.Context, name: NameArg, output: OutputOpt = Format.table) -> None:
+        with open_client(ctx) as client:
+            item = getattr(client, attr).get(name)
+        show(output, columns, [item], kind, single=True)
+
+    def delete_command(
+        ctx: typer.Context,
+        names: NamesArg,
+        ignore_not_found: Annotated[bool, typer.Option("--ignore-not-found")] = False,
+    ) -> None:
+        with open_client(ctx) as client:
+            delete_all(getattr(client, attr), names, ignore_not_found)
+
+    list_command.__doc__, get_command.__doc__, delete_command.__doc__ = (
+        list_doc, get_doc, delete_doc
+    )
+    app.command("list")(list_command)
+    app.command("get")(get_command)
+    app.command("delete")(delete_command)
 
 
-@service_app.command("get")
-def service_get(ctx: typer.Context, name: NameArg, output: OutputOpt = Format.table) -> None:
-    """Show one service."""
-    with open_client(ctx) as client:
-        item = client.services.get(name)
-    show(output, SERVICE_COLUMNS, [item], "Service", single=True)
-
-
-@service_app.command("delete")
-def service_delete(
-    ctx: typer.Context,
-    names: NamesArg,
-    ignore_not_found: Annotated[bool, typer.Option("--ignore-not-found")] = False,
-) -> None:
-    """Delete baseline services."""
-    with open_client(ctx) as client:
-        delete_all(client.services, names, ignore_not_found)
+add_read_delete_commands(
+    sandbox_app, "sandboxes", SANDBOX_COLUMNS, "Sandbox",
+    list_doc="List sandboxes (filter with --label).", get_doc="Show one sandbox.",
+    delete_doc="Delete sandboxes; their routes are withdrawn.",
+)
+add_read_delete_commands(
+    routegroup_app, "routegroups", ROUTEGROUP_COLUMNS, "RouteGroup",
+    list_doc="List route groups.", get_doc="Show one route group.",
+    delete_doc="Delete route groups.",
+)
+add_read_delete_commands(
+    split_app, "splits", SPLIT_COLUMNS, "Split",
+    list_doc="List splits.", get_doc="Show one split.",
+    delete_doc="Delete splits (traffic goes back to the baseline).",
+)
+add_read_delete_commands(
+    service_app, "services", SERVICE_COLUMNS, "Service",
+    list_doc="List baseline services.", get_doc="Show one service.",
+    delete_doc="Delete baseline services.",
+)
