@@ -96,16 +96,8 @@ class Proxy:
                 raise UsageError(f"forklane proxy: {self.holder.last_error}")
             self.watcher = FileWatcher(s.config, self.reload_file)
         elif s.controlplane is not None:
-            from proxy.persist import load_snapshot
             from proxy.subscriber import Subscriber
 
-            if s.state_dir is not None:
-                persisted = load_snapshot(s.state_dir)
-                if persisted is not None:
-                    try:
-                        self.holder.apply(persisted, source=f"persisted:{s.state_dir}")
-                    except ConfigError as exc:
-                        log.warning("persisted snapshot unusable: %s", exc)
             listeners = [k for k, port in (("outbound", s.outbound_port),
                                            ("inbound", s.inbound_port)) if port is not None]
             self.subscriber = Subscriber(
@@ -117,6 +109,9 @@ class Proxy:
                 token=s.controlplane_token,
                 state_dir=s.state_dir,
             )
+            # Serve the persisted snapshot before the listeners open (a cold start during an
+            # outage); run() would do it too, but only once its task gets to run.
+            self.subscriber.restore()
             self.stats.controlplane_connected = lambda: int(self.subscriber.connected)
             self.tasks.append(self.loop.create_task(self.subscriber.run()))
         else:

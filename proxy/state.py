@@ -38,7 +38,7 @@ class TableHolder:
         except ConfigError as exc:
             self._fail(str(exc))
             raise
-        except (ValueError, KeyError, StopIteration) as exc:
+        except (ValueError, KeyError) as exc:
             self._fail(f"snapshot {snapshot.version}: {exc}")
             raise ConfigError(self.last_error) from exc
         self.table = table
