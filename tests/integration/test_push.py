@@ -205,6 +205,7 @@ async def test_invalid_snapshot_is_nacked_and_never_applied(
 
     await cp.publisher.publish(invalid_snapshot(2))
     await until(lambda: proxy.sub.nacks == 1)
+    await until(lambda: [i.nacked_version for i in cp.registry.list()] == ["2"])
     [info] = cp.registry.list()
     assert info.acked_version == "1" and info.nacked_version == "2"
     assert info.last_error is not None and "unknown service 'ghost'" in info.last_error
@@ -230,6 +231,8 @@ async def test_snapshot_failing_table_build_is_nacked(
     proxy = await start_proxy(holder=holder)
     await cp.publisher.publish(snapshot(1))
     await until(lambda: proxy.sub.nacks == 1)
+    # The proxy counts its NACK when it sends it; the server records it when it arrives.
+    await until(lambda: [i.nacked_version for i in cp.registry.list()] == ["1"])
     [info] = cp.registry.list()
     assert info.nacked_version == "1" and info.acked_version is None
     assert "port must be 1..65535" in (info.last_error or "")
