@@ -1,7 +1,7 @@
 # One image for every forklane component:
 #   control plane:  forklane controlplane serve --listen 0.0.0.0:8080 --grpc 0.0.0.0:18000
 #   sidecar proxy:  forklane proxy run --controlplane forklane:18000 --service NAME --local-app 127.0.0.1:PORT
-# (`python -m proxy run ...` starts the sidecar without loading the CLI framework.)
+# (`python -m forklane.proxy run ...` starts the sidecar without loading the CLI framework.)
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_DISABLE_PIP_VERSION_CHECK=1

@@ -1,6 +1,6 @@
 """Control-plane figures: write → every proxy ACKed, compile-and-push at scale, memory.
 
-Starts a real control plane (`python -m controlplane serve --no-auth` on port 0, SQLite in a
+Starts a real control plane (`python -m forklane.controlplane serve --no-auth` on port 0, SQLite in a
 temporary directory), connects N subscribers spread over a few worker processes (each with
 its own TableHolder, exactly what a sidecar runs), and measures:
 
@@ -45,12 +45,12 @@ import aiohttp
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from controlplane import wire  # noqa: E402
-from controlplane.compiler import Inputs, compile_snapshot  # noqa: E402
-from proxy.push_messages import decode_response, encode_full_response  # noqa: E402
-from proxy.state import TableHolder  # noqa: E402
-from proxy.subscriber import Subscriber  # noqa: E402
-from proxy.table import RoutingTable, build_table  # noqa: E402
+from forklane.controlplane import wire  # noqa: E402
+from forklane.controlplane.compiler import Inputs, compile_snapshot  # noqa: E402
+from forklane.proxy.push_messages import decode_response, encode_full_response  # noqa: E402
+from forklane.proxy.state import TableHolder  # noqa: E402
+from forklane.proxy.subscriber import Subscriber  # noqa: E402
+from forklane.proxy.table import RoutingTable, build_table  # noqa: E402
 
 LISTENING = re.compile(r"listening on (http://\S+) \(grpc ([^,\s)]+)")
 CLOSED_PORT_ENDPOINT = "127.0.0.1:9"  # discard port, closed here: fork probes fail fast
@@ -74,7 +74,7 @@ class ControlPlane:
 @contextmanager
 def controlplane(data_dir: Path) -> Iterator[ControlPlane]:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    argv = [sys.executable, "-m", "controlplane", "serve", "--listen", "127.0.0.1:0",
+    argv = [sys.executable, "-m", "forklane.controlplane", "serve", "--listen", "127.0.0.1:0",
             "--grpc", "127.0.0.1:0", "--data-dir", str(data_dir), "--no-auth"]  # fmt: skip
     proc = subprocess.Popen(
         argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True

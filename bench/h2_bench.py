@@ -190,7 +190,7 @@ def main() -> int:
 
         def forklane(profile: Path | None) -> subprocess.Popen[bytes]:
             py = [sys.executable] + (["-m", "cProfile", "-o", str(profile)] if profile else [])
-            cmd = [*py, "-m", "proxy", "run", "--config", str(routing), "--port", str(fl_port),
+            cmd = [*py, "-m", "forklane.proxy", "run", "--config", str(routing), "--port", str(fl_port),
                    "--admin-port", "off", "--inbound-port", "off", *args.forklane_args.split()]
             proc = start(cmd, run / "forklane.out")
             wait_port(fl_port, proc)

@@ -12,6 +12,6 @@ HARNESS=${HARNESS:-$ROOT/../shared/bench/run-peers.sh}
 [[ -x $PY ]] || { echo "no virtualenv at $ROOT/.venv: run 'python3 scripts/dev.py setup' first" >&2; exit 2; }
 [[ -f $HARNESS ]] || { echo "benchmark harness not found at $HARNESS (set HARNESS=...)" >&2; exit 2; }
 export PYTHON=${PYTHON:-$PY}
-export PROXY_CMD=${PROXY_CMD:-"$PY -m proxy run --config $ROOT/bench/peer-config.yaml --port {port} --admin-port off --inbound-port off ${FORKLANE_ARGS:-}"}
+export PROXY_CMD=${PROXY_CMD:-"$PY -m forklane.proxy run --config $ROOT/bench/peer-config.yaml --port {port} --admin-port off --inbound-port off ${FORKLANE_ARGS:-}"}
 export RESULTS_DIR=${RESULTS_DIR:-$ROOT/bench/results/$(date +%Y%m%d-%H%M%S)}
 exec bash "$HARNESS"

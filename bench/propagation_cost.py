@@ -23,12 +23,12 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from proxy.hooks import PropagationState
-from proxy.metrics import Stats
-from proxy.routing import RequestView, decide
-from proxy.schema import RoutingSnapshot
-from proxy.settings import ProxySettings
-from proxy.table import LocalIdentity, build_table
+from forklane.proxy.hooks import PropagationState
+from forklane.proxy.metrics import Stats
+from forklane.proxy.routing import RequestView, decide
+from forklane.proxy.schema import RoutingSnapshot
+from forklane.proxy.settings import ProxySettings
+from forklane.proxy.table import LocalIdentity, build_table
 
 KEY = "abc"
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -95,7 +95,7 @@ def main() -> None:
         def export(self, spans: Any) -> SpanExportResult:
             return SpanExportResult.SUCCESS
 
-    from proxy.tracing import ProxyTracer
+    from forklane.proxy.tracing import ProxyTracer
 
     tracer = ProxyTracer("web", Discard())
     traced = PropagationState(ProxySettings(service="web"), Stats(), tracer=tracer)

@@ -1,4 +1,4 @@
-"""`python -m controlplane serve`: run one control-plane replica until SIGTERM or SIGINT.
+"""`python -m forklane.controlplane serve`: run one control-plane replica until SIGTERM or SIGINT.
 
 Flags override the `FORKLANE_*` environment; bad values exit 2 with a message, never a
 traceback. Prints exactly one line on stdout once the API and the push server are bound:
@@ -17,14 +17,14 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from controlplane.settings import Settings
-from controlplane.store.base import StoreError
+from forklane.controlplane.settings import Settings
+from forklane.controlplane.store.base import StoreError
 
 __all__ = ["main"]
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m controlplane", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m forklane.controlplane", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the REST API, the reconciler and the push server")
     serve.add_argument("--listen", metavar="HOST:PORT", help="REST API address (port 0: any)")
@@ -43,7 +43,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 async def _serve(settings: Settings) -> int:
-    from controlplane.server import ControlPlane
+    from forklane.controlplane.server import ControlPlane
 
     plane = ControlPlane(settings)
     stop = asyncio.Event()

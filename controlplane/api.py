@@ -27,15 +27,22 @@ from typing import Any, Protocol
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
-from controlplane import wire
-from controlplane.auth import ANONYMOUS_ADMIN, Authenticator, Principal, Verb, authorize, new_token
-from controlplane.compiler import service_to_schema, split_to_schema
-from controlplane.errors import ApiError, from_store_error, from_validation_error
-from controlplane.openapi import OPENAPI
-from controlplane.publisher import SnapshotPublisher
-from controlplane.reconciler import Clock, utcnow
-from controlplane.resources import KINDS, ResourceKind, parse_selector, to_wire
-from controlplane.store.base import AuditEntry, Record, Store, StoreError
+from forklane.controlplane import wire
+from forklane.controlplane.auth import (
+    ANONYMOUS_ADMIN,
+    Authenticator,
+    Principal,
+    Verb,
+    authorize,
+    new_token,
+)
+from forklane.controlplane.compiler import service_to_schema, split_to_schema
+from forklane.controlplane.errors import ApiError, from_store_error, from_validation_error
+from forklane.controlplane.openapi import OPENAPI
+from forklane.controlplane.publisher import SnapshotPublisher
+from forklane.controlplane.reconciler import Clock, utcnow
+from forklane.controlplane.resources import KINDS, ResourceKind, parse_selector, to_wire
+from forklane.controlplane.store.base import AuditEntry, Record, Store, StoreError
 
 __all__ = ["ApiContext", "ProxyLister", "build_app"]
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
 
-from controlplane.store.base import Store, TokenRecord
+from forklane.controlplane.store.base import Store, TokenRecord
 
 __all__ = [
     "ANONYMOUS_ADMIN",

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 
 from pydantic import ValidationError
 
-from controlplane import wire
-from proxy import schema
+from forklane.controlplane import wire
+from forklane.proxy import schema
 
 __all__ = [
     "Compiled",

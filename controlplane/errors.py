@@ -11,9 +11,15 @@ from typing import Literal
 
 from pydantic import ValidationError
 
-from controlplane import wire
-from controlplane.compiler import error_paths
-from controlplane.store.base import AlreadyExists, Conflict, NotFound, StoreError, Unavailable
+from forklane.controlplane import wire
+from forklane.controlplane.compiler import error_paths
+from forklane.controlplane.store.base import (
+    AlreadyExists,
+    Conflict,
+    NotFound,
+    StoreError,
+    Unavailable,
+)
 
 __all__ = ["ApiError", "from_store_error", "from_validation_error"]
 

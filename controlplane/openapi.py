@@ -11,8 +11,8 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from controlplane import wire
-from controlplane.resources import KINDS
+from forklane.controlplane import wire
+from forklane.controlplane.resources import KINDS
 
 __all__ = ["OPENAPI"]
 
@@ -120,7 +120,7 @@ def _build() -> dict[str, Any]:
         "responses": {"200": _json(wire.AuditList, "entries"), **_errors(400, 401, 403)}}}
     paths["/api/v1/snapshot"] = {"get": {
         "summary": "The routing snapshot currently published to proxies",
-        "responses": {"200": {"description": "proxy.schema.RoutingSnapshot"},
+        "responses": {"200": {"description": "forklane.proxy.schema.RoutingSnapshot"},
                       **_errors(401, 403, 503)}}}
     for probe in ("/healthz", "/readyz"):
         paths[probe] = {"get": {"summary": "probe", "security": [],

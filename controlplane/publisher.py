@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 
-from proxy.schema import RoutingSnapshot
+from forklane.proxy.schema import RoutingSnapshot
 
 __all__ = ["SnapshotPublisher"]
 

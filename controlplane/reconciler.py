@@ -44,12 +44,19 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
-from controlplane import wire
-from controlplane.compiler import Compiled, Inputs, compile_snapshot
-from controlplane.publisher import SnapshotPublisher
-from controlplane.resources import Resource, to_wire
-from controlplane.store.base import AuditEntry, Conflict, NotFound, Record, Store, StoreError
-from proxy.schema import Carrier, RoutingSnapshot, parse_endpoint
+from forklane.controlplane import wire
+from forklane.controlplane.compiler import Compiled, Inputs, compile_snapshot
+from forklane.controlplane.publisher import SnapshotPublisher
+from forklane.controlplane.resources import Resource, to_wire
+from forklane.controlplane.store.base import (
+    AuditEntry,
+    Conflict,
+    NotFound,
+    Record,
+    Store,
+    StoreError,
+)
+from forklane.proxy.schema import Carrier, RoutingSnapshot, parse_endpoint
 
 __all__ = ["AckView", "Clock", "Probe", "Reconciler", "tcp_probe", "utcnow"]
 

@@ -13,8 +13,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from controlplane import wire
-from controlplane.store.base import Record
+from forklane.controlplane import wire
+from forklane.controlplane.store.base import Record
 
 __all__ = ["KINDS", "Resource", "ResourceKind", "parse_selector", "to_wire"]
 

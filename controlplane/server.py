@@ -14,14 +14,14 @@ from typing import Any, Protocol, TextIO
 
 from aiohttp import web
 
-from controlplane import wire
-from controlplane.api import ApiContext, build_app
-from controlplane.auth import Authenticator, new_token
-from controlplane.publisher import SnapshotPublisher
-from controlplane.reconciler import Clock, Probe, Reconciler, tcp_probe, utcnow
-from controlplane.settings import Settings, parse_hostport
-from controlplane.store import make_store
-from controlplane.store.base import Store
+from forklane.controlplane import wire
+from forklane.controlplane.api import ApiContext, build_app
+from forklane.controlplane.auth import Authenticator, new_token
+from forklane.controlplane.publisher import SnapshotPublisher
+from forklane.controlplane.reconciler import Clock, Probe, Reconciler, tcp_probe, utcnow
+from forklane.controlplane.settings import Settings, parse_hostport
+from forklane.controlplane.store import make_store
+from forklane.controlplane.store.base import Store
 
 __all__ = ["ControlPlane", "NoProxies", "ProxyView"]
 
@@ -67,8 +67,8 @@ class ControlPlane:
         self.registry: ProxyView = NoProxies()
         self.push: Any = None
         if with_push:
-            from controlplane.push.registry import ProxyRegistry
-            from controlplane.push.server import PushServer
+            from forklane.controlplane.push.registry import ProxyRegistry
+            from forklane.controlplane.push.server import PushServer
 
             registry = ProxyRegistry(replica=settings.replica)
             self.registry = registry

@@ -1,6 +1,6 @@
 """Control-plane settings: parsed once (environment, then command-line overrides), frozen.
 
-Every option reads `FORKLANE_<NAME>` from the environment; `python -m controlplane serve`
+Every option reads `FORKLANE_<NAME>` from the environment; `python -m forklane.controlplane serve`
 overrides a few from flags. Nothing else in the control plane reads the environment.
 
 `auth = False` (`FORKLANE_AUTH=false` or `--no-auth`) turns bearer-token checks off and makes
@@ -16,7 +16,7 @@ from pathlib import Path
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from proxy.schema import Carrier
+from forklane.proxy.schema import Carrier
 
 __all__ = ["Settings", "parse_carriers", "parse_hostport"]
 

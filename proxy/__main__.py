@@ -1,4 +1,4 @@
-"""`python -m proxy run | explain | schema` — the sidecar's own command line.
+"""`python -m forklane.proxy run | explain | schema` — the sidecar's own command line.
 
 Kept on argparse so the sidecar process loads no CLI framework; `forklane proxy …` execs this.
 Exit codes: 0 ok, 1 runtime error, 2 usage or invalid configuration.
@@ -82,7 +82,7 @@ def _parser() -> argparse.ArgumentParser:
 def _settings_from(args: argparse.Namespace) -> Any:
     from pydantic import ValidationError
 
-    from proxy.settings import ProxySettings, UsageError
+    from forklane.proxy.settings import ProxySettings, UsageError
 
     fields = set(ProxySettings.model_fields)
     given = {k: v for k, v in vars(args).items() if k in fields and v is not None}
@@ -94,7 +94,7 @@ def _settings_from(args: argparse.Namespace) -> Any:
     try:
         return ProxySettings(**given)
     except ValidationError as exc:
-        from proxy.loader import format_validation_error
+        from forklane.proxy.loader import format_validation_error
 
         raise UsageError(
             f"forklane proxy: invalid settings: {format_validation_error(exc)}"
@@ -104,7 +104,7 @@ def _settings_from(args: argparse.Namespace) -> Any:
 def _run_workers(argv: list[str], workers: int) -> int:
     """Start `workers` processes sharing the ports, forward signals, wait for all."""
     children = [
-        subprocess.Popen([sys.executable, "-m", "proxy", *argv, "--worker-child"])
+        subprocess.Popen([sys.executable, "-P", "-m", "forklane.proxy", *argv, "--worker-child"])
         for _ in range(workers)
     ]
 
@@ -122,10 +122,10 @@ def _run_workers(argv: list[str], workers: int) -> int:
 def _explain(args: argparse.Namespace) -> int:
     import random
 
-    from proxy.admin import explain_request
-    from proxy.loader import load_snapshot_file
-    from proxy.state import TableHolder
-    from proxy.table import ConfigError, LocalIdentity
+    from forklane.proxy.admin import explain_request
+    from forklane.proxy.loader import load_snapshot_file
+    from forklane.proxy.state import TableHolder
+    from forklane.proxy.table import ConfigError, LocalIdentity
 
     headers: dict[str, str] = {}
     for item in args.header:
@@ -170,19 +170,19 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
     if args.command == "schema":
-        from proxy.schema import RoutingSnapshot
+        from forklane.proxy.schema import RoutingSnapshot
 
         print(json.dumps(RoutingSnapshot.model_json_schema(), indent=2))
         return 0
     if args.command == "explain":
         return _explain(args)
-    from proxy.settings import UsageError
+    from forklane.proxy.settings import UsageError
 
     try:
         settings = _settings_from(args)
         if settings.workers > 1 and not args.worker_child:
             return _run_workers(argv, settings.workers)
-        from proxy.run import run
+        from forklane.proxy.run import run
 
         return run(settings)
     except UsageError as exc:

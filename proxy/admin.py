@@ -24,9 +24,9 @@ from urllib.parse import parse_qs, urlsplit
 
 import httptools
 
-from proxy.metrics import Stats, render_prometheus
-from proxy.routing import RequestView, decide, explain
-from proxy.state import TableHolder
+from forklane.proxy.metrics import Stats, render_prometheus
+from forklane.proxy.routing import RequestView, decide, explain
+from forklane.proxy.state import TableHolder
 
 __all__ = ["AdminServer", "explain_request"]
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from proxy.table import Destination, Endpoint
+from forklane.proxy.table import Destination, Endpoint
 
 __all__ = ["Balancer", "EndpointHealth"]
 

@@ -25,15 +25,15 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Literal
 
-from proxy.context.carriers import KeyResult, extract_trace_id, inject_routing_key
-from proxy.context.repair import TraceKeyMemory
-from proxy.metrics import Stats
-from proxy.routing import Decision, RequestView, decide
-from proxy.settings import ProxySettings
-from proxy.table import RoutingTable
+from forklane.proxy.context.carriers import KeyResult, extract_trace_id, inject_routing_key
+from forklane.proxy.context.repair import TraceKeyMemory
+from forklane.proxy.metrics import Stats
+from forklane.proxy.routing import Decision, RequestView, decide
+from forklane.proxy.settings import ProxySettings
+from forklane.proxy.table import RoutingTable
 
 if TYPE_CHECKING:
-    from proxy.tracing import ProxySpan, ProxyTracer
+    from forklane.proxy.tracing import ProxySpan, ProxyTracer
 
 __all__ = ["RESTORED_CARRIER", "PropagationState", "RequestHooks"]
 
@@ -67,7 +67,7 @@ class PropagationState:
                 clock=clock,
             )
         if tracer is None and settings.tracing:
-            from proxy.tracing import ProxyTracer
+            from forklane.proxy.tracing import ProxyTracer
 
             tracer = ProxyTracer(settings.service)
         self.tracer = tracer

@@ -16,8 +16,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from proxy.schema import RoutingSnapshot
-from proxy.table import ConfigError
+from forklane.proxy.schema import RoutingSnapshot
+from forklane.proxy.table import ConfigError
 
 __all__ = ["FileWatcher", "format_validation_error", "load_snapshot_file", "parse_snapshot"]
 

@@ -19,8 +19,8 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from proxy.push_messages import describe_validation_error
-from proxy.schema import RoutingSnapshot
+from forklane.proxy.push_messages import describe_validation_error
+from forklane.proxy.schema import RoutingSnapshot
 
 __all__ = ["SNAPSHOT_FILE", "load_snapshot", "save_snapshot"]
 

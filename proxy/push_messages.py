@@ -29,7 +29,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from proxy.schema import RoutingSnapshot
+from forklane.proxy.schema import RoutingSnapshot
 
 __all__ = [
     "METHOD",

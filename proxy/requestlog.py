@@ -10,11 +10,11 @@ import json
 import sys
 from typing import TYPE_CHECKING, Any
 
-from proxy.routing import Decision
-from proxy.table import Destination, Endpoint, Route
+from forklane.proxy.routing import Decision
+from forklane.proxy.table import Destination, Endpoint, Route
 
 if TYPE_CHECKING:
-    from proxy.http1.server import ListenerContext
+    from forklane.proxy.http1.server import ListenerContext
 
 __all__ = ["count_request", "log_request"]
 

@@ -19,8 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
-from proxy.context.carriers import KeyResult, extract_routing_key
-from proxy.table import ROUTED_MARKER, Destination, Route, RoutingTable
+from forklane.proxy.context.carriers import KeyResult, extract_routing_key
+from forklane.proxy.table import ROUTED_MARKER, Destination, Route, RoutingTable
 
 __all__ = ["NO_MIRRORS", "Decision", "RequestView", "decide", "explain"]
 

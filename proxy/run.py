@@ -20,16 +20,16 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from proxy.admin import AdminServer
-from proxy.balancer import Balancer
-from proxy.hooks import PropagationState
-from proxy.http1.server import Downstream, ListenerContext, ListenerKind
-from proxy.http1.upstream import Pools
-from proxy.loader import FileWatcher, load_snapshot_file
-from proxy.metrics import Stats
-from proxy.settings import ProxySettings, UsageError
-from proxy.state import TableHolder
-from proxy.table import ConfigError, LocalIdentity, RoutingTable
+from forklane.proxy.admin import AdminServer
+from forklane.proxy.balancer import Balancer
+from forklane.proxy.hooks import PropagationState
+from forklane.proxy.http1.server import Downstream, ListenerContext, ListenerKind
+from forklane.proxy.http1.upstream import Pools
+from forklane.proxy.loader import FileWatcher, load_snapshot_file
+from forklane.proxy.metrics import Stats
+from forklane.proxy.settings import ProxySettings, UsageError
+from forklane.proxy.state import TableHolder
+from forklane.proxy.table import ConfigError, LocalIdentity, RoutingTable
 
 __all__ = ["serve"]
 
@@ -96,7 +96,7 @@ class Proxy:
                 raise UsageError(f"forklane proxy: {self.holder.last_error}")
             self.watcher = FileWatcher(s.config, self.reload_file)
         elif s.controlplane is not None:
-            from proxy.subscriber import Subscriber
+            from forklane.proxy.subscriber import Subscriber
 
             listeners = [k for k, port in (("outbound", s.outbound_port),
                                            ("inbound", s.inbound_port)) if port is not None]

@@ -12,7 +12,7 @@ from pathlib import Path
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from proxy.schema import parse_endpoint
+from forklane.proxy.schema import parse_endpoint
 
 __all__ = ["ProxySettings", "UsageError"]
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from proxy import schema
-from proxy.table import ConfigError, LocalIdentity, RoutingTable, build_table
+from forklane.proxy import schema
+from forklane.proxy.table import ConfigError, LocalIdentity, RoutingTable, build_table
 
 __all__ = ["TableHolder"]
 

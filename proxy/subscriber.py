@@ -29,8 +29,8 @@ from typing import Any
 import grpc
 import grpc.aio
 
-from proxy.persist import load_snapshot, save_snapshot
-from proxy.push_messages import (
+from forklane.proxy.persist import load_snapshot, save_snapshot
+from forklane.proxy.push_messages import (
     MAX_ERROR_DETAIL,
     METHOD,
     REPLICA_METADATA,
@@ -41,9 +41,9 @@ from proxy.push_messages import (
     decode_response,
     encode_request,
 )
-from proxy.schema import RoutingSnapshot
-from proxy.state import TableHolder
-from proxy.table import ConfigError
+from forklane.proxy.schema import RoutingSnapshot
+from forklane.proxy.state import TableHolder
+from forklane.proxy.table import ConfigError
 
 __all__ = ["Subscriber", "backoff_delay"]
 

@@ -18,8 +18,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal
 
-from proxy import schema
-from proxy.context.carriers import CarrierPlan, build_carrier_plan
+from forklane.proxy import schema
+from forklane.proxy.context.carriers import CarrierPlan, build_carrier_plan
 
 __all__ = [
     "ConfigError",

@@ -36,9 +36,9 @@ from opentelemetry.trace import (
     TraceState,
 )
 
-from proxy.context.traceparent import parse_traceparent
-from proxy.routing import Decision, RequestView
-from proxy.table import Destination, Endpoint
+from forklane.proxy.context.traceparent import parse_traceparent
+from forklane.proxy.routing import Decision, RequestView
+from forklane.proxy.table import Destination, Endpoint
 
 __all__ = ["ATTR", "ProxySpan", "ProxyTracer"]
 

@@ -27,10 +27,19 @@ PY = BIN / "python"
 STAMP = VENV / ".forklane-installed"
 
 
+PACKAGE_DIRS = ("proxy", "controlplane", "sdk")
+
+
 def _fingerprint() -> str:
+    """What the installed environment depends on: the dependency set and the package's file
+    list (the strict editable install links files, so an added or removed one needs a relink)."""
     h = hashlib.sha256()
-    for name in ("pyproject.toml", "constraints.txt"):
+    for name in ("pyproject.toml", "constraints.txt", "setup.py"):
         h.update((ROOT / name).read_bytes())
+    for folder in PACKAGE_DIRS:
+        for path in sorted((ROOT / folder).rglob("*")):
+            if "__pycache__" not in path.parts and path.suffix in (".py", ".typed", ".pyx", ".pxd"):
+                h.update(str(path.relative_to(ROOT)).encode() + b"\n")
     return h.hexdigest()
 
 
@@ -44,9 +53,15 @@ def setup() -> None:
         return
     print("installing forklane and its pinned dependencies into .venv ...", flush=True)
     pip = [str(PY), "-m", "pip", "install", "--disable-pip-version-check", "-q"]
-    subprocess.run([*pip, "--upgrade", "pip"], check=True)
-    subprocess.run([*pip, "-c", str(ROOT / "constraints.txt"), "-e", f"{ROOT}[test]"],
-                   check=True)
+    subprocess.run([*pip, "--upgrade", "pip"], check=True, capture_output=True)
+    # `strict` editable mode: a tree of links under build/ that has the wheel's layout
+    # (forklane, forklane.proxy, forklane.controlplane), which mypy and import-linter can read.
+    done = subprocess.run([*pip, "-c", str(ROOT / "constraints.txt"),
+                           "--config-settings", "editable_mode=strict", "-e", f"{ROOT}[test]"],
+                          capture_output=True, text=True)
+    if done.returncode:  # the build's own chatter is shown only when it failed
+        sys.stderr.write(done.stdout + done.stderr)
+        sys.exit(f"installing forklane into .venv failed (exit {done.returncode})")
     STAMP.write_text(_fingerprint())
 
 

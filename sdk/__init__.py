@@ -1,10 +1,10 @@
 """forklane SDK: REST clients, propagation helpers for services, and the `forklane` CLI.
 
-    from sdk import Client
+    from forklane import Client
     with Client() as client, client.sandbox(forks=["pricing=127.0.0.1:9000"]) as sb:
         requests.get("http://frontend/", headers=sb.headers)
 
-The client names are imported lazily so that `sdk.propagation` (used inside services) does
+The client names are imported lazily so that `forklane.propagation` (used inside services) does
 not pull in httpx and the wire models.
 """
 
@@ -14,8 +14,8 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from sdk.client import AsyncClient, Client, RetryPolicy, SandboxHandle
-    from sdk.errors import (
+    from forklane.client import AsyncClient, Client, RetryPolicy, SandboxHandle
+    from forklane.errors import (
         ConfigError,
         Conflict,
         Forbidden,
@@ -46,14 +46,14 @@ __all__ = [
 ]
 
 _HOME = {
-    "AsyncClient": "sdk.client",
-    "Client": "sdk.client",
-    "RetryPolicy": "sdk.client",
-    "SandboxHandle": "sdk.client",
+    "AsyncClient": "forklane.client",
+    "Client": "forklane.client",
+    "RetryPolicy": "forklane.client",
+    "SandboxHandle": "forklane.client",
 }
 
 
 def __getattr__(name: str) -> Any:
     if name not in __all__:
         raise AttributeError(f"module 'sdk' has no attribute {name!r}")
-    return getattr(importlib.import_module(_HOME.get(name, "sdk.errors")), name)
+    return getattr(importlib.import_module(_HOME.get(name, "forklane.errors")), name)

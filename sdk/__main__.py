@@ -1,5 +1,5 @@
 """`python -m sdk` runs the `forklane` CLI (the same as the installed `forklane` script)."""
 
-from sdk.cli import main
+from forklane.cli import main
 
 main()

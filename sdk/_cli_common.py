@@ -20,19 +20,19 @@ from pydantic import BaseModel, ValidationError
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from controlplane.wire import (
-    API_VERSION,
-    Sandbox,
-    dump,
-)
-from sdk._cli_render import (
+from forklane._cli_render import (
     Column,
     Format,
     emit,
     list_document,
 )
-from sdk.client import Client, Resource
-from sdk.errors import NotFound
+from forklane.client import Client, Resource
+from forklane.controlplane.wire import (
+    API_VERSION,
+    Sandbox,
+    dump,
+)
+from forklane.errors import NotFound
 
 __all__ = [
     "FileOpt",

@@ -11,21 +11,21 @@ from typing import Annotated
 
 import typer
 
-from sdk._cli_common import (
+from forklane._cli_common import (
     NameArg,
     OutputOpt,
     UsageProblem,
     err_console,
     out_console,
 )
-from sdk._cli_render import (
+from forklane._cli_render import (
     CONTEXT_COLUMNS,
     Format,
     contexts_document,
     emit,
 )
-from sdk.client import Client
-from sdk.config import (
+from forklane.client import Client
+from forklane.config import (
     ConfigFile,
     Context,
     config_path,

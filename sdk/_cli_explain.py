@@ -3,7 +3,7 @@
 Two sources, one answer format (the proxy's `/explain` JSON):
 - `--proxy-admin URL`: ask a running proxy (`POST /explain`), i.e. the table it runs now;
 - otherwise fetch the control plane's current snapshot and run the proxy's own decision
-  function on it in a subprocess (`python -m proxy explain`), because the SDK must never
+  function on it in a subprocess (`python -m forklane.proxy explain`), because the SDK must never
   import the proxy.
 """
 
@@ -20,20 +20,20 @@ from typing import Annotated, Any
 import httpx
 import typer
 
-from sdk._cli_common import (
+from forklane._cli_common import (
     OutputOpt,
     UsageProblem,
     open_client,
     out_console,
 )
-from sdk._cli_render import (
+from forklane._cli_render import (
     Format,
     emit_document,
     explanation_text,
 )
-from sdk._core import ROUTING_KEY_HEADER
-from sdk.config import normalize_url
-from sdk.errors import (
+from forklane._core import ROUTING_KEY_HEADER
+from forklane.config import normalize_url
+from forklane.errors import (
     ForklaneError,
     Invalid,
     Unavailable,
@@ -80,7 +80,7 @@ def _explain_via_snapshot(snapshot: dict[str, Any], request: dict[str, Any]) -> 
     with tempfile.TemporaryDirectory(prefix="forklane-explain-") as tmp:
         config = Path(tmp) / "snapshot.json"
         config.write_text(json.dumps(snapshot), encoding="utf-8")
-        argv = [sys.executable, "-m", "proxy", "explain", "--config", str(config),
+        argv = [sys.executable, "-P", "-m", "forklane.proxy", "explain", "--config", str(config),
                 "--listener", request["listener"], "--method", request["method"],
                 "--host", request["host"], "--path", request["path"], "-o", "json"]  # fmt: skip
         for name, value in request["headers"].items():

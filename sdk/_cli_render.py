@@ -22,8 +22,8 @@ from pydantic import BaseModel
 from rich.console import Console
 from rich.table import Table
 
-from controlplane.wire import API_VERSION, Sandbox, Split, dump
-from sdk.config import ConfigFile
+from forklane.config import ConfigFile
+from forklane.controlplane.wire import API_VERSION, Sandbox, Split, dump
 
 __all__ = [
     "CONTEXT_COLUMNS",

@@ -13,15 +13,7 @@ from typing import Annotated
 import typer
 from pydantic import ValidationError
 
-from controlplane.wire import (
-    RouteGroup,
-    Sandbox,
-    ServiceResource,
-    Split,
-    SplitDestinationSpec,
-    dump,
-)
-from sdk._cli_common import (
+from forklane._cli_common import (
     FileOpt,
     LabelOpt,
     NameArg,
@@ -39,7 +31,7 @@ from sdk._cli_common import (
     validation_problem,
     wait_with_spinner,
 )
-from sdk._cli_render import (
+from forklane._cli_render import (
     ROUTEGROUP_COLUMNS,
     SANDBOX_COLUMNS,
     SERVICE_COLUMNS,
@@ -47,12 +39,20 @@ from sdk._cli_render import (
     Column,
     Format,
 )
-from sdk._core import (
+from forklane._core import (
     ROUTING_KEY_HEADER,
     build_sandbox,
     new_sandbox_name,
     parse_duration,
     parse_endpoints,
+)
+from forklane.controlplane.wire import (
+    RouteGroup,
+    Sandbox,
+    ServiceResource,
+    Split,
+    SplitDestinationSpec,
+    dump,
 )
 
 __all__ = ["parse_destination", "routegroup_app", "sandbox_app", "service_app", "split_app"]

@@ -29,7 +29,7 @@ from urllib.parse import quote
 
 from pydantic import BaseModel, ValidationError
 
-from controlplane.wire import (
+from forklane.controlplane.wire import (
     ENDPOINT_PATTERN,
     ForkSpec,
     ProxyInfo,
@@ -43,7 +43,7 @@ from controlplane.wire import (
     TtlSpec,
     dump,
 )
-from sdk.errors import (
+from forklane.errors import (
     Conflict,
     ForklaneError,
     NotFound,

@@ -15,8 +15,8 @@ from typing import TypeVar
 
 import httpx
 
-from sdk._core import Op, Reply, Request, Response, Sleep, TransportFailure
-from sdk.errors import ConfigError, ForklaneError
+from forklane._core import Op, Reply, Request, Response, Sleep, TransportFailure
+from forklane.errors import ConfigError, ForklaneError
 
 __all__ = ["run_async", "run_sync"]
 

@@ -1,6 +1,6 @@
 """`forklane`: the command line for sandboxes, route groups, splits, services and proxies.
 
-Every command talks to the control plane through `sdk.client.Client`; the CLI adds parsing
+Every command talks to the control plane through `forklane.client.Client`; the CLI adds parsing
 of flags, output (`-o table|json|yaml`), a spinner while waiting, and one translation of
 errors into a single line on stderr and an exit code:
 
@@ -15,7 +15,7 @@ errors into a single line on stderr and an exit code:
     8  timeout: waited for Ready and it did not come
 
 Tracebacks are printed only with `--debug`. `forklane proxy ...` and `forklane controlplane
-...` exec `python -m proxy` / `python -m controlplane` with the arguments untouched, so the
+...` exec `python -m forklane.proxy` / `python -m forklane.controlplane` with the arguments untouched, so the
 sidecar process never loads the CLI's dependencies and the SDK never imports the proxy.
 
 The commands live in `sdk._cli_resources`, `sdk._cli_explain` and `sdk._cli_contexts`;
@@ -32,22 +32,22 @@ from typing import Annotated, NoReturn
 
 import typer
 
-from controlplane.wire import dump
-from sdk._cli_common import (
+from forklane._cli_common import (
     Globals,
     OutputOpt,
     open_client,
     out_console,
 )
-from sdk._cli_contexts import context_app, login
-from sdk._cli_explain import explain
-from sdk._cli_render import (
+from forklane._cli_contexts import context_app, login
+from forklane._cli_explain import explain
+from forklane._cli_render import (
     PROXY_COLUMNS,
     Format,
     emit,
 )
-from sdk._cli_resources import routegroup_app, sandbox_app, service_app, split_app
-from sdk.errors import (
+from forklane._cli_resources import routegroup_app, sandbox_app, service_app, split_app
+from forklane.controlplane.wire import dump
+from forklane.errors import (
     Conflict,
     Forbidden,
     ForklaneError,
@@ -164,19 +164,20 @@ def proxies(ctx: typer.Context, output: OutputOpt = Format.table) -> None:
 def _exec_module(module: str, args: list[str]) -> NoReturn:
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execv(sys.executable, [sys.executable, "-m", module, *args])
+    # -P: the working directory is not on sys.path, so a local `forklane.py` cannot shadow us.
+    os.execv(sys.executable, [sys.executable, "-P", "-m", module, *args])
 
 
 @app.command("proxy", context_settings=_PASSTHROUGH, add_help_option=False)
 def proxy_cmd(ctx: typer.Context) -> None:
-    """Run the sidecar proxy: `python -m proxy ARGS...` (try `forklane proxy --help`)."""
-    _exec_module("proxy", list(ctx.args))
+    """Run the sidecar proxy: `python -m forklane.proxy ARGS...` (try `forklane proxy --help`)."""
+    _exec_module("forklane.proxy", list(ctx.args))
 
 
 @app.command("controlplane", context_settings=_PASSTHROUGH, add_help_option=False)
 def controlplane_cmd(ctx: typer.Context) -> None:
-    """Run the control plane: `python -m controlplane ARGS...` (try `... --help`)."""
-    _exec_module("controlplane", list(ctx.args))
+    """Run the control plane: `python -m forklane.controlplane ARGS...` (try `... --help`)."""
+    _exec_module("forklane.controlplane", list(ctx.args))
 
 
 @app.command("demo")
@@ -189,7 +190,7 @@ def demo(
     ] = False,
 ) -> None:
     """Run control plane, services and sidecars on loopback; show a request reach a fork."""
-    from sdk.demo import run_demo  # loaded only here: the other commands do not need it
+    from forklane.demo import run_demo  # loaded only here: the other commands do not need it
 
     run_demo(out_console(), requests=requests, keep=keep)
 

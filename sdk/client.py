@@ -9,7 +9,7 @@ operation there and hands it to a driver in `sdk._transport`), so they cannot dr
 
 Invariants:
 - configuration is resolved once, at construction (`sdk.config`);
-- every failure is a `sdk.errors.ForklaneError`;
+- every failure is a `forklane.errors.ForklaneError`;
 - `sandbox(...)` deletes what it created on every exit path once creation succeeded
   (an already-gone sandbox is not an error).
 """
@@ -27,16 +27,7 @@ from typing import Any, Generic
 
 import httpx
 
-from controlplane.wire import (
-    ForkSpec,
-    ProxyInfo,
-    RouteGroup,
-    Sandbox,
-    SandboxSpec,
-    ServiceResource,
-    Split,
-)
-from sdk._core import (
+from forklane._core import (
     ROUTEGROUPS,
     SANDBOXES,
     SERVICES,
@@ -51,9 +42,18 @@ from sdk._core import (
     build_sandbox,
     handle_for,
 )
-from sdk._transport import run_async, run_sync
-from sdk.config import ClientConfig, resolve_config
-from sdk.errors import NotFound
+from forklane._transport import run_async, run_sync
+from forklane.config import ClientConfig, resolve_config
+from forklane.controlplane.wire import (
+    ForkSpec,
+    ProxyInfo,
+    RouteGroup,
+    Sandbox,
+    SandboxSpec,
+    ServiceResource,
+    Split,
+)
+from forklane.errors import NotFound
 
 __all__ = [
     "AsyncClient",

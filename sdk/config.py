@@ -35,7 +35,7 @@ from urllib.parse import urlsplit
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from sdk.errors import ConfigError
+from forklane.errors import ConfigError
 
 __all__ = [
     "DEFAULT_URL",

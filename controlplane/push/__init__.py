@@ -28,7 +28,7 @@ Invariants:
   deltas; today every push is a full snapshot.
 """
 
-from controlplane.push.registry import ProxyRegistry
-from controlplane.push.server import PushServer
+from forklane.controlplane.push.registry import ProxyRegistry
+from forklane.controlplane.push.server import PushServer
 
 __all__ = ["ProxyRegistry", "PushServer"]

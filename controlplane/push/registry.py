@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from controlplane import wire
+from forklane.controlplane import wire
 
 __all__ = ["ProxyRegistry", "StreamId"]
 

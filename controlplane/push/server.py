@@ -17,9 +17,9 @@ from typing import Any
 import grpc
 import grpc.aio
 
-from controlplane.publisher import SnapshotPublisher
-from controlplane.push.registry import ProxyRegistry, StreamId
-from proxy.push_messages import (
+from forklane.controlplane.publisher import SnapshotPublisher
+from forklane.controlplane.push.registry import ProxyRegistry, StreamId
+from forklane.proxy.push_messages import (
     REPLICA_METADATA,
     SERVICE,
     MessageError,
@@ -27,7 +27,7 @@ from proxy.push_messages import (
     decode_request,
     encode_full_response,
 )
-from proxy.schema import RoutingSnapshot
+from forklane.proxy.schema import RoutingSnapshot
 
 __all__ = ["Authorize", "PushServer"]
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from controlplane.store.base import Store
+from forklane.controlplane.store.base import Store
 
 __all__ = ["Store", "make_store"]
 
@@ -15,11 +15,11 @@ __all__ = ["Store", "make_store"]
 def make_store(url: str, *, data_dir: Path, schema: str | None = None) -> Store:
     """`sqlite` → `<data_dir>/forklane.db`; `sqlite:PATH`; `postgresql://…` (not yet opened)."""
     if url.startswith(("postgresql://", "postgres://")):
-        from controlplane.store.postgres import PostgresStore
+        from forklane.controlplane.store.postgres import PostgresStore
 
         return PostgresStore(url, schema=schema)
     if url == "sqlite" or url.startswith("sqlite:"):
-        from controlplane.store.sqlite import SqliteStore
+        from forklane.controlplane.store.sqlite import SqliteStore
 
         path = Path(url.removeprefix("sqlite:")) if url != "sqlite" else data_dir / "forklane.db"
         return SqliteStore(path)

@@ -18,8 +18,8 @@ from typing import Any
 
 import aiosqlite
 
-from controlplane.store._common import dumps, loads, new_uid, next_generation, to_utc
-from controlplane.store.base import (
+from forklane.controlplane.store._common import dumps, loads, new_uid, next_generation, to_utc
+from forklane.controlplane.store.base import (
     JSON,
     AlreadyExists,
     AuditEntry,

@@ -5,7 +5,7 @@ sockets or protocol libraries. The data plane hands in the request's header valu
 back the key it carries and the headers to set when forwarding.
 """
 
-from proxy.context.carriers import (
+from forklane.proxy.context.carriers import (
     COMPAT_CARRIERS,
     CarrierPlan,
     KeyResult,

@@ -26,10 +26,10 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from proxy.context import baggage as _baggage
-from proxy.context import tracestate as _tracestate
-from proxy.context.traceparent import parse_traceparent
-from proxy.schema import Carrier
+from forklane.proxy.context import baggage as _baggage
+from forklane.proxy.context import tracestate as _tracestate
+from forklane.proxy.context.traceparent import parse_traceparent
+from forklane.proxy.schema import Carrier
 
 __all__ = [
     "BAGGAGE",

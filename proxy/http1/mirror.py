@@ -11,11 +11,11 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
-from proxy.http1.upstream import UpstreamConnection
-from proxy.table import Destination
+from forklane.proxy.http1.upstream import UpstreamConnection
+from forklane.proxy.table import Destination
 
 if TYPE_CHECKING:
-    from proxy.http1.server import ListenerContext
+    from forklane.proxy.http1.server import ListenerContext
 
 __all__ = ["MirrorCopy"]
 

@@ -25,9 +25,9 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, cast
 
 import httptools
 
-from proxy.balancer import Balancer
-from proxy.context.carriers import inject_routing_key
-from proxy.http1.messages import (
+from forklane.proxy.balancer import Balancer
+from forklane.proxy.context.carriers import inject_routing_key
+from forklane.proxy.http1.messages import (
     HOP_BY_HOP,
     LocalReply,
     check_transfer_encoding,
@@ -35,23 +35,23 @@ from proxy.http1.messages import (
     status_line,
     valid_host,
 )
-from proxy.http1.mirror import MirrorCopy
-from proxy.http1.upstream import Pools, UpstreamConnection
-from proxy.metrics import Stats
-from proxy.requestlog import count_request, log_request
-from proxy.routing import Decision, RequestView, decide
-from proxy.settings import ProxySettings
-from proxy.sockets import tune_transport
-from proxy.state import TableHolder
-from proxy.table import ROUTED_MARKER, Destination, Endpoint, Route, RoutingTable
+from forklane.proxy.http1.mirror import MirrorCopy
+from forklane.proxy.http1.upstream import Pools, UpstreamConnection
+from forklane.proxy.metrics import Stats
+from forklane.proxy.requestlog import count_request, log_request
+from forklane.proxy.routing import Decision, RequestView, decide
+from forklane.proxy.settings import ProxySettings
+from forklane.proxy.sockets import tune_transport
+from forklane.proxy.state import TableHolder
+from forklane.proxy.table import ROUTED_MARKER, Destination, Endpoint, Route, RoutingTable
 
 if TYPE_CHECKING:
-    from proxy.hooks import RequestHooks
-    from proxy.tracing import ProxySpan
+    from forklane.proxy.hooks import RequestHooks
+    from forklane.proxy.tracing import ProxySpan
 
 if TYPE_CHECKING:
-    from proxy.http2._flow import Hub
-    from proxy.http2.upstream import H2Pools
+    from forklane.proxy.http2._flow import Hub
+    from forklane.proxy.http2.upstream import H2Pools
 
 __all__ = ["Downstream", "ListenerContext"]
 
@@ -196,9 +196,9 @@ class ListenerContext:
         return self._h2_pools
 
     def _load_h2(self) -> None:
-        from proxy.http2 import _tuning
-        from proxy.http2._flow import Hub
-        from proxy.http2.upstream import H2Pools
+        from forklane.proxy.http2 import _tuning
+        from forklane.proxy.http2._flow import Hub
+        from forklane.proxy.http2.upstream import H2Pools
 
         _tuning.apply()  # measured speedups of the HTTP/2 stack (idempotent)
         self._h2_hub = Hub(self.loop)
@@ -594,7 +594,7 @@ class Downstream(asyncio.Protocol):
         ctx.stats.connections_total -= 1
         self.transport = None
         self.parser = None
-        from proxy.http2.server import H2Downstream
+        from forklane.proxy.http2.server import H2Downstream
 
         h2 = H2Downstream(ctx, tls=transport.get_extra_info("ssl_object") is not None)
         transport.set_protocol(h2)

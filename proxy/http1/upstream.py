@@ -18,7 +18,7 @@ from typing import Protocol, cast
 
 import httptools
 
-from proxy.sockets import tune_transport
+from forklane.proxy.sockets import tune_transport
 
 __all__ = ["Pools", "ResponseSink", "UpstreamConnection"]
 

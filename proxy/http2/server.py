@@ -33,18 +33,18 @@ from h2.exceptions import ProtocolError
 from h2.settings import SettingCodes
 from hyperframe.frame import GoAwayFrame
 
-from proxy.context.carriers import inject_routing_key
-from proxy.http2 import grpc
-from proxy.http2._flow import GracefulH2Connection, Peer, Pipe
-from proxy.http2.upstream import CONNECTION_WINDOW, H2Upstream
-from proxy.requestlog import count_request, log_request
-from proxy.routing import Decision, RequestView, decide
-from proxy.sockets import tune_transport
-from proxy.table import ROUTED_MARKER, Destination, Endpoint, Route, RoutingTable
+from forklane.proxy.context.carriers import inject_routing_key
+from forklane.proxy.http2 import grpc
+from forklane.proxy.http2._flow import GracefulH2Connection, Peer, Pipe
+from forklane.proxy.http2.upstream import CONNECTION_WINDOW, H2Upstream
+from forklane.proxy.requestlog import count_request, log_request
+from forklane.proxy.routing import Decision, RequestView, decide
+from forklane.proxy.sockets import tune_transport
+from forklane.proxy.table import ROUTED_MARKER, Destination, Endpoint, Route, RoutingTable
 
 if TYPE_CHECKING:
-    from proxy.http1.server import ListenerContext
-    from proxy.tracing import ProxySpan
+    from forklane.proxy.http1.server import ListenerContext
+    from forklane.proxy.tracing import ProxySpan
 
 __all__ = ["PREFACE", "H2Downstream"]
 

@@ -33,9 +33,9 @@ from h2.events import (
 from h2.exceptions import ProtocolError
 from h2.settings import SettingCodes
 
-from proxy.http2._flow import GracefulH2Connection, Hub, Peer
-from proxy.sockets import tune_transport
-from proxy.table import Endpoint
+from forklane.proxy.http2._flow import GracefulH2Connection, Hub, Peer
+from forklane.proxy.sockets import tune_transport
+from forklane.proxy.table import Endpoint
 
 __all__ = ["CONNECTION_WINDOW", "H2Pools", "H2Upstream", "UpstreamSink"]
 

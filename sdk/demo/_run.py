@@ -1,6 +1,6 @@
 """`forklane demo`: the whole story on loopback, in seconds, leaving nothing behind.
 
-Starts the stack (`sdk.demo._stack`), creates a sandbox forking `pricing` through
+Starts the stack (`forklane.demo._stack`), creates a sandbox forking `pricing` through
 `client.sandbox(...)`, sends requests without and with its routing key to the frontend's
 sidecar and prints which version answered at each hop, then explains what happened.
 
@@ -28,13 +28,13 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from controlplane.wire import ForkSpec
-from sdk.client import Client, RetryPolicy, SandboxHandle
-from sdk.config import ClientConfig
-from sdk.demo._stack import CHAIN, FORK_SERVICE, Stack, Step, start_stack
-from sdk.demo._supervisor import DemoFailed, Supervisor
-from sdk.demo._trip import Hop, Trip, check_trip, parse_trip, trip_line
-from sdk.propagation import ROUTING_KEY_HEADER
+from forklane.client import Client, RetryPolicy, SandboxHandle
+from forklane.config import ClientConfig
+from forklane.controlplane.wire import ForkSpec
+from forklane.demo._stack import CHAIN, FORK_SERVICE, Stack, Step, start_stack
+from forklane.demo._supervisor import DemoFailed, Supervisor
+from forklane.demo._trip import Hop, Trip, check_trip, parse_trip, trip_line
+from forklane.propagation import ROUTING_KEY_HEADER
 
 __all__ = ["run_demo"]
 

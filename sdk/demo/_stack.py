@@ -22,10 +22,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from controlplane.wire import Metadata, ServiceResource, ServiceSpec
-from sdk.client import Client
-from sdk.demo._lines import READY_PREFIX, UPSTREAM_PREFIX
-from sdk.demo._supervisor import Child, DemoFailed, Supervisor
+from forklane.client import Client
+from forklane.controlplane.wire import Metadata, ServiceResource, ServiceSpec
+from forklane.demo._lines import READY_PREFIX, UPSTREAM_PREFIX
+from forklane.demo._supervisor import Child, DemoFailed, Supervisor
 
 __all__ = ["CHAIN", "FORK_SERVICE", "Stack", "Step", "start_stack"]
 
@@ -63,7 +63,7 @@ class Stack:
 
 
 def _app_args(name: str, version: str, next_service: str | None) -> list[str]:
-    args = ["-m", "sdk.demo.service", "--name", name, "--version", version]
+    args = ["-P", "-m", "forklane.demo.service", "--name", name, "--version", version]
     if next_service:
         args += ["--next", next_service]
     else:
@@ -105,8 +105,9 @@ def start_stack(
     cp = sup.spawn(
         "controlplane",
         [
+            "-P",
             "-m",
-            "controlplane",
+            "forklane.controlplane",
             "serve",
             "--listen",
             "127.0.0.1:0",
@@ -135,8 +136,9 @@ def start_stack(
         name: sup.spawn(
             f"{name}-sidecar",
             [
+                "-P",
                 "-m",
-                "proxy",
+                "forklane.proxy",
                 "run",
                 "--controlplane",
                 grpc,

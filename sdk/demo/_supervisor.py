@@ -1,7 +1,7 @@
 """Own the demo's child processes: start them, wait for their ready lines, stop them all.
 
     with Supervisor(workdir, env) as sup:      # Ctrl-C, SIGTERM, SIGHUP: KeyboardInterrupt
-        child = sup.spawn("catalog", ["-m", "sdk.demo.service", ...])
+        child = sup.spawn("catalog", ["-m", "forklane.demo.service", ...])
         sup.wait_lines({child: READY}, within=20)
     # every child and its process group is gone here, on every exit path
 
@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType, TracebackType
 
-from sdk.errors import ForklaneError
+from forklane.errors import ForklaneError
 
 __all__ = ["Child", "DemoFailed", "Supervisor"]
 

@@ -1,11 +1,11 @@
-"""The demo's sample service: one small aiohttp app, run as `python -m sdk.demo.service`.
+"""The demo's sample service: one small aiohttp app, run as `python -m forklane.demo.service`.
 
 `frontend`, `catalog` and `pricing` are the same program with different flags. A service
 with `--next NAME` answers `GET /` by calling NAME through its sidecar's outbound listener
 (`Host: NAME`) and adding its own hop in front of the answer; the last one (`pricing`) makes
 up the price. The answer is JSON: `{"hops": [{"service", "version"}, ...], "price": float}`.
 
-Protocol with the process that starts it (`sdk.demo`):
+Protocol with the process that starts it (`forklane.demo`):
 - once bound (port 0), the service prints one line on stdout:
   `forklane demo service NAME VERSION listening on 127.0.0.1:PORT`;
 - a service with `--next` then reads its sidecar's outbound address from stdin, one line
@@ -13,7 +13,7 @@ Protocol with the process that starts it (`sdk.demo`):
 - end of stdin means the demo is gone: the service exits, so it can never outlive it.
 
 The routing key is carried from the incoming request to the outgoing call by the SDK's
-aiohttp helpers (`sdk.propagation.aiohttp`), exactly as a real service would do it.
+aiohttp helpers (`forklane.propagation.aiohttp`), exactly as a real service would do it.
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ from typing import Any
 
 from aiohttp import ClientError, ClientSession, ClientTimeout, web
 
-from sdk.demo._lines import READY_PREFIX, UPSTREAM_PREFIX
-from sdk.propagation.aiohttp import client_middleware, server_middleware
+from forklane.demo._lines import READY_PREFIX, UPSTREAM_PREFIX
+from forklane.propagation.aiohttp import client_middleware, server_middleware
 
 __all__ = ["main"]
 
@@ -37,7 +37,7 @@ _SESSION: web.AppKey[ClientSession] = web.AppKey("session", ClientSession)
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m sdk.demo.service", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m forklane.demo.service", description=__doc__)
     p.add_argument("--name", required=True, help="the service's name (also its Host)")
     p.add_argument("--version", required=True, help="shown in every answer, e.g. v1")
     p.add_argument("--next", dest="next_service", help="the service to call, through the sidecar")

@@ -3,10 +3,10 @@ add it to every outgoing one.
 
 The core (`RoutingContext`, `routing_context`, `current_routing_key`, `outgoing_headers`)
 imports no HTTP or RPC library. One small module per library holds the glue:
-`sdk.propagation.aiohttp`, `.requests`, `.httpx`, `.grpc` and `.otel` (OpenTelemetry baggage).
+`forklane.propagation.aiohttp`, `.requests`, `.httpx`, `.grpc` and `.otel` (OpenTelemetry baggage).
 """
 
-from sdk.propagation._context import (
+from forklane.propagation._context import (
     BAGGAGE_MEMBER,
     FORWARDED_HEADERS,
     ROUTING_KEY_HEADER,

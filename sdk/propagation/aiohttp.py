@@ -21,7 +21,12 @@ from aiohttp import (
 )
 from aiohttp.typedefs import Middleware
 
-from sdk.propagation._context import activate, context_from_headers, deactivate, outgoing_headers
+from forklane.propagation._context import (
+    activate,
+    context_from_headers,
+    deactivate,
+    outgoing_headers,
+)
 
 __all__ = ["client_middleware", "client_trace_config", "server_middleware"]
 
@@ -45,7 +50,7 @@ def server_middleware(
         try:
             with ExitStack() as stack:
                 if otel_baggage and ctx.key is not None:
-                    from sdk.propagation.otel import routing_key_baggage
+                    from forklane.propagation.otel import routing_key_baggage
 
                     stack.enter_context(routing_key_baggage(ctx.key))
                 return await handler(request)

@@ -23,7 +23,7 @@ from typing import Any, NamedTuple
 import grpc
 import grpc.aio
 
-from sdk.propagation._context import (
+from forklane.propagation._context import (
     RoutingContext,
     activate,
     context_from_headers,

@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 
 import httpx
 
-from sdk.propagation._context import outgoing_headers
+from forklane.propagation._context import outgoing_headers
 
 __all__ = ["add_routing_headers", "async_event_hooks", "event_hooks"]
 

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 
 from opentelemetry import baggage, context
 
-from sdk.propagation._context import (
+from forklane.propagation._context import (
     BAGGAGE_MEMBER,
     RoutingContext,
     current_routing_key,

@@ -11,7 +11,7 @@ from typing import Any
 import requests
 from requests.adapters import HTTPAdapter
 
-from sdk.propagation._context import outgoing_headers
+from forklane.propagation._context import outgoing_headers
 
 __all__ = ["ForklaneAdapter", "instrument_session"]
 

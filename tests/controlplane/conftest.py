@@ -16,11 +16,11 @@ import aiohttp
 import asyncpg
 import pytest
 
-from controlplane.server import ControlPlane
-from controlplane.settings import Settings
-from controlplane.store.base import Store
-from controlplane.store.postgres import PostgresStore
-from controlplane.store.sqlite import SqliteStore
+from forklane.controlplane.server import ControlPlane
+from forklane.controlplane.settings import Settings
+from forklane.controlplane.store.base import Store
+from forklane.controlplane.store.postgres import PostgresStore
+from forklane.controlplane.store.sqlite import SqliteStore
 
 PG_DSNS = (
     "postgresql://postgres@127.0.0.1:5432/test",

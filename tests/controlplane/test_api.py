@@ -11,8 +11,8 @@ from typing import Any
 import aiohttp
 from conftest import Api
 
-from controlplane.server import ControlPlane
-from controlplane.settings import Settings
+from forklane.controlplane.server import ControlPlane
+from forklane.controlplane.settings import Settings
 
 SERVICE = {"metadata": {"name": "web"}, "spec": {"endpoints": ["127.0.0.1:9"]}}
 

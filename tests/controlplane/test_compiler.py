@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from controlplane import wire
-from controlplane.compiler import Inputs, compile_snapshot
+from forklane.controlplane import wire
+from forklane.controlplane.compiler import Inputs, compile_snapshot
 
 
 def svc(name: str, *authorities: str, endpoint: str = "10.0.0.1:80") -> wire.ServiceResource:

@@ -8,8 +8,8 @@ import random
 
 import pytest
 
-from controlplane.push.registry import ProxyRegistry
-from proxy.push_messages import (
+from forklane.controlplane.push.registry import ProxyRegistry
+from forklane.proxy.push_messages import (
     MessageError,
     Node,
     SnapshotRejected,
@@ -21,8 +21,8 @@ from proxy.push_messages import (
     encode_request,
     encode_response,
 )
-from proxy.schema import RoutingSnapshot, Service
-from proxy.subscriber import backoff_delay
+from forklane.proxy.schema import RoutingSnapshot, Service
+from forklane.proxy.subscriber import backoff_delay
 
 SNAP = RoutingSnapshot(
     version="12", services=(Service(name="catalog", endpoints=("10.0.0.1:80",)),)

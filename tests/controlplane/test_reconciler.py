@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from controlplane.publisher import SnapshotPublisher
-from controlplane.reconciler import Reconciler
-from controlplane.store.base import NotFound, Store
-from controlplane.store.sqlite import SqliteStore
+from forklane.controlplane.publisher import SnapshotPublisher
+from forklane.controlplane.reconciler import Reconciler
+from forklane.controlplane.store.base import NotFound, Store
+from forklane.controlplane.store.sqlite import SqliteStore
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 

@@ -9,9 +9,9 @@ import aiohttp
 import pytest
 from conftest import ADMIN_TOKEN, PG_SKIP_REASON, PgSchemas, find_postgres
 
-from controlplane.server import ControlPlane
-from controlplane.settings import Settings
-from controlplane.store.postgres import PostgresStore
+from forklane.controlplane.server import ControlPlane
+from forklane.controlplane.settings import Settings
+from forklane.controlplane.store.postgres import PostgresStore
 
 pytestmark = pytest.mark.postgres
 

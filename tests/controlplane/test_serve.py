@@ -1,4 +1,4 @@
-"""`python -m controlplane serve` as a real process: start line, bootstrap token, SIGTERM."""
+"""`python -m forklane.controlplane serve` as a real process: start line, bootstrap token, SIGTERM."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ BANNER = re.compile(
     r"^forklane controlplane listening on http://127\.0\.0\.1:(\d+) "
     r"\(grpc 127\.0\.0\.1:(\d+), store sqlite:(.+)\)$"
 )
-push_missing = importlib.util.find_spec("controlplane.push") is None
+push_missing = importlib.util.find_spec("forklane.controlplane.push") is None
 
 
 def _env() -> dict[str, str]:
@@ -37,7 +37,7 @@ async def spawn() -> AsyncIterator[Callable[..., object]]:
 
     async def start(*args: str) -> asyncio.subprocess.Process:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "controlplane", *args, cwd=ROOT, env=_env(),
+            sys.executable, "-m", "forklane.controlplane", *args, cwd=ROOT, env=_env(),
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         )
         procs.append(proc)
@@ -58,7 +58,7 @@ async def test_bad_flag_exits_2_with_a_message(spawn: Callable[..., object]) -> 
     assert b"listen" in err and b"Traceback" not in err
 
 
-@pytest.mark.skipif(push_missing, reason="controlplane.push (the push server) is not built yet")
+@pytest.mark.skipif(push_missing, reason="forklane.controlplane.push (the push server) is not built yet")
 async def test_serve_prints_banner_serves_and_stops_on_sigterm(
     spawn: Callable[..., object], tmp_path: Path
 ) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from controlplane.settings import Settings, parse_carriers
+from forklane.controlplane.settings import Settings, parse_carriers
 
 
 def test_default_carriers_are_forklanes_own() -> None:

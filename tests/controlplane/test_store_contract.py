@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from controlplane.store.base import (
+from forklane.controlplane.store.base import (
     AlreadyExists,
     AuditEntry,
     Conflict,

@@ -25,8 +25,8 @@ from typing import Any
 import pytest
 import yaml
 
-from controlplane.wire import ServiceResource
-from sdk import Client
+from forklane import Client
+from forklane.controlplane.wire import ServiceResource
 from tests.sdk.controlplane_proc import (
     ADMIN_TOKEN,
     REPO,
@@ -52,7 +52,7 @@ def run_cli(
     *args: str, env: dict[str, str], stdin: str | None = None, timeout: float = 60
 ) -> Result:
     done = subprocess.run(
-        [sys.executable, "-m", "sdk", *args],
+        [sys.executable, "-m", "forklane", *args],
         cwd=REPO,
         env=env,
         input=stdin,
@@ -191,12 +191,12 @@ def test_shell_completion_completes_commands(env: dict[str, str]) -> None:
 def test_controlplane_command_passes_arguments_through(env: dict[str, str]) -> None:
     result = run_cli("controlplane", "--help", env=env)
     assert result.code == 0
-    assert "serve" in result.out and "python -m controlplane" in result.out
+    assert "serve" in result.out and "python -m forklane.controlplane" in result.out
 
 
 def test_proxy_command_passes_arguments_through(env: dict[str, str]) -> None:
     if not (REPO / "proxy" / "__main__.py").exists():
-        pytest.skip("the proxy has no `python -m proxy` entry point in this tree yet")
+        pytest.skip("the proxy has no `python -m forklane.proxy` entry point in this tree yet")
     result = run_cli("proxy", "explain", "--help", env=env)
     assert result.code == 0
     assert "--config" in result.out
@@ -317,7 +317,7 @@ def test_waiting_shows_a_spinner_with_elapsed_time_on_a_terminal(
     reader.start()
     try:
         done = subprocess.run(
-            [sys.executable, "-m", "sdk", "sandbox", "create", "--fork", f"{svc}={closed_port}",
+            [sys.executable, "-m", "forklane", "sandbox", "create", "--fork", f"{svc}={closed_port}",
              "--name", name, "--wait", "--timeout", "1"],
             cwd=REPO, env={**cp_env, "TERM": "xterm"}, stdout=subprocess.PIPE,
             stderr=secondary, timeout=60, check=False,
@@ -390,7 +390,7 @@ def test_explain_runs_the_proxys_decision_on_the_control_planes_snapshot(
     cp_env: dict[str, str], svc: str, listener: str
 ) -> None:
     if not (REPO / "proxy" / "__main__.py").exists():
-        pytest.skip("the proxy has no `python -m proxy explain` in this tree yet")
+        pytest.skip("the proxy has no `python -m forklane.proxy explain` in this tree yet")
     name = unique("sb")
     created = run_cli("sandbox", "create", "--fork", f"{svc}={listener}", "--name", name,
                       "--routing-key", f"key{secrets.token_hex(4)}", "--wait", "-o", "json",
@@ -410,8 +410,8 @@ def test_explain_runs_the_proxys_decision_on_the_control_planes_snapshot(
 
 def test_explain_asks_a_running_proxys_admin_port(env: dict[str, str], tmp_path: Path) -> None:
     if not (REPO / "proxy" / "__main__.py").exists():
-        pytest.skip("the proxy has no `python -m proxy run` in this tree yet")
-    proxy = start_proxy(REPO / "examples" / "static.yaml", tmp_path / "proxy.log")
+        pytest.skip("the proxy has no `python -m forklane.proxy run` in this tree yet")
+    proxy = start_proxy(REPO / "examples" / "static.yaml", tmp_path / "forklane.proxy.log")
     try:
         admin = proxy.url("admin")
         forked = run_cli("explain", "--proxy-admin", admin, "--host", "pricing",

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from sdk.demo._supervisor import DemoFailed, Supervisor
+from forklane.demo._supervisor import DemoFailed, Supervisor
 
 REPO = Path(__file__).resolve().parents[2]
 MARKER_VAR = "DEMO_E2E_MARKER"
@@ -35,7 +35,7 @@ pytestmark = pytest.mark.skipif(
 
 def forklane_cmd() -> list[str]:
     script = Path(sys.executable).parent / "forklane"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "sdk"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "forklane"]
 
 
 def marked_pids(marker: str) -> set[int]:

@@ -2,7 +2,7 @@
 
 Dependencies are lent from the running environment through a .pth file (the suite must not
 depend on a network), so this checks what packaging can break: the build, the package list,
-the console script, `py.typed`, and that `python -m proxy` works outside the source tree.
+the console script, `py.typed`, and that `python -m forklane.proxy` works outside the source tree.
 """
 
 from __future__ import annotations
@@ -43,8 +43,8 @@ def test_fresh_virtualenv_installs_forklane_and_its_cli_runs(tmp_path: Path) -> 
     )
     assert install.returncode == 0, install.stderr
     installed = subprocess.run(
-        [str(py), "-c", "import proxy, sdk, controlplane, pathlib; "
-         "print(pathlib.Path(sdk.__file__).parent)"],
+        [str(py), "-c", "import forklane, forklane.proxy, forklane.controlplane, pathlib; "
+         "print(pathlib.Path(forklane.__file__).parent)"],
         check=True, capture_output=True, text=True, cwd=tmp_path,
     ).stdout.strip()
     assert installed.startswith(str(env_dir)), installed  # not the source tree
@@ -53,7 +53,7 @@ def test_fresh_virtualenv_installs_forklane_and_its_cli_runs(tmp_path: Path) -> 
                          capture_output=True, text=True, cwd=tmp_path)
     assert cli.returncode == 0, cli.stderr
     assert "sandbox" in cli.stdout and "Exit codes" in cli.stdout
-    schema = subprocess.run([str(py), "-m", "proxy", "schema"],
+    schema = subprocess.run([str(py), "-m", "forklane.proxy", "schema"],
                             capture_output=True, text=True, cwd=tmp_path)
     assert schema.returncode == 0 and '"RoutingSnapshot"' in schema.stdout
     assert sys.version_info >= (3, 11)

@@ -1,6 +1,6 @@
 """The control plane and real proxy processes carrying traffic, end to end.
 
-Every test starts `python -m controlplane serve` and `python -m proxy run --controlplane …`
+Every test starts `python -m forklane.controlplane serve` and `python -m forklane.proxy run --controlplane …`
 as real processes, real upstreams in the test loop, and (where traffic matters) a background
 load loop that keeps a ledger: every request sent is either answered (by which upstream) or
 failed with its reason, and the tests assert there are no failures at all.
@@ -25,7 +25,7 @@ import asyncpg
 import httptools
 import pytest
 
-from sdk.client import AsyncClient
+from forklane.client import AsyncClient
 from tests.support.processes import Proc, spawn, start_proxy, wait_for_line
 from tests.support.upstream import RecordingUpstream
 
@@ -48,7 +48,7 @@ async def until(what: str, check: Callable[[], Awaitable[bool]], within: float =
 
 @dataclass
 class ControlPlane:
-    """One `python -m controlplane serve` process, restartable on the same ports and data."""
+    """One `python -m forklane.controlplane serve` process, restartable on the same ports and data."""
 
     tmp: Path
     data_dir: Path
@@ -67,7 +67,7 @@ class ControlPlane:
         return f"127.0.0.1:{self.grpc_port}"
 
     def start(self) -> None:
-        cmd = [sys.executable, "-m", "controlplane", "serve",
+        cmd = [sys.executable, "-m", "forklane.controlplane", "serve",
                "--listen", f"127.0.0.1:{self.api_port}", "--grpc", f"127.0.0.1:{self.grpc_port}",
                "--data-dir", str(self.data_dir)]  # fmt: skip
         if self.store is not None:

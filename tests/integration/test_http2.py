@@ -26,7 +26,7 @@ import h2.exceptions
 import httpx
 import pytest
 
-from proxy.http2._flow import GracefulH2Connection
+from forklane.proxy.http2._flow import GracefulH2Connection
 from tests.integration.test_routing import KEY_CATALOG, KEY_PRICING, MATRIX
 
 pytestmark = pytest.mark.asyncio

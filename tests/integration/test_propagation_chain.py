@@ -33,8 +33,8 @@ from opentelemetry.propagators.composite import CompositePropagator
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from sdk.propagation import current_routing_key
-from sdk.propagation.aiohttp import server_middleware
+from forklane.propagation import current_routing_key
+from forklane.propagation.aiohttp import server_middleware
 from tests.support.processes import _READY, Proc, spawn, wait_for_line, write_config
 
 pytestmark = pytest.mark.asyncio
@@ -169,7 +169,7 @@ async def _build_chain(tmp_path: Path, flags: tuple[str, ...]) -> AsyncIterator[
         for n in ("a", "b", "c"):
             configs[n] = write_config(tmp_path / f"routing-{n}.yaml", boot)
             sidecars[n] = spawn(
-                [sys.executable, "-m", "proxy", "run", "--config", str(configs[n]),
+                [sys.executable, "-m", "forklane.proxy", "run", "--config", str(configs[n]),
                  "--port", "0", "--inbound-port", "0", "--admin-port", "0",
                  "--service", n, "--local-app", apps[n].address, *flags],
                 tmp_path / f"sidecar-{n}.log",

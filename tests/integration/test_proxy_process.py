@@ -17,7 +17,7 @@ from tests.support.processes import ROOT
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "proxy", *args], cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "forklane.proxy", *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=60)
 
 
@@ -79,7 +79,7 @@ async def test_workers_share_the_port(upstreams: Any, tmp_path: Path) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = spawn([sys.executable, "-m", "proxy", "run", "--config", str(config), "--port",
+    proc = spawn([sys.executable, "-m", "forklane.proxy", "run", "--config", str(config), "--port",
                   str(port), "--admin-port", "off", "--workers", "2"], tmp_path / "w.log")
     try:
         wait_for_line(proc, "forklane proxy listening", 20)

@@ -19,14 +19,14 @@ import grpc
 import grpc.aio
 import pytest
 
-from controlplane.publisher import SnapshotPublisher
-from controlplane.push.registry import ProxyRegistry
-from controlplane.push.server import PushServer
-from proxy.persist import SNAPSHOT_FILE, load_snapshot
-from proxy.push_messages import METHOD, SubscribeRequest, encode_request
-from proxy.schema import Fork, RoutingSnapshot, Service
-from proxy.state import TableHolder
-from proxy.subscriber import Subscriber
+from forklane.controlplane.publisher import SnapshotPublisher
+from forklane.controlplane.push.registry import ProxyRegistry
+from forklane.controlplane.push.server import PushServer
+from forklane.proxy.persist import SNAPSHOT_FILE, load_snapshot
+from forklane.proxy.push_messages import METHOD, SubscribeRequest, encode_request
+from forklane.proxy.schema import Fork, RoutingSnapshot, Service
+from forklane.proxy.state import TableHolder
+from forklane.proxy.subscriber import Subscriber
 
 TOKEN = "proxy-secret-token"
 
@@ -225,7 +225,7 @@ async def test_snapshot_failing_table_build_is_nacked(
     cp: ControlPlane, start_proxy: StartProxy
 ) -> None:
     # A sidecar configured with an unusable local app address cannot build any table.
-    from proxy.table import LocalIdentity
+    from forklane.proxy.table import LocalIdentity
 
     holder = TableHolder(LocalIdentity(service="catalog", app="127.0.0.1:0"))
     proxy = await start_proxy(holder=holder)
@@ -338,7 +338,7 @@ async def test_unreachable_control_plane_retries_without_crashing(
 
 async def test_unanswered_push_holds_back_the_next_and_latest_wins(cp: ControlPlane) -> None:
     """One push in flight per stream: a proxy busy with v1 later gets v3, never v2."""
-    from proxy.push_messages import Node, decode_response
+    from forklane.proxy.push_messages import Node, decode_response
 
     await cp.publisher.publish(snapshot(1))
     async with grpc.aio.insecure_channel(cp.address) as channel:

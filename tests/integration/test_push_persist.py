@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from proxy.persist import SNAPSHOT_FILE, load_snapshot, save_snapshot
-from proxy.schema import Fork, RoutingSnapshot, Service
-from proxy.state import TableHolder
-from proxy.subscriber import Subscriber
+from forklane.proxy.persist import SNAPSHOT_FILE, load_snapshot, save_snapshot
+from forklane.proxy.schema import Fork, RoutingSnapshot, Service
+from forklane.proxy.state import TableHolder
+from forklane.proxy.subscriber import Subscriber
 
 
 def snapshot(version: int) -> RoutingSnapshot:

@@ -8,8 +8,8 @@ from collections.abc import Iterable
 
 import pytest
 
-from proxy.balancer import Balancer
-from proxy.table import Destination, Endpoint, LbPolicy, Timeouts
+from forklane.proxy.balancer import Balancer
+from forklane.proxy.table import Destination, Endpoint, LbPolicy, Timeouts
 
 A = Endpoint("10.0.0.1", 80, "10.0.0.1:80")
 B = Endpoint("10.0.0.2", 80, "10.0.0.2:80")

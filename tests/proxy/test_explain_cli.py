@@ -1,4 +1,4 @@
-"""`python -m proxy explain` and `python -m proxy schema`, run as the operator runs them.
+"""`python -m forklane.proxy explain` and `python -m forklane.proxy schema`, run as the operator runs them.
 
 The main cases start the real command in a subprocess and read its stdout, stderr and exit
 code: text and JSON output for a described request, exit 2 with one line on stderr (never a
@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
-from proxy.__main__ import main
-from proxy.schema import RoutingSnapshot
+from forklane.proxy.__main__ import main
+from forklane.proxy.schema import RoutingSnapshot
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -61,7 +61,7 @@ class Result:
 def run(*args: str | Path, timeout: float = 30) -> Result:
     """The real command line, in a subprocess."""
     done = subprocess.run(
-        [sys.executable, "-m", "proxy", *map(str, args)],
+        [sys.executable, "-m", "forklane.proxy", *map(str, args)],
         cwd=ROOT,
         capture_output=True,
         text=True,

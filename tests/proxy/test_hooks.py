@@ -10,12 +10,12 @@ from typing import Any
 
 import pytest
 
-from proxy.hooks import RESTORED_CARRIER, PropagationState, RequestHooks
-from proxy.metrics import Stats
-from proxy.routing import Decision, RequestView, decide
-from proxy.schema import RoutingSnapshot
-from proxy.settings import ProxySettings
-from proxy.table import LocalIdentity, RoutingTable, build_table
+from forklane.proxy.hooks import RESTORED_CARRIER, PropagationState, RequestHooks
+from forklane.proxy.metrics import Stats
+from forklane.proxy.routing import Decision, RequestView, decide
+from forklane.proxy.schema import RoutingSnapshot
+from forklane.proxy.settings import ProxySettings
+from forklane.proxy.table import LocalIdentity, RoutingTable, build_table
 
 KEY = "alice-7f3a"
 OTHER = "bob-91c2"
@@ -217,7 +217,7 @@ def test_tracing_rewrites_the_forwarded_traceparent_or_hands_it_to_the_adapter(
 ) -> None:
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-    from proxy.tracing import ProxyTracer
+    from forklane.proxy.tracing import ProxyTracer
 
     exporter = InMemorySpanExporter()
     tracer = ProxyTracer("orders", exporter)

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from proxy.loader import FileWatcher, load_snapshot_file, parse_snapshot
-from proxy.table import ConfigError, build_table
+from forklane.proxy.loader import FileWatcher, load_snapshot_file, parse_snapshot
+from forklane.proxy.table import ConfigError, build_table
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 

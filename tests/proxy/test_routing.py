@@ -14,9 +14,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.routing import Decision, RequestView, decide, explain
-from proxy.schema import RoutingSnapshot
-from proxy.table import ROUTED_MARKER, LocalIdentity, RoutingTable, build_table
+from forklane.proxy.routing import Decision, RequestView, decide, explain
+from forklane.proxy.schema import RoutingSnapshot
+from forklane.proxy.table import ROUTED_MARKER, LocalIdentity, RoutingTable, build_table
 
 TP = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 

@@ -11,10 +11,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from proxy.loader import format_validation_error
-from proxy.routing import RequestView, decide
-from proxy.schema import DEFAULT_CARRIERS, RoutingSnapshot, parse_endpoint
-from proxy.table import build_table
+from forklane.proxy.loader import format_validation_error
+from forklane.proxy.routing import RequestView, decide
+from forklane.proxy.schema import DEFAULT_CARRIERS, RoutingSnapshot, parse_endpoint
+from forklane.proxy.table import build_table
 
 VALID: dict[str, Any] = {
     "version": "v1",

@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from proxy.schema import RoutingSnapshot
-from proxy.state import TableHolder
-from proxy.table import (
+from forklane.proxy.schema import RoutingSnapshot
+from forklane.proxy.state import TableHolder
+from forklane.proxy.table import (
     ROUTED_MARKER,
     ConfigError,
     LocalIdentity,

@@ -5,7 +5,7 @@ can call it from the test thread) and answers with whatever the test's handler r
 for behaviour a real control plane cannot be made to show on demand (503s, HTML error pages,
 dropped connections).
 
-`controlplane` starts `python -m controlplane serve` on port 0 with a temporary data
+`controlplane` starts `python -m forklane.controlplane serve` on port 0 with a temporary data
 directory and the bootstrap admin token from `FORKLANE_ADMIN_TOKEN`, waits for its
 "listening on" line, and stops it afterwards. Tests using it skip, saying why, while the
 control plane is not there yet.

@@ -1,4 +1,4 @@
-"""Start and stop a real forklane control plane (`python -m controlplane serve`) for tests.
+"""Start and stop a real forklane control plane (`python -m forklane.controlplane serve`) for tests.
 
 Shared by the SDK tests and the CLI end-to-end tests. The control plane listens on port 0 with
 a temporary data directory and the bootstrap admin token from `FORKLANE_ADMIN_TOKEN`; we wait
@@ -33,7 +33,7 @@ class ControlPlane:
 def controlplane_missing() -> str | None:
     """Why the control plane cannot be started from this tree, or None when it can."""
     if not (REPO / "controlplane" / "__main__.py").exists():
-        return "the control plane has no `python -m controlplane` entry point in this tree yet"
+        return "the control plane has no `python -m forklane.controlplane` entry point in this tree yet"
     return None
 
 
@@ -69,7 +69,7 @@ def start_controlplane(data_dir: Path, extra_env: dict[str, str] | None = None) 
         "FORKLANE_RECONCILE_INTERVAL": "0.2",
         **(extra_env or {}),
     }
-    argv = [sys.executable, "-m", "controlplane", "serve", "--listen", "127.0.0.1:0",
+    argv = [sys.executable, "-m", "forklane.controlplane", "serve", "--listen", "127.0.0.1:0",
             "--grpc", "127.0.0.1:0", "--data-dir", str(data_dir)]  # fmt: skip
     proc = subprocess.Popen(
         argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True

@@ -13,8 +13,8 @@ from typing import Any
 
 from aiohttp import web
 
-from sdk import AsyncClient, Client, RetryPolicy
-from sdk.config import ClientConfig
+from forklane import AsyncClient, Client, RetryPolicy
+from forklane.config import ClientConfig
 
 __all__ = ["FAST", "Both", "Handler", "ScriptedServer", "Seen", "ServerThread", "with_sandbox"]
 

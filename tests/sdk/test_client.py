@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from sdk import (
+from forklane import (
     Conflict,
     Forbidden,
     Invalid,
@@ -26,7 +26,7 @@ from sdk import (
     Unauthorized,
     Unavailable,
 )
-from sdk._core import build_sandbox
+from forklane._core import build_sandbox
 from tests.sdk.sdk_support import Both, ScriptedServer, with_sandbox
 
 Start = Callable[[Callable[[web.Request], Any]], ScriptedServer]

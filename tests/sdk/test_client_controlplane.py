@@ -16,8 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from controlplane.wire import ServiceResource, Split
-from sdk import (
+from forklane import (
     Conflict,
     Forbidden,
     Invalid,
@@ -26,7 +25,8 @@ from sdk import (
     Unauthorized,
     WaitTimeout,
 )
-from sdk._core import build_sandbox
+from forklane._core import build_sandbox
+from forklane.controlplane.wire import ServiceResource, Split
 from tests.sdk.controlplane_proc import ControlPlane, tcp_listener
 from tests.sdk.sdk_support import Both, with_sandbox
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from sdk.config import (
+from forklane.config import (
     DEFAULT_URL,
     ConfigFile,
     Context,
@@ -16,7 +16,7 @@ from sdk.config import (
     resolve_config,
     save_config_file,
 )
-from sdk.errors import ConfigError
+from forklane.errors import ConfigError
 
 FILE = """\
 current-context: staging

@@ -14,8 +14,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from controlplane.wire import Sandbox, SandboxSpec, Split
-from sdk._core import (
+from forklane._core import (
     SANDBOXES,
     SPLITS,
     Api,
@@ -31,7 +30,8 @@ from sdk._core import (
     parse_duration,
     routing_headers,
 )
-from sdk.errors import (
+from forklane.controlplane.wire import Sandbox, SandboxSpec, Split
+from forklane.errors import (
     Conflict,
     Forbidden,
     ForklaneError,

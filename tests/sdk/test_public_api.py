@@ -1,6 +1,6 @@
 """The SDK's public surface is pinned, and its two clients offer the same operations.
 
-A name removed from `sdk.__all__`, or a method added to `Client` but not to `AsyncClient`
+A name removed from `forklane.__all__`, or a method added to `Client` but not to `AsyncClient`
 (or the other way round), fails here before a user notices.
 """
 
@@ -10,8 +10,8 @@ import inspect
 import subprocess
 import sys
 
-import sdk
-from sdk.client import AsyncClient, AsyncResource, AsyncSandboxes, Client, Resource, Sandboxes
+import forklane
+from forklane.client import AsyncClient, AsyncResource, AsyncSandboxes, Client, Resource, Sandboxes
 from tests.sdk.controlplane_proc import REPO
 
 PUBLIC = {
@@ -30,10 +30,10 @@ def public_methods(cls: type) -> dict[str, inspect.Signature]:
 
 
 def test_every_exported_name_resolves() -> None:
-    assert set(sdk.__all__) == PUBLIC
-    for name in sdk.__all__:
-        assert getattr(sdk, name) is not None
-    assert issubclass(sdk.NotFound, sdk.ForklaneError)
+    assert set(forklane.__all__) == PUBLIC
+    for name in forklane.__all__:
+        assert getattr(forklane, name) is not None
+    assert issubclass(forklane.NotFound, forklane.ForklaneError)
 
 
 def test_sync_and_async_clients_have_the_same_operations_and_parameters() -> None:
@@ -50,8 +50,8 @@ def test_sync_and_async_clients_have_the_same_operations_and_parameters() -> Non
 
 def test_importing_the_sdk_and_cli_never_loads_the_proxy() -> None:
     code = (
-        "import sys, sdk.cli, sdk.client;"
-        "bad = sorted(m for m in sys.modules if m == 'proxy' or m.startswith('proxy.'));"
+        "import sys, forklane.cli, forklane.client;"
+        "bad = sorted(m for m in sys.modules if m.startswith(('forklane.proxy', 'proxy')));"
         "print(','.join(bad))"
     )
     done = subprocess.run(

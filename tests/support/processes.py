@@ -1,6 +1,6 @@
 """Start forklane components as real processes and stop them by PID.
 
-`start_proxy()` runs `python -m proxy run …` with ports 0 and parses the ready line
+`start_proxy()` runs `python -m forklane.proxy run …` with ports 0 and parses the ready line
 (`forklane proxy listening: outbound=HOST:PORT inbound=… admin=…`) to learn the real ports.
 """
 
@@ -86,7 +86,7 @@ def start_proxy(
     env: dict[str, str] | None = None,
     inbound: bool = False,
 ) -> Proc:
-    cmd = [sys.executable, "-m", "proxy", "run", "--port", "0", "--admin-port", "0"]
+    cmd = [sys.executable, "-m", "forklane.proxy", "run", "--port", "0", "--admin-port", "0"]
     if config is not None:
         cmd += ["--config", str(config)]
     if inbound:

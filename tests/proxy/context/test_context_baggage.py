@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.context.baggage import (
+from forklane.proxy.context.baggage import (
     MAX_BYTES,
     decode_value,
     encode_value,

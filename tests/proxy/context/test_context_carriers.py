@@ -10,8 +10,8 @@ from opentelemetry import trace
 from opentelemetry.baggage.propagation import W3CBaggagePropagator
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from proxy.context.baggage import decode_value, parse_baggage
-from proxy.context.carriers import (
+from forklane.proxy.context.baggage import decode_value, parse_baggage
+from forklane.proxy.context.carriers import (
     COMPAT_CARRIERS,
     KeyResult,
     build_carrier_plan,
@@ -19,8 +19,8 @@ from proxy.context.carriers import (
     extract_trace_id,
     inject_routing_key,
 )
-from proxy.context.tracestate import parse_tracestate
-from proxy.schema import DEFAULT_CARRIERS, Carrier, RoutingSnapshot
+from forklane.proxy.context.tracestate import parse_tracestate
+from forklane.proxy.schema import DEFAULT_CARRIERS, Carrier, RoutingSnapshot
 
 TP = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 HEADER = Carrier(kind="header", name="x-forklane-routing-key")

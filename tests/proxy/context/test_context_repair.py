@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from proxy.context.repair import TraceKeyMemory
+from forklane.proxy.context.repair import TraceKeyMemory
 
 
 class FakeClock:

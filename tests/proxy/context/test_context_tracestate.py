@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.context.tracestate import (
+from forklane.proxy.context.tracestate import (
     make_member,
     member_values,
     parse_tracestate,

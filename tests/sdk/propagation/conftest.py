@@ -10,7 +10,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from sdk.propagation.aiohttp import server_middleware
+from forklane.propagation.aiohttp import server_middleware
 
 Call = Callable[[str], Awaitable[dict[str, str]]]
 ServerFactory = Callable[..., Awaitable[TestServer]]

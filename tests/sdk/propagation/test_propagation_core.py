@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sdk.propagation import (
+from forklane.propagation import (
     RoutingContext,
     context_from_headers,
     current_routing_key,

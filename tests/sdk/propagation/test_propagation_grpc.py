@@ -16,7 +16,7 @@ import grpc
 import grpc.aio
 import pytest
 
-from sdk.propagation.grpc import (
+from forklane.propagation.grpc import (
     AsyncClientInterceptor,
     AsyncServerInterceptor,
     ClientInterceptor,

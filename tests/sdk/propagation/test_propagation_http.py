@@ -15,9 +15,9 @@ import pytest
 import requests
 from opentelemetry.baggage.propagation import W3CBaggagePropagator
 
-from sdk.propagation.aiohttp import client_middleware, client_trace_config
-from sdk.propagation.httpx import async_event_hooks, event_hooks
-from sdk.propagation.requests import instrument_session
+from forklane.propagation.aiohttp import client_middleware, client_trace_config
+from forklane.propagation.httpx import async_event_hooks, event_hooks
+from forklane.propagation.requests import instrument_session
 
 Call = Callable[[str], Awaitable[dict[str, str]]]
 

@@ -6,8 +6,8 @@ import pytest
 from opentelemetry import baggage
 from opentelemetry.baggage.propagation import W3CBaggagePropagator
 
-from sdk.propagation import routing_context
-from sdk.propagation.otel import (
+from forklane.propagation import routing_context
+from forklane.propagation.otel import (
     context_from_otel,
     routing_key_baggage,
     routing_key_from_otel,
