@@ -411,7 +411,7 @@ def test_explain_runs_the_proxys_decision_on_the_control_planes_snapshot(
 def test_explain_asks_a_running_proxys_admin_port(env: dict[str, str], tmp_path: Path) -> None:
     if not (REPO / "proxy" / "__main__.py").exists():
         pytest.skip("the proxy has no `python -m forklane.proxy run` in this tree yet")
-    proxy = start_proxy(REPO / "examples" / "static.yaml", tmp_path / "forklane.proxy.log")
+    proxy = start_proxy(REPO / "examples" / "static.yaml", tmp_path / "proxy.log")
     try:
         admin = proxy.url("admin")
         forked = run_cli("explain", "--proxy-admin", admin, "--host", "pricing",

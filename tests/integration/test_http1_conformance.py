@@ -69,7 +69,7 @@ async def shared_rig(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[
         ],
         "forks": [{"routing_key": KEY, "service": "svc", "endpoints": [fork.address]}],
     })
-    proxy = await asyncio.to_thread(start_proxy, config, path / "forklane.proxy.log")
+    proxy = await asyncio.to_thread(start_proxy, config, path / "proxy.log")
     try:
         yield Rig(proxy, base, fork, slow, keepalive)
     finally:

@@ -269,7 +269,7 @@ async def rig(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Rig]:
         "services": [{"name": "svc", "endpoints": [baseline.address]}],
         "forks": [{"routing_key": KEY, "service": "svc", "endpoints": [fork.address]}],
     })
-    proxy = await asyncio.to_thread(start_proxy, config, path / "forklane.proxy.log")
+    proxy = await asyncio.to_thread(start_proxy, config, path / "proxy.log")
     try:
         yield Rig(proxy, baseline, fork)
     finally:
