@@ -43,6 +43,7 @@ from forklane.controlplane.publisher import SnapshotPublisher
 from forklane.controlplane.reconciler import Clock, utcnow
 from forklane.controlplane.resources import KINDS, ResourceKind, parse_selector, to_wire
 from forklane.controlplane.store.base import AuditEntry, Record, Store, StoreError
+from forklane.proxy.jsonlimits import JsonTooDeep, loads_bounded
 
 __all__ = ["ApiContext", "ProxyLister", "build_app"]
 
@@ -133,12 +134,14 @@ async def _body(request: web.Request) -> dict[str, Any]:
     if request.content_type != "application/json":
         raise ApiError(415, f"Content-Type must be application/json, not {request.content_type!r}")
     if request.content_length is not None and request.content_length > MAX_BODY:
-        raise ApiError(400, f"body larger than {MAX_BODY} bytes")
+        raise ApiError(413, f"body larger than {MAX_BODY} bytes")
     raw = await request.content.read(MAX_BODY + 1)
     if len(raw) > MAX_BODY:
-        raise ApiError(400, f"body larger than {MAX_BODY} bytes")
+        raise ApiError(413, f"body larger than {MAX_BODY} bytes")
     try:
-        data = json.loads(raw)
+        data = loads_bounded(raw)
+    except JsonTooDeep as exc:
+        raise ApiError(400, f"body is not acceptable JSON: {exc}") from exc
     except (ValueError, UnicodeDecodeError) as exc:
         raise ApiError(400, f"body is not valid JSON: {exc}") from exc
     if not isinstance(data, dict):

@@ -24,6 +24,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import httptools
 
+from forklane.proxy.jsonlimits import loads_bounded
 from forklane.proxy.metrics import Stats, render_prometheus
 from forklane.proxy.routing import RequestView, decide, explain
 from forklane.proxy.state import TableHolder
@@ -131,7 +132,7 @@ class AdminServer:
             spec: dict[str, Any]
             if method == "POST":
                 try:
-                    loaded = json.loads(body or b"{}")
+                    loaded = loads_bounded(body or b"{}")
                 except ValueError as exc:
                     await _respond(writer, 400, {"error": f"body is not JSON: {exc}"})
                     return

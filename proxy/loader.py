@@ -8,7 +8,6 @@ the file and the field, so the operator sees why a reload was refused.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from forklane.proxy.jsonlimits import loads_bounded
 from forklane.proxy.schema import RoutingSnapshot
 from forklane.proxy.table import ConfigError
 
@@ -38,7 +38,7 @@ def parse_snapshot(data: bytes, origin: str) -> RoutingSnapshot:
         raise ConfigError(f"{origin}: not UTF-8 ({exc})") from None
     doc: Any
     try:
-        doc = json.loads(text) if text.lstrip().startswith("{") else _yaml_load(text)
+        doc = loads_bounded(text) if text.lstrip().startswith("{") else _yaml_load(text)
     except ValueError as exc:
         raise ConfigError(f"{origin}: {exc}") from None
     if not isinstance(doc, dict):
@@ -56,6 +56,8 @@ def _yaml_load(text: str) -> Any:
 
     try:
         return yaml.safe_load(text)
+    except RecursionError:
+        raise ValueError("invalid YAML: nested too deeply") from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -57,6 +57,17 @@ class ProxySettings(BaseSettings):
         description="GOAWAY once this many streams were reset by the client before their "
         "response completed (and they are at least half of the connection's streams)",
     )
+    h2_control_frame_budget: int = Field(
+        1000, ge=10, le=1_000_000,
+        description="control frames (SETTINGS, PING, PRIORITY, WINDOW_UPDATE, RST_STREAM, "
+        "empty DATA/CONTINUATION) a connection may send per ~10 s beyond what its streams and "
+        "the data sent to it earn; over it: GOAWAY(ENHANCE_YOUR_CALM)",
+    )
+    h2_abuse_memory_seconds: float = Field(
+        60.0, ge=0, le=3600,
+        description="how long a peer caught flooding or rapid-resetting keeps a reduced budget "
+        "on its next connections",
+    )
     h2_validate_headers: bool = Field(
         True, description="let the h2 state machine validate inbound header blocks"
     )

@@ -8,7 +8,10 @@ from __future__ import annotations
 from http import HTTPStatus
 
 __all__ = [
+    "FRAMING_FIELDS",
     "HOP_BY_HOP",
+    "PERSISTENCE_TOKENS",
+    "TRAILER_NEVER",
     "LocalReply",
     "check_transfer_encoding",
     "local_reply",
@@ -31,6 +34,19 @@ HOP_BY_HOP: frozenset[bytes] = frozenset(
         b"upgrade",
         b"content-length",
     }
+)
+
+# Fields that frame or route a message (RFC 9110 §7.6.1): a sender must not nominate them in
+# `Connection`, and a proxy must not let such a nomination strip them. Requests that try are
+# rejected (400 `bad-connection-header`); responses keep their framing, which the proxy
+# recomputes itself.
+FRAMING_FIELDS: frozenset[bytes] = frozenset({b"content-length", b"transfer-encoding", b"host"})
+# Connection tokens that are options of the connection itself, not names of fields.
+PERSISTENCE_TOKENS: frozenset[bytes] = frozenset({b"close", b"keep-alive", b"upgrade", b""})
+# Fields never forwarded in a request's trailer section: framing, routing and hop-by-hop
+# fields have no meaning there (RFC 9110 §6.5.1) and a next hop must not act on them.
+TRAILER_NEVER: frozenset[bytes] = HOP_BY_HOP | FRAMING_FIELDS | frozenset(
+    {b"x-forklane-routed", b"x-forklane-routing-key", b"baggage", b"tracestate", b"traceparent"}
 )
 
 # RFC 3986 reg-name (unreserved, sub-delims, '%' of pct-encoded); an IP-literal is taken to

@@ -28,7 +28,10 @@ import httptools
 from forklane.proxy.balancer import Balancer
 from forklane.proxy.context.carriers import inject_routing_key
 from forklane.proxy.http1.messages import (
+    FRAMING_FIELDS,
     HOP_BY_HOP,
+    PERSISTENCE_TOKENS,
+    TRAILER_NEVER,
     LocalReply,
     check_transfer_encoding,
     local_reply,
@@ -51,6 +54,7 @@ if TYPE_CHECKING:
 
 if TYPE_CHECKING:
     from forklane.proxy.http2._flow import Hub
+    from forklane.proxy.http2._guard import AbuseMemory, FloodLimits
     from forklane.proxy.http2.upstream import H2Pools
 
 __all__ = ["Downstream", "ListenerContext"]
@@ -91,9 +95,6 @@ _SPECIAL: dict[bytes, int] = {
     b"trailer": _HOP,
     _ROUTED_MARKER_RAW: _MARKER,
 }
-
-
-_ONLY_PERSISTENCE = frozenset({b"keep-alive", b"close", b"upgrade"})
 
 
 class _Reject(Exception):
@@ -166,6 +167,8 @@ class ListenerContext:
         # a sidecar that only ever sees HTTP/1.1 does not carry it.
         self._h2_hub: Hub | None = None
         self._h2_pools: H2Pools | None = None
+        self._h2_limits: FloodLimits | None = None
+        self._h2_abuse: AbuseMemory | None = None
         self.hooks: RequestHooks | None = None  # propagation hooks; None when all are off
 
     def actions_for(self, table: RoutingTable | None) -> dict[bytes, int]:
@@ -195,14 +198,36 @@ class ListenerContext:
         assert self._h2_pools is not None
         return self._h2_pools
 
+    @property
+    def h2_limits(self) -> FloodLimits:
+        if self._h2_limits is None:
+            self._load_h2()
+        assert self._h2_limits is not None
+        return self._h2_limits
+
+    @property
+    def h2_abuse(self) -> AbuseMemory:
+        """HTTP/2 peers caught abusing, shared by the listener's connections."""
+        if self._h2_abuse is None:
+            self._load_h2()
+        assert self._h2_abuse is not None
+        return self._h2_abuse
+
     def _load_h2(self) -> None:
         from forklane.proxy.http2 import _tuning
         from forklane.proxy.http2._flow import Hub
+        from forklane.proxy.http2._guard import AbuseMemory, FloodLimits
         from forklane.proxy.http2.upstream import H2Pools
 
         _tuning.apply()  # measured speedups of the HTTP/2 stack (idempotent)
+        settings = self.settings
         self._h2_hub = Hub(self.loop)
-        self._h2_pools = H2Pools(self.loop, self._h2_hub, self.settings.h2_validate_headers)
+        self._h2_pools = H2Pools(self.loop, self._h2_hub, settings.h2_validate_headers)
+        self._h2_limits = FloodLimits(
+            max_header_block=2 * settings.max_header_bytes + 16384,
+            control_base=float(settings.h2_control_frame_budget),
+        )
+        self._h2_abuse = AbuseMemory(ttl=settings.h2_abuse_memory_seconds)
 
     def close_h2(self) -> None:
         if self._h2_pools is not None:
@@ -376,7 +401,7 @@ class Exchange:
                 via = value
                 continue
             parts.append(name + b": " + value + b"\r\n")
-        if conn_tokens and not _ONLY_PERSISTENCE.issuperset(conn_tokens):
+        if conn_tokens and not PERSISTENCE_TOKENS.issuperset(conn_tokens):
             named = set(conn_tokens)
             parts = [parts[0]] + [
                 p for p in parts[1:] if p.split(b":", 1)[0].lower() not in named
@@ -718,7 +743,10 @@ class Downstream(asyncio.Protocol):
         ex = self.parsing
         assert ex is not None
         if ex.decision is not None:
-            # A trailer field of a chunked request body: forwarded with the last chunk.
+            # A trailer field of a chunked request body: forwarded with the last chunk,
+            # unless it is a field that frames, routes or belongs to this hop.
+            if name.lower() in TRAILER_NEVER:
+                return
             if ex.req_trailers is None:
                 ex.req_trailers = []
             ex.req_trailers.append(name + b": " + value + b"\r\n")
@@ -837,7 +865,7 @@ class Downstream(asyncio.Protocol):
         if ex.upgrade is not None and not (ex.conn_tokens and b"upgrade" in ex.conn_tokens):
             ex.upgrade = None  # Upgrade without Connection: upgrade is not an upgrade request
         if ex.conn_tokens:
-            self._drop_connection_named(ex)
+            self._drop_connection_named(ex)  # raises for a nomination of a protected field
         table = ex.table
         if table is None:
             ex.reply = LocalReply(503, "no-config", "no routing table loaded yet", close=False)
@@ -901,14 +929,38 @@ class Downstream(asyncio.Protocol):
     # -- building the forwarded request --------------------------------------------------------
 
     def _drop_connection_named(self, ex: Exchange) -> None:
-        """Fields named in Connection are hop-by-hop (RFC 9110 §7.6.1): gone before routing."""
+        """Fields named in Connection are hop-by-hop (RFC 9110 §7.6.1): gone before routing.
+
+        A client must not use Connection to remove what frames or routes the request
+        (Content-Length, Transfer-Encoding, Host, the carriers and headers the routing table
+        reads, the routed mark, traceparent): honouring it would forward a body whose framing
+        was removed (request smuggling) or route on different fields than the next hop sees.
+        Such a request is answered 400 `bad-connection-header` and the connection closed."""
         assert ex.conn_tokens is not None
-        named = {t for t in ex.conn_tokens if t not in (b"close", b"keep-alive", b"upgrade")}
+        named = {t for t in ex.conn_tokens if t not in PERSISTENCE_TOKENS}
         if not named:
             return
+        ctx = self.ctx
+        actions = ctx.actions if ex.table is ctx.actions_table else ctx.actions_for(ex.table)
+        protected = sorted(
+            t for t in named
+            if t in FRAMING_FIELDS or t == b"traceparent"
+            or actions.get(t) in (_INTERESTING, _MARKER, _EXPLAIN)
+        )
+        if protected:
+            names = ", ".join(t.decode("latin-1") for t in protected)
+            raise _bad("bad-connection-header",
+                       f"Connection must not name fields that frame or route the request: {names}")
         ex.lines = [line for line in ex.lines if line.split(b":", 1)[0].lower() not in named]
-        for token in named:
-            ex.view.pop(token.decode("latin-1"), None)
+        # The client's own forwarding fields were nominated for this hop only.
+        if b"x-forwarded-for" in named:
+            ex.xff = None
+        if b"x-forwarded-proto" in named:
+            ex.xfp = False
+        if b"x-forwarded-host" in named:
+            ex.xfh = False
+        if b"via" in named:
+            ex.via = None
 
     def _request_head(
         self, ex: Exchange, table: RoutingTable, decision: Decision, target: bytes

@@ -60,6 +60,7 @@ class Peer:
     transport: asyncio.Transport | None = None
     write_paused = False
     dirty = False
+    sent_bytes = 0  # written to the transport so far (the flood guard's measure of work)
 
     def __init__(self, hub: Hub) -> None:
         self.hub = hub
@@ -103,6 +104,7 @@ class Hub:
             data = peer.h2.data_to_send()
             transport = peer.transport
             if data and transport is not None and not transport.is_closing():
+                peer.sent_bytes += len(data)
                 transport.write(data)
 
 

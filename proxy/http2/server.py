@@ -36,6 +36,7 @@ from hyperframe.frame import GoAwayFrame
 from forklane.proxy.context.carriers import inject_routing_key
 from forklane.proxy.http2 import grpc
 from forklane.proxy.http2._flow import GracefulH2Connection, Peer, Pipe
+from forklane.proxy.http2._guard import FrameGuard
 from forklane.proxy.http2.upstream import CONNECTION_WINDOW, H2Upstream
 from forklane.proxy.requestlog import count_request, log_request
 from forklane.proxy.routing import Decision, RequestView, decide
@@ -52,19 +53,21 @@ PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 MAX_CONCURRENT_STREAMS = 100
 _ROUTED = (ROUTED_MARKER.encode(), b"1")
 _VIA_HOP = b"2 forklane"
-_MAX_FRAME = 16384  # our SETTINGS_MAX_FRAME_SIZE (h2's default)
 
 # What the request path does with a header name (lowercase; h2 delivers lowercase names).
 (_DROP, _TE, _HOST, _CTYPE, _GRPC_TIMEOUT, _XFF, _XFP, _VIA, _MARKER, _INTERESTING,
- _EXPLAIN) = range(11)
+ _EXPLAIN, _MALFORMED) = range(12)
 _SPECIAL: dict[bytes, int] = {
-    b"connection": _DROP,
-    b"keep-alive": _DROP,
-    b"proxy-connection": _DROP,
+    # Connection-specific fields make an HTTP/2 request malformed (RFC 9113 §8.2.2); h2's
+    # validation refuses them too when it is on. Never dropped silently: what a client meant
+    # to say with them to this hop cannot be honoured.
+    b"connection": _MALFORMED,
+    b"keep-alive": _MALFORMED,
+    b"proxy-connection": _MALFORMED,
+    b"transfer-encoding": _MALFORMED,
+    b"upgrade": _MALFORMED,
     b"proxy-authorization": _DROP,
     b"proxy-authenticate": _DROP,
-    b"transfer-encoding": _DROP,
-    b"upgrade": _DROP,
     b"trailer": _DROP,
     b"http2-settings": _DROP,
     b"te": _TE,
@@ -494,6 +497,11 @@ class H2Downstream(asyncio.Protocol, Peer):
         self.goaway_sent = False
         self.closing = False
         self.idle_since = ctx.loop.time()
+        self.starting: list[H2Stream] = []  # routed in this read, dispatched at its end
+        self.backlog = b""  # input beyond one turn's share, taken in the next iteration
+        self.read_paused = False
+        self.abused = False
+        self.guard: FrameGuard
 
     # -- asyncio.Protocol --------------------------------------------------------------------
 
@@ -505,6 +513,12 @@ class H2Downstream(asyncio.Protocol, Peer):
         ctx.connections.add(self)
         ctx.stats.connections_open += 1
         ctx.stats.connections_total += 1
+        now = ctx.loop.time()
+        strikes = ctx.h2_abuse.strikes(self.peer, now)
+        if strikes:
+            # Caught abusing recently: reconnecting does not buy a fresh budget.
+            self.reset_threshold = max(1, self.reset_threshold // 10**strikes)
+        self.guard = FrameGuard(ctx.h2_limits, now, strikes)
         h2 = self.h2
         h2.initiate_connection()
         h2.update_settings({
@@ -516,6 +530,40 @@ class H2Downstream(asyncio.Protocol, Peer):
         self.mark()
 
     def data_received(self, data: bytes) -> None:
+        if self.backlog:
+            self.backlog += data  # reading is paused; bytes that were already on their way
+            return
+        self._take(data)
+
+    def _take(self, data: bytes) -> None:
+        """Hand `data` to the codec, at most one turn's worth (see `_guard`): the rest waits
+        for a later loop iteration with reading paused, so other connections get their turn."""
+        guard = self.guard
+        take, violation = guard.scan(data, self.ctx.loop.time(), self.sent_bytes)
+        if violation is not None:
+            if take and violation.reason != "h2-control-flood":
+                self._receive(data[:take])
+            self.abuse(violation.reason, violation.error_code, violation.detail)
+            return
+        if take < len(data):
+            self.backlog = data[take:]
+            if self.transport is not None and not self.read_paused:
+                self.read_paused = True
+                self.transport.pause_reading()
+            self.ctx.loop.call_soon(self._take_backlog)
+        if take:
+            self._receive(data[:take] if take < len(data) else data)
+
+    def _take_backlog(self) -> None:
+        data, self.backlog = self.backlog, b""
+        if self.transport is None or not data:
+            return
+        self._take(data)
+        if not self.backlog and self.read_paused and self.transport is not None:
+            self.read_paused = False
+            self.transport.resume_reading()
+
+    def _receive(self, data: bytes) -> None:
         h2 = self.h2
         try:
             events = h2.receive_data(data)
@@ -527,23 +575,10 @@ class H2Downstream(asyncio.Protocol, Peer):
             if self.transport is not None:
                 self.transport.close()
             return
-        partial = h2.incoming_buffer._data
-        if len(partial) >= 9 and int.from_bytes(partial[:3], "big") > _MAX_FRAME:
-            # h2 buffers a frame's whole declared length (up to 16 MiB) before checking it
-            # against SETTINGS_MAX_FRAME_SIZE: refuse the overlong frame as soon as its
-            # header shows it, so a client cannot make us hold megabytes it never finishes.
-            self.ctx.stats.rejected["h2-frame-too-large"] += 1
-            try:
-                h2.close_connection(ErrorCodes.FRAME_SIZE_ERROR)
-            except ProtocolError:
-                pass
-            self.mark()
-            self.hub.flush()
-            if self.transport is not None:
-                self.transport.close()
-            return
         streams = self.streams
         for event in events:
+            if self.abused:
+                return
             if isinstance(event, DataReceived):
                 stream = streams.get(event.stream_id)
                 if stream is not None:
@@ -573,6 +608,15 @@ class H2Downstream(asyncio.Protocol, Peer):
                 self.closing = True
                 if event.error_code != ErrorCodes.NO_ERROR and self.transport is not None:
                     self.transport.close()
+        starting = self.starting
+        if starting:
+            # Streams opened by this read go upstream only now: one the client reset within
+            # the same read (Rapid Reset) never costs the upstream anything.
+            self.starting = []
+            for stream in starting:
+                if not stream.done:
+                    assert stream.route is not None and stream.route.destination is not None
+                    stream.dispatch(stream.route.destination, None, fresh=False)
         self.mark()
         self.hub.flush()  # now rather than at the end of the iteration: lower latency
         if self.closing and not self.streams and self.transport is not None:
@@ -632,6 +676,7 @@ class H2Downstream(asyncio.Protocol, Peer):
         view: dict[str, str] = {}
         size = 0
         count = 0
+        malformed: bytes | None = None
         for name, value in headers:
             size += len(name) + len(value) + 32
             if name[0] == 58:  # b":"
@@ -665,7 +710,11 @@ class H2Downstream(asyncio.Protocol, Peer):
                     stream.explain = True
                 elif action == _TE:
                     if value.strip().lower() != b"trailers":
+                        malformed = name  # RFC 9113 §8.2.2: TE may only say "trailers"
                         continue
+                elif action == _MALFORMED:
+                    malformed = name
+                    continue
                 elif action == _HOST:
                     host = value
                     continue
@@ -696,6 +745,12 @@ class H2Downstream(asyncio.Protocol, Peer):
             ctx.stats.rejected["headers-too-large"] += 1
             stream.fail(431, grpc.RESOURCE_EXHAUSTED, "headers-too-large",
                         "too many or too large request headers")
+            return
+        if malformed is not None:
+            ctx.stats.rejected["malformed-request"] += 1
+            stream.fail(400, grpc.INTERNAL, "malformed-request",
+                        f"{malformed.decode('latin-1')} is a connection-specific field, not "
+                        "allowed in HTTP/2 (RFC 9113 §8.2.2)")
             return
         if method is None or path is None or method == b"CONNECT":
             error = "connect-unsupported" if method == b"CONNECT" else "malformed-request"
@@ -760,7 +815,7 @@ class H2Downstream(asyncio.Protocol, Peer):
             stream.fail(route.status or 404, grpc.UNAVAILABLE, route.error or "no-route",
                         route.reason)
             return
-        stream.dispatch(route.destination, None, fresh=False)
+        self.starting.append(stream)  # dispatched once the whole read is processed
 
     def client_reset(self, stream: H2Stream) -> None:
         """The client reset a stream; many resets of unfinished streams are an attack."""
@@ -770,22 +825,31 @@ class H2Downstream(asyncio.Protocol, Peer):
             self.premature_resets >= self.reset_threshold
             and self.premature_resets * 2 >= self.streams_total
         ):
-            ctx = self.ctx
-            ctx.stats.rejected["h2-rapid-reset"] += 1
-            for other in tuple(self.streams.values()):
-                other.req.discard()
-                other.resp.discard()
-                other.finish(0, reset=True)
-            try:
-                self.h2.close_connection(ErrorCodes.ENHANCE_YOUR_CALM,
-                                         b"too many reset streams", self.last_sid)
-            except ProtocolError:
-                pass
-            self.closing = True
-            self.mark()
-            self.hub.flush()
-            if self.transport is not None:
-                self.transport.close()
+            self.abuse("h2-rapid-reset", ErrorCodes.ENHANCE_YOUR_CALM, "too many reset streams")
+
+    def abuse(self, reason: str, error_code: int, detail: str) -> None:
+        """The peer floods (control frames, resets, oversized frames or header blocks): count
+        it, remember its address for a while, end every stream, GOAWAY and close."""
+        ctx = self.ctx
+        ctx.stats.rejected[reason] += 1
+        ctx.h2_abuse.strike(self.peer, ctx.loop.time())
+        self.abused = True
+        self.backlog = b""
+        self.starting = []
+        for other in tuple(self.streams.values()):
+            other.req.discard()
+            other.resp.discard()
+            other.finish(0, reset=True)
+        try:
+            self.h2.close_connection(error_code, detail.encode("ascii", "replace"),
+                                     self.last_sid)
+        except ProtocolError:
+            pass
+        self.closing = True
+        self.mark()
+        self.hub.flush()
+        if self.transport is not None:
+            self.transport.close()
 
     def stream_finished(self, stream: H2Stream) -> None:
         if not self.streams:

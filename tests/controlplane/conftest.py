@@ -6,6 +6,7 @@ reason when no server answers on 127.0.0.1:5432.
 
 from __future__ import annotations
 
+import io
 import json
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -144,8 +145,9 @@ class Api:
         hdrs = dict(headers or {})
         if token is not None:
             hdrs["Authorization"] = f"Bearer {token}"
+        payload = io.BytesIO(data) if data is not None and len(data) > 1 << 20 else data
         async with self.session.request(
-            method, self.base + path, json=json_body, data=data, headers=hdrs
+            method, self.base + path, json=json_body, data=payload, headers=hdrs
         ) as resp:
             text = await resp.text()
             body = json.loads(text) if text else None

@@ -130,6 +130,22 @@ async def test_error_statuses(api: Api) -> None:
     )
     assert status == 415 and err["error"]["reason"] == "UnsupportedMediaType"
 
+    json_headers = {"Content-Type": "application/json"}
+    deep = b"[" * 100_000 + b"]" * 100_000  # once a RecursionError and a 500
+    for path in ("/api/v1/sandboxes", "/api/v1/splits", "/api/v1/services"):
+        status, err, _ = await api.call("POST", path, data=deep, headers=json_headers)
+        assert status == 400 and "nested deeper than 64" in err["error"]["message"], err
+    nested_object = b'{"metadata": ' * 70 + b"1" + b"}" * 70
+    status, err, _ = await api.call("POST", "/api/v1/sandboxes", data=nested_object,
+                                    headers=json_headers)
+    assert status == 400 and "nested deeper" in err["error"]["message"]
+    in_strings = sandbox("brackets-in-strings", labels={"note": "[" * 200})
+    status, body, _ = await api.call("POST", "/api/v1/sandboxes", json_body=in_strings)
+    assert status == 201, body  # brackets inside strings are text, not nesting
+    status, err, _ = await api.call("POST", "/api/v1/sandboxes", data=b" " * (2 << 20),
+                                    headers=json_headers)
+    assert status == 413 and "larger than" in err["error"]["message"]
+
     bad = sandbox("bad")
     bad["spec"]["forks"][0]["endpoints"] = ["no-port-here"]
     status, err, _ = await api.call("POST", "/api/v1/sandboxes", json_body=bad)

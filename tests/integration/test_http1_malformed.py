@@ -232,6 +232,31 @@ def _corpus() -> list[Case]:
     add("target-absolute-no-host", get(target=b"http:///x"))
     add("target-absolute-bad-port", get(target=b"http://svc:abc/x"))
 
+    # -- Connection must not nominate what frames or routes the request (RFC 9110 §7.6.1) ----
+    # The body of each is itself a request: forwarded without its framing, an upstream would
+    # read it as a second, never-routed request.
+    inner = b"GET /smuggled HTTP/1.1\r\nHost: svc\r\n\r\n"
+    length = b"Content-Length: %d" % len(inner)
+    for id, conn in [
+        ("connection-names-content-length", b"content-length"),
+        ("connection-names-content-length-mixed-case", b"Content-Length"),
+        ("connection-names-keep-alive-and-content-length", b"keep-alive, content-length"),
+        ("connection-names-content-length-after-close", b"close,content-length"),
+        ("connection-names-host", b"host"),
+        ("connection-names-routing-header", b"x-forklane-routing-key"),
+        ("connection-names-baggage", b"baggage"),
+        ("connection-names-routed-mark", b"x-forklane-routed"),
+        ("connection-names-traceparent", b"traceparent"),
+    ]:
+        add(id, post(b"Connection: " + conn, length, body=inner), error="bad-connection-header")
+    add("connection-two-lines-second-names-content-length",
+        post(b"Connection: keep-alive", b"Connection: content-length", length, body=inner),
+        error="bad-connection-header")
+    add("connection-names-transfer-encoding",
+        post(b"Connection: transfer-encoding", b"Transfer-Encoding: chunked",
+             body=b"%x\r\n%s\r\n0\r\n\r\n" % (len(inner), inner)),
+        error="bad-connection-header")
+
     # -- limits (Envoy's defaults: 60 KiB, 100 fields) -> 431 --------------------------------
     add("field-value-70kib", get(b"X-A: " + b"a" * 70_000), 431, "headers-too-large")
     add("fields-101", get(*(b"X-F%d: v" % i for i in range(100))), 431, "headers-too-large")
