@@ -1,4 +1,4 @@
-"""`python -m forklane.proxy run | explain | schema` — the sidecar's own command line.
+"""`python -m forklane.proxy run | capture | explain | schema` — the sidecar's own command line.
 
 Kept on argparse so the sidecar process loads no CLI framework; `forklane proxy …` execs this.
 Exit codes: 0 ok, 1 runtime error, 2 usage or invalid configuration.
@@ -41,7 +41,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--node-id")
     run.add_argument("--service", help="the local service this sidecar stands beside")
     run.add_argument("--local-app", metavar="HOST:PORT", help="the local app (inbound target)")
-    run.add_argument("--bind", help="listen address (default 127.0.0.1)")
+    run.add_argument("--bind", help="listen address(es), comma-separated (default 127.0.0.1; "
+                     "with --capture 0.0.0.0, and :: where the pod has IPv6)")
     run.add_argument("--port", "--outbound-port", dest="outbound_port", type=_port)
     run.add_argument("--inbound-port", type=_port)
     run.add_argument("--admin-port", type=_port)
@@ -51,6 +52,15 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--header-timeout", type=float)
     run.add_argument("--idle-timeout", type=float)
     run.add_argument("--drain-seconds", type=float)
+    run.add_argument("--capture", action="store_true", default=None,
+                     help="connections arrive redirected by `capture` rules: route what is "
+                     "known, relay the rest untouched to its original destination")
+    run.add_argument("--detect-timeout", dest="capture_detect_timeout", type=float,
+                     help="seconds a captured connection may stay silent before it is relayed "
+                     "as a server-first protocol (default 1)")
+    run.add_argument("--opaque-ports", dest="capture_opaque_ports", metavar="P1,P2",
+                     help="destination ports relayed without detection (default: Linkerd's, "
+                     "25,587,3306,4444,5432,6379,9300,11211)")
     run.add_argument("--tls-cert", type=Path, help="PEM certificate: serve TLS (ALPN h2, http/1.1)")
     run.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
     run.add_argument("--trace-repair", action="store_true", default=None,
@@ -76,6 +86,13 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("-o", "--output", choices=["text", "json"], default="text")
 
     sub.add_parser("schema", help="print the routing snapshot JSON Schema")
+
+    from forklane.proxy.capture.command import add_arguments
+
+    cap = sub.add_parser(
+        "capture", help="install the nat rules that send this network namespace's TCP "
+        "traffic through the sidecar (run as root, once per pod)")
+    add_arguments(cap)
     return p
 
 
@@ -176,6 +193,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "explain":
         return _explain(args)
+    if args.command == "capture":
+        from forklane.proxy.capture.command import run as capture
+
+        return capture(args)
     from forklane.proxy.settings import UsageError
 
     try:

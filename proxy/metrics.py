@@ -37,6 +37,12 @@ class Stats:
         self.key_conflicts = 0
         self.underscore_headers_dropped = 0
         self.destroyed_with_active_request = 0
+        # Traffic capture: connections relayed untouched, by "listener<US>reason"; their bytes
+        # by listener as [from client, from upstream]; captured connections refused as loops.
+        self.relay_connections: defaultdict[str, int] = defaultdict(int)
+        self.relay_bytes: dict[str, list[int]] = {}
+        self.relays_open = 0
+        self.capture_loops = 0
         self.mirror: defaultdict[str, int] = defaultdict(int)  # sent / failed / dropped
         self.keys_restored: defaultdict[str, int] = defaultdict(int)
         self.propagation_gaps: defaultdict[str, int] = defaultdict(int)
@@ -129,6 +135,7 @@ class _Collector:
              s.reload_failures()),
         ):
             yield CounterMetricFamily(name, doc, value=value)
+        yield from _relay_families(s)
         info = GaugeMetricFamily(
             "forklane_config_version", "The routing table in use (value 1)", labels=["version"]
         )
@@ -141,6 +148,35 @@ class _Collector:
                 "1 while the control-plane stream is up",
                 value=connected,
             )
+
+
+def _relay_families(s: Stats) -> Iterator[object]:
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+    conns = CounterMetricFamily(
+        "forklane_relay_connections",
+        "Captured connections passed through untouched, by listener and why they were not routed",
+        labels=["listener", "reason"],
+    )
+    for key, value in sorted(s.relay_connections.items()):
+        listener, reason = key.split("\x1f", 1)
+        conns.add_metric([listener, reason], value)
+    yield conns
+    relayed = CounterMetricFamily(
+        "forklane_relay_bytes", "Bytes passed through relays, by listener and direction",
+        labels=["listener", "direction"],
+    )
+    for listener, (sent, received) in sorted(s.relay_bytes.items()):
+        relayed.add_metric([listener, "upstream"], sent)
+        relayed.add_metric([listener, "downstream"], received)
+    yield relayed
+    yield GaugeMetricFamily("forklane_relay_connections_open", "Relays in progress",
+                            value=s.relays_open)
+    yield CounterMetricFamily(
+        "forklane_capture_loops_refused",
+        "Captured connections refused because the sidecar itself opened them (wrong proxy UID)",
+        value=s.capture_loops,
+    )
 
 
 def render_prometheus(stats: Stats) -> tuple[bytes, str]:

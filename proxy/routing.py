@@ -22,7 +22,7 @@ from typing import Literal, NamedTuple
 from forklane.proxy.context.carriers import KeyResult, extract_routing_key
 from forklane.proxy.table import ROUTED_MARKER, Destination, Route, RoutingTable
 
-__all__ = ["NO_MIRRORS", "Decision", "RequestView", "decide", "explain"]
+__all__ = ["NO_MIRRORS", "Decision", "RequestView", "decide", "explain", "routes_authority"]
 
 ListenerKind = Literal["inbound", "outbound"]
 NO_MIRRORS: tuple[Destination, ...] = ()
@@ -51,6 +51,13 @@ def _host_only(authority: str) -> str:
     if authority.startswith("["):
         return authority[: authority.find("]") + 1]
     return authority.partition(":")[0]
+
+
+def routes_authority(table: RoutingTable, authority: str) -> bool:
+    """Whether an outbound request for this lowercase authority reaches a service (the same
+    look-up `decide` starts with). Captured connections for anything else are relayed."""
+    authorities = table.authorities
+    return authority in authorities or _host_only(authority) in authorities
 
 
 def decide(

@@ -18,6 +18,7 @@ import signal
 import ssl
 import sys
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from forklane.proxy.admin import AdminServer
@@ -25,9 +26,11 @@ from forklane.proxy.balancer import Balancer
 from forklane.proxy.hooks import PropagationState
 from forklane.proxy.http1.server import Downstream, ListenerContext, ListenerKind
 from forklane.proxy.http1.upstream import Pools
+from forklane.proxy.listener.sniff import CapturePolicy, Sniffer
 from forklane.proxy.loader import FileWatcher, load_snapshot_file
 from forklane.proxy.metrics import Stats
 from forklane.proxy.settings import ProxySettings, UsageError
+from forklane.proxy.sockets import global_ipv6_present
 from forklane.proxy.state import TableHolder
 from forklane.proxy.table import ConfigError, LocalIdentity, RoutingTable
 
@@ -58,6 +61,7 @@ class Proxy:
         )
         self.propagation = PropagationState(settings, self.stats)
         self.contexts: list[ListenerContext] = []
+        self.policies: list[CapturePolicy] = []
         self.servers: list[asyncio.Server] = []
         self.admin: AdminServer | None = None
         self.draining = False
@@ -67,6 +71,7 @@ class Proxy:
         self.subscriber: Any = None
         self.tasks: list[asyncio.Task[None]] = []
         self.tls = _tls_context(settings)
+        self.hosts = settings.listen_hosts(settings.capture and global_ipv6_present())
 
     def _swapped(self, table: RoutingTable) -> None:
         self.stats.config_version = table.version
@@ -125,9 +130,16 @@ class Proxy:
             self.draw, self.loop,
         )
         ctx.hooks = self.propagation.hooks_for(kind)
+        factory: Callable[[], asyncio.BaseProtocol] = partial(Downstream, ctx)
+        if self.settings.capture:
+            # Captured connections: detect, then route (HTTP) or relay untouched; the rest of
+            # the listener is unchanged (see forklane.proxy.listener).
+            policy = CapturePolicy.for_listener(kind, ctx, partial(Downstream, ctx))
+            self.policies.append(policy)
+            factory = partial(Sniffer, ctx, policy)
         server = await self.loop.create_server(
-            lambda: Downstream(ctx),
-            self.settings.bind,
+            factory,
+            self.hosts,
             port,
             ssl=self.tls,
             reuse_port=self.settings.workers > 1 or None,
@@ -149,16 +161,17 @@ class Proxy:
         s = self.settings
         await self.start_routing()
         bound: list[str] = []
+        host = self.hosts[0]
         if s.outbound_port is not None:
-            bound.append(f"outbound={s.bind}:{await self.open_listener('outbound', s.outbound_port)}")
+            bound.append(f"outbound={host}:{await self.open_listener('outbound', s.outbound_port)}")
         if s.inbound_port is not None:
             if self.holder.local is None:
                 raise UsageError("forklane proxy: the inbound listener needs --service and --local-app")
-            bound.append(f"inbound={s.bind}:{await self.open_listener('inbound', s.inbound_port)}")
+            bound.append(f"inbound={host}:{await self.open_listener('inbound', s.inbound_port)}")
         if s.admin_port is not None:
             self.admin = AdminServer(self.holder, self.stats, self.draw, self.is_ready)
-            port = await self.admin.start(s.bind, s.admin_port, reuse_port=s.workers > 1)
-            bound.append(f"admin={s.bind}:{port}")
+            port = await self.admin.start(host, s.admin_port, reuse_port=s.workers > 1)
+            bound.append(f"admin={host}:{port}")
         self.tasks.append(self.loop.create_task(self._housekeeping()))
         return " ".join(bound)
 
@@ -210,6 +223,9 @@ class Proxy:
             await self.admin.aclose()
         for server in self.servers:
             server.close()
+        for policy in self.policies:
+            if policy.diag is not None:
+                policy.diag.close()
         if self.propagation.tracer is not None:
             # Exporting the last batch blocks on HTTP: keep it off the event loop.
             await self.loop.run_in_executor(None, self.propagation.shutdown)

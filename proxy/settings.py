@@ -8,13 +8,19 @@ and can change at run time; settings (ports, limits, identity) are fixed for the
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated, Any
 
 from pydantic import Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from forklane.proxy.schema import parse_endpoint
 
-__all__ = ["ProxySettings", "UsageError"]
+__all__ = ["DEFAULT_OPAQUE_PORTS", "ProxySettings", "UsageError"]
+
+# Linkerd's default opaque ports: SMTP, SMTP submission, MySQL, Galera, PostgreSQL, Redis,
+# Elasticsearch transport, memcached. Server-first protocols among them (SMTP, MySQL) would
+# otherwise wait for the detection timeout before anything flows.
+DEFAULT_OPAQUE_PORTS = (25, 587, 3306, 4444, 5432, 6379, 9300, 11211)
 
 
 class UsageError(Exception):
@@ -36,7 +42,10 @@ class ProxySettings(BaseSettings):
     # --- identity and listeners ---
     service: str | None = Field(None, description="the local service this sidecar stands beside")
     local_app: str | None = Field(None, description="host:port of the local app (inbound target)")
-    bind: str = "127.0.0.1"
+    bind: str | None = Field(
+        None, description="listen address, or several comma-separated (default 127.0.0.1; "
+        "with capture 0.0.0.0, plus :: where the network namespace has a global IPv6 address)"
+    )
     outbound_port: int | None = Field(15001, ge=0, le=65535)
     inbound_port: int | None = Field(15006, ge=0, le=65535)
     admin_port: int | None = Field(15000, ge=0, le=65535)
@@ -71,6 +80,22 @@ class ProxySettings(BaseSettings):
     h2_validate_headers: bool = Field(
         True, description="let the h2 state machine validate inbound header blocks"
     )
+
+    # --- traffic capture (connections redirected by `forklane proxy capture`) ---
+    capture: bool = Field(
+        False, description="the listeners receive connections redirected by nat rules: route "
+        "what forklane knows, relay everything else untouched to its original destination",
+    )
+    capture_detect_timeout: float = Field(
+        1.0, gt=0, le=60, description="how long a captured connection may stay silent before "
+        "it is relayed as an opaque (server-first) protocol",
+    )
+    capture_opaque_ports: Annotated[tuple[int, ...], NoDecode] = Field(
+        DEFAULT_OPAQUE_PORTS, description="destination ports relayed at once, without protocol "
+        "detection (comma-separated; '' for none)",
+    )
+    relay_connect_timeout: float = Field(10.0, gt=0, le=300)
+    relay_idle_timeout: float = Field(3600.0, gt=0, le=86_400)
 
     # --- upstream behaviour ---
     max_idle_per_endpoint: int = Field(64, ge=0, le=10_000)
@@ -116,6 +141,47 @@ class ProxySettings(BaseSettings):
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("tls_cert and tls_key go together")
         return self
+
+    @model_validator(mode="after")
+    def _capture_fits(self) -> ProxySettings:
+        if not self.capture:
+            return self
+        if self.tls_cert is not None:
+            raise ValueError("capture relays TLS as the client sent it: the listeners cannot "
+                             "terminate TLS too (drop tls_cert or capture)")
+        if self.local_app is not None:
+            host, _ = parse_endpoint(self.local_app)
+            if host not in ("127.0.0.1", "::1", "localhost"):
+                # Anything else would be captured again on its way to the app (a loop).
+                raise ValueError(f"with capture, local_app must be on loopback "
+                                 f"(127.0.0.1:PORT), not {self.local_app}")
+        return self
+
+    @field_validator("capture_opaque_ports", mode="before")
+    @classmethod
+    def _ports(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            items = [item.strip() for item in v.split(",") if item.strip()]
+            if not all(item.isdigit() and 0 < int(item) < 65536 for item in items):
+                raise ValueError(f"{v!r}: expected comma-separated port numbers 1..65535")
+            return tuple(int(item) for item in items)
+        return v
+
+    @field_validator("bind")
+    @classmethod
+    def _bind(cls, v: str | None) -> str | None:
+        if v is not None and not [h for h in v.split(",") if h.strip()]:
+            raise ValueError("bind: give at least one address")
+        return v
+
+    def listen_hosts(self, ipv6_present: bool) -> list[str]:
+        """The addresses the listeners bind. Captured inbound connections arrive on the pod's
+        own address, so capture listens on every address (IPv6 too where the pod has it)."""
+        if self.bind is not None:
+            return [h.strip() for h in self.bind.split(",") if h.strip()]
+        if self.capture:
+            return ["0.0.0.0", "::"] if ipv6_present else ["0.0.0.0"]
+        return ["127.0.0.1"]
 
     @field_validator("explain_header")
     @classmethod

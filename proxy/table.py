@@ -35,9 +35,10 @@ __all__ = [
     "SplitRule",
     "Timeouts",
     "build_table",
+    "passthrough_route",
 ]
 
-RouteKind = Literal["baseline", "fork", "split", "local", "reject"]
+RouteKind = Literal["baseline", "fork", "split", "local", "reject", "passthrough"]
 LbPolicy = Literal["round_robin", "least_request"]
 
 # Header used between sidecars: the hop's routing decision is already made, deliver locally.
@@ -244,6 +245,24 @@ def _condition(match: schema.Match) -> Condition:
         ),
         path_prefix=match.path_prefix,
         methods=frozenset(match.methods),
+    )
+
+
+def passthrough_route(host: str, port: int, timeouts: Timeouts) -> Route:
+    """The route of a request on a captured connection whose authority no service has: to
+    the address the client dialled (its original destination), as if forklane were not there."""
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return Route(
+        kind="passthrough",
+        service=None,
+        destination=Destination(
+            name=f"passthrough/{address}",
+            endpoints=(Endpoint(host=host, port=port, address=address),),
+            lb="round_robin",
+            timeouts=timeouts,
+        ),
+        rule="capture",
+        reason="no service is named by this authority: the connection's original destination",
     )
 
 

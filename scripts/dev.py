@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 import venv
@@ -28,6 +29,19 @@ STAMP = VENV / ".forklane-installed"
 
 
 PACKAGE_DIRS = ("proxy", "controlplane", "sdk")
+
+# Debian packages the traffic-capture tests drive for real (network namespaces, nat rules, a
+# Redis server and client, curl and openssl as the app's clients), by a command each provides.
+# Installed when missing and this runs as root on Debian; otherwise those tests skip and say why.
+DEBIAN_PACKAGES = {
+    "iproute2": "ip",
+    "iptables": "iptables-legacy",
+    "redis-server": "redis-server",
+    "redis-tools": "redis-cli",
+    "curl": "curl",
+    "openssl": "openssl",
+}
+_SBIN = ("/usr/sbin", "/sbin", "/usr/bin", "/bin")
 
 
 def _fingerprint() -> str:
@@ -43,9 +57,34 @@ def _fingerprint() -> str:
     return h.hexdigest()
 
 
+def _has_command(name: str) -> bool:
+    return shutil.which(name) is not None or any(Path(d, name).exists() for d in _SBIN)
+
+
+def debian_packages() -> None:
+    """Install the Debian packages the capture tests need, when missing and possible."""
+    missing = [pkg for pkg, cmd in DEBIAN_PACKAGES.items() if not _has_command(cmd)]
+    if not missing:
+        return
+    if os.name != "posix" or os.geteuid() != 0 or shutil.which("apt-get") is None:
+        print(f"note: {' '.join(missing)} not installed (needs root and apt-get): the traffic "
+              f"capture tests will skip", flush=True)
+        return
+    print(f"installing Debian packages: {' '.join(missing)} ...", flush=True)
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", *missing]
+    if subprocess.run(install, env=env, capture_output=True).returncode != 0:
+        subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True)
+        done = subprocess.run(install, env=env, capture_output=True, text=True)
+        if done.returncode != 0:
+            print(f"note: apt-get could not install {' '.join(missing)}: the traffic capture "
+                  f"tests will skip\n{done.stderr.strip()}", flush=True)
+
+
 def setup() -> None:
     if sys.version_info < (3, 11):  # noqa: UP036 - this script runs before the venv exists
         sys.exit(f"forklane needs Python 3.11 or newer (this is {sys.version.split()[0]})")
+    debian_packages()
     if not PY.exists():
         print("creating .venv ...", flush=True)
         venv.EnvBuilder(with_pip=True).create(VENV)

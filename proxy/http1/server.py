@@ -570,6 +570,10 @@ class Exchange:
 class Downstream(asyncio.Protocol):
     """One client connection on a listener."""
 
+    # Set by the capture layer (proxy/listener) on a captured connection: where a request
+    # whose authority no service has goes instead of a 404 (the client's original destination).
+    passthrough: Route | None = None
+
     def __init__(self, ctx: ListenerContext) -> None:
         self.ctx = ctx
         self.transport: asyncio.Transport | None = None
@@ -622,6 +626,7 @@ class Downstream(asyncio.Protocol):
         from forklane.proxy.http2.server import H2Downstream
 
         h2 = H2Downstream(ctx, tls=transport.get_extra_info("ssl_object") is not None)
+        h2.passthrough = self.passthrough
         transport.set_protocol(h2)
         h2.connection_made(transport)
         if data:
@@ -1011,6 +1016,13 @@ class Downstream(asyncio.Protocol):
         route = ex.route
         assert route is not None
         if route.destination is None:
+            passthrough = self.passthrough
+            if passthrough is not None and ex.table is not None and route is ex.table.no_route:
+                ex.route = passthrough
+                ex.head = ex.head.replace(_ROUTED_LINE, b"", 1)  # nothing was routed
+                assert passthrough.destination is not None
+                self.dispatch(ex, passthrough.destination, None, fresh=False)
+                return
             self.reply(
                 ex,
                 LocalReply(route.status or 404, route.error or "no-route", route.reason,

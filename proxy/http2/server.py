@@ -476,6 +476,7 @@ class H2Downstream(asyncio.Protocol, Peer):
     queue: tuple[()] = ()
     deadline = 0.0
     deadline_kind = 1  # ask the sweep every tick: stream deadlines and idleness are checked here
+    passthrough: Route | None = None  # captured connection: where unknown authorities go
 
     def __init__(self, ctx: ListenerContext, tls: bool = False) -> None:
         Peer.__init__(self, ctx.h2_hub)
@@ -812,6 +813,14 @@ class H2Downstream(asyncio.Protocol, Peer):
         out.append((b"via", via + b", " + _VIA_HOP if via else _VIA_HOP))
         stream.headers = out
         if route.destination is None:
+            passthrough = self.passthrough
+            if passthrough is not None and route is table.no_route:
+                # A captured connection: the request goes where the client meant it to go.
+                stream.route = passthrough
+                out.remove(_ROUTED)
+                assert passthrough.destination is not None
+                stream.dispatch(passthrough.destination, None, fresh=False)
+                return
             stream.fail(route.status or 404, grpc.UNAVAILABLE, route.error or "no-route",
                         route.reason)
             return
