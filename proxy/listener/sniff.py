@@ -197,10 +197,12 @@ class Sniffer(asyncio.Protocol):
             return
         if policy.app_port is not None:  # inbound: the app's HTTP port is routed, the rest not
             assert self.target is not None
-            if table is not None and self.target.port == policy.app_port:
-                self._hand_to_http(None, eof)
-            else:
+            if self.target.port != policy.app_port:
                 self._relay("other-port", eof)
+            elif table is None:
+                self._relay("no-config", eof)  # nothing to route by yet: the app answers
+            else:
+                self._hand_to_http(None, eof)
             return
         if detected is Detected.H2C:
             self._hand_to_http(self._passthrough(), eof)
@@ -210,9 +212,11 @@ class Sniffer(asyncio.Protocol):
             if eof or len(self.buffer) > self.ctx.max_header_bytes:
                 self._relay("unknown-authority", eof)
             return
+        if table is None:
+            self._relay("no-config", eof)
+            return
         authority = request_authority(self.buffer[:end])
-        if (table is None or authority is None
-                or not routes_authority(table, authority.decode("latin-1"))):
+        if authority is None or not routes_authority(table, authority.decode("latin-1")):
             self._relay("unknown-authority", eof)
             return
         self._hand_to_http(self._passthrough(), eof)

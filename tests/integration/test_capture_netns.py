@@ -201,6 +201,7 @@ def test_capture_is_idempotent_replaces_itself_and_leaves_other_rules(
         done = capture(scratch, "--iptables-backend", backend)
         assert done.returncode == 0, done.stderr
         assert f"IPv4: installed 13 rules (iptables-{backend})" in done.stdout
+        assert "IPv6 left alone: no global IPv6 address" in done.stderr
     saved = scratch.run(f"{ipt}-save", "-t", "nat", check=True).stdout
     assert saved.count("-A OUTPUT -p tcp -j FORKLANE_OUTPUT") == 1
     assert saved.count("-A PREROUTING -p tcp -j FORKLANE_INBOUND") == 1
