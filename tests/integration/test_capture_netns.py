@@ -336,9 +336,14 @@ def test_inbound_traffic_reaches_the_app_through_the_sidecar(lab: Lab,
         echo = json.loads(lab.up.run(CLIENT_PY, NSCLIENT, "echo", POD_V4, "9090", "300000",
                                      kind, check=True).stdout)
         assert echo["intact"] and echo["digest_ok"]
+    # the sidecar's own port is not captured: a direct connection, the listener as without
+    # capture (Kubernetes' explicit-mode Service would target it like this)
+    direct = json.loads(lab.up.run("curl", "-sS", "--max-time", "10",
+                                   f"http://{POD_V4}:15006/direct").stdout)
+    assert direct["server"] == "app"
     relayed = 'forklane_relay_connections_total{listener="inbound",reason="%s"}'
     assert car.metric(relayed % "other-port") == 1 and car.metric(relayed % "not-http") == 1
-    assert car.metric('forklane_requests_total{kind="local",listener="inbound",service="app",status_class="2xx"}') == 1
+    assert car.metric('forklane_requests_total{kind="local",listener="inbound",service="app",status_class="2xx"}') == 2
 
 
 def test_the_sidecars_own_connections_are_not_captured_again(lab: Lab,
