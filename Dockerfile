@@ -10,7 +10,7 @@ COPY pyproject.toml setup.py constraints.txt README.md ./
 COPY proxy ./proxy
 COPY controlplane ./controlplane
 COPY sdk ./sdk
-RUN pip install --no-cache-dir -c constraints.txt . \
+RUN pip install --no-cache-dir -c constraints.txt ".[all]" \
     && useradd --system --uid 10001 --no-create-home forklane \
     && mkdir -p /var/lib/forklane && chown forklane /var/lib/forklane
 USER 10001

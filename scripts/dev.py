@@ -96,7 +96,7 @@ def setup() -> None:
     # `strict` editable mode: a tree of links under build/ that has the wheel's layout
     # (forklane, forklane.proxy, forklane.controlplane), which mypy and import-linter can read.
     done = subprocess.run([*pip, "-c", str(ROOT / "constraints.txt"),
-                           "--config-settings", "editable_mode=strict", "-e", f"{ROOT}[test]"],
+                           "--config-settings", "editable_mode=strict", "-e", f"{ROOT}[all,test]"],
                           capture_output=True, text=True)
     if done.returncode:  # the build's own chatter is shown only when it failed
         sys.stderr.write(done.stdout + done.stderr)

@@ -1,5 +1,5 @@
-"""`python -m sdk` runs the `forklane` CLI (the same as the installed `forklane` script)."""
+"""`python -m forklane` runs the `forklane` command line (the same as the installed script)."""
 
-from forklane.cli import main
+from forklane._entry import main
 
 main()

@@ -24,7 +24,6 @@ this module assembles them and owns the translation of errors into exit codes.
 
 from __future__ import annotations
 
-import os
 import sys
 import traceback
 from collections.abc import Sequence
@@ -46,6 +45,7 @@ from forklane._cli_render import (
     emit,
 )
 from forklane._cli_resources import routegroup_app, sandbox_app, service_app, split_app
+from forklane._entry import exec_component
 from forklane.controlplane.wire import dump
 from forklane.errors import (
     Conflict,
@@ -161,23 +161,16 @@ def proxies(ctx: typer.Context, output: OutputOpt = Format.table) -> None:
 # --- components ------------------------------------------------------------------------------
 
 
-def _exec_module(module: str, args: list[str]) -> NoReturn:
-    sys.stdout.flush()
-    sys.stderr.flush()
-    # -P: the working directory is not on sys.path, so a local `forklane.py` cannot shadow us.
-    os.execv(sys.executable, [sys.executable, "-P", "-m", module, *args])
-
-
 @app.command("proxy", context_settings=_PASSTHROUGH, add_help_option=False)
 def proxy_cmd(ctx: typer.Context) -> None:
     """Run the sidecar proxy: `python -m forklane.proxy ARGS...` (try `forklane proxy --help`)."""
-    _exec_module("forklane.proxy", list(ctx.args))
+    exec_component("proxy", list(ctx.args))
 
 
 @app.command("controlplane", context_settings=_PASSTHROUGH, add_help_option=False)
 def controlplane_cmd(ctx: typer.Context) -> None:
     """Run the control plane: `python -m forklane.controlplane ARGS...` (try `... --help`)."""
-    _exec_module("forklane.controlplane", list(ctx.args))
+    exec_component("controlplane", list(ctx.args))
 
 
 @app.command("demo")

@@ -19,6 +19,7 @@ import json
 __all__ = [
     "ConfigError",
     "Conflict",
+    "Expired",
     "Forbidden",
     "ForklaneError",
     "Invalid",
@@ -60,8 +61,10 @@ class Forbidden(ForklaneError):
     """The token is valid but its role may not do this (403)."""
 
 
-class Invalid(ForklaneError):
-    """The request was rejected as malformed (400, 422); `fields` names what to fix."""
+class Invalid(ForklaneError, ValueError):
+    """Input that cannot be right: rejected by the control plane (400, 422), or found invalid
+    by the SDK before sending. `fields` names what to fix as `(path, message)` pairs, e.g.
+    `("spec.forks[0].service", "unknown service 'catalog'")`. Also a `ValueError`."""
 
     def __init__(
         self,
@@ -85,6 +88,11 @@ class Unavailable(ForklaneError):
     """The control plane could not be reached or said it cannot serve now; worth a retry later."""
 
 
+class Expired(ForklaneError):
+    """A watch asked for a resourceVersion older than the history kept (410): list again,
+    then watch from the list's resourceVersion."""
+
+
 class WaitTimeout(ForklaneError):
     """A wait ended at its deadline; the message names the last phase and conditions seen."""
 
@@ -103,6 +111,7 @@ _BY_STATUS: dict[int, type[ForklaneError]] = {
     403: Forbidden,
     404: NotFound,
     409: Conflict,
+    410: Expired,
     412: Conflict,
     422: Invalid,
     502: Unavailable,

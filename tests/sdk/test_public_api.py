@@ -15,9 +15,14 @@ from forklane.client import AsyncClient, AsyncResource, AsyncSandboxes, Client, 
 from tests.sdk.controlplane_proc import REPO
 
 PUBLIC = {
-    "AsyncClient", "Client", "ConfigError", "Conflict", "Forbidden", "ForklaneError",
+    "AsyncClient", "Client", "ConfigError", "Conflict", "Expired", "Forbidden", "ForklaneError",
     "Invalid", "NotFound", "RetryPolicy", "SandboxFailed", "SandboxHandle", "Unauthorized",
     "Unavailable", "WaitTimeout",
+    # the API's models
+    "Condition", "ForkSpec", "HeaderMatchSpec", "MatchSpec", "Metadata", "MirrorSpec",
+    "ProxyInfo", "RouteGroup", "RouteGroupSpec", "Sandbox", "SandboxSpec", "ServiceResource",
+    "ServiceSpec", "Split", "SplitDestinationSpec", "SplitSpec", "StickySpec", "TimeoutsSpec",
+    "TtlSpec",
 }  # fmt: skip
 
 
