@@ -1,8 +1,12 @@
 """`python -m forklane.controlplane serve`: run one control-plane replica until SIGTERM or SIGINT.
 
 Flags override the `FORKLANE_*` environment; bad values exit 2 with a message, never a
-traceback. Prints exactly one line on stdout once the API and the push server are bound:
+traceback, and so does an address another process holds (one line naming the port). Prints
+exactly one line on stdout once the API and the push server are bound:
 `forklane controlplane listening on http://HOST:PORT (grpc HOST:PORT, store …)`.
+
+Exit codes: 0 stopped by SIGTERM/SIGINT, 1 could not start (e.g. the store), 2 usage, an
+invalid setting, or a port in use.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import logging
 import signal
 import sys
@@ -17,28 +22,40 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from forklane.controlplane.errors import AddressInUse
 from forklane.controlplane.settings import Settings
 from forklane.controlplane.store.base import StoreError
+from forklane.proxy.grpclog import route_native_logs
 
 __all__ = ["main"]
 
 
+# Settings that are not flags: a secret on a command line is visible to every user in ps.
+ENV_ONLY = ("admin_token",)
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m forklane.controlplane", description=__doc__)
+    from forklane.proxy.settings import add_setting_flags
+
+    parser = argparse.ArgumentParser(
+        prog="forklane controlplane", description="forklane control plane"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
-    serve = sub.add_parser("serve", help="run the REST API, the reconciler and the push server")
-    serve.add_argument("--listen", metavar="HOST:PORT", help="REST API address (port 0: any)")
-    serve.add_argument("--grpc", metavar="HOST:PORT", help="snapshot push address (port 0: any)")
-    serve.add_argument("--store", metavar="URL", help="sqlite | sqlite:PATH | postgresql://…")
-    serve.add_argument("--data-dir", metavar="DIR", help="directory of the SQLite store")
-    serve.add_argument(
-        "--no-auth", action="store_true", help="disable bearer tokens (local demo only!)"
+    serve = sub.add_parser(
+        "serve", help="run the REST API, the reconciler and the push server",
+        description="Run one control-plane replica. Every flag is also an environment "
+        "variable (--reconcile-interval is FORKLANE_RECONCILE_INTERVAL); the admin token is "
+        "FORKLANE_ADMIN_TOKEN only.",
     )
     serve.add_argument(
-        "--carriers", metavar="KIND:NAME,…",
-        help="where proxies read the routing key, in priority order (default: "
-        "header:x-forklane-routing-key,baggage:forklane-routing-key)",
+        "--no-auth", dest="auth", action="store_false", default=None,
+        help="disable bearer tokens (local demo only!)",
     )
+    add_setting_flags(
+        serve, Settings, skip=(*ENV_ONLY, "auth"),
+        metavars={"listen": "HOST:PORT", "grpc": "HOST:PORT", "store": "URL",
+                  "data_dir": "DIR", "carriers": "KIND:NAME,…"},
+    )  # fmt: skip
     return parser
 
 
@@ -52,7 +69,16 @@ async def _serve(settings: Settings) -> int:
         loop.add_signal_handler(sig, stop.set)
     try:
         await plane.start()
-    except (StoreError, OSError) as exc:
+    except AddressInUse as exc:
+        print(f"forklane controlplane: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            print(f"forklane controlplane: {_in_use(exc, settings.listen)}", file=sys.stderr)
+            return 2
+        print(f"forklane controlplane: cannot start: {exc}", file=sys.stderr)
+        return 1
+    except StoreError as exc:
         print(f"forklane controlplane: cannot start: {exc}", file=sys.stderr)
         return 1
     try:
@@ -63,15 +89,17 @@ async def _serve(settings: Settings) -> int:
     return 0
 
 
+def _in_use(exc: OSError, listen: str) -> str:
+    return (f"cannot listen on {listen} (REST API): the port is already in use by another "
+            "process (choose another with --listen)")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    overrides: dict[str, Any] = {}
-    for flag in ("listen", "grpc", "store", "data_dir", "carriers"):
-        value = getattr(args, flag)
-        if value is not None:
-            overrides[flag] = value
-    if args.no_auth:
-        overrides["auth"] = False
+    fields = set(Settings.model_fields)
+    overrides: dict[str, Any] = {
+        k: v for k, v in vars(args).items() if k in fields and v is not None
+    }
     try:
         settings = Settings(**overrides)
     except ValidationError as exc:
@@ -79,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
             where = ".".join(str(p) for p in err["loc"]) or "settings"
             print(f"forklane controlplane: {where}: {err['msg']}", file=sys.stderr)
         return 2
+    route_native_logs()  # gRPC's C-core lines go through the same log format
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     if not settings.auth:
         logging.getLogger("forklane.controlplane").warning(

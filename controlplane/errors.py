@@ -21,7 +21,7 @@ from forklane.controlplane.store.base import (
     Unavailable,
 )
 
-__all__ = ["ApiError", "from_store_error", "from_validation_error"]
+__all__ = ["AddressInUse", "ApiError", "from_store_error", "from_validation_error"]
 
 Reason = Literal[
     "BadRequest",
@@ -48,6 +48,10 @@ _REASONS: dict[int, Reason] = {
     422: "Invalid",
     503: "Unavailable",
 }
+
+
+class AddressInUse(OSError):
+    """A listen address another process holds; the message names it and says what to do."""
 
 
 class ApiError(Exception):

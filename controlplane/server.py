@@ -72,7 +72,12 @@ class ControlPlane:
 
             registry = ProxyRegistry(replica=settings.replica)
             self.registry = registry
-            self.push = PushServer(self.publisher, registry, authorize=self._authorize_push)
+            self.push = PushServer(
+                self.publisher, registry, authorize=self._authorize_push,
+                min_ping_interval=settings.grpc_min_ping_interval,
+                keepalive=settings.grpc_keepalive,
+                recheck_interval=settings.token_recheck_interval,
+            )
         self.reconciler = Reconciler(
             self.store, self.publisher, self.registry, clock=clock, probe=probe,
             probe_timeout=settings.probe_timeout, interval=settings.reconcile_interval,
@@ -114,7 +119,6 @@ class ControlPlane:
             await self.store.open()
             self._opened = True
             if self.settings.auth:
-                await self._bootstrap_admin(self._clock())
                 self.authenticator = Authenticator(
                     self.store, bootstrap_token=self.settings.admin_token
                 )
@@ -138,6 +142,10 @@ class ControlPlane:
                 ghost, _ = parse_hostport(self.settings.grpc)
                 gport = await self.push.start(self.settings.grpc)
                 self.grpc_address = (ghost, int(gport))
+            if self.settings.auth:
+                # only once both addresses are ours: a start that fails never prints (and
+                # loses) a token
+                await self._bootstrap_admin(self._clock())
         except BaseException:
             await self.aclose()
             raise

@@ -1,7 +1,8 @@
 """Control-plane settings: parsed once (environment, then command-line overrides), frozen.
 
-Every option reads `FORKLANE_<NAME>` from the environment; `python -m forklane.controlplane serve`
-overrides a few from flags. Nothing else in the control plane reads the environment.
+Every option reads `FORKLANE_<NAME>` from the environment, and every option but the secret
+`admin_token` is also a flag of `forklane controlplane serve` (`--reconcile-interval`), which
+wins over the environment. Nothing else in the control plane reads the environment.
 
 `auth = False` (`FORKLANE_AUTH=false` or `--no-auth`) turns bearer-token checks off and makes
 every caller an admin named `anonymous`. It exists for the local demo on a laptop only: never
@@ -10,6 +11,7 @@ run a shared control plane without auth.
 
 from __future__ import annotations
 
+import re
 import socket
 from pathlib import Path
 
@@ -18,7 +20,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from forklane.proxy.schema import Carrier
 
-__all__ = ["Settings", "parse_carriers", "parse_hostport"]
+__all__ = ["Settings", "parse_carriers", "parse_hostport", "ttl_seconds"]
 
 
 def parse_carriers(text: str) -> tuple[Carrier, ...]:
@@ -39,6 +41,25 @@ def parse_carriers(text: str) -> tuple[Carrier, ...]:
     if not out:
         raise ValueError("at least one carrier is needed")
     return tuple(out)
+
+
+_DURATION = re.compile(r"(\d+)([smhd])")
+_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def ttl_seconds(text: str) -> int:
+    """`90s`, `30m`, `2h`, `1d`, `1h30m` or plain seconds → seconds (1 s .. 30 days)."""
+    value = text.strip().lower()
+    if value.isdigit():
+        seconds = int(value)
+    else:
+        parts = _DURATION.findall(value)
+        if not parts or "".join(n + u for n, u in parts) != value:
+            raise ValueError(f"{text!r}: expected a duration like 90s, 30m, 2h, 1d or 1h30m")
+        seconds = sum(int(n) * _UNIT[u] for n, u in parts)
+    if not 0 < seconds <= 30 * 86400:
+        raise ValueError(f"{text!r}: a TTL is between 1 second and 30 days")
+    return seconds
 
 
 def parse_hostport(text: str) -> tuple[str, int]:
@@ -72,12 +93,36 @@ class Settings(BaseSettings):
         "sqlite", description="'sqlite' (a file in data_dir), 'sqlite:PATH' or 'postgresql://…'"
     )
     admin_token: str | None = Field(
-        None, description="bootstrap admin token; generated and printed once when unset"
+        None, description="bootstrap admin token; generated and printed once when unset "
+        "(environment only: a flag would show it in ps)",
     )
     auth: bool = Field(True, description="false disables bearer tokens: local demo only")
     reconcile_interval: float = Field(5.0, gt=0, le=3600, description="seconds between passes")
     probe_timeout: float = Field(1.0, gt=0, le=60, description="fork TCP connect timeout, s")
     replica: str = Field(default_factory=socket.gethostname, description="this replica's name")
+    default_sandbox_ttl: str = Field(
+        "1h", description="TTL of a sandbox created without one (SDK, CLI, REST alike)"
+    )
+    grpc_min_ping_interval: float = Field(
+        10.0, gt=0, le=3600,
+        description="seconds a proxy must leave between keepalive pings (faster ones get "
+        "GOAWAY too_many_pings); keep it below every proxy's controlplane_keepalive",
+    )
+    grpc_keepalive: float = Field(
+        30.0, gt=0, le=3600, description="seconds between the control plane's own pings"
+    )
+    watch_history: int = Field(
+        10_000, ge=100, le=10_000_000,
+        description="store revisions a watch can resume from (older ones answer 410 Gone)",
+    )
+    watch_bookmark_interval: float = Field(
+        15.0, gt=0, le=3600, description="seconds between BOOKMARK events of a quiet watch"
+    )
+    token_recheck_interval: float = Field(
+        30.0, gt=0, le=3600,
+        description="how often a connected proxy's token is checked again (a revoked token's "
+        "stream ends within this)",
+    )
     carriers: str = Field(
         "header:x-forklane-routing-key,baggage:forklane-routing-key",
         description="where proxies read the key, in priority order: KIND:NAME[:noemit],… "
@@ -105,6 +150,15 @@ class Settings(BaseSettings):
         if v == "sqlite" or v.startswith(("sqlite:", "postgresql://", "postgres://")):
             return v
         raise ValueError("expected 'sqlite', 'sqlite:PATH' or 'postgresql://…'")
+
+    @field_validator("default_sandbox_ttl")
+    @classmethod
+    def _ttl(cls, v: str) -> str:
+        ttl_seconds(v)
+        return v
+
+    def default_ttl_seconds(self) -> int:
+        return ttl_seconds(self.default_sandbox_ttl)
 
     @field_validator("admin_token")
     @classmethod

@@ -298,9 +298,11 @@ class ProxyInfo(_Model):
     nacked_version: str | None = Field(None, alias="nackedVersion")
     last_error: str | None = Field(None, alias="lastError")
     replica: str | None = None
+    version: str | None = Field(None, description="the forklane version the proxy runs")
 
 
 class ProxyList(_Model):
+    api_version: Literal["forklane.dev/v1"] = Field(API_VERSION, alias="apiVersion")
     kind: Literal["ProxyList"] = "ProxyList"
     items: list[ProxyInfo]
 

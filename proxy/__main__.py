@@ -7,7 +7,9 @@ Exit codes: 0 ok, 1 runtime error, 2 usage or invalid configuration.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -32,46 +34,36 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="forklane proxy", description="forklane sidecar proxy")
     sub = p.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="run the sidecar")
+    run = sub.add_parser(
+        "run", help="run the sidecar",
+        description="Run the sidecar. Every flag is also an environment variable: "
+        "--max-header-bytes is FORKLANE_MAX_HEADER_BYTES.",
+    )
     src = run.add_mutually_exclusive_group()
     src.add_argument("--config", type=Path, help="static routing file (YAML/JSON), hot-reloaded")
     src.add_argument("--controlplane", metavar="HOST:PORT", help="follow a control plane (gRPC)")
-    run.add_argument("--token", dest="controlplane_token", help="bearer token for the control plane")
-    run.add_argument("--state-dir", type=Path, help="keep the last ACKed snapshot here")
-    run.add_argument("--node-id")
-    run.add_argument("--service", help="the local service this sidecar stands beside")
-    run.add_argument("--local-app", metavar="HOST:PORT", help="the local app (inbound target)")
-    run.add_argument("--bind", help="listen address(es), comma-separated (default 127.0.0.1; "
-                     "with --capture 0.0.0.0, and :: where the pod has IPv6)")
-    run.add_argument("--port", "--outbound-port", dest="outbound_port", type=_port)
-    run.add_argument("--inbound-port", type=_port)
-    run.add_argument("--admin-port", type=_port)
-    run.add_argument("--workers", type=int, help="processes sharing the ports (SO_REUSEPORT)")
-    run.add_argument("--access-log", action="store_true", default=None)
-    run.add_argument("--explain-header", help="answer with x-forklane-route when this header is sent")
-    run.add_argument("--header-timeout", type=float)
-    run.add_argument("--idle-timeout", type=float)
-    run.add_argument("--drain-seconds", type=float)
-    run.add_argument("--capture", action="store_true", default=None,
-                     help="connections arrive redirected by `capture` rules: route what is "
-                     "known, relay the rest untouched to its original destination")
-    run.add_argument("--detect-timeout", dest="capture_detect_timeout", type=float,
-                     help="seconds a captured connection may stay silent before it is relayed "
-                     "as a server-first protocol (default 1)")
+    run.add_argument("--token", "--controlplane-token", dest="controlplane_token", metavar="TOKEN",
+                     help="proxy token for the control plane (visible in ps: prefer "
+                     "FORKLANE_CONTROLPLANE_TOKEN or --controlplane-token-file)")
+    run.add_argument("--port", "--outbound-port", dest="outbound_port", type=_port,
+                     metavar="PORT", help="outbound listener (default 15001; 'off')")
+    run.add_argument("--inbound-port", type=_port, metavar="PORT",
+                     help="inbound listener (default 15006 with --service and --local-app; 'off')")
+    run.add_argument("--admin-port", type=_port, metavar="PORT",
+                     help="admin listener (default 15000; 'off')")
+    from forklane.proxy.settings import ProxySettings, add_setting_flags
+
+    add_setting_flags(
+        run, ProxySettings,
+        skip=("config", "controlplane", "controlplane_token", "outbound_port", "inbound_port",
+              "admin_port"),
+        metavars={"local_app": "HOST:PORT", "bind": "ADDRESS", "service": "NAME"},
+    )  # fmt: skip
+    # Short spellings of two capture settings (the generated --capture-… flags also work).
+    run.add_argument("--detect-timeout", dest="capture_detect_timeout", metavar="SECONDS",
+                     help="same as --capture-detect-timeout")
     run.add_argument("--opaque-ports", dest="capture_opaque_ports", metavar="P1,P2",
-                     help="destination ports relayed without detection (default: Linkerd's, "
-                     "25,587,3306,4444,5432,6379,9300,11211)")
-    run.add_argument("--tls-cert", type=Path, help="PEM certificate: serve TLS (ALPN h2, http/1.1)")
-    run.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
-    run.add_argument("--trace-repair", action="store_true", default=None,
-                     help="restore a routing key the app dropped, from its trace")
-    run.add_argument("--trace-gaps", action="store_true", default=None,
-                     help="count outbound requests of a keyed trace that lost the key")
-    run.add_argument("--trace-memory-size", type=int, help="traces remembered (default 100000)")
-    run.add_argument("--trace-memory-ttl", type=float, help="seconds a trace is remembered")
-    run.add_argument("--tracing", action="store_true", default=None,
-                     help="export a span per request (OTLP; configured by OTEL_* variables)")
-    run.add_argument("--seed", type=int, help=argparse.SUPPRESS)
+                     help="same as --capture-opaque-ports")
     run.add_argument("--worker-child", action="store_true", help=argparse.SUPPRESS)
 
     ex = sub.add_parser("explain", help="show where a described request would go")
@@ -203,12 +195,30 @@ def main(argv: list[str] | None = None) -> int:
         settings = _settings_from(args)
         if settings.workers > 1 and not args.worker_child:
             return _run_workers(argv, settings.workers)
+        if settings.controlplane is not None:
+            from forklane.proxy.grpclog import route_native_logs
+
+            route_native_logs()  # gRPC's C-core lines go through our log format
         from forklane.proxy.run import run
 
         return run(settings)
     except UsageError as exc:
         print(exc, file=sys.stderr)
         return 2
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE:
+            raise
+        print(f"forklane proxy: {address_in_use(exc)}", file=sys.stderr)
+        return 2
+
+
+def address_in_use(exc: OSError) -> str:
+    """One line naming the address another process holds, from the bind error."""
+    found = re.search(r"\('([^']*)', (\d+)", str(exc))
+    where = f"{found.group(1)}:{found.group(2)}" if found else "the address"
+    port = found.group(2) if found else "?"
+    return (f"cannot listen on {where}: port {port} is already in use by another process "
+            "(choose another with --port/--inbound-port/--admin-port)")
 
 
 if __name__ == "__main__":

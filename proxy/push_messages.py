@@ -61,9 +61,14 @@ class _Msg(BaseModel):
 
 
 class Node(_Msg):
-    """Who subscribes: a stable id per sidecar, the service it stands beside, its listeners."""
+    """Who subscribes: a stable id per sidecar, the service it stands beside, its listeners,
+    and the forklane version it runs (shown by `forklane version` and `forklane proxies`).
+    Unknown fields are ignored, so a newer proxy can tell an older control plane more."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
 
     id: str = Field(min_length=1, max_length=253)
+    version: str | None = Field(default=None, max_length=64)
     service: str | None = Field(default=None, max_length=253)
     listeners: tuple[str, ...] = Field(default=(), max_length=16)
     capabilities: tuple[Literal["full", "delta"], ...] = ("full",)

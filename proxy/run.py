@@ -113,6 +113,8 @@ class Proxy:
                 listeners=listeners,
                 token=s.controlplane_token,
                 state_dir=s.state_dir,
+                keepalive=s.controlplane_keepalive,
+                version=_version(),
             )
             # Serve the persisted snapshot before the listeners open (a cold start during an
             # outage); run() would do it too, but only once its task gets to run.
@@ -229,6 +231,15 @@ class Proxy:
         if self.propagation.tracer is not None:
             # Exporting the last batch blocks on HTTP: keep it off the event loop.
             await self.loop.run_in_executor(None, self.propagation.shutdown)
+
+
+def _version() -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("forklane")
+    except PackageNotFoundError:
+        return None
 
 
 def _tls_context(settings: ProxySettings) -> ssl.SSLContext | None:

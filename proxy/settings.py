@@ -3,24 +3,73 @@
 Nothing else in the proxy reads `os.environ`, argv or files for configuration. The routing
 table (what goes where) is not a setting: it comes from the config file or the control plane
 and can change at run time; settings (ports, limits, identity) are fixed for the process.
+
+Every setting is both a flag of `forklane proxy run` (`--max-header-bytes`) and an environment
+variable (`FORKLANE_MAX_HEADER_BYTES`): `add_setting_flags` makes a flag for every field that
+has no hand-written one, so the two cannot drift apart (the README's table is checked against
+both by a test).
 """
 
 from __future__ import annotations
 
+import argparse
+import types
+import typing
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from forklane.proxy.schema import parse_endpoint
 
-__all__ = ["DEFAULT_OPAQUE_PORTS", "ProxySettings", "UsageError"]
+__all__ = ["DEFAULT_OPAQUE_PORTS", "ProxySettings", "UsageError", "add_setting_flags", "flag_of"]
 
 # Linkerd's default opaque ports: SMTP, SMTP submission, MySQL, Galera, PostgreSQL, Redis,
 # Elasticsearch transport, memcached. Server-first protocols among them (SMTP, MySQL) would
 # otherwise wait for the detection timeout before anything flows.
 DEFAULT_OPAQUE_PORTS = (25, 587, 3306, 4444, 5432, 6379, 9300, 11211)
+
+
+def flag_of(field: str) -> str:
+    """The flag of a setting: `max_header_bytes` → `--max-header-bytes`."""
+    return "--" + field.replace("_", "-")
+
+
+def _is_bool(annotation: Any) -> bool:
+    if annotation is bool:
+        return True
+    args = typing.get_args(annotation)
+    return isinstance(annotation, types.UnionType) and bool in args and len(args) == 2
+
+
+def add_setting_flags(
+    parser: argparse.ArgumentParser,
+    model: type[BaseModel],
+    *,
+    skip: Iterable[str] = (),
+    metavars: Mapping[str, str] | None = None,
+) -> None:
+    """A flag for every field of `model` not in `skip` (those have hand-written flags).
+
+    Values stay text (pydantic converts and validates them with the environment's rules);
+    booleans get `--x/--no-x`. Every default is None, so "not given" leaves the environment
+    or the model default in charge.
+    """
+    skipped = set(skip)
+    for name, field in model.model_fields.items():
+        if name in skipped:
+            continue
+        help_text = field.description or ""
+        if field.default is not None and not callable(field.default_factory):
+            help_text += f" (default {field.default})" if help_text else f"default {field.default}"
+        if _is_bool(field.annotation):
+            parser.add_argument(flag_of(name), dest=name, action=argparse.BooleanOptionalAction,
+                                default=None, help=help_text)  # fmt: skip
+        else:
+            metavar = (metavars or {}).get(name, name.upper())
+            parser.add_argument(flag_of(name), dest=name, metavar=metavar, help=help_text)
 
 
 class UsageError(Exception):
@@ -33,11 +82,22 @@ class ProxySettings(BaseSettings):
     # --- where routing comes from (one of the two) ---
     config: Path | None = Field(None, description="static routing file (YAML or JSON)")
     controlplane: str | None = Field(None, description="control plane gRPC address host:port")
-    controlplane_token: str | None = None
+    controlplane_token: str | None = Field(
+        None, description="bearer token for the control plane (a proxy token); prefer the "
+        "environment or controlplane_token_file: a flag is visible in ps",
+    )
+    controlplane_token_file: Path | None = Field(
+        None, description="read the control-plane token from this file (e.g. a mounted secret)"
+    )
+    controlplane_keepalive: float = Field(
+        20.0, gt=0, le=3600,
+        description="seconds between keepalive pings to the control plane; keep it above the "
+        "control plane's grpc_min_ping_interval",
+    )
     state_dir: Path | None = Field(
         None, description="where the last ACKed snapshot is kept for a cold start"
     )
-    node_id: str = ""
+    node_id: str = Field("", description="this sidecar's name at the control plane")
 
     # --- identity and listeners ---
     service: str | None = Field(None, description="the local service this sidecar stands beside")
@@ -46,17 +106,25 @@ class ProxySettings(BaseSettings):
         None, description="listen address, or several comma-separated (default 127.0.0.1; "
         "with capture 0.0.0.0, plus :: where the network namespace has a global IPv6 address)"
     )
-    outbound_port: int | None = Field(15001, ge=0, le=65535)
-    inbound_port: int | None = Field(15006, ge=0, le=65535)
-    admin_port: int | None = Field(15000, ge=0, le=65535)
-    workers: int = Field(1, ge=1, le=64)
+    outbound_port: int | None = Field(15001, ge=0, le=65535, description="'off' disables it")
+    inbound_port: int | None = Field(
+        15006, ge=0, le=65535, description="needs service and local_app; 'off' disables it"
+    )
+    admin_port: int | None = Field(15000, ge=0, le=65535, description="'off' disables it")
+    workers: int = Field(1, ge=1, le=64, description="processes sharing the ports (SO_REUSEPORT)")
 
     # --- HTTP limits (Envoy's defaults where they exist) ---
-    max_header_bytes: int = Field(60 * 1024, ge=1024, le=1024 * 1024)
-    max_header_count: int = Field(100, ge=8, le=10_000)
-    header_timeout: float = Field(10.0, gt=0, le=600)
-    idle_timeout: float = Field(60.0, gt=0, le=3600)
-    max_pipelined: int = Field(16, ge=1, le=1024)
+    max_header_bytes: int = Field(
+        60 * 1024, ge=1024, le=1024 * 1024, description="request headers over this → 431"
+    )
+    max_header_count: int = Field(100, ge=8, le=10_000, description="more header fields → 431")
+    header_timeout: float = Field(10.0, gt=0, le=600, description="slow request headers → 408")
+    idle_timeout: float = Field(
+        60.0, gt=0, le=3600, description="idle keep-alive connections close after this, s"
+    )
+    max_pipelined: int = Field(
+        16, ge=1, le=1024, description="pipelined requests queued per connection"
+    )
 
     # --- HTTP/2 and TLS (h2c with prior knowledge is always on; TLS+ALPN when a cert is set) ---
     tls_cert: Path | None = Field(None, description="PEM certificate chain: serve TLS with ALPN h2")
@@ -98,19 +166,29 @@ class ProxySettings(BaseSettings):
     relay_idle_timeout: float = Field(3600.0, gt=0, le=86_400)
 
     # --- upstream behaviour ---
-    max_idle_per_endpoint: int = Field(64, ge=0, le=10_000)
+    max_idle_per_endpoint: int = Field(
+        64, ge=0, le=10_000, description="idle upstream connections kept per endpoint"
+    )
     retries: int = Field(2, ge=0, le=5, description="retries after a connect failure")
-    outlier_consecutive_failures: int = Field(5, ge=1, le=1000)
-    outlier_ejection_seconds: float = Field(10.0, gt=0, le=3600)
+    outlier_consecutive_failures: int = Field(
+        5, ge=1, le=1000, description="failures in a row that eject an endpoint"
+    )
+    outlier_ejection_seconds: float = Field(
+        10.0, gt=0, le=3600, description="how long an ejected endpoint is left out"
+    )
 
     # --- behaviour switches ---
-    access_log: bool = False
+    access_log: bool = Field(False, description="one JSON line per request on stdout")
     explain_header: str | None = Field(
         None,
         description="when a request carries this header, the response says how it was routed",
     )
-    reload_poll_seconds: float = Field(1.0, gt=0, le=300)
-    drain_seconds: float = Field(5.0, ge=0, le=600)
+    reload_poll_seconds: float = Field(
+        1.0, gt=0, le=300, description="how often the routing file is checked for changes"
+    )
+    drain_seconds: float = Field(
+        5.0, ge=0, le=600, description="on SIGTERM, how long requests in flight may finish"
+    )
     drain_accept_seconds: float = Field(
         0.0, ge=0, le=60, description="keep accepting this long after readiness fails"
     )
@@ -123,11 +201,32 @@ class ProxySettings(BaseSettings):
     trace_gaps: bool = Field(
         False, description="count outbound requests of a keyed trace that lost the key"
     )
-    trace_memory_size: int = Field(100_000, ge=1, le=10_000_000)
-    trace_memory_ttl: float = Field(300.0, gt=0, le=86_400)
+    trace_memory_size: int = Field(
+        100_000, ge=1, le=10_000_000, description="traces remembered for trace repair"
+    )
+    trace_memory_ttl: float = Field(
+        300.0, gt=0, le=86_400, description="seconds a trace is remembered"
+    )
     tracing: bool = Field(
         False, description="one OpenTelemetry span per proxied request (OTLP, OTEL_* env)"
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _token_file(cls, data: Any) -> Any:
+        """The token file is read once, here; an explicit token wins over the file."""
+        if not isinstance(data, dict) or not data.get("controlplane_token_file"):
+            return data
+        if data.get("controlplane_token"):
+            return data
+        path = Path(data["controlplane_token_file"])
+        try:
+            token = path.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ValueError(f"controlplane_token_file {path}: {exc.strerror}") from None
+        if not token:
+            raise ValueError(f"controlplane_token_file {path} is empty")
+        return {**data, "controlplane_token": token}
 
     @field_validator("local_app")
     @classmethod

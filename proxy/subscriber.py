@@ -45,24 +45,30 @@ from forklane.proxy.schema import RoutingSnapshot
 from forklane.proxy.state import TableHolder
 from forklane.proxy.table import ConfigError
 
-__all__ = ["Subscriber", "backoff_delay"]
+__all__ = ["Subscriber", "backoff_delay", "channel_options"]
 
 log = logging.getLogger("forklane.proxy.subscriber")
 
 BACKOFF_BASE = 0.2
 BACKOFF_CAP = 30.0
 
-_CHANNEL_OPTIONS: tuple[tuple[str, Any], ...] = (
-    # Notice a control plane that vanished without closing the connection.
-    ("grpc.keepalive_time_ms", 20_000),
-    ("grpc.keepalive_timeout_ms", 10_000),
-    ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.http2.max_pings_without_data", 0),
-    # A snapshot of thousands of sandboxes is several MB; the default limit is 4 MB.
-    ("grpc.max_receive_message_length", 256 << 20),
-    # Our own backoff decides when to retry; every attempt uses a fresh channel.
-    ("grpc.enable_retries", 0),
-)
+def channel_options(keepalive: float) -> tuple[tuple[str, Any], ...]:
+    """Options of the channel to the control plane.
+
+    Keepalive pings notice a control plane that vanished without closing the connection. The
+    control plane accepts a ping every `grpc_min_ping_interval` (10 s by default) and answers
+    faster pings with GOAWAY `too_many_pings`, so `keepalive` must stay above that (20 s).
+    """
+    return (
+        ("grpc.keepalive_time_ms", max(1, int(keepalive * 1000))),
+        ("grpc.keepalive_timeout_ms", 10_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+        # A snapshot of thousands of sandboxes is several MB; the default limit is 4 MB.
+        ("grpc.max_receive_message_length", 256 << 20),
+        # Our own backoff decides when to retry; every attempt uses a fresh channel.
+        ("grpc.enable_retries", 0),
+    )
 
 
 def backoff_delay(
@@ -105,10 +111,13 @@ class Subscriber:
         rng: random.Random | None = None,
         backoff_base: float = BACKOFF_BASE,
         backoff_cap: float = BACKOFF_CAP,
+        keepalive: float = 20.0,
+        version: str | None = None,
     ) -> None:
         self.address = address
         self.holder = holder
-        self.node = Node(id=node_id, service=service, listeners=tuple(listeners))
+        self.node = Node(id=node_id, service=service, listeners=tuple(listeners), version=version)
+        self._channel_options = channel_options(keepalive)
         self.state_dir = state_dir
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
         self._on_connected_change = on_connected_change
@@ -210,7 +219,7 @@ class Subscriber:
     async def _session(self) -> bool:
         """One stream, until it ends; returns whether the control plane accepted it."""
         established = False
-        channel = grpc.aio.insecure_channel(self.address, options=_CHANNEL_OPTIONS)
+        channel = grpc.aio.insecure_channel(self.address, options=self._channel_options)
         try:
             call = channel.stream_stream(METHOD)(metadata=self._metadata)
             await call.write(

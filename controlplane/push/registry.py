@@ -34,6 +34,7 @@ class _Entry:
     service: str | None
     listeners: tuple[str, ...]
     connected_at: datetime
+    proxy_version: str | None = None
     sent: str | None = None
     acked: str | None = None
     nacked: str | None = None
@@ -69,6 +70,7 @@ class ProxyRegistry:
                     "nacked_version": e.nacked,
                     "last_error": e.last_error,
                     "replica": self.replica,
+                    "version": e.proxy_version,
                 }
             )
             for e in self._entries.values()
@@ -105,14 +107,18 @@ class ProxyRegistry:
         service: str | None,
         listeners: tuple[str, ...],
         version: str | None,
+        *,
+        proxy_version: str | None = None,
     ) -> StreamId:
-        """A stream opened by a proxy that says it runs `version` (None: nothing yet)."""
+        """A stream opened by a proxy that says it runs snapshot `version` (None: nothing
+        yet) and forklane `proxy_version`."""
         stream = next(self._ids)
         self._entries[stream] = _Entry(
             node_id=node_id,
             service=service,
             listeners=listeners,
             connected_at=datetime.now(UTC),
+            proxy_version=proxy_version,
             acked=version,
         )
         self._notify()

@@ -8,8 +8,10 @@ by the stream's handler and cancelled with it.
 from __future__ import annotations
 
 import asyncio
+import errno
 import itertools
 import logging
+import socket
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,6 +19,7 @@ from typing import Any
 import grpc
 import grpc.aio
 
+from forklane.controlplane.errors import AddressInUse
 from forklane.controlplane.publisher import SnapshotPublisher
 from forklane.controlplane.push.registry import ProxyRegistry, StreamId
 from forklane.proxy.push_messages import (
@@ -29,20 +32,49 @@ from forklane.proxy.push_messages import (
 )
 from forklane.proxy.schema import RoutingSnapshot
 
-__all__ = ["Authorize", "PushServer"]
+__all__ = ["Authorize", "PushServer", "server_options"]
 
 log = logging.getLogger("forklane.controlplane.push")
 
 Authorize = Callable[[str | None], Awaitable[bool]]
 
-_SERVER_OPTIONS: tuple[tuple[str, Any], ...] = (
-    # Proxies ping every 20 s to notice a dead peer; accept that without a GOAWAY.
-    ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
-    ("grpc.keepalive_time_ms", 30_000),
-    ("grpc.keepalive_timeout_ms", 10_000),
-    ("grpc.max_receive_message_length", 1 << 20),
-)
+def server_options(min_ping_interval: float, keepalive: float) -> tuple[tuple[str, Any], ...]:
+    """Options of the push server.
+
+    Proxies ping every `controlplane_keepalive` seconds (20 by default) to notice a dead
+    peer; the server accepts pings `min_ping_interval` apart (10 s by default) and answers
+    faster ones with GOAWAY `too_many_pings`, so the two must agree: min_ping_interval below
+    every proxy's keepalive. (`grpc.http2.min_ping_interval_without_data_ms` is the real name
+    of that option; a misspelt one is silently ignored and leaves gRPC's 5-minute default.)
+    SO_REUSEPORT is off: a second control plane must not bind the same port and split the
+    proxies between two replicas without anybody noticing.
+    """
+    return (
+        ("grpc.so_reuseport", 0),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", max(1, int(min_ping_interval * 1000))),
+        ("grpc.keepalive_time_ms", max(1, int(keepalive * 1000))),
+        ("grpc.keepalive_timeout_ms", 10_000),
+        ("grpc.max_receive_message_length", 1 << 20),
+    )
+
+
+def _bind_error(address: str) -> str:
+    """Why `address` cannot be bound, found with a plain socket (grpc does not say)."""
+    from forklane.controlplane.settings import parse_hostport
+
+    try:
+        host, port = parse_hostport(address)
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.bind((host, port))
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            return "in use"
+        return exc.strerror or str(exc)
+    except ValueError as exc:
+        return str(exc)
+    return "unknown reason"
 
 
 class _StreamClosed(Exception):
@@ -74,10 +106,16 @@ class PushServer:
         publisher: SnapshotPublisher,
         registry: ProxyRegistry,
         authorize: Authorize,
+        *,
+        min_ping_interval: float = 10.0,
+        keepalive: float = 30.0,
+        recheck_interval: float = 30.0,
     ) -> None:
         self._publisher = publisher
         self._registry = registry
         self._authorize = authorize
+        self._options = server_options(min_ping_interval, keepalive)
+        self._recheck = recheck_interval
         self._server: grpc.aio.Server | None = None
         self._encoded: tuple[RoutingSnapshot, bytes] | None = None
         self._nonces = itertools.count(1)
@@ -86,17 +124,23 @@ class PushServer:
         """Bind `host:port` (port 0: any free port), start serving; returns the bound port."""
         if self._server is not None:
             raise RuntimeError("push server already started")
-        server = grpc.aio.server(options=_SERVER_OPTIONS)
+        server = grpc.aio.server(options=self._options)
         handler = grpc.stream_stream_rpc_method_handler(self._stream)
         server.add_generic_rpc_handlers(
             (grpc.method_handlers_generic_handler(SERVICE, {"Stream": handler}),)
         )
         try:
             port = int(server.add_insecure_port(address))
-        except RuntimeError as exc:
-            raise OSError(f"push server cannot listen on {address}: {exc}") from exc
+        except RuntimeError:
+            port = 0
         if port == 0:
-            raise OSError(f"push server cannot listen on {address}")
+            reason = _bind_error(address)
+            if reason == "in use":
+                raise AddressInUse(
+                    f"cannot listen on {address} (gRPC push): the port is already in use by "
+                    "another process (choose another with --grpc)"
+                )
+            raise OSError(f"cannot listen on {address} (gRPC push): {reason}")
         await server.start()
         self._server = server
         log.info("snapshot push (grpc) listening on %s (port %d)", address, port)
@@ -139,7 +183,8 @@ class PushServer:
             )
             return
         stream = self._registry.connect(
-            node.id, node.service, node.listeners, first.version_info or None
+            node.id, node.service, node.listeners, first.version_info or None,
+            proxy_version=node.version,
         )
         log.info(
             "push: proxy %s (%s) subscribed at version %r from %s",
@@ -150,24 +195,31 @@ class PushServer:
         )
         try:
             await context.send_initial_metadata(((REPLICA_METADATA, self._registry.replica),))
-            error = await self._serve(stream, context)
+            error = await self._serve(stream, context, token)
         finally:
             self._registry.disconnect(stream)
             log.info("push: proxy %s disconnected", node.id)
         if error is not None:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, error)
 
-    async def _serve(self, stream: StreamId, context: grpc.aio.ServicerContext) -> str | None:
-        """Run reader and writer until either ends; returns an error to abort with, if any."""
+    async def _serve(
+        self, stream: StreamId, context: grpc.aio.ServicerContext, token: str | None
+    ) -> str | None:
+        """Run reader, writer and the token re-check until one ends; returns an error to
+        abort with, if any."""
         pending = _Pending()
         reader = asyncio.create_task(self._read_answers(stream, context, pending))
         writer = asyncio.create_task(self._push_latest(stream, context, pending))
+        checker = asyncio.create_task(self._recheck_token(token))
+        tasks = (reader, writer, checker)
         try:
-            done, _ = await asyncio.wait((reader, writer), return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            reader.cancel()
-            writer.cancel()
-            await asyncio.gather(reader, writer, return_exceptions=True)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        if checker in done and not checker.cancelled() and checker.exception() is None:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "token revoked")
         for task in done:
             exc = task.exception()
             if isinstance(exc, MessageError):
@@ -177,6 +229,16 @@ class PushServer:
             if exc is not None:
                 raise exc
         return None
+
+    async def _recheck_token(self, token: str | None) -> None:
+        """Return once the stream's token is no longer accepted (e.g. it was revoked)."""
+        while True:
+            await asyncio.sleep(self._recheck)
+            try:
+                if not await self._authorize(token):
+                    return
+            except Exception:  # the store is down: keep the stream, check again later
+                log.warning("push: cannot re-check a proxy token now", exc_info=True)
 
     async def _read(self, context: grpc.aio.ServicerContext) -> SubscribeRequest:
         data = await context.read()

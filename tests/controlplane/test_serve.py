@@ -70,8 +70,10 @@ async def test_serve_prints_banner_serves_and_stops_on_sigterm(
     match = BANNER.match(line)
     assert match, line
     assert Path(match.group(3)) == tmp_path / "forklane.db"
-    async with asyncio.timeout(5):
-        token_line = (await proc.stderr.readline()).decode()
+    async with asyncio.timeout(5):  # log lines may come first; the token line is one line
+        token_line = ""
+        while "bootstrap admin token" not in token_line:
+            token_line = (await proc.stderr.readline()).decode()
     token = token_line.rsplit(" ", 1)[-1].strip()
     assert "bootstrap admin token" in token_line and token.startswith("flk_")
     base = f"http://127.0.0.1:{match.group(1)}"
