@@ -59,7 +59,9 @@ class ControlPlane:
         stderr: TextIO | None = None,
     ) -> None:
         self.settings = settings
-        self.store = store or make_store(settings.store, data_dir=settings.data_dir)
+        self.store = store or make_store(
+            settings.store, data_dir=settings.data_dir, history=settings.watch_history
+        )
         self.publisher = SnapshotPublisher()
         self._with_push = with_push
         self._clock = clock

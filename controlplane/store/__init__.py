@@ -12,15 +12,17 @@ from forklane.controlplane.store.base import Store
 __all__ = ["Store", "make_store"]
 
 
-def make_store(url: str, *, data_dir: Path, schema: str | None = None) -> Store:
+def make_store(
+    url: str, *, data_dir: Path, schema: str | None = None, history: int = 10_000
+) -> Store:
     """`sqlite` → `<data_dir>/forklane.db`; `sqlite:PATH`; `postgresql://…` (not yet opened)."""
     if url.startswith(("postgresql://", "postgres://")):
         from forklane.controlplane.store.postgres import PostgresStore
 
-        return PostgresStore(url, schema=schema)
+        return PostgresStore(url, schema=schema, history=history)
     if url == "sqlite" or url.startswith("sqlite:"):
         from forklane.controlplane.store.sqlite import SqliteStore
 
         path = Path(url.removeprefix("sqlite:")) if url != "sqlite" else data_dir / "forklane.db"
-        return SqliteStore(path)
+        return SqliteStore(path, history=history)
     raise ValueError(f"store {url!r}: expected 'sqlite', 'sqlite:PATH' or 'postgresql://…'")

@@ -11,7 +11,21 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-__all__ = ["dumps", "loads", "new_uid", "next_generation", "to_utc"]
+from forklane.controlplane.store.base import Record
+
+__all__ = [
+    "COMPACT_EVERY",
+    "dumps",
+    "loads",
+    "new_uid",
+    "next_generation",
+    "record_doc",
+    "record_from_doc",
+    "to_utc",
+]
+
+# The change log is trimmed to the configured history every this many revisions.
+COMPACT_EVERY = 100
 
 
 def dumps(value: Any) -> str:
@@ -44,3 +58,25 @@ def next_generation(
     if dict(old_labels) == dict(labels) and dumps(old_spec) == dumps(spec):
         return generation
     return generation + 1
+
+
+def record_doc(record: Record) -> dict[str, Any]:
+    """A record as one JSON-able document (the change log keeps records this way)."""
+    return {
+        "kind": record.kind, "name": record.name, "uid": record.uid,
+        "generation": record.generation, "resource_version": record.resource_version,
+        "labels": dict(record.labels), "created_by": record.created_by,
+        "created_at": to_utc(record.created_at).isoformat(),
+        "updated_at": to_utc(record.updated_at).isoformat(),
+        "spec": record.spec, "status": record.status,
+    }
+
+
+def record_from_doc(doc: dict[str, Any]) -> Record:
+    return Record(
+        kind=doc["kind"], name=doc["name"], uid=doc["uid"], generation=doc["generation"],
+        resource_version=doc["resource_version"], labels=doc["labels"],
+        created_by=doc["created_by"], created_at=datetime.fromisoformat(doc["created_at"]),
+        updated_at=datetime.fromisoformat(doc["updated_at"]), spec=doc["spec"],
+        status=doc["status"],
+    )

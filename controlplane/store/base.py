@@ -11,6 +11,10 @@ Invariants every backend keeps (checked by one contract suite over all of them):
 - after a write commits, every listener of every store instance sharing the data (one
   process for SQLite; every replica for PostgreSQL) is called with the new revision, or a
   later one; listeners see strictly increasing revisions and re-read what they need;
+- every resource write also appends one `Change` (ADDED, MODIFIED or DELETED, with the
+  record as written, or as it was for DELETED) to a change log at its revision, in the same
+  transaction; `changes(after=N)` returns every change after revision N in order, as long as
+  N is not older than the history kept (`history` revisions), else raises `Expired`;
 - tokens are kept only as a SHA-256 digest of their secret.
 
 JSON documents (`labels`, `spec`, `status`) are stored and returned as plain dicts; the
@@ -23,13 +27,15 @@ import abc
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 __all__ = [
     "AlreadyExists",
     "AuditEntry",
+    "Change",
     "ChangeListener",
     "Conflict",
+    "Expired",
     "NotFound",
     "Page",
     "Record",
@@ -60,6 +66,14 @@ class Conflict(StoreError):
     """The record changed since the version the caller read."""
 
 
+class Expired(StoreError):
+    """The revision asked for is older than the change history kept."""
+
+    def __init__(self, message: str, oldest: int) -> None:
+        super().__init__(message)
+        self.oldest = oldest
+
+
 class Unavailable(StoreError):
     """The database cannot be reached or failed; worth a retry later."""
 
@@ -77,6 +91,16 @@ class Record:
     updated_at: datetime
     spec: JSON
     status: JSON | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One entry of the change log: what a write at `revision` did to one record."""
+
+    revision: int
+    type: str  # ADDED | MODIFIED | DELETED
+    record: Record  # as written; for DELETED, as it was
+    labels_before: Mapping[str, str] | None  # None for ADDED
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,17 +133,38 @@ class AuditEntry:
     seq: int = field(default=0)  # assigned by the store; increasing
 
 
-def labels_match(labels: Mapping[str, str], selector: Mapping[str, str]) -> bool:
-    """Equality-based selector: every selector pair is present in `labels`."""
-    return all(labels.get(k) == v for k, v in selector.items())
+class Selector(Protocol):
+    """A label selector (`forklane.controlplane.selector.Selector`): the equality terms a
+    backend may use to pre-filter, and the full match."""
+
+    def equalities(self) -> dict[str, str]: ...
+
+    def matches(self, labels: Mapping[str, str]) -> bool: ...
+
+
+SelectorLike = Mapping[str, str] | Selector
+
+
+def labels_match(labels: Mapping[str, str], selector: SelectorLike) -> bool:
+    """An equality mapping (every pair present) or a full selector."""
+    if isinstance(selector, Mapping):
+        return all(labels.get(k) == v for k, v in selector.items())
+    return selector.matches(labels)
+
+
+def equality_terms(selector: SelectorLike | None) -> dict[str, str]:
+    if selector is None:
+        return {}
+    return dict(selector) if isinstance(selector, Mapping) else selector.equalities()
 
 
 class Store(abc.ABC):
     """One small interface; SQLite and PostgreSQL implement it without knowing each other."""
 
-    def __init__(self) -> None:
+    def __init__(self, history: int = 10_000) -> None:
         self._listeners: list[ChangeListener] = []
         self._heard = 0
+        self.history = history
 
     # -- life cycle -------------------------------------------------------------------------
     @abc.abstractmethod
@@ -170,11 +215,18 @@ class Store(abc.ABC):
         self,
         kind: str,
         *,
-        selector: Mapping[str, str] | None = None,
+        selector: SelectorLike | None = None,
         limit: int | None = None,
         after: str | None = None,
     ) -> Page:
         """Records in name order, after the name `after`, at most `limit` of them."""
+
+    @abc.abstractmethod
+    async def changes(
+        self, kind: str | None, *, after: int, limit: int = 1000
+    ) -> tuple[Change, ...]:
+        """Changes with revision > `after` (of `kind`, or all), oldest first, at most `limit`.
+        Raises `Expired` when changes after `after` were already trimmed."""
 
     @abc.abstractmethod
     async def list_all(self) -> tuple[int, tuple[Record, ...]]:
@@ -212,10 +264,22 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def count_tokens(self, role: str) -> int: ...
 
+    @abc.abstractmethod
+    async def list_tokens(self) -> tuple[TokenRecord, ...]:
+        """Every token (hashes only), oldest first."""
+
+    @abc.abstractmethod
+    async def delete_token(self, token_id: str) -> bool:
+        """Remove (revoke) a token; False when there was none with that id."""
+
     # -- audit ------------------------------------------------------------------------------
     @abc.abstractmethod
     async def append_audit(self, entry: AuditEntry) -> None: ...
 
     @abc.abstractmethod
-    async def list_audit(self, *, after: int = 0, limit: int = 100) -> tuple[AuditEntry, ...]:
-        """Entries with `seq > after`, oldest first."""
+    async def list_audit(
+        self, *, after: int = 0, limit: int = 100, kind: str | None = None,
+        name: str | None = None,
+    ) -> tuple[AuditEntry, ...]:
+        """Entries with `seq > after` (of one object when `kind` and `name` are given),
+        oldest first."""

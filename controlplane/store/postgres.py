@@ -21,19 +21,32 @@ from typing import Any
 
 import asyncpg
 
-from forklane.controlplane.store._common import dumps, loads, new_uid, next_generation, to_utc
+from forklane.controlplane.store._common import (
+    COMPACT_EVERY,
+    dumps,
+    loads,
+    new_uid,
+    next_generation,
+    record_doc,
+    record_from_doc,
+    to_utc,
+)
 from forklane.controlplane.store.base import (
     JSON,
     AlreadyExists,
     AuditEntry,
+    Change,
     Conflict,
+    Expired,
     NotFound,
     Page,
     Record,
+    SelectorLike,
     Store,
     StoreError,
     TokenRecord,
     Unavailable,
+    equality_terms,
     labels_match,
 )
 
@@ -62,6 +75,18 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
             verb TEXT NOT NULL, kind TEXT NOT NULL, name TEXT NOT NULL,
             generation_before BIGINT, generation_after BIGINT, revision BIGINT
         );
+        """,
+    ),
+    (
+        2,
+        """
+        ALTER TABLE meta ADD COLUMN compacted BIGINT NOT NULL DEFAULT 0;
+        UPDATE meta SET compacted = revision;
+        CREATE TABLE changes (
+            revision BIGINT PRIMARY KEY, kind TEXT NOT NULL, type TEXT NOT NULL,
+            record JSONB NOT NULL, labels_before JSONB
+        );
+        CREATE INDEX changes_kind ON changes (kind, revision);
         """,
     ),
 )
@@ -104,8 +129,8 @@ async def _translated() -> AsyncIterator[None]:
 
 
 class PostgresStore(Store):
-    def __init__(self, dsn: str, *, schema: str | None = None) -> None:
-        super().__init__()
+    def __init__(self, dsn: str, *, schema: str | None = None, history: int = 10_000) -> None:
+        super().__init__(history)
         self._dsn = dsn
         self._schema = schema
         self._channel = "forklane_changes" + (f"__{schema}" if schema else "")
@@ -180,6 +205,24 @@ class PostgresStore(Store):
                 yield conn, bumped
         self._notify(revision)
 
+    async def _log(
+        self, conn: asyncpg.Connection, revision: int, type_: str, record: Record,
+        labels_before: Any = None,
+    ) -> None:
+        """Append to the change log (inside the write's transaction); trim it now and then."""
+        await conn.execute(
+            "INSERT INTO changes (revision, kind, type, record, labels_before) "
+            "VALUES ($1, $2, $3, $4::jsonb, $5::jsonb)",
+            revision, record.kind, type_, dumps(record_doc(record)),
+            None if labels_before is None else dumps(dict(labels_before)),
+        )
+        if revision % COMPACT_EVERY == 0 and revision > self.history:
+            through = revision - self.history
+            await conn.execute("DELETE FROM changes WHERE revision <= $1", through)
+            await conn.execute(
+                "UPDATE meta SET compacted = GREATEST(compacted, $1) WHERE id = 1", through
+            )
+
     @staticmethod
     async def _current(
         conn: asyncpg.Connection, kind: str, name: str, expected_version: int | None
@@ -231,6 +274,7 @@ class PostgresStore(Store):
             )
             if inserted is None:
                 raise AlreadyExists(f"{kind}/{name} already exists")
+            await self._log(conn, revision, "ADDED", record)
         return record
 
     async def get(self, kind: str, name: str) -> Record:
@@ -246,7 +290,7 @@ class PostgresStore(Store):
         self,
         kind: str,
         *,
-        selector: Mapping[str, str] | None = None,
+        selector: SelectorLike | None = None,
         limit: int | None = None,
         after: str | None = None,
     ) -> Page:
@@ -256,12 +300,35 @@ class PostgresStore(Store):
                 rows = await conn.fetch(
                     f"SELECT {_COLUMNS} FROM resources WHERE kind = $1 AND name > $2 "
                     "AND labels @> $3::jsonb ORDER BY name",
-                    kind, after or "", dumps(dict(selector or {})),
+                    kind, after or "", dumps(equality_terms(selector)),
                 )
         items = [r for r in map(_record, rows) if not selector or labels_match(r.labels, selector)]
         if limit is not None and len(items) > limit:
             return Page(tuple(items[:limit]), items[limit - 1].name, revision)
         return Page(tuple(items), None, revision)
+
+    async def changes(
+        self, kind: str | None, *, after: int, limit: int = 1000
+    ) -> tuple[Change, ...]:
+        async with _translated(), self._db.acquire() as conn:
+            async with conn.transaction(isolation="repeatable_read", readonly=True):
+                compacted = int(await conn.fetchval("SELECT compacted FROM meta WHERE id = 1"))
+                if after < compacted:
+                    raise Expired(f"revision {after} is older than the history kept", compacted)
+                if kind is None:
+                    rows = await conn.fetch(
+                        "SELECT revision, type, record::text, labels_before::text FROM changes "
+                        "WHERE revision > $1 ORDER BY revision LIMIT $2", after, limit,
+                    )
+                else:
+                    rows = await conn.fetch(
+                        "SELECT revision, type, record::text, labels_before::text FROM changes "
+                        "WHERE revision > $1 AND kind = $2 ORDER BY revision LIMIT $3",
+                        after, kind, limit,
+                    )
+        return tuple(
+            Change(int(r[0]), r[1], record_from_doc(loads(r[2])), loads(r[3])) for r in rows
+        )
 
     async def list_all(self) -> tuple[int, tuple[Record, ...]]:
         async with _translated(), self._db.acquire() as conn:
@@ -290,11 +357,12 @@ class PostgresStore(Store):
                 "spec = $4::jsonb, updated_at = $5 WHERE kind = $6 AND name = $7",
                 generation, revision, dumps(dict(labels)), dumps(spec), at, kind, name,
             )
-        after = Record(
-            kind=kind, name=name, uid=before.uid, generation=generation,
-            resource_version=revision, labels=dict(labels), created_by=before.created_by,
-            created_at=before.created_at, updated_at=at, spec=spec, status=before.status,
-        )
+            after = Record(
+                kind=kind, name=name, uid=before.uid, generation=generation,
+                resource_version=revision, labels=dict(labels), created_by=before.created_by,
+                created_at=before.created_at, updated_at=at, spec=spec, status=before.status,
+            )
+            await self._log(conn, revision, "MODIFIED", after, before.labels)
         return before, after
 
     async def update_status(
@@ -308,17 +376,20 @@ class PostgresStore(Store):
                 "WHERE kind = $3 AND name = $4",
                 revision, dumps(status), kind, name,
             )
-        return Record(
-            kind=kind, name=name, uid=before.uid, generation=before.generation,
-            resource_version=revision, labels=before.labels, created_by=before.created_by,
-            created_at=before.created_at, updated_at=before.updated_at, spec=before.spec,
-            status=status,
-        )
+            after = Record(
+                kind=kind, name=name, uid=before.uid, generation=before.generation,
+                resource_version=revision, labels=before.labels, created_by=before.created_by,
+                created_at=before.created_at, updated_at=before.updated_at, spec=before.spec,
+                status=status,
+            )
+            await self._log(conn, revision, "MODIFIED", after, before.labels)
+        return after
 
     async def delete(self, kind: str, name: str, *, expected_version: int | None = None) -> Record:
-        async with self._write() as (conn, _):
+        async with self._write() as (conn, bumped):
             before = await self._current(conn, kind, name, expected_version)
             await conn.execute("DELETE FROM resources WHERE kind = $1 AND name = $2", kind, name)
+            await self._log(conn, bumped[0], "DELETED", before, before.labels)
         return before
 
     # -- tokens -----------------------------------------------------------------------------
@@ -351,6 +422,19 @@ class PostgresStore(Store):
         async with _translated():
             return int(await self._db.fetchval("SELECT COUNT(*) FROM tokens WHERE role = $1", role))
 
+    async def list_tokens(self) -> tuple[TokenRecord, ...]:
+        async with _translated():
+            rows = await self._db.fetch(
+                "SELECT token_id, subject, role, secret_sha256, created_at, created_by "
+                "FROM tokens ORDER BY created_at, token_id"
+            )
+        return tuple(TokenRecord(r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows)
+
+    async def delete_token(self, token_id: str) -> bool:
+        async with _translated():
+            done = await self._db.execute("DELETE FROM tokens WHERE token_id = $1", token_id)
+        return str(done).endswith(" 1")
+
     # -- audit ------------------------------------------------------------------------------
     async def append_audit(self, entry: AuditEntry) -> None:
         async with _translated():
@@ -361,13 +445,24 @@ class PostgresStore(Store):
                 entry.generation_before, entry.generation_after, entry.revision,
             )
 
-    async def list_audit(self, *, after: int = 0, limit: int = 100) -> tuple[AuditEntry, ...]:
+    async def list_audit(
+        self, *, after: int = 0, limit: int = 100, kind: str | None = None,
+        name: str | None = None,
+    ) -> tuple[AuditEntry, ...]:
+        columns = (
+            "SELECT seq, at, subject, verb, kind, name, generation_before, generation_after, "
+            "revision FROM audit "
+        )
         async with _translated():
-            rows = await self._db.fetch(
-                "SELECT seq, at, subject, verb, kind, name, generation_before, generation_after, "
-                "revision FROM audit WHERE seq > $1 ORDER BY seq LIMIT $2",
-                after, limit,
-            )
+            if kind is not None and name is not None:
+                rows = await self._db.fetch(
+                    columns + "WHERE seq > $1 AND kind = $2 AND name = $3 ORDER BY seq LIMIT $4",
+                    after, kind, name, limit,
+                )
+            else:
+                rows = await self._db.fetch(
+                    columns + "WHERE seq > $1 ORDER BY seq LIMIT $2", after, limit
+                )
         return tuple(
             AuditEntry(
                 at=r[1], subject=r[2], verb=r[3], kind=r[4], name=r[5],

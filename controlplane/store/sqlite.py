@@ -18,15 +18,27 @@ from typing import Any
 
 import aiosqlite
 
-from forklane.controlplane.store._common import dumps, loads, new_uid, next_generation, to_utc
+from forklane.controlplane.store._common import (
+    COMPACT_EVERY,
+    dumps,
+    loads,
+    new_uid,
+    next_generation,
+    record_doc,
+    record_from_doc,
+    to_utc,
+)
 from forklane.controlplane.store.base import (
     JSON,
     AlreadyExists,
     AuditEntry,
+    Change,
     Conflict,
+    Expired,
     NotFound,
     Page,
     Record,
+    SelectorLike,
     Store,
     StoreError,
     TokenRecord,
@@ -61,6 +73,18 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
         );
         """,
     ),
+    (
+        2,
+        """
+        ALTER TABLE meta ADD COLUMN compacted INTEGER NOT NULL DEFAULT 0;
+        UPDATE meta SET compacted = revision;
+        CREATE TABLE changes (
+            revision INTEGER PRIMARY KEY, kind TEXT NOT NULL, type TEXT NOT NULL,
+            record TEXT NOT NULL, labels_before TEXT
+        );
+        CREATE INDEX changes_kind ON changes (kind, revision);
+        """,
+    ),
 )
 
 _COLUMNS = (
@@ -86,8 +110,8 @@ def _record(row: Any) -> Record:
 
 
 class SqliteStore(Store):
-    def __init__(self, path: Path | str) -> None:
-        super().__init__()
+    def __init__(self, path: Path | str, *, history: int = 10_000) -> None:
+        super().__init__(history)
         self._path = str(path)
         self._db: aiosqlite.Connection | None = None
         self._lock = asyncio.Lock()
@@ -154,6 +178,22 @@ class SqliteStore(Store):
         await self._conn.execute("UPDATE meta SET revision = revision + 1 WHERE id = 1")
         return await self._revision()
 
+    async def _log(
+        self, revision: int, type_: str, record: Record, labels_before: Any = None
+    ) -> None:
+        """Append to the change log (inside the write's transaction); trim it now and then."""
+        await self._conn.execute(
+            "INSERT INTO changes (revision, kind, type, record, labels_before) VALUES (?,?,?,?,?)",
+            (revision, record.kind, type_, dumps(record_doc(record)),
+             None if labels_before is None else dumps(dict(labels_before))),
+        )
+        if revision % COMPACT_EVERY == 0 and revision > self.history:
+            through = revision - self.history
+            await self._conn.execute("DELETE FROM changes WHERE revision <= ?", (through,))
+            await self._conn.execute(
+                "UPDATE meta SET compacted = MAX(compacted, ?) WHERE id = 1", (through,)
+            )
+
     async def _revision(self) -> int:
         async with self._conn.execute("SELECT revision FROM meta WHERE id = 1") as cur:
             row = await cur.fetchone()
@@ -207,6 +247,7 @@ class SqliteStore(Store):
                  at.isoformat(), at.isoformat(), dumps(spec),
                  None if status is None else dumps(status)),
             )
+            await self._log(revision, "ADDED", record)
             return record, revision
 
         result: Record = await self._write(body)
@@ -223,7 +264,7 @@ class SqliteStore(Store):
         self,
         kind: str,
         *,
-        selector: Mapping[str, str] | None = None,
+        selector: SelectorLike | None = None,
         limit: int | None = None,
         after: str | None = None,
     ) -> Page:
@@ -236,6 +277,27 @@ class SqliteStore(Store):
         if limit is not None and len(items) > limit:
             return Page(tuple(items[:limit]), items[limit - 1].name, revision)
         return Page(tuple(items), None, revision)
+
+    async def changes(
+        self, kind: str | None, *, after: int, limit: int = 1000
+    ) -> tuple[Change, ...]:
+        sql = (
+            "SELECT revision, type, record, labels_before FROM changes WHERE revision > ? "
+            + ("AND kind = ? " if kind is not None else "")
+            + "ORDER BY revision LIMIT ?"
+        )
+        params: tuple[Any, ...] = (after, kind, limit) if kind is not None else (after, limit)
+        async with self._guard():
+            async with self._conn.execute("SELECT compacted FROM meta WHERE id = 1") as cur:
+                row = await cur.fetchone()
+            compacted = int(row[0]) if row else 0
+            if after < compacted:
+                raise Expired(f"revision {after} is older than the history kept", compacted)
+            async with self._conn.execute(sql, params) as cur:
+                rows = await cur.fetchall()
+        return tuple(
+            Change(int(r[0]), r[1], record_from_doc(loads(r[2])), loads(r[3])) for r in rows
+        )
 
     async def list_all(self) -> tuple[int, tuple[Record, ...]]:
         sql = f"SELECT {_COLUMNS} FROM resources ORDER BY kind, name"
@@ -281,6 +343,7 @@ class SqliteStore(Store):
                 resource_version=revision, labels=dict(labels), created_by=before.created_by,
                 created_at=before.created_at, updated_at=at, spec=spec, status=before.status,
             )
+            await self._log(revision, "MODIFIED", after, before.labels)
             return (before, after), revision
 
         result: tuple[Record, Record] = await self._write(body)
@@ -302,6 +365,7 @@ class SqliteStore(Store):
                 created_at=before.created_at, updated_at=before.updated_at, spec=before.spec,
                 status=status,
             )
+            await self._log(revision, "MODIFIED", after, before.labels)
             return after, revision
 
         result: Record = await self._write(body)
@@ -314,6 +378,7 @@ class SqliteStore(Store):
             await self._conn.execute(
                 "DELETE FROM resources WHERE kind = ? AND name = ?", (kind, name)
             )
+            await self._log(revision, "DELETED", before, before.labels)
             return before, revision
 
         result: Record = await self._write(body)
@@ -352,6 +417,25 @@ class SqliteStore(Store):
             row = await cur.fetchone()
         return int(row[0]) if row else 0
 
+    async def list_tokens(self) -> tuple[TokenRecord, ...]:
+        sql = (
+            "SELECT token_id, subject, role, secret_sha256, created_at, created_by "
+            "FROM tokens ORDER BY created_at, token_id"
+        )
+        async with self._guard(), self._conn.execute(sql) as cur:
+            rows = await cur.fetchall()
+        return tuple(
+            TokenRecord(r[0], r[1], r[2], r[3], datetime.fromisoformat(r[4]), r[5]) for r in rows
+        )
+
+    async def delete_token(self, token_id: str) -> bool:
+        async def body() -> tuple[bool, None]:
+            cur = await self._conn.execute("DELETE FROM tokens WHERE token_id = ?", (token_id,))
+            return cur.rowcount > 0, None
+
+        deleted: bool = await self._write(body)
+        return deleted
+
     # -- audit ------------------------------------------------------------------------------
     async def append_audit(self, entry: AuditEntry) -> None:
         async def body() -> tuple[None, None]:
@@ -365,12 +449,19 @@ class SqliteStore(Store):
 
         await self._write(body)
 
-    async def list_audit(self, *, after: int = 0, limit: int = 100) -> tuple[AuditEntry, ...]:
+    async def list_audit(
+        self, *, after: int = 0, limit: int = 100, kind: str | None = None,
+        name: str | None = None,
+    ) -> tuple[AuditEntry, ...]:
+        one = kind is not None and name is not None
         sql = (
             "SELECT seq, at, subject, verb, kind, name, generation_before, generation_after, "
-            "revision FROM audit WHERE seq > ? ORDER BY seq LIMIT ?"
+            "revision FROM audit WHERE seq > ? "
+            + ("AND kind = ? AND name = ? " if one else "")
+            + "ORDER BY seq LIMIT ?"
         )
-        async with self._guard(), self._conn.execute(sql, (after, limit)) as cur:
+        params: tuple[Any, ...] = (after, kind, name, limit) if one else (after, limit)
+        async with self._guard(), self._conn.execute(sql, params) as cur:
             rows = await cur.fetchall()
         return tuple(
             AuditEntry(

@@ -13,6 +13,7 @@ from forklane.controlplane.store.base import (
     AlreadyExists,
     AuditEntry,
     Conflict,
+    Expired,
     NotFound,
     Store,
     TokenRecord,
@@ -223,3 +224,53 @@ async def test_reopen_keeps_data(store_factory: StoreFactory) -> None:
     await second.open()
     assert (await second.get("sandboxes", "kept")).spec == {"n": "kept"}
     assert await second.revision() == 1
+
+
+async def test_change_log_has_every_write_in_order(store: Store) -> None:
+    start = await store.revision()
+    await make(store, "a", {"team": "x"})
+    await store.update("sandboxes", "a", labels={"team": "y"}, spec={"n": 2},
+                       expected_version=None, now=T0)  # fmt: skip
+    await store.update_status("sandboxes", "a", status={"phase": "Ready"}, expected_version=None)
+    await store.create("services", "s", labels={}, spec={}, status=None, created_by="b", now=T0)
+    await store.delete("sandboxes", "a")
+    changes = await store.changes("sandboxes", after=start)
+    assert [c.type for c in changes] == ["ADDED", "MODIFIED", "MODIFIED", "DELETED"]
+    assert [c.revision for c in changes] == [start + 1, start + 2, start + 3, start + 5]
+    assert changes[1].labels_before == {"team": "x"} and changes[1].record.labels == {"team": "y"}
+    assert changes[2].record.status == {"phase": "Ready"}
+    assert changes[3].record.spec == {"n": 2}  # a deletion carries the last state
+    assert all(c.record.resource_version == c.revision for c in changes[:3])
+    everything = await store.changes(None, after=start)
+    assert [c.record.kind for c in everything].count("services") == 1
+    assert await store.changes("sandboxes", after=start + 5) == ()
+    assert len(await store.changes(None, after=start, limit=2)) == 2
+
+
+async def test_change_log_is_trimmed_to_the_history(store: Store) -> None:
+    store.history = 100  # keep 100 revisions: the log is trimmed every 100 writes
+    for i in range(201):
+        await make(store, f"s{i:03d}")
+    now = await store.revision()
+    with pytest.raises(Expired) as expired:
+        await store.changes(None, after=0)
+    assert 0 < expired.value.oldest <= now - 100
+    kept = await store.changes(None, after=expired.value.oldest)
+    assert kept and kept[-1].revision == now
+
+
+async def test_tokens_list_and_revoke(store: Store) -> None:
+    for token_id in ("t1", "t2"):
+        await store.add_token(TokenRecord(token_id, "pricing", "proxy", "0" * 64, T0, "admin"))
+    assert [t.token_id for t in await store.list_tokens()] == ["t1", "t2"]
+    assert await store.delete_token("t1") is True
+    assert await store.delete_token("t1") is False
+    assert await store.get_token("t1") is None
+    assert [t.token_id for t in await store.list_tokens()] == ["t2"]
+
+
+async def test_audit_of_one_object(store: Store) -> None:
+    for kind, name in (("sandboxes", "a"), ("sandboxes", "b"), ("services", "a")):
+        await store.append_audit(AuditEntry(T0, "alice", "create", kind, name, None, 1))
+    mine = await store.list_audit(kind="sandboxes", name="a")
+    assert [(e.kind, e.name) for e in mine] == [("sandboxes", "a")]
