@@ -10,21 +10,31 @@ Invariants:
   group (409 otherwise); an update that omits the key keeps the current one;
 - writes name the expected resourceVersion (body `metadata.resourceVersion` or `If-Match`);
   a stale one answers 409 and nothing changes;
-- every successful mutation is appended to the audit log.
+- every successful mutation is appended to the audit log;
+- what can be judged at once is judged at once: a fork or split naming a service that does
+  not exist is a 422 naming the field (`spec.forks[0].service`), and a fork endpoint that
+  does not accept a connection comes back as a `Warning: 299` header on the answer;
+- a sandbox created without a TTL gets the control plane's default (`default_sandbox_ttl`);
+  an update that omits the TTL or the routing key keeps the current one;
+- an update that changes nothing writes nothing (no new resourceVersion, no audit entry);
+- `?dryRun=All` on create and update runs every check and answers what would be stored,
+  storing nothing.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import json
 import logging
 import secrets
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from aiohttp import web
+from multidict import CIMultiDict
 from pydantic import BaseModel, ValidationError
 
 from forklane.controlplane import wire
@@ -40,9 +50,11 @@ from forklane.controlplane.compiler import service_to_schema, split_to_schema
 from forklane.controlplane.errors import ApiError, from_store_error, from_validation_error
 from forklane.controlplane.openapi import OPENAPI
 from forklane.controlplane.publisher import SnapshotPublisher
-from forklane.controlplane.reconciler import Clock, utcnow
-from forklane.controlplane.resources import KINDS, ResourceKind, parse_selector, to_wire
+from forklane.controlplane.reconciler import Clock, Probe, tcp_probe, utcnow
+from forklane.controlplane.resources import KINDS, ResourceKind, to_wire
+from forklane.controlplane.selector import parse_selector
 from forklane.controlplane.store.base import AuditEntry, Record, Store, StoreError
+from forklane.controlplane.watch import serve_watch
 from forklane.proxy.jsonlimits import JsonTooDeep, loads_bounded
 
 __all__ = ["ApiContext", "ProxyLister", "build_app"]
@@ -55,7 +67,9 @@ MAX_LIMIT = 1000
 
 
 class ProxyLister(Protocol):
-    def list(self) -> list[wire.ProxyInfo]: ...
+    def list(self) -> Sequence[wire.ProxyInfo]: ...
+
+    def events(self) -> Sequence[wire.Event]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,14 +79,20 @@ class ApiContext:
     proxies: ProxyLister
     authenticator: Authenticator | None  # None: auth disabled (local demo only)
     clock: Clock = utcnow
+    default_ttl_seconds: int = 3600
+    probe: Probe = tcp_probe
+    probe_timeout: float = 1.0
+    bookmark_interval: float = 15.0
+    replica: str = ""
+    closing: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 CTX = web.AppKey("ctx", ApiContext)
 PRINCIPAL = web.RequestKey("principal", Principal)
-_PUBLIC = frozenset({"/healthz", "/readyz", "/api/v1/openapi.json"})
+_PUBLIC = frozenset({"/healthz", "/readyz", "/version", "/api/v1/openapi.json"})
 
 
-def _respond(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+def _respond(body: Any, status: int = 200, headers: Any = None) -> web.Response:
     return web.Response(
         status=status,
         text=json.dumps(body, separators=(",", ":")),
@@ -178,6 +198,62 @@ def _static_checks(plural: str, name: str, spec: Any) -> None:
         raise ApiError(422, str(exc), [wire.FieldError(field="spec", message=str(exc))]) from exc
 
 
+async def _reference_checks(store: Store, plural: str, spec: Any) -> None:
+    """A fork or split naming a service that does not exist is rejected now (422), with the
+    field path, instead of being stored and reported as Failed later."""
+    if plural == "sandboxes":
+        wanted = [(f"spec.forks[{i}].service", f.service) for i, f in enumerate(spec.forks)]
+    elif plural == "splits":
+        wanted = [("spec.service", spec.service)]
+    else:
+        return
+    known = {r.name for r in (await store.list("services")).items}
+    details = [
+        wire.FieldError(field=path, message=f"unknown service {name!r}: create it first")
+        for path, name in wanted
+        if name not in known
+    ]
+    if details:
+        summary = "; ".join(f"{d.field}: {d.message}" for d in details[:3])
+        raise ApiError(422, f"invalid resource: {summary}", details)
+
+
+async def _fork_warnings(ctx: ApiContext, plural: str, spec: Any) -> list[str]:
+    """One warning per fork endpoint that does not accept a TCP connection right now; the
+    sandbox is still stored (a fork may be starting) and stays Pending until it answers."""
+    if plural != "sandboxes":
+        return []
+    targets = [(f.service, ep) for f in spec.forks for ep in f.endpoints]
+    try:
+        async with asyncio.timeout(ctx.probe_timeout + 0.5):
+            answers = await asyncio.gather(*(ctx.probe(ep, ctx.probe_timeout) for _, ep in targets))
+    except TimeoutError:
+        return []
+    return [
+        f"fork {service}: {why} (the sandbox stays Pending until it answers)"
+        for (service, _), why in zip(targets, answers, strict=True)
+        if why is not None
+    ]
+
+
+def _warning_headers(warnings: list[str], base: dict[str, str]) -> CIMultiDict[str]:
+    """RFC 7234 `Warning: 299 - "text"` headers, one per warning (as Kubernetes sends)."""
+    headers: CIMultiDict[str] = CIMultiDict(base)
+    for text in warnings:
+        clean = text.replace("\\", "\\\\").replace('"', "'").replace("\n", " ")
+        headers.add("Warning", f'299 - "{clean}"')
+    return headers
+
+
+def _dry_run(request: web.Request) -> bool:
+    value = request.query.get("dryRun")
+    if value is None:
+        return False
+    if value != "All":
+        raise ApiError(400, "dryRun must be 'All' (validate everything, store nothing)")
+    return True
+
+
 async def _routing_key(store: Store, plural: str, name: str, wanted: str | None) -> str:
     """The key to store: `wanted` if free, else a new one. Unique across sandboxes and groups."""
     used: dict[str, str] = {}
@@ -242,13 +318,28 @@ async def create_resource(request: web.Request) -> web.Response:
     principal = _check(request, "create", plural)
     ctx = request.app[CTX]
     obj = _resource_input(kind, await _body(request))
+    dry_run = _dry_run(request)
     name = obj.metadata.name
     _static_checks(plural, name, obj.spec)
+    await _reference_checks(ctx.store, plural, obj.spec)
     status: dict[str, Any] | None = None
+    if plural == "sandboxes" and obj.spec.ttl is None:
+        obj.spec.ttl = wire.TtlSpec(seconds=ctx.default_ttl_seconds)
     if plural in ("sandboxes", "routegroups"):
         key = await _routing_key(ctx.store, plural, name, obj.spec.routing_key)
         obj.spec.routing_key = key
         status = {"phase": "Pending", "routingKey": key}
+    warnings = await _fork_warnings(ctx, plural, obj.spec)
+    if dry_run:
+        try:
+            await ctx.store.get(plural, name)
+        except StoreError:
+            pass
+        else:
+            raise ApiError(409, f"{plural}/{name} already exists")
+        doc = wire.dump(obj)
+        doc["metadata"] = {**doc["metadata"], "generation": 1, "createdBy": principal.subject}
+        return _respond(doc, 201, _warning_headers(warnings, {}))
     record = await ctx.store.create(
         plural, name, labels=obj.metadata.labels, spec=wire.dump(obj.spec), status=status,
         created_by=principal.subject, now=ctx.clock(),
@@ -257,7 +348,7 @@ async def create_resource(request: web.Request) -> web.Response:
                  record.resource_version)
     return _respond(
         _document(record), 201,
-        {"Location": f"/api/v1/{plural}/{name}", **_etag(record)},
+        _warning_headers(warnings, {"Location": f"/api/v1/{plural}/{name}", **_etag(record)}),
     )
 
 
@@ -268,7 +359,7 @@ async def get_resource(request: web.Request) -> web.Response:
     return _respond(_document(record), headers=_etag(record))
 
 
-async def list_resources(request: web.Request) -> web.Response:
+async def list_resources(request: web.Request) -> web.StreamResponse:
     plural, kind = _kind(request)
     principal = _check(request, "list", plural)
     query = request.query
@@ -276,6 +367,14 @@ async def list_resources(request: web.Request) -> web.Response:
         selector = parse_selector(query.get("labelSelector", ""))
     except ValueError as exc:
         raise ApiError(400, f"labelSelector: {exc}") from exc
+    if query.get("watch", "").lower() in ("true", "1"):
+        ctx = request.app[CTX]
+        watched: web.StreamResponse = await serve_watch(
+            request, store=ctx.store, plural=plural, kind=kind.kind, selector=selector,
+            visible=lambda r: authorize(principal, "get", plural, r.created_by) is None,
+            document=_document, bookmark_interval=ctx.bookmark_interval, closing=ctx.closing,
+        )
+        return watched
     limit: int | None = None
     if "limit" in query:
         text = query["limit"]
@@ -315,20 +414,39 @@ async def update_resource(request: web.Request) -> web.Response:
     obj = _resource_input(kind, data)
     if obj.metadata.name != name:
         raise ApiError(400, f"metadata.name {obj.metadata.name!r} does not match the URL {name!r}")
+    dry_run = _dry_run(request)
     expected = _expected_version(request, body_version)
     current = await ctx.store.get(plural, name)
     principal = _check(request, "update", plural, current.created_by)
     _static_checks(plural, name, obj.spec)
+    await _reference_checks(ctx.store, plural, obj.spec)
+    if plural == "sandboxes" and obj.spec.ttl is None and current.spec.get("ttl"):
+        obj.spec.ttl = wire.TtlSpec.model_validate(current.spec["ttl"])
     if plural in ("sandboxes", "routegroups"):
         wanted = obj.spec.routing_key or current.spec.get("routingKey")
         obj.spec.routing_key = await _routing_key(ctx.store, plural, name, wanted)
+    if expected is not None and expected != current.resource_version:
+        raise ApiError(
+            409, f"{plural}/{name} is at resourceVersion {current.resource_version}, "
+            f"not {expected}",
+        )
+    spec_doc = wire.dump(obj.spec)
+    warnings = [] if spec_doc == current.spec else await _fork_warnings(ctx, plural, obj.spec)
+    if spec_doc == current.spec and dict(obj.metadata.labels) == dict(current.labels):
+        # nothing changes: nothing is written, the resourceVersion stays (apply is idempotent)
+        return _respond(_document(current), headers=_etag(current))
+    if dry_run:
+        doc = _document(current)
+        doc["spec"], doc["metadata"]["labels"] = spec_doc, dict(obj.metadata.labels)
+        doc["metadata"]["generation"] = current.generation + 1
+        return _respond(doc, headers=_warning_headers(warnings, {}))
     before, after = await ctx.store.update(
         plural, name, labels=obj.metadata.labels, spec=wire.dump(obj.spec),
         expected_version=expected, now=ctx.clock(),
     )
     await _audit(request, principal, "update", plural, name, before.generation, after.generation,
                  after.resource_version)
-    return _respond(_document(after), headers=_etag(after))
+    return _respond(_document(after), headers=_warning_headers(warnings, _etag(after)))
 
 
 async def delete_resource(request: web.Request) -> web.Response:
@@ -365,6 +483,79 @@ async def create_token(request: web.Request) -> web.Response:
                  None, None, None)
     reply = wire.TokenResponse(id=record.token_id, subject=req.subject, role=req.role, token=raw)
     return _respond(wire.dump(reply), 201)
+
+
+async def list_tokens(request: web.Request) -> web.Response:
+    _check(request, "list", "tokens")
+    tokens = await request.app[CTX].store.list_tokens()
+    items = [
+        wire.TokenInfo.model_validate({"id": t.token_id, "subject": t.subject, "role": t.role,
+                                       "createdAt": t.created_at, "createdBy": t.created_by})
+        for t in tokens
+    ]
+    return _respond(wire.dump(wire.TokenList(items=items)))
+
+
+async def revoke_token(request: web.Request) -> web.Response:
+    principal = _check(request, "delete", "tokens")
+    ctx = request.app[CTX]
+    token_id = request.match_info["token_id"]
+    if not await ctx.store.delete_token(token_id):
+        raise ApiError(404, f"no token with id {token_id!r}")
+    await _audit(request, principal, "delete", "tokens", token_id, None, None, None)
+    return _respond({"apiVersion": wire.API_VERSION, "kind": "Token", "id": token_id,
+                     "revoked": True})  # fmt: skip
+
+
+async def whoami(request: web.Request) -> web.Response:
+    principal: Principal = request[PRINCIPAL]
+    return _respond(wire.dump(wire.Identity(subject=principal.subject, role=principal.role)))
+
+
+async def get_version(request: web.Request) -> web.Response:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        ours = version("forklane")
+    except PackageNotFoundError:
+        ours = "unknown"
+    ctx = request.app[CTX]
+    return _respond(wire.dump(wire.VersionInfo(version=ours, replica=ctx.replica)))
+
+
+_PAST = {"create": "Created", "update": "Updated", "delete": "Deleted", "expire": "Expired"}
+
+
+async def list_events(request: web.Request) -> web.Response:
+    """What happened to one object: its audit trail, its conditions' transitions, and the
+    pushes, ACKs and NACKs of this replica's proxies since it last changed."""
+    plural, _ = _kind(request)
+    ctx = request.app[CTX]
+    name = request.match_info["name"]
+    record = await ctx.store.get(plural, name)
+    _check(request, "get", plural, record.created_by)
+    events: list[wire.Event] = []
+    for entry in await ctx.store.list_audit(kind=plural, name=name, limit=MAX_LIMIT):
+        gen = (f"generation {entry.generation_before} → {entry.generation_after}"
+               if entry.generation_before and entry.generation_after
+               else f"generation {entry.generation_after or entry.generation_before or '-'}")
+        reason = _PAST.get(entry.verb, entry.verb.capitalize())
+        events.append(wire.Event(time=entry.at, reason=reason, message=gen, source=entry.subject))
+    for cond in (record.status or {}).get("conditions", ()):
+        at = cond.get("lastTransitionTime")
+        if at:
+            ok = cond.get("status") == "True"
+            events.append(wire.Event.model_validate({
+                "time": at, "type": "Normal" if ok else "Warning",
+                "reason": cond.get("reason") or cond.get("type", ""),
+                "message": f"{cond.get('type')}={cond.get('status')}"
+                + (f": {cond['message']}" if cond.get("message") else ""),
+                "source": "reconciler",
+            }))
+    since = record.updated_at
+    events += [e for e in ctx.proxies.events() if e.time >= since]
+    events.sort(key=lambda e: e.time)
+    return _respond(wire.dump(wire.EventList(items=events[-100:])))
 
 
 async def list_audit(request: web.Request) -> web.Response:
@@ -423,7 +614,11 @@ def build_app(ctx: ApiContext) -> web.Application:
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/api/v1/openapi.json", get_openapi)
     app.router.add_get("/api/v1/proxies", list_proxies)
+    app.router.add_get("/version", get_version)
+    app.router.add_get("/api/v1/whoami", whoami)
     app.router.add_post("/api/v1/tokens", create_token)
+    app.router.add_get("/api/v1/tokens", list_tokens)
+    app.router.add_delete("/api/v1/tokens/{token_id}", revoke_token)
     app.router.add_get("/api/v1/audit", list_audit)
     app.router.add_get("/api/v1/snapshot", get_snapshot)
     app.router.add_get(f"/api/v1/{{plural:{kinds}}}", list_resources)
@@ -431,4 +626,10 @@ def build_app(ctx: ApiContext) -> web.Application:
     app.router.add_get(f"/api/v1/{{plural:{kinds}}}/{{name}}", get_resource)
     app.router.add_put(f"/api/v1/{{plural:{kinds}}}/{{name}}", update_resource)
     app.router.add_delete(f"/api/v1/{{plural:{kinds}}}/{{name}}", delete_resource)
+    app.router.add_get(f"/api/v1/{{plural:{kinds}}}/{{name}}/events", list_events)
+
+    async def end_watches(_app: web.Application) -> None:
+        ctx.closing.set()  # watch streams end, so shutting down never waits on them
+
+    app.on_shutdown.append(end_watches)
     return app

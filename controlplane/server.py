@@ -8,6 +8,7 @@ takes a frozen `Settings`.
 
 from __future__ import annotations
 
+import builtins
 import sys
 from datetime import datetime
 from typing import Any, Protocol, TextIO
@@ -31,6 +32,8 @@ class ProxyView(Protocol):
 
     def list(self) -> list[wire.ProxyInfo]: ...
 
+    def events(self) -> builtins.list[wire.Event]: ...
+
     def all_acked(self, version: int) -> bool: ...
 
 
@@ -41,6 +44,9 @@ class NoProxies:
     """
 
     def list(self) -> list[wire.ProxyInfo]:
+        return []
+
+    def events(self) -> builtins.list[wire.Event]:
         return []
 
     def all_acked(self, version: int) -> bool:
@@ -65,6 +71,7 @@ class ControlPlane:
         self.publisher = SnapshotPublisher()
         self._with_push = with_push
         self._clock = clock
+        self._probe = probe
         self._stderr = stderr or sys.stderr
         self.registry: ProxyView = NoProxies()
         self.push: Any = None
@@ -131,6 +138,10 @@ class ControlPlane:
                 ApiContext(
                     store=self.store, publisher=self.publisher, proxies=self.registry,
                     authenticator=self.authenticator, clock=self._clock,
+                    default_ttl_seconds=self.settings.default_ttl_seconds(),
+                    probe=self._probe, probe_timeout=self.settings.probe_timeout,
+                    bookmark_interval=self.settings.watch_bookmark_interval,
+                    replica=self.settings.replica,
                 )
             )
             self._runner = web.AppRunner(app, access_log=None, handle_signals=False)

@@ -27,9 +27,12 @@ __all__ = [
     "Condition",
     "ErrorBody",
     "ErrorDetail",
+    "Event",
+    "EventList",
     "FieldError",
     "ForkSpec",
     "HeaderMatchSpec",
+    "Identity",
     "ListMeta",
     "MatchSpec",
     "Metadata",
@@ -52,9 +55,13 @@ __all__ = [
     "SplitStatus",
     "StickySpec",
     "TimeoutsSpec",
+    "TokenInfo",
+    "TokenList",
     "TokenRequest",
     "TokenResponse",
     "TtlSpec",
+    "VersionInfo",
+    "WatchEvent",
 ]
 
 API_VERSION: Final = "forklane.dev/v1"
@@ -320,6 +327,7 @@ class ErrorDetail(_Model):
         "Forbidden",
         "NotFound",
         "Conflict",
+        "Expired",
         "Invalid",
         "PreconditionFailed",
         "UnsupportedMediaType",
@@ -347,6 +355,63 @@ class TokenRequest(_Model):
 
     subject: str = Field(min_length=1, max_length=253, pattern=r"^[A-Za-z0-9@._:\-]+$")
     role: Literal["admin", "developer", "proxy"]
+
+
+class TokenInfo(_Model):
+    """A token as listed: never its secret."""
+
+    id: str
+    subject: str
+    role: Literal["admin", "developer", "proxy"]
+    created_at: datetime = Field(alias="createdAt")
+    created_by: str = Field(alias="createdBy")
+
+
+class TokenList(_Model):
+    api_version: Literal["forklane.dev/v1"] = Field(API_VERSION, alias="apiVersion")
+    kind: Literal["TokenList"] = "TokenList"
+    items: list[TokenInfo]
+
+
+class Identity(_Model):
+    """Who the presented token is (`GET /api/v1/whoami`)."""
+
+    api_version: Literal["forklane.dev/v1"] = Field(API_VERSION, alias="apiVersion")
+    kind: Literal["Identity"] = "Identity"
+    subject: str
+    role: Literal["admin", "developer", "proxy"]
+
+
+class VersionInfo(_Model):
+    """`GET /version`: what this control-plane replica runs."""
+
+    api_version: Literal["forklane.dev/v1"] = Field(API_VERSION, alias="apiVersion")
+    kind: Literal["Version"] = "Version"
+    version: str
+    replica: str
+
+
+class Event(_Model):
+    """Something that happened to an object, or to the snapshots carrying it."""
+
+    time: datetime
+    type: Literal["Normal", "Warning"] = "Normal"
+    reason: str
+    message: str = ""
+    source: str = Field("", description="who: a subject, the reconciler, or a proxy's node id")
+
+
+class EventList(_Model):
+    api_version: Literal["forklane.dev/v1"] = Field(API_VERSION, alias="apiVersion")
+    kind: Literal["EventList"] = "EventList"
+    items: list[Event]
+
+
+class WatchEvent(_Model):
+    """One line of a watch stream (`GET /api/v1/<kind>?watch=true`)."""
+
+    type: Literal["ADDED", "MODIFIED", "DELETED", "BOOKMARK", "ERROR"]
+    object: dict[str, Any]
 
 
 class TokenResponse(_Model):

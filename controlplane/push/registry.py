@@ -15,7 +15,9 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import builtins
 import itertools
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -48,12 +50,14 @@ def _version_number(version: str | None) -> int | None:
 
 
 class ProxyRegistry:
-    def __init__(self, replica: str) -> None:
+    def __init__(self, replica: str, history: int = 500) -> None:
         self.replica = replica
         self._entries: dict[StreamId, _Entry] = {}
         self._ids = itertools.count(1)
         self._listeners: list[Listener] = []
         self._changed = asyncio.Event()
+        # the push history `describe` shows: the last pushes, ACKs, NACKs, (dis)connections
+        self._events: deque[wire.Event] = deque(maxlen=history)
 
     # -- reads ------------------------------------------------------------------------------
     def list(self) -> list[wire.ProxyInfo]:
@@ -75,6 +79,16 @@ class ProxyRegistry:
             )
             for e in self._entries.values()
         ]
+
+    def events(self) -> builtins.list[wire.Event]:
+        """The push history of this replica, oldest first (bounded, kept in memory)."""
+        return list(self._events)
+
+    def _record(self, reason: str, node: str, message: str, warning: bool = False) -> None:
+        self._events.append(
+            wire.Event(time=datetime.now(UTC), type="Warning" if warning else "Normal",
+                       reason=reason, message=message, source=node)
+        )
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -121,6 +135,7 @@ class ProxyRegistry:
             proxy_version=proxy_version,
             acked=version,
         )
+        self._record("ProxyConnected", node_id, f"runs snapshot {version or '-'}")
         self._notify()
         return stream
 
@@ -130,6 +145,7 @@ class ProxyRegistry:
         entry = self._entries.get(stream)
         if entry is not None:
             entry.sent = version
+            self._record("SnapshotPushed", entry.node_id, f"snapshot {version} sent")
 
     def acked(self, stream: StreamId, version: str) -> None:
         entry = self._entries.get(stream)
@@ -138,6 +154,7 @@ class ProxyRegistry:
             if entry.nacked is not None and _newer(version, entry.nacked):
                 entry.nacked = None
                 entry.last_error = None
+            self._record("SnapshotAcked", entry.node_id, f"snapshot {version} applied")
             self._notify()
 
     def nacked(self, stream: StreamId, version: str, error: str) -> None:
@@ -145,10 +162,13 @@ class ProxyRegistry:
         if entry is not None:
             entry.nacked = version
             entry.last_error = error
+            self._record("SnapshotNacked", entry.node_id, f"snapshot {version}: {error}", True)
             self._notify()
 
     def disconnect(self, stream: StreamId) -> None:
-        if self._entries.pop(stream, None) is not None:
+        entry = self._entries.pop(stream, None)
+        if entry is not None:
+            self._record("ProxyDisconnected", entry.node_id, "stream ended")
             self._notify()
 
     def _notify(self) -> None:

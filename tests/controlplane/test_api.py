@@ -173,7 +173,7 @@ async def test_error_statuses(api: Api) -> None:
     status, err, _ = await api.call("POST", "/api/v1/routegroups", json_body=group)
     assert status == 409, "keys are unique across sandboxes and route groups"
 
-    status, err, _ = await api.call("GET", "/api/v1/sandboxes?labelSelector=novalue")
+    status, err, _ = await api.call("GET", "/api/v1/sandboxes?labelSelector=a%20in%20b")
     assert status == 400 and "labelSelector" in err["error"]["message"]
     status, err, _ = await api.call("GET", "/api/v1/sandboxes?limit=0")
     assert status == 400
@@ -281,8 +281,17 @@ async def test_broken_split_reported_in_status_not_pushed(api: Api) -> None:
         "spec": {"service": "ghost", "destinations": [
             {"name": "a", "weight": 1, "endpoints": ["127.0.0.1:9"]}]},
     }
-    status, _, _ = await api.call("POST", "/api/v1/splits", json_body=orphan)
-    assert status == 201, "a reference to an unknown service is a status, not a 422"
+    status, err, _ = await api.call("POST", "/api/v1/splits", json_body=orphan)
+    assert status == 422, "a reference to an unknown service is rejected at once"
+    assert err["error"]["details"] == [
+        {"field": "spec.service", "message": "unknown service 'ghost': create it first"}]
+    status, _, _ = await api.call("GET", "/api/v1/splits/orphan")
+    assert status == 404
+    # a service deleted after the split was made is judged later: the split is Failed
+    ghost = {**SERVICE, "metadata": {"name": "ghost"}}
+    assert (await api.call("POST", "/api/v1/services", json_body=ghost))[0] == 201
+    assert (await api.call("POST", "/api/v1/splits", json_body=orphan))[0] == 201
+    assert (await api.call("DELETE", "/api/v1/services/ghost"))[0] == 200
 
     async def failed() -> bool:
         _, got, _ = await api.call("GET", "/api/v1/splits/orphan")

@@ -21,7 +21,6 @@ from forklane import (
     Forbidden,
     Invalid,
     NotFound,
-    SandboxFailed,
     Unauthorized,
     WaitTimeout,
 )
@@ -201,16 +200,17 @@ async def test_unreachable_fork_times_out_naming_the_reason_and_is_cleaned_up(
         await client.run(lambda c: c.sandboxes.get(name))
 
 
-async def test_forking_an_unknown_service_fails_fast_and_is_cleaned_up(
+async def test_forking_an_unknown_service_is_invalid_at_once_and_nothing_is_made(
     controlplane: ControlPlane, mode: str, listener: str
 ) -> None:
     client = admin(controlplane, mode)
     name = unique("sb")
     ghost = unique("ghost")
-    with pytest.raises(SandboxFailed) as info:
+    with pytest.raises(Invalid) as info:
         await client.run(with_sandbox([f"{ghost}={listener}"], lambda sb: None, name=name))
-    assert name in str(info.value) and "phase Failed" in str(info.value)
-    assert ghost in str(info.value)  # the condition names the missing service
+    assert info.value.status == 422
+    assert info.value.fields == [
+        ("spec.forks[0].service", f"unknown service {ghost!r}: create it first")]
     with pytest.raises(NotFound):
         await client.run(lambda c: c.sandboxes.get(name))
 
