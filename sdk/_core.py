@@ -30,6 +30,7 @@ from urllib.parse import quote
 from pydantic import BaseModel, ValidationError
 
 from forklane.controlplane.wire import (
+    API_VERSION,
     ENDPOINT_PATTERN,
     ForkSpec,
     ProxyInfo,
@@ -46,6 +47,7 @@ from forklane.controlplane.wire import (
 from forklane.errors import (
     Conflict,
     ForklaneError,
+    Invalid,
     NotFound,
     SandboxFailed,
     Unavailable,
@@ -69,9 +71,12 @@ __all__ = [
     "SandboxHandle",
     "Sleep",
     "TransportFailure",
+    "WatchEvent",
     "build_sandbox",
     "parse_duration",
+    "parse_watch_line",
     "routing_headers",
+    "watch_request",
 ]
 
 API_PREFIX = "/api/v1"
@@ -106,6 +111,7 @@ class Request:
 class Response:
     status: int
     body: bytes
+    warnings: tuple[str, ...] = ()  # the texts of `Warning: 299 - "…"` headers
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +159,21 @@ class Kind(Generic[R]):
     def collection(self) -> str:
         return f"{API_PREFIX}/{self.plural}"
 
+    def coerce(self, obj: R | Mapping[str, Any]) -> R:
+        """A model as given, or one validated from a plain dict (`Invalid` with field paths
+        for every problem); `apiVersion` and `kind` may be left out of the dict."""
+        if isinstance(obj, self.model):
+            return obj
+        if not isinstance(obj, Mapping):
+            raise Invalid(f"{self.label}: expected a {self.model.__name__} or a dict, "
+                          f"not {type(obj).__name__}")
+        doc = {"apiVersion": API_VERSION, "kind": self.model.__name__.removesuffix("Resource"),
+               **obj}  # fmt: skip
+        try:
+            return self.model.model_validate(doc)
+        except ValidationError as exc:
+            raise invalid_from(exc, f"invalid {self.label}") from None
+
     def item(self, name: str) -> str:
         return f"{API_PREFIX}/{self.plural}/{quote(name, safe='')}"
 
@@ -186,10 +207,12 @@ def parse_duration(value: str | float | timedelta) -> int:
         else:
             parts = _DURATION_RE.findall(text)
             if not parts or "".join(n + u for n, u in parts) != text:
-                raise ValueError(f"duration {value!r}: expected e.g. 90s, 15m, 2h, 1d or 1h30m")
+                raise Invalid(f"duration {value!r}: expected e.g. 90s, 15m, 2h, 1d or 1h30m",
+                              fields=[("spec.ttl", "expected e.g. 90s, 15m, 2h, 1d or 1h30m")])
             seconds = sum(float(n) * _UNIT[u] for n, u in parts)
     if not math.isfinite(seconds) or seconds <= 0:
-        raise ValueError(f"duration {value!r}: must be positive")
+        raise Invalid(f"duration {value!r}: must be positive",
+                      fields=[("spec.ttl", "must be positive")])
     return math.ceil(seconds)
 
 
@@ -206,7 +229,8 @@ def parse_endpoints(text: str) -> list[str]:
     endpoints = [e.strip() for e in text.split(",") if e.strip()]
     for endpoint in endpoints:
         if not _ENDPOINT_RE.match(endpoint) or not 0 < int(endpoint.rpartition(":")[2]) < 65536:
-            raise ValueError(f"endpoint {endpoint!r}: expected HOST:PORT with a port in 1..65535")
+            raise Invalid(f"endpoint {endpoint!r}: expected HOST:PORT with a port in 1..65535",
+                          fields=[("spec.forks", f"endpoint {endpoint!r}: expected HOST:PORT")])
     return endpoints
 
 
@@ -214,7 +238,8 @@ def parse_fork(text: str) -> ForkSpec:
     """`SERVICE=HOST:PORT[,HOST:PORT...]` → a fork spec."""
     service, sep, rest = text.partition("=")
     if not sep or not service.strip() or not rest.strip():
-        raise ValueError(f"fork {text!r}: expected SERVICE=HOST:PORT[,HOST:PORT...]")
+        raise Invalid(f"fork {text!r}: expected SERVICE=HOST:PORT[,HOST:PORT...]",
+                      fields=[("spec.forks", f"{text!r}: expected SERVICE=HOST:PORT")])
     endpoints = parse_endpoints(rest)
     return ForkSpec.model_validate({"service": service.strip(), "endpoints": endpoints})
 
@@ -237,10 +262,10 @@ def build_sandbox(
 
     `forks` items may be `ForkSpec`s, dicts, or `"service=host:port"` strings; `spec` is the
     whole spec instead. `default_ttl` applies when neither `ttl` nor the spec sets one.
-    Invalid input raises `ValueError` naming the problem.
+    Invalid input raises `Invalid` naming every problem with its field path.
     """
     if (forks is None) == (spec is None):
-        raise ValueError("give exactly one of forks=[...] or spec=...")
+        raise Invalid("give exactly one of forks=[...] or spec=...")
     try:
         if spec is not None:
             spec_doc = dump(spec) if isinstance(spec, SandboxSpec) else dict(spec)
@@ -256,7 +281,7 @@ def build_sandbox(
         metadata = {"name": name or new_sandbox_name(), "labels": dict(labels or {})}
         return Sandbox.model_validate({"metadata": metadata, "spec": spec_doc})
     except ValidationError as exc:
-        raise ValueError(_first_validation_error(exc)) from None
+        raise invalid_from(exc, "invalid sandbox") from None
 
 
 def _fork_doc(fork: ForkSpec | Mapping[str, Any] | str) -> dict[str, Any]:
@@ -267,10 +292,67 @@ def _fork_doc(fork: ForkSpec | Mapping[str, Any] | str) -> dict[str, Any]:
     return dict(fork)
 
 
+def field_paths(exc: ValidationError) -> list[tuple[str, str]]:
+    """(`spec.forks[0].endpoints[0]`, message) for every problem pydantic found."""
+    out: list[tuple[str, str]] = []
+    for err in exc.errors():
+        path = ""
+        for part in err["loc"]:
+            path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+        out.append((path, str(err["msg"]).removeprefix("Value error, ")))
+    return out
+
+
+def invalid_from(exc: ValidationError, what: str) -> Invalid:
+    fields = field_paths(exc)
+    return Invalid(f"{what}: " + "; ".join(f"{p}: {m}" if p else m for p, m in fields[:3]),
+                   fields=fields)  # fmt: skip
+
+
 def _first_validation_error(exc: ValidationError) -> str:
     first = exc.errors()[0]
     where = ".".join(str(p) for p in first["loc"])
     return f"{where}: {first['msg']}" if where else str(first["msg"])
+
+
+@dataclass(frozen=True, slots=True)
+class WatchEvent:
+    """One event of a watch: its type and the object as the API shows it (JSON)."""
+
+    type: str  # ADDED | MODIFIED | DELETED | BOOKMARK | ERROR
+    object: dict[str, Any]
+
+    @property
+    def resource_version(self) -> str | None:
+        meta = self.object.get("metadata")
+        return meta.get("resourceVersion") if isinstance(meta, dict) else None
+
+
+def watch_request(
+    plural: str, resource_version: str | None, selector: str | None, timeout: float | None
+) -> Request:
+    params: list[tuple[str, str]] = [("watch", "true"), ("allowWatchBookmarks", "true")]
+    if resource_version:
+        params.append(("resourceVersion", resource_version))
+    if selector:
+        params.append(("labelSelector", selector))
+    if timeout is not None:
+        params.append(("timeoutSeconds", str(max(1, math.ceil(timeout)))))
+    return Request("GET", f"{API_PREFIX}/{plural}", params=tuple(params))
+
+
+def parse_watch_line(line: str) -> WatchEvent:
+    """One NDJSON line of a watch; an ERROR event becomes the error it carries."""
+    try:
+        doc = json.loads(line)
+    except ValueError:
+        raise ForklaneError(f"watch: not a JSON event: {line[:100]!r}") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("object"), dict):
+        raise ForklaneError(f"watch: not an event: {line[:100]!r}")
+    if doc.get("type") == "ERROR":
+        status = doc["object"].get("error", {}).get("status", 500)
+        raise error_from_response(int(status), json.dumps(doc["object"]).encode(), "watch")
+    return WatchEvent(str(doc.get("type")), doc["object"])
 
 
 @dataclass(frozen=True, slots=True)
@@ -333,7 +415,9 @@ class Api:
         rng: random.Random,
         clock: Callable[[], float],
         wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        warn: Callable[[str], None] | None = None,
     ) -> None:
+        self._warn = warn
         self._base_url = base_url
         self._retry = retry
         self._rng = rng
@@ -355,6 +439,9 @@ class Api:
                 continue
             assert isinstance(reply, Response)
             if 200 <= reply.status < 300:
+                if self._warn is not None:
+                    for text in reply.warnings:
+                        self._warn(text)
                 return reply
             retryable = reply.status == 503 or (reply.status in (502, 504) and idempotent)
             error = error_from_response(reply.status, reply.body, request.what)
@@ -424,6 +511,32 @@ class Api:
     def delete(self, kind: Kind[R], name: str) -> Op[None]:
         yield from self.call(Request("DELETE", kind.item(name)))
         return None
+
+    def apply_action(self, kind: Kind[R], obj: R, dry_run: bool = False) -> Op[tuple[str, R]]:
+        """Create, or replace spec and labels (last write wins, like `kubectl apply`); the
+        action is `created`, `configured` or `unchanged` (an equal spec writes nothing).
+        `dry_run` asks the server to check everything and store nothing."""
+        params = (("dryRun", "All"),) if dry_run else ()
+        try:
+            current = yield from self.get(kind, obj.metadata.name)
+        except NotFound:
+            request = Request("POST", kind.collection(), params=params, body=self._body(obj))
+            return "created", (yield from self._model(request, kind.model))
+        merged = current.model_copy(
+            update={
+                "spec": obj.spec,
+                "metadata": current.metadata.model_copy(
+                    update={"labels": obj.metadata.labels, "resource_version": None}
+                ),
+            }
+        )
+        request = Request("PUT", kind.item(obj.metadata.name), params=params,
+                          body=self._body(merged))  # fmt: skip
+        result = yield from self._model(request, kind.model)
+        same = dump(result.spec) == dump(current.spec) and (
+            result.metadata.labels == current.metadata.labels
+        )
+        return ("unchanged" if same else "configured"), result
 
     def apply(self, kind: Kind[R], obj: R, attempts: int = 5) -> Op[R]:
         """Create, or replace the spec and labels of the existing one (retrying on conflict)."""
@@ -521,6 +634,13 @@ class Api:
         raise Conflict(f"sandbox {name!r} kept changing; gave up after {attempts} attempts")
 
     # Others.
+
+    def call_json(
+        self, method: str, path: str, body: Any = None, params: Mapping[str, str] | None = None
+    ) -> Op[Any]:
+        data = None if body is None else json.dumps(body, separators=(",", ":")).encode()
+        request = Request(method, path, params=tuple((params or {}).items()), body=data)
+        return (yield from self._json(request))
 
     def proxies(self) -> Op[builtins.list[ProxyInfo]]:
         result = yield from self._model(Request("GET", f"{API_PREFIX}/proxies"), ProxyList)

@@ -50,12 +50,21 @@ def _build(http: httpx.Client | httpx.AsyncClient, request: Request) -> httpx.Re
     )
 
 
+def _warnings(r: httpx.Response) -> tuple[str, ...]:
+    """Texts of RFC 7234 `Warning: 299 - "text"` headers (one per warning)."""
+    out = []
+    for value in r.headers.get_list("warning"):
+        _, _, rest = value.partition('"')
+        out.append(rest.rstrip().removesuffix('"') or value)
+    return tuple(out)
+
+
 def _send_sync(http: httpx.Client, request: Request) -> Reply:
     try:
         r = http.send(_build(http, request))
     except (httpx.HTTPError, httpx.InvalidURL) as exc:
         return _translate(exc)
-    return Response(r.status_code, r.content)
+    return Response(r.status_code, r.content, _warnings(r))
 
 
 async def _send_async(http: httpx.AsyncClient, request: Request) -> Reply:
@@ -63,7 +72,7 @@ async def _send_async(http: httpx.AsyncClient, request: Request) -> Reply:
         r = await http.send(_build(http, request))
     except (httpx.HTTPError, httpx.InvalidURL) as exc:
         return _translate(exc)
-    return Response(r.status_code, r.content)
+    return Response(r.status_code, r.content, _warnings(r))
 
 
 def run_sync(op: Op[T], http: httpx.Client) -> T:

@@ -17,6 +17,7 @@ Invariants:
 from __future__ import annotations
 
 import builtins
+import logging
 import random
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
@@ -39,8 +40,11 @@ from forklane._core import (
     RetryPolicy,
     SandboxHandle,
     T,
+    WatchEvent,
     build_sandbox,
     handle_for,
+    parse_watch_line,
+    watch_request,
 )
 from forklane._transport import run_async, run_sync
 from forklane.config import ClientConfig, resolve_config
@@ -53,7 +57,7 @@ from forklane.controlplane.wire import (
     ServiceResource,
     Split,
 )
-from forklane.errors import NotFound
+from forklane.errors import NotFound, Unavailable, error_from_response
 
 __all__ = [
     "AsyncClient",
@@ -66,10 +70,15 @@ __all__ = [
     "Sandboxes",
 ]
 
-DEFAULT_SANDBOX_TTL = "1h"
+ResourceInput = Mapping[str, Any]  # a plain dict: `{"metadata": {...}, "spec": {...}}`
 
 Forks = Sequence[ForkSpec | Mapping[str, Any] | str]
 Duration = str | float | timedelta
+
+
+def _log_warning(text: str) -> None:
+    """The control plane's `Warning` headers (e.g. an unreachable fork) go to logging."""
+    logging.getLogger("forklane").warning("%s", text)
 
 
 def _user_agent() -> str:
@@ -106,8 +115,9 @@ class Resource(Generic[R]):
     def kind(self) -> Kind[R]:
         return self._kind
 
-    def create(self, obj: R) -> R:
-        return self._client._run(self._client._api.create(self._kind, obj))
+    def create(self, obj: R | ResourceInput) -> R:
+        """Create from a model or a plain dict (`Invalid` with field paths if it is not one)."""
+        return self._client._run(self._client._api.create(self._kind, self._kind.coerce(obj)))
 
     def get(self, name: str) -> R:
         return self._client._run(self._client._api.get(self._kind, name))
@@ -115,13 +125,13 @@ class Resource(Generic[R]):
     def list(self, labels: Mapping[str, str] | None = None) -> builtins.list[R]:
         return self._client._run(self._client._api.list(self._kind, labels))
 
-    def update(self, obj: R) -> R:
+    def update(self, obj: R | ResourceInput) -> R:
         """Replace; raises `Conflict` if `obj.metadata.resourceVersion` is stale."""
-        return self._client._run(self._client._api.update(self._kind, obj))
+        return self._client._run(self._client._api.update(self._kind, self._kind.coerce(obj)))
 
-    def apply(self, obj: R) -> R:
-        """Create, or replace the existing one's spec and labels."""
-        return self._client._run(self._client._api.apply(self._kind, obj))
+    def apply(self, obj: R | ResourceInput) -> R:
+        """Create, or replace the existing one's spec and labels (a no-op when equal)."""
+        return self._client._run(self._client._api.apply(self._kind, self._kind.coerce(obj)))
 
     def delete(self, name: str) -> None:
         self._client._run(self._client._api.delete(self._kind, name))
@@ -152,12 +162,14 @@ class Client:
         retry: RetryPolicy = RetryPolicy(),
         rng: random.Random | None = None,
         transport: httpx.BaseTransport | None = None,
+        on_warning: Callable[[str], None] | None = None,
     ) -> None:
         self.config, headers = _prepare(url, token, context, config)
         self._http = httpx.Client(
             base_url=self.config.url, headers=headers, timeout=timeout, transport=transport
         )
-        self._api = Api(self.config.url, retry, rng or random.Random(), time.monotonic)
+        self._api = Api(self.config.url, retry, rng or random.Random(), time.monotonic,
+                        warn=on_warning or _log_warning)  # fmt: skip
         self.sandboxes = Sandboxes(self, SANDBOXES)
         self.routegroups: Resource[RouteGroup] = Resource(self, ROUTEGROUPS)
         self.splits: Resource[Split] = Resource(self, SPLITS)
@@ -183,6 +195,37 @@ class Client:
         """Proxies connected to the control plane, with the snapshot versions they run."""
         return self._run(self._api.proxies())
 
+    def call(self, method: str, path: str, body: Any = None,
+             params: Mapping[str, str] | None = None) -> Any:
+        """Any other endpoint of the API as JSON (`whoami`, `tokens`, `version`, `events`),
+        with the same retries and error translation as every typed call."""
+        return self._run(self._api.call_json(method, path, body, params))
+
+    def watch(
+        self,
+        kind: str,
+        *,
+        resource_version: str | None = None,
+        selector: str | None = None,
+        timeout: float | None = None,
+    ) -> Iterator[WatchEvent]:
+        """Events of one kind (`"sandboxes"` …) as they happen; see `controlplane.watch`.
+
+        Without `resource_version` it starts with ADDED for what exists. `Expired` when the
+        version is older than the history kept: list again and watch from the list's version.
+        """
+        request = watch_request(kind, resource_version, selector, timeout)
+        try:
+            with self._http.stream("GET", request.path, params=request.params,
+                                   timeout=None) as response:  # fmt: skip
+                if response.status_code != 200:
+                    raise error_from_response(response.status_code, response.read(), request.what)
+                for line in response.iter_lines():
+                    if line.strip():
+                        yield parse_watch_line(line)
+        except httpx.TransportError as exc:
+            raise Unavailable(f"watch {kind}: {exc}") from None
+
     def snapshot(self) -> dict[str, Any]:
         """The routing snapshot the control plane currently pushes, as JSON."""
         return self._run(self._api.snapshot())
@@ -201,8 +244,8 @@ class Client:
     ) -> Iterator[SandboxHandle]:
         """Create a sandbox, wait until Ready, yield its handle, delete it on exit.
 
-        Without a TTL (argument or spec) it gets one hour: a safety net, so a process killed
-        outright leaves no sandbox behind for long.
+        Without a TTL (argument or spec) it gets the control plane's default (1 h unless
+        configured): a safety net, so a process killed outright leaves nothing for long.
         """
         wanted = build_sandbox(
             forks,
@@ -211,7 +254,6 @@ class Client:
             ttl=ttl,
             labels=labels,
             routing_key=routing_key,
-            default_ttl=DEFAULT_SANDBOX_TTL,
         )
         created = self.sandboxes.create(wanted)
         try:
@@ -238,8 +280,9 @@ class AsyncResource(Generic[R]):
     def kind(self) -> Kind[R]:
         return self._kind
 
-    async def create(self, obj: R) -> R:
-        return await self._client._run(self._client._api.create(self._kind, obj))
+    async def create(self, obj: R | ResourceInput) -> R:
+        """Create from a model or a plain dict (`Invalid` with field paths if it is not one)."""
+        return await self._client._run(self._client._api.create(self._kind, self._kind.coerce(obj)))
 
     async def get(self, name: str) -> R:
         return await self._client._run(self._client._api.get(self._kind, name))
@@ -247,13 +290,13 @@ class AsyncResource(Generic[R]):
     async def list(self, labels: Mapping[str, str] | None = None) -> builtins.list[R]:
         return await self._client._run(self._client._api.list(self._kind, labels))
 
-    async def update(self, obj: R) -> R:
+    async def update(self, obj: R | ResourceInput) -> R:
         """Replace; raises `Conflict` if `obj.metadata.resourceVersion` is stale."""
-        return await self._client._run(self._client._api.update(self._kind, obj))
+        return await self._client._run(self._client._api.update(self._kind, self._kind.coerce(obj)))
 
-    async def apply(self, obj: R) -> R:
-        """Create, or replace the existing one's spec and labels."""
-        return await self._client._run(self._client._api.apply(self._kind, obj))
+    async def apply(self, obj: R | ResourceInput) -> R:
+        """Create, or replace the existing one's spec and labels (a no-op when equal)."""
+        return await self._client._run(self._client._api.apply(self._kind, self._kind.coerce(obj)))
 
     async def delete(self, name: str) -> None:
         await self._client._run(self._client._api.delete(self._kind, name))
@@ -287,12 +330,14 @@ class AsyncClient:
         retry: RetryPolicy = RetryPolicy(),
         rng: random.Random | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
+        on_warning: Callable[[str], None] | None = None,
     ) -> None:
         self.config, headers = _prepare(url, token, context, config)
         self._http = httpx.AsyncClient(
             base_url=self.config.url, headers=headers, timeout=timeout, transport=transport
         )
-        self._api = Api(self.config.url, retry, rng or random.Random(), time.monotonic)
+        self._api = Api(self.config.url, retry, rng or random.Random(), time.monotonic,
+                        warn=on_warning or _log_warning)  # fmt: skip
         self.sandboxes = AsyncSandboxes(self, SANDBOXES)
         self.routegroups: AsyncResource[RouteGroup] = AsyncResource(self, ROUTEGROUPS)
         self.splits: AsyncResource[Split] = AsyncResource(self, SPLITS)
@@ -318,6 +363,33 @@ class AsyncClient:
         """Proxies connected to the control plane, with the snapshot versions they run."""
         return await self._run(self._api.proxies())
 
+    async def call(self, method: str, path: str, body: Any = None,
+                   params: Mapping[str, str] | None = None) -> Any:
+        """Any other endpoint of the API as JSON (see `Client.call`)."""
+        return await self._run(self._api.call_json(method, path, body, params))
+
+    async def watch(
+        self,
+        kind: str,
+        *,
+        resource_version: str | None = None,
+        selector: str | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 - the server ends the stream
+    ) -> AsyncIterator[WatchEvent]:
+        """Events of one kind as they happen (see `Client.watch`)."""
+        request = watch_request(kind, resource_version, selector, timeout)
+        try:
+            async with self._http.stream("GET", request.path, params=request.params,
+                                         timeout=None) as response:  # fmt: skip
+                if response.status_code != 200:
+                    body = await response.aread()
+                    raise error_from_response(response.status_code, body, request.what)
+                async for line in response.aiter_lines():
+                    if line.strip():
+                        yield parse_watch_line(line)
+        except httpx.TransportError as exc:
+            raise Unavailable(f"watch {kind}: {exc}") from None
+
     async def snapshot(self) -> dict[str, Any]:
         """The routing snapshot the control plane currently pushes, as JSON."""
         return await self._run(self._api.snapshot())
@@ -342,7 +414,6 @@ class AsyncClient:
             ttl=ttl,
             labels=labels,
             routing_key=routing_key,
-            default_ttl=DEFAULT_SANDBOX_TTL,
         )
         created = await self.sandboxes.create(wanted)
         try:

@@ -78,7 +78,7 @@ class Invalid(ForklaneError, ValueError):
         self.fields: list[tuple[str, str]] = list(fields or [])
 
     def __str__(self) -> str:
-        if not self.fields:
+        if not self.fields or self.fields[0][0] in self.message:
             return self.message
         named = "; ".join(f"{path}: {msg}" if path else msg for path, msg in self.fields)
         return f"{self.message} ({named})"

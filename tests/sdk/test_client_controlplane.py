@@ -265,3 +265,52 @@ async def test_proxies_and_snapshot(controlplane: ControlPlane, mode: str, liste
     assert proxies == []  # nothing connected in this test
     snapshot = await client.run(lambda c: c.snapshot())
     assert "version" in snapshot and json.dumps(snapshot)
+
+
+async def test_dicts_and_models_give_the_same_resource(
+    controlplane: ControlPlane, mode: str, listener: str
+) -> None:
+    client = admin(controlplane, mode)
+    name = unique("svc")
+    as_dict = {"metadata": {"name": name, "labels": {"by": "dict"}},
+               "spec": {"endpoints": [listener], "authorities": [f"{name}.dict"]}}  # fmt: skip
+    from_dict = await client.run(lambda c: c.services.create(as_dict))
+    as_model = ServiceResource.model_validate(
+        {"metadata": {"name": unique("svc")},
+         "spec": {"endpoints": [listener], "authorities": [f"{name}.dict.model"]}})  # fmt: skip
+    from_model = await client.run(lambda c: c.services.create(as_model))
+    assert type(from_dict) is type(from_model)
+    assert from_dict.spec.endpoints == from_model.spec.endpoints == [listener]
+    assert from_dict.metadata.labels == {"by": "dict"}
+    applied = await client.run(lambda c: c.services.apply({**as_dict, "spec": {
+        **as_dict["spec"], "lb": "least_request"}}))  # fmt: skip
+    assert applied.spec.lb == "least_request"
+
+
+async def test_every_validation_problem_is_invalid_with_field_paths(
+    controlplane: ControlPlane, mode: str
+) -> None:
+    client = admin(controlplane, mode)
+    bad = {"metadata": {"name": "Not A Name"}, "spec": {"endpoints": ["nope"]}}
+    with pytest.raises(Invalid) as info:
+        await client.run(lambda c: c.services.create(bad))
+    paths = [path for path, _ in info.value.fields]
+    assert paths == ["metadata.name", "spec.endpoints[0]"]
+    with pytest.raises(Invalid) as ttl:
+        build_sandbox(["pricing=127.0.0.1:1"], ttl="soon")
+    assert ttl.value.fields[0][0] == "spec.ttl"
+    assert isinstance(ttl.value, ValueError)  # code that caught ValueError keeps working
+
+
+def test_watch_sees_a_change_sync(controlplane: ControlPlane, listener: str) -> None:
+    from forklane import Client
+
+    with Client(controlplane.url, controlplane.token) as client:
+        start = client.call("GET", "/api/v1/services")["metadata"]["resourceVersion"]
+        name = unique("svc")
+        client.services.create(service(name, listener))
+        for event in client.watch("services", resource_version=start, timeout=20):
+            if event.type == "ADDED" and event.object["metadata"]["name"] == name:
+                break
+        else:
+            raise AssertionError("the watch ended without the ADDED event")
