@@ -21,10 +21,13 @@ from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from forklane._cli_render import (
+    OUTPUTS,
     Column,
     Format,
+    JsonPath,
     emit,
     list_document,
+    parse_output,
 )
 from forklane.client import Client, Resource
 from forklane.controlplane.wire import (
@@ -51,6 +54,7 @@ __all__ = [
     "out_console",
     "parse_flag",
     "parse_pairs",
+    "print_warning",
     "read_document",
     "show",
     "validation_problem",
@@ -74,10 +78,20 @@ class UsageProblem(typer.BadParameter):
 
 # --- shared option types ------------------------------------------------------------------------
 
+def _output(value: object) -> Format:
+    """Typed as `Format` for typer (which takes one class); a `JsonPath` may come back, and
+    every consumer (`emit`, `emit_document`) takes both."""
+    try:
+        return parse_output(value)  # type: ignore[return-value]
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
 OutputOpt = Annotated[
     Format,
     typer.Option(
-        "--output", "-o", metavar="table|json|yaml", help="table for people, json/yaml for scripts"
+        "--output", "-o", metavar=OUTPUTS, parser=_output,
+        help="table or wide for people; name, json, yaml or jsonpath=… for scripts",
     ),
 ]
 LabelOpt = Annotated[
@@ -92,7 +106,7 @@ FileOpt = Annotated[
 
 
 def out_console() -> Console:
-    return Console(soft_wrap=False)
+    return Console(soft_wrap=True, highlight=False)
 
 
 def err_console() -> Console:
@@ -107,10 +121,16 @@ def globals_of(ctx: typer.Context) -> Globals:
     return obj
 
 
+def print_warning(text: str) -> None:
+    """A `Warning` the control plane sent (e.g. an unreachable fork), shown at once."""
+    sys.stderr.write(f"Warning: {text}\n")
+    sys.stderr.flush()
+
+
 @contextmanager
 def open_client(ctx: typer.Context) -> Iterator[Client]:
     g = globals_of(ctx)
-    with Client(url=g.url, token=g.token, context=g.context) as client:
+    with Client(url=g.url, token=g.token, context=g.context, on_warning=print_warning) as client:
         yield client
 
 
@@ -177,10 +197,11 @@ def load_resource(
 
 
 def show(
-    fmt: Format, columns: Sequence[Column], items: Sequence[BaseModel], kind: str, single: bool
+    fmt: Format | JsonPath, columns: Sequence[Column], items: Sequence[BaseModel], kind: str,
+    single: bool, wide: Sequence[Column] = (),
 ) -> None:
     doc = dump(items[0]) if single and items else list_document(kind, items)
-    emit(fmt, out_console(), sys.stdout, columns=columns, rows=items, doc=doc)
+    emit(fmt, out_console(), sys.stdout, columns=columns, rows=items, doc=doc, wide=wide)
 
 
 def wait_with_spinner(client: Client, name: str, timeout: float) -> Sandbox:

@@ -151,7 +151,21 @@ def explain(
         with open_client(ctx) as client:
             snapshot = client.snapshot()
         decision = _explain_via_snapshot(snapshot, request)
-    if output is Format.table:
+    if output in (Format.table, Format.wide):
         out_console().print(explanation_text(decision), highlight=False)
     else:
-        emit_document(decision, output, sys.stdout)
+        emit_document(camel_keys(decision), output, sys.stdout)
+
+
+def camel_keys(doc: Any) -> Any:
+    """`routing_key` → `routingKey` all the way down: one key style in every output."""
+    if isinstance(doc, dict):
+        return {_camel(k): camel_keys(v) for k, v in doc.items()}
+    if isinstance(doc, list):
+        return [camel_keys(v) for v in doc]
+    return doc
+
+
+def _camel(key: str) -> str:
+    head, *rest = key.split("_")
+    return head + "".join(part[:1].upper() + part[1:] for part in rest)

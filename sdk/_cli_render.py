@@ -1,17 +1,21 @@
-"""How the CLI shows resources: tables for people, JSON and YAML for scripts.
+"""How the CLI shows resources: tables for people; JSON, YAML, names and JSONPath for scripts.
 
 Pure functions from wire models to rows or documents; the only I/O is `emit`, which writes
-to a given rich `Console` or text stream. Tables use rich so they fit the terminal width
-(long cells fold; names and routing keys never wrap, so they stay copyable).
+to a given text stream. `-o` takes `table` (default), `wide` (more columns), `name`
+(`kind/name` per line), `json`, `yaml` and `jsonpath=TEMPLATE` (kubectl's templates:
+`{.items[*].metadata.name}`, `{range .items[*]}{.metadata.name}{"\\n"}{end}`).
 
-Invariants: `-o json` and `-o yaml` print exactly the API's JSON form (camelCase, no nulls),
-a single object for `get`, and `{"kind": "...List", "items": [...]}` for lists.
+Invariants: tables are never wrapped, whatever the terminal: one row per line, columns
+aligned with spaces (as kubectl prints them), so `grep` and `awk` work on them; `-o json`
+and `-o yaml` print exactly the API's JSON form (camelCase, no nulls), a single object for
+`get`, and `{"apiVersion": …, "kind": "…List", "items": [...]}` for lists.
 """
 
 from __future__ import annotations
 
 import enum
 import json
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -20,13 +24,13 @@ from typing import IO, Any
 import yaml
 from pydantic import BaseModel
 from rich.console import Console
-from rich.table import Table
 
 from forklane.config import ConfigFile
 from forklane.controlplane.wire import API_VERSION, Sandbox, Split, dump
 
 __all__ = [
     "CONTEXT_COLUMNS",
+    "OUTPUTS",
     "PROXY_COLUMNS",
     "ROUTEGROUP_COLUMNS",
     "SANDBOX_COLUMNS",
@@ -34,18 +38,117 @@ __all__ = [
     "SPLIT_COLUMNS",
     "Column",
     "Format",
+    "JsonPath",
     "emit",
     "emit_document",
     "explanation_text",
     "humanize_seconds",
     "list_document",
+    "names_of",
+    "parse_output",
+    "render_jsonpath",
 ]
 
 
 class Format(enum.StrEnum):
     table = "table"
+    wide = "wide"
+    name = "name"
     json = "json"
     yaml = "yaml"
+
+
+class JsonPath(str):
+    """`-o jsonpath=TEMPLATE`: the template."""
+
+
+OUTPUTS = "table|wide|name|json|yaml|jsonpath=TEMPLATE"
+
+
+def parse_output(value: object) -> Format | JsonPath:
+    """The value of `-o`; ValueError naming the choices for anything else."""
+    if isinstance(value, Format | JsonPath):
+        return value
+    text = str(value)
+    if text.startswith("jsonpath="):
+        template = text.removeprefix("jsonpath=")
+        render_jsonpath(template, {})  # a template that does not parse fails now
+        return JsonPath(template)
+    try:
+        return Format(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not one of {OUTPUTS}") from None
+
+
+_BRACES = re.compile(r"\{((?:[^{}\"]|\"(?:[^\"\\]|\\.)*\")*)\}")
+
+
+def _evaluate(expr: str, doc: Any) -> list[Any]:
+    from jsonpath_ng.exceptions import JsonPathParserError
+    from jsonpath_ng.ext import parse  # type: ignore[attr-defined]
+
+    path = expr.strip()
+    if path in ("", "."):
+        return [doc]
+    try:
+        compiled = parse("$" + path if path.startswith((".", "[")) else "$." + path)
+    except (JsonPathParserError, Exception) as exc:
+        raise ValueError(f"jsonpath {expr!r}: {exc}") from None
+    return [m.value for m in compiled.find(doc)]
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, dict | list):
+        return json.dumps(value, separators=(",", ":"))
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return "" if value is None else str(value)
+
+
+def render_jsonpath(template: str, doc: Any) -> str:
+    """kubectl's JSONPath template: text, `{path}`, `{"literal"}`, `{range path}…{end}`."""
+    parts: list[tuple[str, str]] = []  # ("text"|"expr", value)
+    pos = 0
+    for found in _BRACES.finditer(template):
+        if found.start() > pos:
+            parts.append(("text", template[pos:found.start()]))
+        parts.append(("expr", found.group(1)))
+        pos = found.end()
+    if pos < len(template):
+        parts.append(("text", template[pos:]))
+
+    def run(items: list[tuple[str, str]], current: Any) -> str:
+        out: list[str] = []
+        i = 0
+        while i < len(items):
+            kind, value = items[i]
+            body = value.strip()
+            if kind == "text":
+                out.append(value)
+            elif body.startswith('"') and body.endswith('"'):
+                out.append(json.loads(body, strict=False))
+            elif body.startswith("range "):
+                depth, j = 1, i + 1
+                while j < len(items) and depth:
+                    if items[j][0] == "expr" and items[j][1].strip().startswith("range "):
+                        depth += 1
+                    elif items[j][0] == "expr" and items[j][1].strip() == "end":
+                        depth -= 1
+                    j += 1
+                if depth:
+                    raise ValueError("jsonpath: {range} without {end}")
+                for element in _evaluate(body.removeprefix("range "), current):
+                    out.append(run(items[i + 1 : j - 1], element))
+                i = j
+                continue
+            elif body == "end":
+                raise ValueError("jsonpath: {end} without {range}")
+            else:
+                out.append(" ".join(_text(v) for v in _evaluate(body, current)))
+            i += 1
+        return "".join(out)
+
+    return run(parts, doc)
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,10 +280,12 @@ CONTEXT_COLUMNS: tuple[Column, ...] = (
 
 
 def contexts_document(config: ConfigFile) -> dict[str, Any]:
-    """The config file as a document, tokens redacted (scripts never need them echoed)."""
+    """The config file's contexts as a list document, tokens redacted."""
     return {
-        "current-context": config.current_context,
-        "contexts": [
+        "apiVersion": API_VERSION,
+        "kind": "ContextList",
+        "currentContext": config.current_context,
+        "items": [
             {"name": c.name, "url": c.url, "token": "<set>" if c.token else None}
             for c in config.contexts
         ],
@@ -191,29 +296,45 @@ def list_document(kind: str, items: Sequence[BaseModel]) -> dict[str, Any]:
     return {"apiVersion": API_VERSION, "kind": f"{kind}List", "items": [dump(i) for i in items]}
 
 
-def table(columns: Sequence[Column], rows: Sequence[Any]) -> Table:
-    t = Table(box=None, pad_edge=False, show_edge=False, header_style="bold")
-    for col in columns:
-        if col.wrap:
-            t.add_column(col.header, overflow="fold")
-        else:
-            t.add_column(col.header, no_wrap=True, overflow="ellipsis")
-    for row in rows:
-        t.add_row(*(col.cell(row) for col in columns))
-    return t
+def table(columns: Sequence[Column], rows: Sequence[Any]) -> str:
+    """Aligned columns, three spaces apart, one row per line, never wrapped."""
+    cells = [[col.header for col in columns]]
+    cells += [[col.cell(row).replace("\n", " ") for col in columns] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
+    return "\n".join(
+        "   ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells
+    ) + "\n"
 
 
-def emit_document(doc: Any, fmt: Format, out: IO[str]) -> None:
-    """Write `doc` as JSON or YAML (never rich: scripts parse this)."""
-    if fmt is Format.yaml:
+def names_of(doc: Any) -> list[str]:
+    """`kind/name` of a resource document, or of every item of a list document."""
+    items = doc.get("items", [doc]) if isinstance(doc, dict) else []
+    out = []
+    for item in items:
+        if isinstance(item, dict):
+            kind = str(item.get("kind", "")).lower()
+            name = (item.get("metadata") or {}).get("name") or item.get("name") or item.get("id")
+            out.append(f"{kind}/{name}" if kind else str(name))
+    return out
+
+
+def emit_document(doc: Any, fmt: Format | JsonPath, out: IO[str]) -> None:
+    """Write `doc` as JSON, YAML, names or a JSONPath template (scripts parse this)."""
+    if isinstance(fmt, JsonPath):
+        out.write(render_jsonpath(fmt, doc))
+        if not fmt.endswith("\\n"):
+            out.write("\n")
+    elif fmt is Format.yaml:
         out.write(yaml.safe_dump(doc, sort_keys=False))
+    elif fmt is Format.name:
+        out.write("".join(f"{n}\n" for n in names_of(doc)))
     else:
         out.write(json.dumps(doc, indent=2) + "\n")
     out.flush()
 
 
 def emit(
-    fmt: Format,
+    fmt: Format | JsonPath,
     console: Console,
     out: IO[str],
     *,
@@ -221,13 +342,15 @@ def emit(
     rows: Sequence[Any],
     doc: Any,
     empty: str = "nothing found",
+    wide: Sequence[Column] = (),
 ) -> None:
-    """Show `rows` as a table, or `doc` as JSON/YAML."""
-    if fmt is Format.table:
+    """Show `rows` as a table (`wide`: with the extra columns), or `doc` for scripts."""
+    if fmt in (Format.table, Format.wide):
         if rows:
-            console.print(table(columns, rows))
+            out.write(table([*columns, *(wide if fmt is Format.wide else ())], rows))
         else:
             console.print(empty)
+        out.flush()
     else:
         emit_document(doc, fmt, out)
 

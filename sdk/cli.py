@@ -14,7 +14,9 @@ errors into a single line on stderr and an exit code:
     7  unavailable: control plane or proxy unreachable
     8  timeout: waited for Ready and it did not come
 
-Tracebacks are printed only with `--debug`. `forklane proxy ...` and `forklane controlplane
+    130  interrupted (Ctrl-C)
+
+Usage errors (exit 2) are one line too. Tracebacks are printed only with `--debug`. `forklane proxy ...` and `forklane controlplane
 ...` exec `python -m forklane.proxy` / `python -m forklane.controlplane` with the arguments untouched, so the
 sidecar process never loads the CLI's dependencies and the SDK never imports the proxy.
 
@@ -31,6 +33,9 @@ from typing import Annotated, NoReturn
 
 import typer
 
+# typer vendors click (0.29+): its exceptions are these, not the `click` package's
+from typer._click import exceptions as click
+
 from forklane._cli_common import (
     Globals,
     OutputOpt,
@@ -39,6 +44,7 @@ from forklane._cli_common import (
 )
 from forklane._cli_contexts import context_app, login
 from forklane._cli_explain import explain
+from forklane._cli_kubectl import register
 from forklane._cli_render import (
     PROXY_COLUMNS,
     Format,
@@ -46,8 +52,10 @@ from forklane._cli_render import (
 )
 from forklane._cli_resources import routegroup_app, sandbox_app, service_app, split_app
 from forklane._entry import exec_component
-from forklane.controlplane.wire import dump
+from forklane.config import normalize_url
+from forklane.controlplane.wire import API_VERSION, dump
 from forklane.errors import (
+    ConfigError,
     Conflict,
     Forbidden,
     ForklaneError,
@@ -75,10 +83,10 @@ EPILOG = """Exit codes:
 
 \b
   0  ok                        5  unauthorized or forbidden
-  1  error                     6  invalid (rejected by the control plane)
+  1  error                     6  invalid (e.g. an unknown service, a bad field)
   2  usage                     7  unavailable (control plane or proxy unreachable)
   3  not found                 8  timeout (waiting for Ready)
-  4  conflict
+  4  conflict                  130 interrupted
 
 Configuration: --url/--token/--context, else FORKLANE_URL, FORKLANE_TOKEN, FORKLANE_CONTEXT,
 else the current context of ~/.config/forklane/config.yaml (path: FORKLANE_CONFIG); default
@@ -109,6 +117,10 @@ for sub, name in (
     (context_app, "context"),
 ):
     app.add_typer(sub, name=name, no_args_is_help=True)
+for sub, short in ((sandbox_app, "sb"), (routegroup_app, "rg"), (split_app, "sp"),
+                   (service_app, "svc")):  # fmt: skip
+    app.add_typer(sub, name=short, no_args_is_help=True, hidden=True)
+register(app)
 
 app.command("explain")(explain)
 app.command("login")(login)
@@ -135,6 +147,11 @@ def root(
     ] = None,
     debug: Annotated[bool, typer.Option("--debug", help="print tracebacks on errors")] = False,
 ) -> None:
+    if url is not None:
+        try:
+            url = normalize_url(url)
+        except ConfigError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--url") from None
     ctx.obj = Globals(url, token, context, debug)
 
 
@@ -146,7 +163,7 @@ def proxies(ctx: typer.Context, output: OutputOpt = Format.table) -> None:
     """Proxies connected to the control plane and the snapshot versions they run."""
     with open_client(ctx) as client:
         items = client.proxies()
-    doc = {"kind": "ProxyList", "items": [dump(p) for p in items]}
+    doc = {"apiVersion": API_VERSION, "kind": "ProxyList", "items": [dump(p) for p in items]}
     emit(
         output,
         out_console(),
@@ -207,8 +224,18 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
     try:
-        app(args=args, prog_name="forklane")
-        code = EXIT_OK
+        result = app(args=args, prog_name="forklane", standalone_mode=False)
+        code = result if isinstance(result, int) else EXIT_OK
+    except click.UsageError as exc:  # one line, naming the command's help
+        where = exc.ctx.command_path if exc.ctx is not None else "forklane"
+        sys.stderr.write(f"error: {exc.format_message()} (see '{where} -h')\n")
+        code = EXIT_USAGE
+    except typer.Abort:
+        sys.stderr.write("\naborted\n")
+        code = 130
+    except click.ClickException as exc:
+        sys.stderr.write(f"error: {exc.format_message()}\n")
+        code = exc.exit_code
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else EXIT_ERROR
     except ForklaneError as exc:

@@ -191,7 +191,7 @@ def test_shell_completion_completes_commands(env: dict[str, str]) -> None:
 def test_controlplane_command_passes_arguments_through(env: dict[str, str]) -> None:
     result = run_cli("controlplane", "--help", env=env)
     assert result.code == 0
-    assert "serve" in result.out and "python -m forklane.controlplane" in result.out
+    assert "serve" in result.out and "forklane controlplane" in result.out
 
 
 def test_proxy_command_passes_arguments_through(env: dict[str, str]) -> None:
@@ -207,8 +207,8 @@ def test_contexts_set_use_list(env: dict[str, str]) -> None:
     assert first.code == 0, first.err
     assert run_cli("context", "set", "b", "--url", "http://b.test:2", "--use", env=env).code == 0
     doc = yaml.safe_load(run_cli("context", "list", "-o", "yaml", env=env).out)
-    assert doc["current-context"] == "b"
-    assert {c["name"]: c["token"] for c in doc["contexts"]} == {"a": "<set>", "b": None}
+    assert (doc["kind"], doc["currentContext"]) == ("ContextList", "b")
+    assert {c["name"]: c["token"] for c in doc["items"]} == {"a": "<set>", "b": None}
 
     missing = run_cli("context", "use", "ghost", env=env)
     assert missing.code == 1 and "ghost" in one_error_line(missing)
@@ -290,7 +290,9 @@ def test_waiting_for_an_unreachable_fork_times_out_with_exit_8(
                      "--wait", "--timeout", "1", env=cp_env)  # fmt: skip
     try:
         assert result.code == 8
-        line = one_error_line(result)
+        warning, line = result.err.strip().splitlines()
+        # the reason is known at once: the create answer carries it as a warning
+        assert warning.startswith(f"Warning: fork {svc}: {closed_port}")
         assert "not Ready after 1s" in line and "phase Pending" in line and closed_port in line
     finally:
         run_cli("sandbox", "delete", name, env=cp_env)
@@ -418,7 +420,7 @@ def test_explain_asks_a_running_proxys_admin_port(env: dict[str, str], tmp_path:
                          "-k", "alice-7f3a", "-o", "json", env=env)  # fmt: skip
         assert forked.code == 0, forked.err
         decision = forked.json()
-        assert (decision["kind"], decision["routing_key"]) == ("fork", "alice-7f3a")
+        assert (decision["kind"], decision["routingKey"]) == ("fork", "alice-7f3a")
         assert decision["endpoints"] == ["127.0.0.1:9102"]
         text = run_cli("explain", "--proxy-admin", admin, "--host", "pricing", env=env)
         assert text.code == 0, text.err
