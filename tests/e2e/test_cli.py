@@ -447,3 +447,99 @@ def test_login_saves_a_context_only_after_the_token_works(
     listed = run_cli("sandbox", "list", "-o", "json", env=env)
     assert listed.code == 0, listed.err
     assert listed.json()["kind"] == "SandboxList"
+
+
+# --- kubectl habits ------------------------------------------------------------------------------
+
+
+def test_apply_twice_is_a_no_op_then_delete_f(
+    cp_env: dict[str, str], listener: str, tmp_path: Path
+) -> None:
+    svc, sb = unique("svc"), unique("sb")
+    path = tmp_path / "all.yaml"
+    path.write_text(f"""\
+apiVersion: forklane.dev/v1
+kind: Sandbox
+metadata: {{name: {sb}, labels: {{team: pay}}}}
+spec:
+  forks: [{{service: {svc}, endpoints: ["{listener}"]}}]
+---
+kind: Service
+metadata: {{name: {svc}}}
+spec: {{endpoints: ["{listener}"], authorities: ["{svc}.test"]}}
+""")
+    first = run_cli("apply", "-f", str(path), env=cp_env)
+    assert first.code == 0, first.err
+    assert first.out.splitlines() == [f"service/{svc} created", f"sandbox/{sb} created"]
+    dry = run_cli("apply", "-f", "-", "--dry-run=server", env=cp_env, stdin=path.read_text())
+    assert dry.out.splitlines() == [f"service/{svc} unchanged (server dry run)",
+                                    f"sandbox/{sb} unchanged (server dry run)"]  # fmt: skip
+    again = run_cli("apply", "-f", str(path), env=cp_env)
+    assert again.out.splitlines() == [f"service/{svc} unchanged", f"sandbox/{sb} unchanged"]
+    names = run_cli("get", "sb", "-l", "team in (pay,ops),!legacy", "-o", "name", env=cp_env)
+    assert f"sandbox/{sb}" in names.out.splitlines()
+    other = run_cli("get", "sb", "-l", "team!=pay", "-o", "name", env=cp_env)
+    assert f"sandbox/{sb}" not in other.out.splitlines()
+    path_out = run_cli("get", f"sb/{sb}", "-o", "jsonpath={.spec.forks[0].service}", env=cp_env)
+    assert path_out.out.strip() == svc
+    gone = run_cli("delete", "-f", str(path), env=cp_env)
+    assert gone.code == 0 and gone.out.splitlines() == [f"sandbox/{sb} deleted",
+                                                        f"service/{svc} deleted"]  # fmt: skip
+    assert run_cli("get", "sb", sb, env=cp_env).code == 3
+
+
+def test_apply_of_an_unknown_service_exits_6_naming_the_field(
+    cp_env: dict[str, str], listener: str
+) -> None:
+    doc = f"kind: Sandbox\nmetadata: {{name: {unique('sb')}}}\nspec:\n  forks: " \
+          f"[{{service: {unique('ghost')}, endpoints: ['{listener}']}}]\n"  # fmt: skip
+    result = run_cli("apply", "-f", "-", env=cp_env, stdin=doc)
+    assert result.code == 6
+    assert "spec.forks[0].service" in one_error_line(result)
+
+
+def test_get_watch_sees_a_change(cp_env: dict[str, str], svc: str, listener: str) -> None:
+    name = unique("sb")
+    watcher = subprocess.Popen(
+        [sys.executable, "-m", "forklane", "get", "sandboxes", "-w", "-o", "name"],
+        cwd=REPO, env=cp_env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )
+    try:
+        created = run_cli("sandbox", "create", "--fork", f"{svc}={listener}", "--name", name,
+                          env=cp_env)  # fmt: skip
+        assert created.code == 0, created.err
+        assert watcher.stdout is not None
+        for line in watcher.stdout:  # blocks until the watch prints; bounded by the kill below
+            if line.strip() == f"sandbox/{name}":
+                break
+    finally:
+        watcher.kill()
+        watcher.wait(timeout=10)
+        if watcher.stdout is not None:
+            watcher.stdout.close()
+        run_cli("sandbox", "delete", name, env=cp_env)
+
+
+def test_version_tokens_and_auth_status(cp_env: dict[str, str]) -> None:
+    version = run_cli("version", "-o", "json", env=cp_env)
+    assert version.code == 0, version.err
+    doc = version.json()
+    assert doc["clientVersion"] == doc["controlPlaneVersion"] and doc["proxies"] == []
+    subject = unique("sidecar")
+    token = run_cli("token", "create", "--role", "proxy", "--subject", subject,
+                    "-o", "jsonpath={.token}", env=cp_env).out.strip()  # fmt: skip
+    assert token.startswith("flk_")
+    status = run_cli("auth", "status", "-o", "json", env={**cp_env, "FORKLANE_TOKEN": token})
+    assert (status.json()["subject"], status.json()["role"]) == (subject, "proxy")
+    listed = run_cli("token", "list", "-o", "json", env=cp_env).json()
+    (mine,) = [t for t in listed["items"] if t["subject"] == subject]
+    assert run_cli("token", "revoke", mine["id"], env=cp_env).code == 0
+    after = run_cli("auth", "status", env={**cp_env, "FORKLANE_TOKEN": token})
+    assert after.code == 5
+
+
+@pytest.mark.parametrize("args", [("get",), ("get", "pods"), ("--url", "localhost:8080", "get", "sb")])
+def test_usage_errors_are_one_line(env: dict[str, str], args: tuple[str, ...]) -> None:
+    result = run_cli(*args, env=env)
+    assert result.code == 2
+    one_error_line(result)
