@@ -36,13 +36,25 @@ __all__ = [
     "Timeouts",
     "build_table",
     "passthrough_route",
+    "routed_by_sidecar",
 ]
 
 RouteKind = Literal["baseline", "fork", "split", "local", "reject", "passthrough"]
 LbPolicy = Literal["round_robin", "least_request"]
 
-# Header used between sidecars: the hop's routing decision is already made, deliver locally.
+# The view key meaning "a sidecar already decided this hop: deliver locally" (set from Via, or
+# from this header as older sidecars send it; the header itself is never forwarded).
 ROUTED_MARKER = "x-forklane-routed"
+
+
+def routed_by_sidecar(via: bytes) -> bool:
+    """The hop right before us was a forklane sidecar: the last `Via` entry's received-by is
+    `forklane` (`1.1 forklane`, `2 forklane`). Every HTTP proxy must add a Via entry (RFC 9110
+    §7.6.3), so sidecars recognise each other without a header of their own that an app behind
+    an endpoint could see. `x-forklane-routed: 1` from an older sidecar still counts, and is
+    removed."""
+    last = via.rpartition(b",")[2].split()
+    return len(last) >= 2 and last[1] == b"forklane"
 
 
 class ConfigError(ValueError):

@@ -46,7 +46,14 @@ from forklane.proxy.routing import Decision, RequestView, decide
 from forklane.proxy.settings import ProxySettings
 from forklane.proxy.sockets import tune_transport
 from forklane.proxy.state import TableHolder
-from forklane.proxy.table import ROUTED_MARKER, Destination, Endpoint, Route, RoutingTable
+from forklane.proxy.table import (
+    ROUTED_MARKER,
+    Destination,
+    Endpoint,
+    Route,
+    RoutingTable,
+    routed_by_sidecar,
+)
 
 if TYPE_CHECKING:
     from forklane.proxy.hooks import RequestHooks
@@ -63,7 +70,6 @@ ListenerKind = Literal["inbound", "outbound"]
 
 _ROUTED_MARKER_RAW = ROUTED_MARKER.encode()
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"  # RFC 9113 §3.4, h2c with prior knowledge
-_ROUTED_LINE = _ROUTED_MARKER_RAW + b": 1\r\n"
 _VIA_HOP = b"1.1 forklane"
 _VIA_LINE = b"via: " + _VIA_HOP + b"\r\n"
 _PENDING_LIMIT = 64 * 1024  # request body buffered while the upstream connection opens
@@ -875,6 +881,8 @@ class Downstream(asyncio.Protocol):
         if table is None:
             ex.reply = LocalReply(503, "no-config", "no routing table loaded yet", close=False)
         else:
+            if ex.via is not None and routed_by_sidecar(ex.via):
+                ex.view[ROUTED_MARKER] = "1"
             qmark = target.find(b"?")
             path = target if qmark < 0 else target[:qmark]
             view = RequestView(
@@ -971,7 +979,6 @@ class Downstream(asyncio.Protocol):
         self, ex: Exchange, table: RoutingTable, decision: Decision, target: bytes
     ) -> bytes:
         parts = [ex.method, b" ", target, b" HTTP/1.1\r\n"]
-        route = decision.route
         key = decision.key.key
         if key is not None:
             updates = inject_routing_key(table.carriers, key, ex.view)
@@ -986,8 +993,6 @@ class Downstream(asyncio.Protocol):
                 parts += ex.lines
         else:
             parts += ex.lines
-        if route.kind != "local":
-            parts.append(_ROUTED_LINE)
         xff = ex.xff
         if xff is None and not ex.xfp:
             parts.append(self.forwarded_block)  # built once per connection

@@ -41,7 +41,14 @@ from forklane.proxy.http2.upstream import CONNECTION_WINDOW, H2Upstream
 from forklane.proxy.requestlog import count_request, log_request
 from forklane.proxy.routing import Decision, RequestView, decide
 from forklane.proxy.sockets import tune_transport
-from forklane.proxy.table import ROUTED_MARKER, Destination, Endpoint, Route, RoutingTable
+from forklane.proxy.table import (
+    ROUTED_MARKER,
+    Destination,
+    Endpoint,
+    Route,
+    RoutingTable,
+    routed_by_sidecar,
+)
 
 if TYPE_CHECKING:
     from forklane.proxy.http1.server import ListenerContext
@@ -51,7 +58,6 @@ __all__ = ["PREFACE", "H2Downstream"]
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 MAX_CONCURRENT_STREAMS = 100
-_ROUTED = (ROUTED_MARKER.encode(), b"1")
 _VIA_HOP = b"2 forklane"
 
 # What the request path does with a header name (lowercase; h2 delivers lowercase names).
@@ -771,6 +777,8 @@ class H2Downstream(asyncio.Protocol, Peer):
             return
         qmark = path.find(b"?")
         view_path = path if qmark < 0 else path[:qmark]
+        if via is not None and routed_by_sidecar(via):
+            view[ROUTED_MARKER] = "1"
         request_view = RequestView(
             listener=ctx.kind,
             method=method.decode("latin-1"),
@@ -805,8 +813,6 @@ class H2Downstream(asyncio.Protocol, Peer):
             out += [(n.encode("latin-1"), v.encode("latin-1")) for n, v in updates.items()]
         else:
             out += lines
-        if route.kind != "local":
-            out.append(_ROUTED)
         out.append((b"x-forwarded-for", xff + b", " + self.peer if xff else self.peer))
         if not xfp:
             out.append((b"x-forwarded-proto", b"https" if self.tls else b"http"))
