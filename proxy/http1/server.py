@@ -1024,7 +1024,6 @@ class Downstream(asyncio.Protocol):
             passthrough = self.passthrough
             if passthrough is not None and ex.table is not None and route is ex.table.no_route:
                 ex.route = passthrough
-                ex.head = ex.head.replace(_ROUTED_LINE, b"", 1)  # nothing was routed
                 assert passthrough.destination is not None
                 self.dispatch(ex, passthrough.destination, None, fresh=False)
                 return

@@ -823,7 +823,6 @@ class H2Downstream(asyncio.Protocol, Peer):
             if passthrough is not None and route is table.no_route:
                 # A captured connection: the request goes where the client meant it to go.
                 stream.route = passthrough
-                out.remove(_ROUTED)
                 assert passthrough.destination is not None
                 stream.dispatch(passthrough.destination, None, fresh=False)
                 return
