@@ -98,16 +98,18 @@ def _settings_from(args: argparse.Namespace) -> Any:
     for name in ("outbound_port", "inbound_port", "admin_port"):
         if given.get(name) == _OFF:
             given[name] = None
-    if "inbound_port" not in given and not (args.service and args.local_app):
-        given["inbound_port"] = None  # no local app known: no inbound listener by default
     try:
-        return ProxySettings(**given)
+        settings = ProxySettings(**given)
     except ValidationError as exc:
         from forklane.proxy.loader import format_validation_error
 
         raise UsageError(
             f"forklane proxy: invalid settings: {format_validation_error(exc)}"
         ) from None
+    if "inbound_port" not in given and not (settings.service and settings.local_app):
+        # no local app known (flags or FORKLANE_* environment): no inbound listener by default
+        settings = settings.model_copy(update={"inbound_port": None})
+    return settings
 
 
 def _run_workers(argv: list[str], workers: int) -> int:

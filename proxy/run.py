@@ -48,7 +48,7 @@ class Proxy:
         local = None
         if settings.service and settings.local_app:
             local = LocalIdentity(service=settings.service, app=settings.local_app)
-        self.holder = TableHolder(local)
+        self.holder = TableHolder(local, settings.namespace or "")
         self.stats = Stats()
         self.stats.reload_failures = lambda: self.holder.reload_failures
         self.holder.on_swap(self._swapped)
@@ -112,6 +112,7 @@ class Proxy:
                 service=s.service,
                 listeners=listeners,
                 token=s.controlplane_token,
+                token_file=s.controlplane_token_file,
                 state_dir=s.state_dir,
                 keepalive=s.controlplane_keepalive,
                 version=_version(),

@@ -7,7 +7,9 @@ the request path.
 
 Invariants checked here (a snapshot that breaks one is rejected whole, the old table keeps
 serving):
-- service names are unique, and no authority names two services;
+- service names are unique, and no authority names two services; a namespace authority (the
+  bare Kubernetes Service name, which only pods of that namespace may dial) names one service
+  per namespace;
 - every fork, split and mirror names a known service ("make before break": a route never
   goes live before the upstream it names is known);
 - endpoints are `host:port` with a port in 1..65535;
@@ -31,6 +33,7 @@ __all__ = [
     "Mirror",
     "RoutingSnapshot",
     "Service",
+    "ServicePort",
     "Split",
     "SplitDestination",
     "Sticky",
@@ -142,16 +145,45 @@ DEFAULT_CARRIERS: tuple[Carrier, ...] = (
 )
 
 
+class ServicePort(_Frozen):
+    """Traffic dialled to `port` of a service goes to these endpoints instead of the service's
+    `endpoints` (a Kubernetes Service with several ports maps each to its own target port)."""
+
+    port: int = Field(ge=1, le=65535)
+    endpoints: tuple[str, ...] = ()
+
+    @field_validator("endpoints")
+    @classmethod
+    def _endpoints(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        return _check_endpoints(v)
+
+
 class Service(_Frozen):
-    """A baseline service: what names it on the wire and where its baseline runs."""
+    """A baseline service: what names it on the wire and where its baseline runs.
+
+    `endpoints` may be empty (a Kubernetes Service scaled to zero): the service stays known,
+    and its baseline answers 503 `no-endpoints` instead of 404 `no-route`.
+    """
 
     name: str
     authorities: tuple[str, ...] = Field(
         default=(), description="Host/:authority values naming it; the name itself is implied"
     )
-    endpoints: Endpoints
+    endpoints: tuple[str, ...] = ()
     lb: Literal["round_robin", "least_request"] = "round_robin"
     timeouts: Timeouts = Timeouts()
+    namespace: str = Field(
+        "", description="Kubernetes namespace of a discovered service ('' for hand-made ones)"
+    )
+    namespace_authorities: tuple[str, ...] = Field(
+        default=(),
+        description="authorities only proxies of `namespace` resolve (the bare Service name, "
+        "as cluster DNS resolves it only from that namespace); they win over any other "
+        "service's authority there",
+    )
+    ports: tuple[ServicePort, ...] = Field(
+        default=(), description="per-port endpoints, for authorities that name one of these ports"
+    )
 
     @field_validator("name")
     @classmethod
@@ -160,7 +192,7 @@ class Service(_Frozen):
             raise ValueError("lowercase letters, digits, '.', '-'")
         return v
 
-    @field_validator("authorities")
+    @field_validator("authorities", "namespace_authorities")
     @classmethod
     def _authorities(cls, v: tuple[str, ...]) -> tuple[str, ...]:
         out = tuple(a.strip().lower() for a in v)
@@ -173,6 +205,15 @@ class Service(_Frozen):
     @classmethod
     def _endpoints(cls, v: tuple[str, ...]) -> tuple[str, ...]:
         return _check_endpoints(v)
+
+    @model_validator(mode="after")
+    def _scoped(self) -> Service:
+        if self.namespace_authorities and not self.namespace:
+            raise ValueError("namespace_authorities need a namespace")
+        ports = [p.port for p in self.ports]
+        if len(set(ports)) != len(ports):
+            raise ValueError("ports: each port at most once")
+        return self
 
 
 class Fork(_Frozen):
@@ -333,6 +374,16 @@ class RoutingSnapshot(_Frozen):
                             f" and {svc.name!r}"
                         )
                     owner[auth] = svc.name
+        scoped: dict[tuple[str, str], str] = {}
+        for svc in self.services:
+            for given in svc.namespace_authorities:
+                for auth in authority_variants(given):
+                    other = scoped.setdefault((svc.namespace, auth), svc.name)
+                    if other != svc.name:
+                        raise ValueError(
+                            f"services: authority {given!r} names both {other!r} and"
+                            f" {svc.name!r} in namespace {svc.namespace!r}"
+                        )
         seen_forks: set[tuple[str, str]] = set()
         for i, fork in enumerate(self.forks):
             if fork.service not in names:

@@ -87,7 +87,10 @@ class ProxySettings(BaseSettings):
         "environment or controlplane_token_file: a flag is visible in ps",
     )
     controlplane_token_file: Path | None = Field(
-        None, description="read the control-plane token from this file (e.g. a mounted secret)"
+        None,
+        description="read the control-plane token from this file (a mounted secret, a "
+        "projected ServiceAccount token): checked at start, read again for every stream, so "
+        "the token kubelet rotated is the one presented; controlplane_token wins over it",
     )
     controlplane_keepalive: float = Field(
         20.0, gt=0, le=3600,
@@ -101,6 +104,11 @@ class ProxySettings(BaseSettings):
 
     # --- identity and listeners ---
     service: str | None = Field(None, description="the local service this sidecar stands beside")
+    namespace: str | None = Field(
+        None,
+        description="the pod's Kubernetes namespace: bare Service names of this namespace "
+        "resolve (as cluster DNS resolves them only there)",
+    )
     local_app: str | None = Field(None, description="host:port of the local app (inbound target)")
     bind: str | None = Field(
         None, description="listen address, or several comma-separated (default 127.0.0.1; "
@@ -214,11 +222,13 @@ class ProxySettings(BaseSettings):
     @model_validator(mode="before")
     @classmethod
     def _token_file(cls, data: Any) -> Any:
-        """The token file is read once, here; an explicit token wins over the file."""
+        """A token file that cannot be read is a usage error at start (an explicit token wins
+        over the file). The subscriber reads it again for every stream, because kubelet
+        rotates projected tokens; nothing here keeps its content."""
         if not isinstance(data, dict) or not data.get("controlplane_token_file"):
             return data
         if data.get("controlplane_token"):
-            return data
+            return {**data, "controlplane_token_file": None}
         path = Path(data["controlplane_token_file"])
         try:
             token = path.read_text(encoding="utf-8").strip()
@@ -226,7 +236,7 @@ class ProxySettings(BaseSettings):
             raise ValueError(f"controlplane_token_file {path}: {exc.strerror}") from None
         if not token:
             raise ValueError(f"controlplane_token_file {path} is empty")
-        return {**data, "controlplane_token": token}
+        return data
 
     @field_validator("local_app")
     @classmethod

@@ -19,8 +19,9 @@ Listener = Callable[[RoutingTable], None]
 
 
 class TableHolder:
-    def __init__(self, local: LocalIdentity | None = None) -> None:
+    def __init__(self, local: LocalIdentity | None = None, namespace: str = "") -> None:
         self.local = local
+        self.namespace = namespace  # the proxy's Kubernetes namespace ('' outside a cluster)
         self.table: RoutingTable | None = None
         self.source: str = ""  # "file:PATH" or "controlplane:ADDR"
         self.loaded_at: float = 0.0
@@ -34,7 +35,7 @@ class TableHolder:
     def apply(self, snapshot: schema.RoutingSnapshot, source: str = "") -> RoutingTable:
         """Build and install a table; on failure raise ConfigError and keep the old table."""
         try:
-            table = build_table(snapshot, self.local)
+            table = build_table(snapshot, self.local, self.namespace)
         except ConfigError as exc:
             self._fail(str(exc))
             raise

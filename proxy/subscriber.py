@@ -14,7 +14,10 @@ Invariants:
 - after every ACK the snapshot is written to `state_dir/snapshot.json` (atomically), and a
   cold start with no table serves that file until the control plane answers;
 - `connected` is True exactly while a stream is open that the control plane has accepted
-  (it sent its replica metadata), and `on_connected_change` is called on each transition.
+  (it sent its replica metadata), and `on_connected_change` is called on each transition;
+- with `token_file` (a projected ServiceAccount token that kubelet rotates), the file is read
+  again for every stream, so a reconnect always presents the current token; an unreadable
+  or empty file is a stream error (retried), never a crash.
 """
 
 from __future__ import annotations
@@ -106,6 +109,7 @@ class Subscriber:
         listeners: tuple[str, ...] | list[str] = (),
         token: str | None = None,
         state_dir: Path | None = None,
+        token_file: Path | None = None,
         on_connected_change: Callable[[bool], None] | None = None,
         *,
         rng: random.Random | None = None,
@@ -119,7 +123,8 @@ class Subscriber:
         self.node = Node(id=node_id, service=service, listeners=tuple(listeners), version=version)
         self._channel_options = channel_options(keepalive)
         self.state_dir = state_dir
-        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        self._token = token
+        self._token_file = token_file
         self._on_connected_change = on_connected_change
         self._rng = rng or random.Random()
         self._backoff_base = backoff_base
@@ -219,14 +224,18 @@ class Subscriber:
     async def _session(self) -> bool:
         """One stream, until it ends; returns whether the control plane accepted it."""
         established = False
+        try:
+            metadata = self._call_metadata()
+        except _StreamError as exc:
+            self._record(exc)
+            return False
         channel = grpc.aio.insecure_channel(self.address, options=self._channel_options)
         try:
-            call = channel.stream_stream(METHOD)(metadata=self._metadata)
+            call = channel.stream_stream(METHOD)(metadata=metadata)
             await call.write(
                 encode_request(SubscribeRequest(node=self.node, version_info=self.version))
             )
-            metadata = await call.initial_metadata()
-            replica = _metadata_value(metadata, REPLICA_METADATA)
+            replica = _metadata_value(await call.initial_metadata(), REPLICA_METADATA)
             if replica is None:
                 error = await self._status_error(call)
                 raise error or _StreamError("the control plane ended the stream at once")
@@ -254,6 +263,18 @@ class Subscriber:
             self._set_connected(False)
             await channel.close(grace=None)
         return established
+
+    def _call_metadata(self) -> tuple[tuple[str, str], ...]:
+        """The bearer token for one stream: the static one, or the token file as it is now."""
+        token = self._token
+        if self._token_file is not None:
+            try:
+                token = self._token_file.read_text().strip()
+            except (OSError, UnicodeDecodeError) as exc:
+                raise _StreamError(f"cannot read token file {self._token_file}: {exc}") from exc
+            if not token:
+                raise _StreamError(f"token file {self._token_file} is empty")
+        return (("authorization", f"Bearer {token}"),) if token else ()
 
     async def _status_error(self, call: Any) -> _StreamError | None:
         """The error a finished call ended with, or None if it ended OK."""

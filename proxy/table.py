@@ -5,8 +5,13 @@ path only does dict look-ups on it. Every `Route` a request can take is built he
 reason and rule text, so deciding allocates nothing but the small `Decision` tuple.
 
 Invariants:
-- every `Route` names a `Destination` with at least one endpoint;
-- `authorities` maps every lowercase authority (with and without port) to one service;
+- every `Route` names a `Destination` with at least one endpoint (a service with none gets a
+  503 `no-endpoints` reject route as its baseline);
+- `authorities` maps every lowercase authority (with and without port) to one service; an
+  authority naming one of a service's `ports` maps to that port's endpoints; the namespace
+  authorities of services in the proxy's own namespace win over every other authority (as
+  cluster DNS resolves a bare name in the pod's namespace first), and those of other
+  namespaces are not indexed at all;
 - `interesting_headers` is every header name the decision may read: the protocol layer
   collects only these for the request view.
 """
@@ -15,7 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from forklane.proxy import schema
@@ -278,11 +283,42 @@ def passthrough_route(host: str, port: int, timeouts: Timeouts) -> Route:
     )
 
 
+def _authority_port(authority: str) -> int:
+    """The port an authority dials: `h:8080` → 8080, a bare host → 80."""
+    rest = authority[authority.find("]") + 1 :] if authority.startswith("[") else authority
+    _, sep, port = rest.rpartition(":")
+    return int(port) if sep and port.isdigit() else 80
+
+
+def _baseline_route(name: str, dest: Destination) -> Route:
+    if not dest.endpoints:
+        return Route(
+            kind="reject",
+            service=name,
+            destination=None,
+            rule=f"services[{name}]",
+            reason=f"service {name} has no ready endpoints",
+            status=503,
+            error="no-endpoints",
+        )
+    return Route(
+        kind="baseline",
+        service=name,
+        destination=dest,
+        rule=f"services[{name}]",
+        reason=f"no fork of {name} for this request: baseline",
+    )
+
+
 def build_table(
-    snapshot: schema.RoutingSnapshot, local: LocalIdentity | None = None
+    snapshot: schema.RoutingSnapshot,
+    local: LocalIdentity | None = None,
+    namespace: str = "",
 ) -> RoutingTable:
     """Compile a validated snapshot into the table. A local service the snapshot does not know
-    is not an error: the inbound listener then simply delivers everything to the local app."""
+    is not an error: the inbound listener then simply delivers everything to the local app.
+    `namespace` is the proxy's Kubernetes namespace ('' outside a cluster): it decides which
+    namespace authorities (bare Service names) this proxy resolves."""
     carriers = build_carrier_plan(snapshot.carriers)
     interesting: set[str] = set(carriers.header_names) | {ROUTED_MARKER}
     services: dict[str, ServiceRoutes] = {}
@@ -311,16 +347,13 @@ def build_table(
             ),
             rule=f"forks[{i}]",
             reason=f"routing key {fork.routing_key} forks {fork.service}{origin}",
-            fallback=baseline_dest if fork.fallback == "baseline" else None,
+            fallback=(
+                baseline_dest if fork.fallback == "baseline" and baseline_dest.endpoints else None
+            ),
         )
+    scoped: list[tuple[schema.Service, ServiceRoutes, dict[int, ServiceRoutes]]] = []
     for svc in snapshot.services:
-        baseline = Route(
-            kind="baseline",
-            service=svc.name,
-            destination=baselines[svc.name],
-            rule=f"services[{svc.name}]",
-            reason=f"no fork of {svc.name} for this request: baseline",
-        )
+        baseline = _baseline_route(svc.name, baselines[svc.name])
         splits = []
         for split in snapshot.splits:
             if split.service != svc.name:
@@ -391,9 +424,31 @@ def build_table(
             mirrors=tuple(mirrors),
         )
         services[svc.name] = routes_for
+        by_port = {
+            p.port: replace(
+                routes_for,
+                baseline=_baseline_route(
+                    svc.name,
+                    replace(
+                        baselines[svc.name],
+                        name=f"baseline/{svc.name}:{p.port}",
+                        endpoints=_endpoints(p.endpoints),
+                    ),
+                ),
+            )
+            for p in svc.ports
+        }
         for authority in (svc.name, *svc.authorities):
             for variant in schema.authority_variants(authority):
-                authorities.setdefault(variant, routes_for)
+                authorities.setdefault(
+                    variant, by_port.get(_authority_port(variant), routes_for)
+                )
+        if namespace and svc.namespace == namespace:
+            scoped.append((svc, routes_for, by_port))
+    for svc, routes_for, by_port in scoped:
+        for authority in svc.namespace_authorities:
+            for variant in schema.authority_variants(authority):
+                authorities[variant] = by_port.get(_authority_port(variant), routes_for)
     no_route = Route(
         kind="reject",
         service=None,

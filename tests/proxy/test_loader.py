@@ -152,7 +152,7 @@ def test_schema_errors_name_the_file_and_the_field(
 
 
 def test_every_schema_error_is_reported_at_once(tmp_path: Path) -> None:
-    text = "version: v1\nservices: [{name: A, endpoints: []}]\nmirrors: 3\n"
+    text = "version: v1\nservices: [{name: A, endpoints: [nowhere]}]\nmirrors: 3\n"
     with pytest.raises(ConfigError) as info:
         load_snapshot_file(write(tmp_path / "r.yaml", text))
     message = str(info.value)

@@ -133,7 +133,10 @@ INVALID = [
     ("services.0.name", "", "services.0.name"),
     ("services.0.authorities", ["catalog prod"], "services.0.authorities"),
     ("services.0.authorities", [""], "services.0.authorities"),
-    ("services.0.endpoints", [], "services.0.endpoints"),
+    ("services.0.namespace_authorities", ["catalog"], "namespace_authorities need a namespace"),
+    ("services.0.ports", [{"port": 80}, {"port": 80}], "each port at most once"),
+    ("services.0.ports", [{"port": 0}], "services.0.ports.0.port"),
+    ("services.0.ports", [{"port": 81, "endpoints": ["h"]}], "services.0.ports.0.endpoints"),
     ("services.0.endpoints", ["10.0.0.1"], "expected host:port"),
     ("services.0.endpoints", [":80"], "expected host:port"),
     ("services.0.endpoints", ["10.0.0.1:0"], "port must be 1..65535"),
@@ -472,8 +475,16 @@ def test_any_route_spec_validates_and_builds_or_is_a_validation_error(doc: dict[
         view = RequestView("outbound", "GET", "/", name, {})
         decision = decide(view, table, lambda: 0.5)
         assert decision.route.service == name
-        assert decision.route.destination is not None
-        assert svc.baseline.destination is not None and svc.baseline.destination.endpoints
+        if snap_service(snap, name).endpoints:
+            assert decision.route.destination is not None
+            assert svc.baseline.destination is not None and svc.baseline.destination.endpoints
+        else:  # a service with no endpoints is known; its baseline answers 503 no-endpoints
+            assert (svc.baseline.kind, svc.baseline.status) == ("reject", 503)
+            assert svc.baseline.error == "no-endpoints"
+
+
+def snap_service(snap: RoutingSnapshot, name: str) -> Any:
+    return next(s for s in snap.services if s.name == name)
 
 
 @settings(max_examples=100, deadline=None)
