@@ -185,6 +185,26 @@ def _resource_input(kind: ResourceKind, data: dict[str, Any]) -> Any:
     return _validate(kind.model, data)
 
 
+def _refuse_discovered(plural: str, current: Record | None, spec: Any) -> None:
+    """Discovered services belong to the cluster: the REST API neither makes nor edits them."""
+    if plural != "services":
+        return
+    source = current.spec.get("discovered") if current is not None else None
+    if isinstance(source, dict):
+        where = f"{source.get('namespace')}/{source.get('name')}"
+        raise ApiError(
+            409,
+            f"services/{current.name if current else ''} is discovered from the Kubernetes "
+            f"Service {where}; change that Service in the cluster instead",
+        )
+    if spec is not None and getattr(spec, "discovered", None) is not None:
+        message = "set by the control plane's Kubernetes discovery only"
+        raise ApiError(
+            422, f"invalid resource: spec.discovered: {message}",
+            [wire.FieldError(field="spec.discovered", message=message)],
+        )
+
+
 def _static_checks(plural: str, name: str, spec: Any) -> None:
     """What can be judged from the resource alone is a 422 now, not a status later."""
     try:
@@ -320,6 +340,7 @@ async def create_resource(request: web.Request) -> web.Response:
     obj = _resource_input(kind, await _body(request))
     dry_run = _dry_run(request)
     name = obj.metadata.name
+    _refuse_discovered(plural, None, obj.spec)
     _static_checks(plural, name, obj.spec)
     await _reference_checks(ctx.store, plural, obj.spec)
     status: dict[str, Any] | None = None
@@ -418,6 +439,7 @@ async def update_resource(request: web.Request) -> web.Response:
     expected = _expected_version(request, body_version)
     current = await ctx.store.get(plural, name)
     principal = _check(request, "update", plural, current.created_by)
+    _refuse_discovered(plural, current, obj.spec)
     _static_checks(plural, name, obj.spec)
     await _reference_checks(ctx.store, plural, obj.spec)
     if plural == "sandboxes" and obj.spec.ttl is None and current.spec.get("ttl"):
@@ -456,6 +478,7 @@ async def delete_resource(request: web.Request) -> web.Response:
     expected = _expected_version(request, None)
     current = await ctx.store.get(plural, name)
     principal = _check(request, "delete", plural, current.created_by)
+    _refuse_discovered(plural, current, None)
     gone = await ctx.store.delete(plural, name, expected_version=expected)
     await _audit(request, principal, "delete", plural, name, gone.generation, None,
                  await ctx.store.revision())

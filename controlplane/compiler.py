@@ -4,7 +4,8 @@ Invariants:
 - deterministic: the same resources give the same snapshot (everything sorted by name);
 - `version` is the store revision the resources were read at;
 - a resource that cannot compile (an unknown service, a routing key taken twice, two forks
-  of one service in one route group, an authority claimed twice …) is left out and reported
+  of one service in one route group, an authority claimed twice in any of its spellings, a
+  bare name claimed twice in one namespace …) is left out and reported
   in `Compiled.problems[(plural, name)]`; it never breaks the snapshot for the others, so
   the result always validates;
 - forks of Terminating sandboxes are withdrawn; Pending and Ready ones are compiled;
@@ -80,6 +81,11 @@ def service_to_schema(name: str, spec: wire.ServiceSpec) -> schema.Service:
         endpoints=tuple(spec.endpoints),
         lb=spec.lb,
         timeouts=_timeouts(spec.timeouts),
+        namespace=spec.namespace,
+        namespace_authorities=tuple(spec.namespace_authorities),
+        ports=tuple(
+            schema.ServicePort(port=p.port, endpoints=tuple(p.endpoints)) for p in spec.ports
+        ),
     )
 
 
@@ -145,6 +151,7 @@ def compile_snapshot(inputs: Inputs, carriers: tuple[schema.Carrier, ...] | None
     # services: first (by name) to claim an authority keeps it
     services: dict[str, schema.Service] = {}
     owner: dict[str, str] = {}
+    scoped_owner: dict[tuple[str, str], str] = {}
     for res in sorted(inputs.services, key=lambda r: r.metadata.name):
         name = res.metadata.name
         try:
@@ -152,14 +159,30 @@ def compile_snapshot(inputs: Inputs, carriers: tuple[schema.Carrier, ...] | None
         except ValidationError as exc:
             problems[("services", name)] = _reason(exc)
             continue
-        clash = [a for a in (svc.name, *svc.authorities) if owner.get(a, name) != name]
+        claimed = [v for a in (svc.name, *svc.authorities) for v in schema.authority_variants(a)]
+        scoped = [
+            (svc.namespace, v)
+            for a in svc.namespace_authorities
+            for v in schema.authority_variants(a)
+        ]
+        clash = [a for a in claimed if owner.get(a, name) != name]
+        scoped_clash = [a for a in scoped if scoped_owner.get(a, name) != name]
         if clash:
             problems[("services", name)] = (
                 f"authority {clash[0]!r} already names service {owner[clash[0]]!r}"
             )
             continue
-        for a in (svc.name, *svc.authorities):
+        if scoped_clash:
+            ns, authority = scoped_clash[0]
+            problems[("services", name)] = (
+                f"authority {authority!r} already names service"
+                f" {scoped_owner[scoped_clash[0]]!r} in namespace {ns!r}"
+            )
+            continue
+        for a in claimed:
             owner[a] = name
+        for pair in scoped:
+            scoped_owner[pair] = name
         services[name] = svc
 
     # sandboxes

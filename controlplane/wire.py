@@ -11,6 +11,9 @@ Invariants:
 - `metadata.resourceVersion` changes on every write (spec or status); an update that names an
   older one is rejected with 409.
 - Error bodies always have the `ErrorBody` shape.
+- A service discovered from Kubernetes is named `NAME.NAMESPACE` (service names may hold
+  dots; other names are DNS labels), carries `spec.discovered`, and is written only by the
+  control plane's discovery: the REST API refuses to create, change or delete one.
 """
 
 from __future__ import annotations
@@ -18,13 +21,14 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Final, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 __all__ = [
     "API_VERSION",
     "AuditList",
     "AuditRecord",
     "Condition",
+    "DiscoveredFrom",
     "ErrorBody",
     "ErrorDetail",
     "Event",
@@ -46,6 +50,8 @@ __all__ = [
     "Sandbox",
     "SandboxSpec",
     "SandboxStatus",
+    "ServiceMetadata",
+    "ServicePortSpec",
     "ServiceResource",
     "ServiceSpec",
     "ServiceStatus",
@@ -67,6 +73,8 @@ __all__ = [
 API_VERSION: Final = "forklane.dev/v1"
 
 NAME_PATTERN = r"^[a-z0-9]([a-z0-9\-]{0,61}[a-z0-9])?$"
+# Service names may hold dots: a discovered one is NAME.NAMESPACE (a DNS subdomain).
+SERVICE_NAME_PATTERN = r"^[a-z0-9]([a-z0-9.\-]{0,251}[a-z0-9])?$"
 ROUTING_KEY_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,127}$"
 ENDPOINT_PATTERN = r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.\-_]+):[0-9]{1,5}$"
 
@@ -111,7 +119,7 @@ class TimeoutsSpec(_Model):
 class ForkSpec(_Model):
     """One forked service: where the fork runs. (Kubernetes workload overrides come later.)"""
 
-    service: str = Field(pattern=NAME_PATTERN)
+    service: str = Field(pattern=SERVICE_NAME_PATTERN)
     endpoints: list[Endpoint] = Field(min_length=1)
     fallback: Literal["baseline", "fail"] | None = Field(
         None, description="overrides the sandbox's fallback for this fork"
@@ -233,7 +241,7 @@ class MirrorSpec(_Model):
 class SplitSpec(_Model):
     """The traffic policy of one service: weighted destinations, stickiness, mirrors."""
 
-    service: str = Field(pattern=NAME_PATTERN)
+    service: str = Field(pattern=SERVICE_NAME_PATTERN)
     match: MatchSpec | None = None
     destinations: list[SplitDestinationSpec] = Field(default_factory=list)
     sticky: StickySpec | None = None
@@ -257,11 +265,56 @@ class Split(_Model):
 # --- services --------------------------------------------------------------------------------
 
 
+class ServiceMetadata(Metadata):
+    name: str = Field(
+        pattern=SERVICE_NAME_PATTERN,
+        description="lowercase DNS subdomain; a discovered service is NAME.NAMESPACE",
+    )
+
+
+class ServicePortSpec(_Model):
+    """Where traffic dialled to one port of the service goes (a Service port's targets)."""
+
+    port: int = Field(ge=1, le=65535)
+    name: str = ""
+    endpoints: list[Endpoint] = Field(default_factory=list)
+
+
+class DiscoveredFrom(_Model):
+    """The Kubernetes Service a discovered service mirrors. Set by the control plane only."""
+
+    kind: Literal["Service"] = "Service"
+    namespace: str
+    name: str
+    cluster_ips: list[str] = Field(default_factory=list, alias="clusterIPs")
+    draining: list[Endpoint] = Field(
+        default_factory=list,
+        description="serving but terminating endpoints: no new requests while a ready one exists",
+    )
+
+
 class ServiceSpec(_Model):
+    """A baseline service. Hand-made ones need at least one endpoint; a discovered one may
+    have none (scaled to zero: proxies answer 503 `no-endpoints`)."""
+
     authorities: list[str] = Field(default_factory=list)
-    endpoints: list[Endpoint] = Field(min_length=1)
+    endpoints: list[Endpoint] = Field(default_factory=list)
     lb: Literal["round_robin", "least_request"] = "round_robin"
     timeouts: TimeoutsSpec | None = None
+    namespace: str = Field("", description="Kubernetes namespace of a discovered service")
+    namespace_authorities: list[str] = Field(
+        default_factory=list,
+        alias="namespaceAuthorities",
+        description="names only pods of `namespace` dial (the bare Service name)",
+    )
+    ports: list[ServicePortSpec] = Field(default_factory=list)
+    discovered: DiscoveredFrom | None = None
+
+    @model_validator(mode="after")
+    def _needs_endpoints(self) -> ServiceSpec:
+        if self.discovered is None and not self.endpoints:
+            raise ValueError("endpoints: at least one endpoint")
+        return self
 
 
 class ServiceStatus(_Model):
@@ -273,7 +326,7 @@ class ServiceStatus(_Model):
 class ServiceResource(_Model):
     api_version: Literal["forklane.dev/v1"] = Field(API_VERSION, alias="apiVersion")
     kind: Literal["Service"] = "Service"
-    metadata: Metadata
+    metadata: ServiceMetadata
     spec: ServiceSpec
     status: ServiceStatus | None = None
 
