@@ -27,6 +27,7 @@ from forklane.controlplane.store.base import Store, TokenRecord
 
 __all__ = [
     "ANONYMOUS_ADMIN",
+    "Grant",
     "ROLES",
     "Authenticator",
     "Principal",
@@ -34,6 +35,7 @@ __all__ = [
     "Verb",
     "authorize",
     "new_token",
+    "subscription_refused",
 ]
 
 Role = Literal["admin", "developer", "proxy"]
@@ -109,3 +111,27 @@ def authorize(principal: Principal, verb: Verb, resource: str, owner: str | None
     if resource == "snapshot" and verb == "get":
         return None
     return f"only admins may {verb} {resource}"
+
+
+# -- the push stream ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """What a stream's token allows: `namespace` None means any service; otherwise the proxy
+    may subscribe only as a service of that namespace (`NAME.NAMESPACE`)."""
+
+    subject: str = ""
+    namespace: str | None = None
+
+
+def subscription_refused(grant: Grant, service: str | None) -> str | None:
+    """Why this grant may not subscribe as `service` (None: it may). Pure."""
+    if grant.namespace is None or service is None:
+        return None
+    if service.endswith(f".{grant.namespace}") and service != f".{grant.namespace}":
+        return None
+    return (
+        f"{grant.subject or 'this token'} may subscribe only as a service of namespace "
+        f"{grant.namespace!r} (NAME.{grant.namespace}), not {service!r}"
+    )

@@ -17,7 +17,7 @@ from aiohttp import web
 
 from forklane.controlplane import wire
 from forklane.controlplane.api import ApiContext, build_app
-from forklane.controlplane.auth import Authenticator, new_token
+from forklane.controlplane.auth import Authenticator, Grant, new_token
 from forklane.controlplane.publisher import SnapshotPublisher
 from forklane.controlplane.reconciler import Clock, Probe, Reconciler, tcp_probe, utcnow
 from forklane.controlplane.settings import Settings, parse_hostport
@@ -97,19 +97,28 @@ class ControlPlane:
             # it does), not at the next interval
             registry.add_listener(self.reconciler.acks_changed)
         self.authenticator: Authenticator | None = None
+        self.kube: Any = None  # KubeAdapters when settings.kubernetes (imported lazily)
         self._runner: web.AppRunner | None = None
         self.api_address: tuple[str, int] | None = None
         self.grpc_address: tuple[str, int] | None = None
         self._opened = False
         self._reconciling = False
 
-    async def _authorize_push(self, token: str | None) -> bool:
+    async def _authorize_push(self, token: str | None) -> Grant | None:
+        """Static tokens (role proxy or admin) may subscribe as anything; a ServiceAccount
+        token (TokenReview, audience `token_audience`) only as a service of its namespace."""
         if self.authenticator is None:
-            return True
+            return Grant("anonymous")
         if token is None:
-            return False
+            return None
         principal = await self.authenticator.authenticate(token)
-        return principal is not None and principal.role in ("proxy", "admin")
+        if principal is not None:
+            return Grant(principal.subject) if principal.role in ("proxy", "admin") else None
+        if self.kube is not None and self.kube.reviewer is not None:
+            account = await self.kube.reviewer.review(token)
+            if account is not None:
+                return Grant(account.username, namespace=account.namespace)
+        return None
 
     async def _bootstrap_admin(self, now: datetime) -> None:
         """First start without FORKLANE_ADMIN_TOKEN: make one admin token, print it once."""
@@ -159,6 +168,11 @@ class ControlPlane:
                 # only once both addresses are ours: a start that fails never prints (and
                 # loses) a token
                 await self._bootstrap_admin(self._clock())
+            if self.settings.kubernetes:
+                from forklane.controlplane.kubernetes.adapters import KubeAdapters
+
+                self.kube = KubeAdapters(self.settings, self.store)
+                await self.kube.start()
         except BaseException:
             await self.aclose()
             raise
@@ -174,6 +188,9 @@ class ControlPlane:
         )
 
     async def aclose(self) -> None:
+        if self.kube is not None:
+            kube, self.kube = self.kube, None
+            await kube.aclose()
         if self.push is not None and self.grpc_address is not None:
             await self.push.aclose()
             self.grpc_address = None

@@ -129,6 +129,27 @@ class Settings(BaseSettings):
         "(kind header|baggage|tracestate); e.g. add baggage:sd-routing-key while migrating",
     )
 
+    # --- Kubernetes (all off unless `kubernetes` is true) ---
+    kubernetes: bool = Field(
+        False, description="discover Services, check ServiceAccount tokens, serve the webhook"
+    )
+    kubeconfig: Path | None = Field(
+        None, description="kubeconfig file; unset: the pod's in-cluster ServiceAccount"
+    )
+    namespace: str = Field("default", description="the control plane's own namespace")
+    cluster_domain: str = Field("cluster.local", description="the cluster's DNS domain")
+    discovery_namespaces: str = Field(
+        "",
+        description="namespaces discovered besides those labelled forklane.io/inject=enabled "
+        "or forklane.io/discovery=enabled (comma-separated)",
+    )
+    token_audience: str = Field(
+        "forklane", description="audience a proxy's ServiceAccount token must carry"
+    )
+
+    def discovery_namespace_list(self) -> tuple[str, ...]:
+        return tuple(n.strip() for n in self.discovery_namespaces.split(",") if n.strip())
+
     @field_validator("carriers")
     @classmethod
     def _carriers(cls, v: str) -> str:

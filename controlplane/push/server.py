@@ -20,6 +20,7 @@ import grpc
 import grpc.aio
 
 from forklane.controlplane.errors import AddressInUse
+from forklane.controlplane.auth import Grant, subscription_refused
 from forklane.controlplane.publisher import SnapshotPublisher
 from forklane.controlplane.push.registry import ProxyRegistry, StreamId
 from forklane.proxy.push_messages import (
@@ -36,7 +37,7 @@ __all__ = ["Authorize", "PushServer", "server_options"]
 
 log = logging.getLogger("forklane.controlplane.push")
 
-Authorize = Callable[[str | None], Awaitable[bool]]
+Authorize = Callable[[str | None], Awaitable[Grant | None]]
 
 def server_options(min_ping_interval: float, keepalive: float) -> tuple[tuple[str, Any], ...]:
     """Options of the push server.
@@ -156,12 +157,12 @@ class PushServer:
     async def _stream(self, request_iterator: object, context: grpc.aio.ServicerContext) -> None:
         token = _bearer(context.invocation_metadata())
         try:
-            allowed = await self._authorize(token)
-        except Exception:
-            log.exception("push: token check failed")
+            grant = await self._authorize(token)
+        except Exception as exc:
+            log.warning("push: token check failed: %s", exc)
             await context.abort(grpc.StatusCode.UNAVAILABLE, "cannot check the token now")
             return
-        if not allowed:
+        if grant is None:
             reason = (
                 "missing bearer token (metadata 'authorization: Bearer <token>')"
                 if token is None
@@ -181,6 +182,10 @@ class PushServer:
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT, "the first SubscribeRequest must carry 'node'"
             )
+            return
+        refused = subscription_refused(grant, node.service)
+        if refused is not None:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, refused)
             return
         stream = self._registry.connect(
             node.id, node.service, node.listeners, first.version_info or None,

@@ -21,6 +21,7 @@ import pytest
 
 from forklane.controlplane.publisher import SnapshotPublisher
 from forklane.controlplane.push.registry import ProxyRegistry
+from forklane.controlplane.auth import Grant
 from forklane.controlplane.push.server import PushServer
 from forklane.proxy.persist import SNAPSHOT_FILE, load_snapshot
 from forklane.proxy.push_messages import METHOD, SubscribeRequest, encode_request
@@ -74,8 +75,8 @@ async def until(predicate: Callable[[], bool], within: float = 5.0) -> None:
         await asyncio.sleep(0.005)
 
 
-async def _allow(token: str | None) -> bool:
-    return token == TOKEN
+async def _allow(token: str | None) -> Grant | None:
+    return Grant("test") if token == TOKEN else None
 
 
 @dataclass

@@ -85,6 +85,8 @@ class FakeKube:
         self.requests: list[tuple[str, str]] = []  # (method, path) of every request
         self._runner: web.AppRunner | None = None
         self._watchers: set[asyncio.Queue[Event | None]] = set()
+        self.watches_open = asyncio.Event()  # cleared: new watch requests wait (hold_watches)
+        self.watches_open.set()
         self.port = 0
 
     # -- life cycle -------------------------------------------------------------------------
@@ -293,6 +295,7 @@ class FakeKube:
 
     async def _watch(self, request: web.Request, rt: ResourceType,
                      namespace: str | None) -> web.StreamResponse:
+        await self.watches_open.wait()
         query = request.query
         selector = parse_label_selector(query.get("labelSelector", ""))
         fields = query.get("fieldSelector", "")
@@ -371,10 +374,20 @@ class FakeKube:
         for queue in self._watchers:
             queue.put_nowait(event)
 
-    def disconnect_watches(self) -> None:
-        """End every open watch stream (as an API server restart or a load balancer would)."""
+    def disconnect_watches(self, *, hold: bool = False) -> None:
+        """End every open watch stream (as an API server restart or a load balancer would);
+        with `hold`, new watch requests wait until `release_watches()`."""
+        if hold:
+            self.watches_open.clear()
         for queue in tuple(self._watchers):
             queue.put_nowait(None)
+
+    def release_watches(self) -> None:
+        self.watches_open.set()
+
+    @property
+    def open_watches(self) -> int:
+        return len(self._watchers)
 
     def _token_review(self, body: JSON) -> JSON:
         spec = body.get("spec") or {}
