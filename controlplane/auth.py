@@ -27,9 +27,9 @@ from forklane.controlplane.store.base import Store, TokenRecord
 
 __all__ = [
     "ANONYMOUS_ADMIN",
-    "Grant",
     "ROLES",
     "Authenticator",
+    "Grant",
     "Principal",
     "Role",
     "Verb",

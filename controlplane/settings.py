@@ -147,6 +147,45 @@ class Settings(BaseSettings):
         "forklane", description="audience a proxy's ServiceAccount token must carry"
     )
 
+    webhook_listen: str | None = Field(
+        None, description="HTTPS address of the injection webhook, host:port (unset: off)"
+    )
+    webhook_service: str = Field("forklane", description="the Service in front of the webhook")
+    webhook_config: str = Field(
+        "forklane", description="MutatingWebhookConfiguration whose caBundle we keep current"
+    )
+    webhook_secret: str = Field(
+        "forklane-webhook-tls", description="Secret (own namespace) holding generated certs"
+    )
+    webhook_cert_dir: Path | None = Field(
+        None, description="tls.crt/tls.key from here (cert-manager) instead of generating"
+    )
+    webhook_check_interval: float = Field(
+        3600.0, gt=0, le=86_400, description="seconds between certificate checks"
+    )
+    # --- the injected sidecar's defaults ---
+    sidecar_image: str = Field("forklane:0.1.0", description="image of the injected sidecar")
+    sidecar_image_pull_policy: str = "IfNotPresent"
+    sidecar_controlplane: str = Field(
+        "", description="address the sidecar dials (default WEBHOOK_SERVICE.NAMESPACE.svc:18000)"
+    )
+    sidecar_capture: str = Field("iptables", pattern="^(iptables|explicit)$")
+    sidecar_cpu_request: str = "50m"
+    sidecar_memory_request: str = "64Mi"
+    sidecar_cpu_limit: str = ""
+    sidecar_memory_limit: str = "128Mi"
+    sidecar_drain_seconds: int = Field(5, ge=0, le=600)
+
+    @field_validator("webhook_listen")
+    @classmethod
+    def _webhook_hostport(cls, v: str | None) -> str | None:
+        if v is not None:
+            parse_hostport(v)
+        return v
+
+    def sidecar_controlplane_address(self) -> str:
+        return self.sidecar_controlplane or f"{self.webhook_service}.{self.namespace}.svc:18000"
+
     def discovery_namespace_list(self) -> tuple[str, ...]:
         return tuple(n.strip() for n in self.discovery_namespaces.split(",") if n.strip())
 

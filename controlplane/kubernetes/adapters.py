@@ -11,13 +11,31 @@ import logging
 
 from forklane.controlplane.kubernetes.client import KubeClient, connect
 from forklane.controlplane.kubernetes.discovery import Discovery
+from forklane.controlplane.kubernetes.injection import SidecarTemplate
 from forklane.controlplane.kubernetes.tokens import TokenReviewer
+from forklane.controlplane.kubernetes.webhook import WebhookServer
 from forklane.controlplane.settings import Settings
 from forklane.controlplane.store.base import Store
 
-__all__ = ["KubeAdapters"]
+__all__ = ["KubeAdapters", "sidecar_template"]
 
 log = logging.getLogger("forklane.controlplane.kubernetes")
+
+
+def sidecar_template(settings: Settings) -> SidecarTemplate:
+    return SidecarTemplate(
+        image=settings.sidecar_image,
+        image_pull_policy=settings.sidecar_image_pull_policy,
+        controlplane=settings.sidecar_controlplane_address(),
+        controlplane_namespace=settings.namespace,
+        audience=settings.token_audience,
+        cpu_request=settings.sidecar_cpu_request,
+        memory_request=settings.sidecar_memory_request,
+        cpu_limit=settings.sidecar_cpu_limit,
+        memory_limit=settings.sidecar_memory_limit,
+        drain_seconds=settings.sidecar_drain_seconds,
+        capture=settings.sidecar_capture,
+    )
 
 
 class KubeAdapters:
@@ -27,6 +45,7 @@ class KubeAdapters:
         self.client: KubeClient | None = None
         self.discovery: Discovery | None = None
         self.reviewer: TokenReviewer | None = None
+        self.webhook: WebhookServer | None = None
 
     async def start(self) -> None:
         s = self.settings
@@ -35,9 +54,20 @@ class KubeAdapters:
         self.discovery = Discovery(self.client, self.store, cluster_domain=s.cluster_domain,
                                    namespaces=s.discovery_namespace_list())
         await self.discovery.start()
+        if s.webhook_listen is not None:
+            self.webhook = WebhookServer(
+                sidecar_template(s), listen=s.webhook_listen, kube=self.client,
+                namespace=s.namespace, service=s.webhook_service, secret_name=s.webhook_secret,
+                config_name=s.webhook_config, cluster_domain=s.cluster_domain,
+                cert_dir=s.webhook_cert_dir, check_interval=s.webhook_check_interval,
+            )
+            await self.webhook.start()
         log.info("kubernetes: discovery and ServiceAccount token checks on")
 
     async def aclose(self) -> None:
+        if self.webhook is not None:
+            await self.webhook.aclose()
+            self.webhook = None
         if self.discovery is not None:
             await self.discovery.aclose()
             self.discovery = None

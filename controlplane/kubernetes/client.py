@@ -81,14 +81,14 @@ class KubeClient:
 
     async def _request(self, method: str, path: str, query: Mapping[str, Any] | None = None,
                        body: Any = None, content_type: str = "application/json",
-                       timeout: float | None = 30.0) -> Any:
+                       request_timeout: float | None = 30.0) -> Any:
         params = [(k, v) for k, v in (query or {}).items() if v is not None]
         try:
             resp = await self._api.call_api(
                 path, method, query_params=params, body=body,
                 header_params={"Accept": "application/json", "Content-Type": content_type},
                 auth_settings=["BearerToken"], _preload_content=False,
-                _request_timeout=timeout,
+                _request_timeout=request_timeout,
             )
         except ApiException as exc:
             raise _error(exc) from exc
@@ -138,7 +138,8 @@ class KubeClient:
                     timeout_seconds: int = 300) -> AsyncIterator[JSON]:
         query = {"watch": "true", "resourceVersion": resource_version,
                  "allowWatchBookmarks": "true", "timeoutSeconds": str(timeout_seconds)}
-        resp = await self._request("GET", kind.path(), query, timeout=timeout_seconds + 30)
+        resp = await self._request("GET", kind.path(), query,
+                                   request_timeout=timeout_seconds + 30)
         try:
             while True:
                 try:

@@ -19,9 +19,9 @@ import grpc
 import grpc.aio
 import pytest
 
+from forklane.controlplane.auth import Grant
 from forklane.controlplane.publisher import SnapshotPublisher
 from forklane.controlplane.push.registry import ProxyRegistry
-from forklane.controlplane.auth import Grant
 from forklane.controlplane.push.server import PushServer
 from forklane.proxy.persist import SNAPSHOT_FILE, load_snapshot
 from forklane.proxy.push_messages import METHOD, SubscribeRequest, encode_request
