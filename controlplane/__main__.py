@@ -18,6 +18,7 @@ import errno
 import logging
 import signal
 import sys
+from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
@@ -56,7 +57,37 @@ def _parser() -> argparse.ArgumentParser:
         metavars={"listen": "HOST:PORT", "grpc": "HOST:PORT", "store": "URL",
                   "data_dir": "DIR", "carriers": "KIND:NAME,…"},
     )  # fmt: skip
+    inject = sub.add_parser(
+        "inject", help="add the sidecar to manifests offline (like the webhook), print them")
+    inject.add_argument("-f", "--filename", required=True, metavar="FILE",
+                        help="multi-document YAML; '-' reads standard input")
+    inject.add_argument("-n", "--namespace", dest="default_namespace",
+                        help="namespace of documents that name none (default: default)")
+    inject.add_argument("--image", dest="sidecar_image", help="sidecar image")
+    inject.add_argument("--controlplane", dest="sidecar_controlplane", metavar="HOST:PORT",
+                        help="control-plane address the sidecar dials")
+    inject.add_argument("--capture", dest="sidecar_capture", choices=["iptables", "explicit"],
+                        help="default traffic capture (pods may override by annotation)")
     return parser
+
+
+def _inject(args: argparse.Namespace, settings: Settings) -> int:
+    from forklane.controlplane.kubernetes.adapters import sidecar_template
+    from forklane.controlplane.kubernetes.manifests import ManifestError, inject_manifests
+
+    try:
+        text = sys.stdin.read() if args.filename == "-" else Path(args.filename).read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        print(f"forklane inject: cannot read {args.filename}: {exc}", file=sys.stderr)
+        return 2
+    try:
+        out = inject_manifests(text, sidecar_template(settings),
+                               namespace=args.default_namespace or "default", source=args.filename)
+    except ManifestError as exc:
+        print(f"forklane inject: {exc}", file=sys.stderr)
+        return 6
+    sys.stdout.write(out)
+    return 0
 
 
 async def _serve(settings: Settings) -> int:
@@ -107,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
             where = ".".join(str(p) for p in err["loc"]) or "settings"
             print(f"forklane controlplane: {where}: {err['msg']}", file=sys.stderr)
         return 2
+    if args.command == "inject":
+        return _inject(args, settings)
     route_native_logs()  # gRPC's C-core lines go through the same log format
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     if not settings.auth:

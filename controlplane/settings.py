@@ -136,7 +136,7 @@ class Settings(BaseSettings):
     kubeconfig: Path | None = Field(
         None, description="kubeconfig file; unset: the pod's in-cluster ServiceAccount"
     )
-    namespace: str = Field("default", description="the control plane's own namespace")
+    namespace: str = Field("forklane", description="the control plane's own namespace")
     cluster_domain: str = Field("cluster.local", description="the cluster's DNS domain")
     discovery_namespaces: str = Field(
         "",

@@ -190,6 +190,13 @@ def controlplane_cmd(ctx: typer.Context) -> None:
     exec_component("controlplane", list(ctx.args))
 
 
+@app.command("inject", context_settings=_PASSTHROUGH, add_help_option=False)
+def inject_cmd(ctx: typer.Context) -> None:
+    """Add the sidecar to manifests offline, like the webhook: `forklane inject -f app.yaml`
+    (Deployments, StatefulSets, DaemonSets, Jobs, CronJobs, Pods; `-f -` reads stdin)."""
+    _exec_module("forklane.controlplane", ["inject", *ctx.args])
+
+
 @app.command("demo")
 def demo(
     requests: Annotated[

@@ -62,13 +62,18 @@ def _pem(cert: x509.Certificate) -> str:
 
 def _new_ca(now: dt.datetime, days: int) -> tuple[str, str]:
     key = _key()
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "forklane webhook CA")])
+    # a distinct subject per CA, so a verifier holding the old and the new CA (the bundle
+    # during a rotation) never tries the wrong one
+    label = f"forklane webhook CA {now.strftime('%Y%m%dT%H%M%S')}"
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, label)])
     cert = (
         x509.CertificateBuilder().subject_name(name).issuer_name(name)
         .public_key(key.public_key()).serial_number(x509.random_serial_number())
         .not_valid_before(now - dt.timedelta(minutes=5))
         .not_valid_after(now + dt.timedelta(days=days))
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
+                       critical=False)
         .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
                                      content_commitment=False, key_encipherment=False,
                                      data_encipherment=False, key_agreement=False,
@@ -95,6 +100,8 @@ def _new_serving(ca_crt: str, ca_key: str, names: list[str], now: dt.datetime,
                        critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(signer.public_key()),
+                       critical=False)
         .sign(signer, hashes.SHA256())
     )
     return _pem(cert), _pem_key(key)
