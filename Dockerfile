@@ -1,20 +1,37 @@
-# One image for every forklane component:
-#   control plane:  forklane controlplane serve --listen 0.0.0.0:8080 --grpc 0.0.0.0:18000
-#   sidecar proxy:  forklane proxy run --controlplane forklane:18000 --service NAME --local-app 127.0.0.1:PORT
-# (`python -m forklane.proxy run ...` starts the sidecar without loading the CLI framework.)
-FROM python:3.11-slim
+# One image for every forklane component (numeric non-root UID 1337, the UID traffic capture
+# exempts):
+#   control plane:   forklane controlplane serve            (the chart runs this)
+#   sidecar proxy:   python -P -m forklane.proxy run ...    (injected; skips the CLI framework)
+#   capture init:    forklane proxy capture ...             (injected; runs as root, NET_ADMIN)
+#
+# Build stage: a virtual environment with forklane and its pinned dependencies. Final stage:
+# the same slim base, the virtual environment, iptables for the capture init, nothing else
+# (no compiler, no pip cache, no build files).
+ARG PYTHON_IMAGE=python:3.11.11-slim-bookworm
 
-ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_DISABLE_PIP_VERSION_CHECK=1
-WORKDIR /opt/forklane
+FROM ${PYTHON_IMAGE} AS build
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PYTHONDONTWRITEBYTECODE=1
+WORKDIR /src
 COPY pyproject.toml setup.py constraints.txt README.md ./
 COPY proxy ./proxy
 COPY controlplane ./controlplane
 COPY sdk ./sdk
-RUN pip install --no-cache-dir -c constraints.txt ".[all]" \
-    && useradd --system --uid 10001 --no-create-home forklane \
-    && mkdir -p /var/lib/forklane && chown forklane /var/lib/forklane
-USER 10001
-ENV FORKLANE_DATA_DIR=/var/lib/forklane
-EXPOSE 8080 18000 15000 15001 15006
+RUN python -m venv /opt/forklane \
+    && /opt/forklane/bin/pip install -c constraints.txt ".[all]" \
+    && /opt/forklane/bin/python -m compileall -q /opt/forklane/lib
+
+FROM ${PYTHON_IMAGE}
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends iptables \
+    && rm -rf /var/lib/apt/lists/* \
+    && groupadd --system --gid 1337 forklane \
+    && useradd --system --uid 1337 --gid 1337 --no-create-home --shell /usr/sbin/nologin forklane \
+    && mkdir -p /var/lib/forklane && chown 1337:1337 /var/lib/forklane
+COPY --from=build /opt/forklane /opt/forklane
+ENV PATH=/opt/forklane/bin:$PATH PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \
+    FORKLANE_DATA_DIR=/var/lib/forklane
+WORKDIR /var/lib/forklane
+USER 1337:1337
+EXPOSE 8080 18000 9443 15000 15001 15006
 ENTRYPOINT ["forklane"]
 CMD ["--help"]

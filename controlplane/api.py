@@ -89,7 +89,7 @@ class ApiContext:
 
 CTX = web.AppKey("ctx", ApiContext)
 PRINCIPAL = web.RequestKey("principal", Principal)
-_PUBLIC = frozenset({"/healthz", "/readyz", "/version", "/api/v1/openapi.json"})
+_PUBLIC = frozenset({"/healthz", "/readyz", "/version", "/metrics", "/api/v1/openapi.json"})
 
 
 def _respond(body: Any, status: int = 200, headers: Any = None) -> web.Response:
@@ -629,12 +629,39 @@ async def readyz(request: web.Request) -> web.Response:
     return _respond({"status": "ready"})
 
 
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text format: what a ServiceMonitor scrapes (no secrets, so no auth)."""
+    ctx = request.app[CTX]
+    proxies = ctx.proxies.list()
+    latest = ctx.publisher.latest
+    version = int(latest.version) if latest is not None and latest.version.isdigit() else 0
+    behind = sum(1 for p in proxies if p.acked_version != (latest.version if latest else None))
+    lines = [
+        "# HELP forklane_controlplane_proxies Proxies connected to this replica.",
+        "# TYPE forklane_controlplane_proxies gauge",
+        f"forklane_controlplane_proxies {len(proxies)}",
+        "# HELP forklane_controlplane_proxies_behind Connected proxies not running the latest"
+        " snapshot.",
+        "# TYPE forklane_controlplane_proxies_behind gauge",
+        f"forklane_controlplane_proxies_behind {behind}",
+        "# HELP forklane_controlplane_snapshot_version Version of the latest published snapshot.",
+        "# TYPE forklane_controlplane_snapshot_version gauge",
+        f"forklane_controlplane_snapshot_version {version}",
+        "# HELP forklane_controlplane_services Baseline services in the latest snapshot.",
+        "# TYPE forklane_controlplane_services gauge",
+        f"forklane_controlplane_services {len(latest.services) if latest else 0}",
+    ]
+    return web.Response(text="\n".join(lines) + "\n", content_type="text/plain",
+                        charset="utf-8")
+
+
 def build_app(ctx: ApiContext) -> web.Application:
     app = web.Application(middlewares=[_errors_and_auth], client_max_size=MAX_BODY)
     app[CTX] = ctx
     kinds = "|".join(KINDS)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
     app.router.add_get("/api/v1/openapi.json", get_openapi)
     app.router.add_get("/api/v1/proxies", list_proxies)
     app.router.add_get("/version", get_version)

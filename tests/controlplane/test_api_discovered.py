@@ -63,3 +63,12 @@ async def test_hand_made_service_still_needs_an_endpoint_and_may_hold_dots(api: 
     assert (await api.call("POST", "/api/v1/sandboxes", json_body=sandbox))[0] == 201
     bad = {"metadata": {"name": "a.b"}, "spec": {"forks": sandbox["spec"]["forks"]}}
     assert (await api.call("POST", "/api/v1/sandboxes", json_body=bad))[0] == 422
+
+
+async def test_metrics_for_a_service_monitor(api: Api) -> None:
+    await _discovered(api)
+    async with api.session.get(api.base + "/metrics") as resp:  # no token: scrapeable
+        assert resp.status == 200
+        text = await resp.text()
+    assert "forklane_controlplane_proxies 0" in text
+    assert "# TYPE forklane_controlplane_snapshot_version gauge" in text
