@@ -144,7 +144,30 @@ def _sandbox_key(sb: wire.Sandbox) -> str | None:
     return sb.status.routing_key if sb.status else None
 
 
-def compile_snapshot(inputs: Inputs, carriers: tuple[schema.Carrier, ...] | None = None) -> Compiled:
+ServiceCache = dict[int, tuple[wire.ServiceResource, schema.Service]]
+
+
+def _service(res: wire.ServiceResource, cache: ServiceCache | None) -> schema.Service:
+    """`service_to_schema`, memoised on the resource object (models are immutable once read,
+    and the reconciler hands the same object back while its resourceVersion is unchanged), so
+    a change of one discovered service among thousands validates one, not all."""
+    if cache is None:
+        return service_to_schema(res.metadata.name, res.spec)
+    hit = cache.get(id(res))
+    if hit is not None and hit[0] is res:
+        return hit[1]
+    svc = service_to_schema(res.metadata.name, res.spec)
+    cache[id(res)] = (res, svc)
+    return svc
+
+
+def compile_snapshot(
+    inputs: Inputs,
+    carriers: tuple[schema.Carrier, ...] | None = None,
+    service_cache: ServiceCache | None = None,
+) -> Compiled:
+    """`service_cache` (optional, owned by the caller) memoises per-service validation; the
+    caller drops entries of resources it no longer holds."""
     problems: dict[tuple[str, str], str] = {}
     keys: dict[tuple[str, str], str] = {}
 
@@ -155,7 +178,7 @@ def compile_snapshot(inputs: Inputs, carriers: tuple[schema.Carrier, ...] | None
     for res in sorted(inputs.services, key=lambda r: r.metadata.name):
         name = res.metadata.name
         try:
-            svc = service_to_schema(name, res.spec)
+            svc = _service(res, service_cache)
         except ValidationError as exc:
             problems[("services", name)] = _reason(exc)
             continue

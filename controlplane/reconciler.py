@@ -18,6 +18,8 @@ Invariants:
 - a pass runs promptly after any write (the store's change listener wakes it, including
   writes made by other replicas through PostgreSQL LISTEN/NOTIFY) and at least every
   `interval` seconds; wake-ups that arrive during a pass are coalesced into one more pass;
+  after a pass that took more than 20 ms, the next one waits as long as that pass took (at
+  most 100 ms), so bursts of writes on a large store cost a few passes, not one per write;
 - our own status writes are counted: a revision bump made only by them never causes a
   re-read or a re-compile (every store write bumps the revision by exactly one);
 - a snapshot is published only when its routing content differs from the last published
@@ -45,7 +47,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from forklane.controlplane import wire
-from forklane.controlplane.compiler import Compiled, Inputs, compile_snapshot
+from forklane.controlplane.compiler import Compiled, Inputs, ServiceCache, compile_snapshot
 from forklane.controlplane.publisher import SnapshotPublisher
 from forklane.controlplane.resources import Resource, to_wire
 from forklane.controlplane.store.base import (
@@ -63,6 +65,8 @@ __all__ = ["AckView", "Clock", "Probe", "Reconciler", "tcp_probe", "utcnow"]
 log = logging.getLogger("forklane.controlplane.reconciler")
 
 Clock = Callable[[], datetime]
+_SETTLE_FROM = 0.02  # a pass longer than this (s) lets the next wake-up gather writes ...
+_SETTLE_MAX = 0.1  # ... for as long as the pass took, at most this long
 Probe = Callable[[str, float], Awaitable[str | None]]
 SYSTEM = "system:reconciler"
 
@@ -195,6 +199,7 @@ class Reconciler:
         self._probed: dict[str, _Probed] = {}
         self._judged: dict[Key, tuple[Any, ...]] = {}  # status inputs last judged
         self._awaiting_ack: int | None = None  # lowest version a non-Routed sandbox waits on
+        self._service_cache: ServiceCache = {}  # per-service validation, kept across passes
 
     # -- life cycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -243,9 +248,17 @@ class Reconciler:
         return self._passes
 
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        took = 0.0
         while True:
+            if took > _SETTLE_FROM:
+                # a costly pass (thousands of services): let a burst of writes (discovery's
+                # initial sync, a rollout) gather for a moment, so one pass compiles them all
+                # instead of one pass per write; a cheap pass never waits
+                await asyncio.sleep(min(took, _SETTLE_MAX))
             self._wake.clear()
             delay = self._interval
+            started = loop.time()
             try:
                 delay = await self._pass(inline_probes=False)
             except StoreError as exc:
@@ -254,6 +267,7 @@ class Reconciler:
             except Exception:
                 log.exception("reconcile pass failed")
                 delay = min(self._interval, 1.0)
+            took = loop.time() - started
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(delay):
                     await self._wake.wait()
@@ -338,7 +352,11 @@ class Reconciler:
                 splits=by_kind["splits"],
             ),
             self._carriers,
+            self._service_cache,
         )
+        live = {id(m) for m in by_kind["services"]}
+        for gone in self._service_cache.keys() - live:
+            del self._service_cache[gone]
         self._compiled = compiled
         content = compiled.snapshot.model_dump(mode="json", exclude={"version"})
         if content != self._published_content:

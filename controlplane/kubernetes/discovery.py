@@ -48,7 +48,14 @@ from forklane.controlplane.kubernetes.identity import (
     discovered_spec,
     service_name,
 )
-from forklane.controlplane.store.base import AlreadyExists, Conflict, NotFound, Store, StoreError
+from forklane.controlplane.store.base import (
+    AlreadyExists,
+    Conflict,
+    NotFound,
+    Record,
+    Store,
+    StoreError,
+)
 
 __all__ = ["OPT_IN_LABELS", "Discovery"]
 
@@ -57,6 +64,7 @@ log = logging.getLogger("forklane.controlplane.discovery")
 JSON = dict[str, Any]
 OPT_IN_LABELS = (("forklane.io/inject", "enabled"), ("forklane.io/discovery", "enabled"))
 CREATED_BY = "system:discovery"
+_PREFETCH_FROM = 20  # a write pass over more services than this reads them all at once
 
 
 @dataclass
@@ -241,21 +249,27 @@ class Discovery:
             self._stored_keys = stored
             self._dirty |= stored | self._service_keys()
         dirty, self._dirty = self._dirty, set()
+        known: dict[str, Record | None] | None = None
+        if len(dirty) > _PREFETCH_FROM:  # one read instead of a read per service
+            known = {r.name: r for r in (await self._store.list("services")).items}
         for key in sorted(dirty):
             try:
-                await self._write(key)
+                await self._write(key, known)
             except Conflict:
                 self._dirty.add(key)  # someone wrote between our read and write: again
                 self._wake.set()
         self.synced.set()
 
-    async def _write(self, key: ServiceKey) -> None:
+    async def _write(self, key: ServiceKey, known: dict[str, Record | None] | None) -> None:
         name = service_name(key)
         spec = self.desired(key)
-        try:
-            current = await self._store.get("services", name)
-        except NotFound:
-            current = None
+        if known is not None:
+            current = known.get(name)
+        else:
+            try:
+                current = await self._store.get("services", name)
+            except NotFound:
+                current = None
         if current is not None and not isinstance(current.spec.get("discovered"), dict):
             if spec is not None and name not in self._skipped:
                 self._skipped.add(name)
