@@ -354,9 +354,9 @@ class Reconciler:
             self._carriers,
             self._service_cache,
         )
-        live = {id(m) for m in by_kind["services"]}
-        for gone in self._service_cache.keys() - live:
-            del self._service_cache[gone]
+        held = {id(m) for m in by_kind["services"]}
+        for stale in self._service_cache.keys() - held:
+            del self._service_cache[stale]
         self._compiled = compiled
         content = compiled.snapshot.model_dump(mode="json", exclude={"version"})
         if content != self._published_content:
