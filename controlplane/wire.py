@@ -330,6 +330,14 @@ class ServiceResource(_Model):
     spec: ServiceSpec
     status: ServiceStatus | None = None
 
+    @field_validator("metadata", mode="before")
+    @classmethod
+    def _plain_metadata(cls, v: Any) -> Any:
+        """A `Metadata` (what every other kind takes) is accepted and checked as a service's."""
+        if isinstance(v, Metadata) and not isinstance(v, ServiceMetadata):
+            return v.model_dump(by_alias=True, exclude_none=True)
+        return v
+
 
 # --- lists, proxies, errors ------------------------------------------------------------------
 

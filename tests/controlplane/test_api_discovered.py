@@ -72,3 +72,16 @@ async def test_metrics_for_a_service_monitor(api: Api) -> None:
         text = await resp.text()
     assert "forklane_controlplane_proxies 0" in text
     assert "# TYPE forklane_controlplane_snapshot_version gauge" in text
+
+
+def test_service_resource_takes_plain_metadata_and_checks_the_service_name() -> None:
+    import pytest
+    from pydantic import ValidationError
+
+    from forklane.controlplane import wire
+
+    made = wire.ServiceResource(metadata=wire.Metadata(name="web"),
+                                spec=wire.ServiceSpec(endpoints=["127.0.0.1:9"]))
+    assert made.metadata.name == "web"
+    with pytest.raises(ValidationError):
+        wire.ServiceResource(metadata={"name": "Bad_Name"}, spec=made.spec)
