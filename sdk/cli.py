@@ -194,7 +194,7 @@ def controlplane_cmd(ctx: typer.Context) -> None:
 def inject_cmd(ctx: typer.Context) -> None:
     """Add the sidecar to manifests offline, like the webhook: `forklane inject -f app.yaml`
     (Deployments, StatefulSets, DaemonSets, Jobs, CronJobs, Pods; `-f -` reads stdin)."""
-    _exec_module("forklane.controlplane", ["inject", *ctx.args])
+    exec_component("controlplane", ["inject", *ctx.args])
 
 
 @app.command("demo")

@@ -19,8 +19,8 @@ from typing import Any
 import grpc
 import grpc.aio
 
-from forklane.controlplane.errors import AddressInUse
 from forklane.controlplane.auth import Grant, subscription_refused
+from forklane.controlplane.errors import AddressInUse
 from forklane.controlplane.publisher import SnapshotPublisher
 from forklane.controlplane.push.registry import ProxyRegistry, StreamId
 from forklane.proxy.push_messages import (
