@@ -44,7 +44,7 @@ from tests.support.processes import ROOT, Proc, wait_for_line
 
 pytestmark = pytest.mark.slow
 
-NSCLIENT = str(ROOT / "tests" / "support" / "nsclient.py")
+NSCLIENT_SOURCE = ROOT / "tests" / "support" / "nsclient.py"
 ROUTING: dict[str, Any] = {
     "version": "capture-netns",
     "services": [{
@@ -82,6 +82,10 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         pytest.skip(reason)
     files = Path(tempfile.mkdtemp(prefix="forklane-capture-"))
     files.chmod(0o755)
+    # The app's clients run as another user, who may not be able to read the checkout (a
+    # clone under a private directory): they run their own copy of the client script.
+    shutil.copy(NSCLIENT_SOURCE, files / "nsclient.py")
+    (files / "nsclient.py").chmod(0o644)
     logs = tmp_path_factory.mktemp("netns-logs")
     cert, key = files / "cert.pem", files / "key.pem"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
@@ -113,8 +117,13 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
 
 # -- the capture command and the sidecar ------------------------------------------------------
 
-def capture(ns: Netns, *args: str, user: int | None = None) -> subprocess.CompletedProcess[str]:
-    return ns.run(sys.executable, "-m", "forklane.proxy", "capture", *args, user=user)
+def capture(ns: Netns, *args: str, privileged: bool = True) -> subprocess.CompletedProcess[str]:
+    """`forklane proxy capture` in `ns`; unprivileged: as root without NET_ADMIN and NET_RAW
+    (dropped from the bounding set), which is what a container without them gets, and works
+    wherever the checkout lives (another user might not be allowed to read it)."""
+    drop = [] if privileged else ["setpriv", "--bounding-set=-net_admin,-net_raw",
+                                  "--inh-caps=-net_admin,-net_raw"]
+    return ns.run(*drop, sys.executable, "-m", "forklane.proxy", "capture", *args)
 
 
 @dataclass
@@ -240,7 +249,7 @@ def test_auto_detection_uses_legacy_where_legacy_rules_exist(scratch: Netns, lab
 
 
 def test_capture_errors_are_one_clear_line(scratch: Netns) -> None:
-    denied = capture(scratch, user=APP_UID)
+    denied = capture(scratch, privileged=False)
     assert denied.returncode == 1
     assert "permission denied" in denied.stderr and "NET_ADMIN" in denied.stderr
     assert "Traceback" not in denied.stderr
@@ -250,7 +259,7 @@ def test_capture_errors_are_one_clear_line(scratch: Netns) -> None:
     assert "no iptables binary found on PATH" in missing.stderr
     bad = capture(scratch, "--inbound-ports", "8080,http")
     assert bad.returncode == 2 and "--inbound-ports: 'http'" in bad.stderr
-    dry = capture(scratch, "--dry-run", "--proxy-uid", "1337", user=APP_UID)  # no root needed
+    dry = capture(scratch, "--dry-run", "--proxy-uid", "1337", privileged=False)  # no NET_ADMIN
     assert dry.returncode == 0
     assert "iptables -t nat -A FORKLANE_OUTPUT -m owner --uid-owner 1337 -j RETURN" in dry.stdout
     assert "FORKLANE" not in scratch.run("iptables-nft-save", "-t", "nat").stdout
@@ -304,12 +313,12 @@ def test_everything_else_passes_through_untouched(lab: Lab, sidecar_factory: Any
                    "--resolve", f"secure.test:8443:{UP_V4}", "https://secure.test:8443/")
     assert tls["server"] == "secure" and tls["peer"] == POD_V4
     # a server-first protocol on a port that is not opaque: after the detection timeout
-    banner = json.loads(lab.pod.run(CLIENT_PY, NSCLIENT, "banner", UP_V4, "2525",
+    banner = json.loads(lab.pod.run(CLIENT_PY, str(lab.files / "nsclient.py"), "banner", UP_V4, "2525",
                                     user=APP_UID, check=True).stdout)
     assert banner["banner"] == "220 banner\r\n" and banner["reply"] == "250 HELO forklane\r\n"
     assert banner["waited"] >= DETECT_TIMEOUT * 0.8
     # bytes both ways with a half-close in the middle
-    echo = json.loads(lab.pod.run(CLIENT_PY, NSCLIENT, "echo", UP_V4, "7000", str(2 << 20),
+    echo = json.loads(lab.pod.run(CLIENT_PY, str(lab.files / "nsclient.py"), "echo", UP_V4, "7000", str(2 << 20),
                                   user=APP_UID, check=True).stdout)
     assert echo["intact"] and echo["digest_ok"]
     m = car.metrics()
@@ -333,7 +342,7 @@ def test_inbound_traffic_reaches_the_app_through_the_sidecar(lab: Lab,
     assert "via: 1.1 forklane" in lines and f"x-forwarded-for: {UP_V4}" in lines
     # another port of the pod: to the app on that port, untouched, HTTP or not
     for kind in ("http", "bytes"):
-        echo = json.loads(lab.up.run(CLIENT_PY, NSCLIENT, "echo", POD_V4, "9090", "300000",
+        echo = json.loads(lab.up.run(CLIENT_PY, str(lab.files / "nsclient.py"), "echo", POD_V4, "9090", "300000",
                                      kind, check=True).stdout)
         assert echo["intact"] and echo["digest_ok"]
     # the sidecar's own port is not captured: a direct connection, the listener as without
