@@ -52,6 +52,7 @@ from forklane.controlplane.openapi import OPENAPI
 from forklane.controlplane.publisher import SnapshotPublisher
 from forklane.controlplane.reconciler import Clock, Probe, tcp_probe, utcnow
 from forklane.controlplane.resources import KINDS, ResourceKind, to_wire
+from forklane.controlplane.routes import GroupMembers, list_or_watch_routes
 from forklane.controlplane.selector import parse_selector
 from forklane.controlplane.store.base import AuditEntry, Record, Store, StoreError
 from forklane.controlplane.watch import serve_watch
@@ -85,6 +86,8 @@ class ApiContext:
     bookmark_interval: float = 15.0
     replica: str = ""
     closing: asyncio.Event = field(default_factory=asyncio.Event)
+    # route group -> member sandboxes, as last compiled (the routes view names the member)
+    group_members: GroupMembers = dict
 
 
 CTX = web.AppKey("ctx", ApiContext)
@@ -610,6 +613,20 @@ async def get_snapshot(request: web.Request) -> web.Response:
     return _respond(latest.model_dump(mode="json"))
 
 
+async def list_routes(request: web.Request) -> web.StreamResponse:
+    """The routes view (see `controlplane.routes`): readable with a `consumer` token."""
+    _check(request, "list", "routes")
+    ctx = request.app[CTX]
+    try:
+        selector = parse_selector(request.query.get("labelSelector", ""))
+    except ValueError as exc:
+        raise ApiError(400, f"labelSelector: {exc}") from exc
+    return await list_or_watch_routes(
+        request, publisher=ctx.publisher, groups=ctx.group_members, selector=selector,
+        bookmark_interval=ctx.bookmark_interval, closing=ctx.closing,
+    )
+
+
 async def get_openapi(request: web.Request) -> web.Response:
     return _respond(OPENAPI)
 
@@ -671,6 +688,7 @@ def build_app(ctx: ApiContext) -> web.Application:
     app.router.add_delete("/api/v1/tokens/{token_id}", revoke_token)
     app.router.add_get("/api/v1/audit", list_audit)
     app.router.add_get("/api/v1/snapshot", get_snapshot)
+    app.router.add_get("/api/v1/routes", list_routes)
     app.router.add_get(f"/api/v1/{{plural:{kinds}}}", list_resources)
     app.router.add_post(f"/api/v1/{{plural:{kinds}}}", create_resource)
     app.router.add_get(f"/api/v1/{{plural:{kinds}}}/{{name}}", get_resource)

@@ -8,7 +8,9 @@ Roles:
 - `admin`: everything, including tokens and the audit log;
 - `developer`: reads services, splits, route groups and proxies; creates sandboxes and route
   groups and sees or changes only those it created;
-- `proxy`: subscribes to snapshots (and may read `/api/v1/snapshot`); no REST writes.
+- `proxy`: subscribes to snapshots (and may read `/api/v1/snapshot`); no REST writes;
+- `consumer`: reads the routes view (`/api/v1/routes`: which keys fork which service) and
+  nothing else: what a queue or stream consumer needs, without the endpoints a snapshot holds.
 
 `authorize()` is pure: it takes the principal, the verb and the resource owner and answers
 None (allowed) or the reason for a 403.
@@ -38,9 +40,9 @@ __all__ = [
     "subscription_refused",
 ]
 
-Role = Literal["admin", "developer", "proxy"]
+Role = Literal["admin", "developer", "proxy", "consumer"]
 Verb = Literal["get", "list", "create", "update", "delete"]
-ROLES: tuple[Role, ...] = ("admin", "developer", "proxy")
+ROLES: tuple[Role, ...] = ("admin", "developer", "proxy", "consumer")
 _PREFIX = "flk"
 
 
@@ -88,7 +90,7 @@ class Authenticator:
 
 
 _OWNED = frozenset({"sandboxes", "routegroups"})
-_READABLE_BY_DEVELOPERS = frozenset({"services", "splits", "routegroups", "proxies"})
+_READABLE_BY_DEVELOPERS = frozenset({"services", "splits", "routegroups", "proxies", "routes"})
 
 
 def authorize(principal: Principal, verb: Verb, resource: str, owner: str | None = None) -> str | None:
@@ -99,6 +101,10 @@ def authorize(principal: Principal, verb: Verb, resource: str, owner: str | None
         if verb == "get" and resource == "snapshot":
             return None
         return "proxy tokens may only subscribe to snapshots"
+    if principal.role == "consumer":
+        if verb in ("get", "list") and resource == "routes":
+            return None
+        return "consumer tokens may only read the routes view (GET /api/v1/routes)"
     # developer
     if resource in _OWNED:
         if verb in ("create", "list"):

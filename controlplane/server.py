@@ -120,6 +120,10 @@ class ControlPlane:
                 return Grant(account.username, namespace=account.namespace)
         return None
 
+    def _group_members(self) -> dict[str, tuple[str, ...]]:
+        compiled = self.reconciler.compiled
+        return {} if compiled is None else dict(compiled.group_members)
+
     async def _bootstrap_admin(self, now: datetime) -> None:
         """First start without FORKLANE_ADMIN_TOKEN: make one admin token, print it once."""
         if self.settings.admin_token is not None or await self.store.count_tokens("admin"):
@@ -150,7 +154,7 @@ class ControlPlane:
                     default_ttl_seconds=self.settings.default_ttl_seconds(),
                     probe=self._probe, probe_timeout=self.settings.probe_timeout,
                     bookmark_interval=self.settings.watch_bookmark_interval,
-                    replica=self.settings.replica,
+                    replica=self.settings.replica, group_members=self._group_members,
                 )
             )
             self._runner = web.AppRunner(app, access_log=None, handle_signals=False)

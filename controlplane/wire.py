@@ -44,9 +44,14 @@ __all__ = [
     "ProxyInfo",
     "ProxyList",
     "ResourceList",
+    "Route",
+    "RouteCarrier",
     "RouteGroup",
     "RouteGroupSpec",
     "RouteGroupStatus",
+    "RouteList",
+    "RouteMetadata",
+    "RouteSpec",
     "Sandbox",
     "SandboxSpec",
     "SandboxStatus",
@@ -415,7 +420,7 @@ class TokenRequest(_Model):
     """Ask for a new bearer token for `subject` with `role`."""
 
     subject: str = Field(min_length=1, max_length=253, pattern=r"^[A-Za-z0-9@._:\-]+$")
-    role: Literal["admin", "developer", "proxy"]
+    role: Literal["admin", "developer", "proxy", "consumer"]
 
 
 class TokenInfo(_Model):
@@ -423,7 +428,7 @@ class TokenInfo(_Model):
 
     id: str
     subject: str
-    role: Literal["admin", "developer", "proxy"]
+    role: Literal["admin", "developer", "proxy", "consumer"]
     created_at: datetime = Field(alias="createdAt")
     created_by: str = Field(alias="createdBy")
 
@@ -440,7 +445,7 @@ class Identity(_Model):
     api_version: Literal["forklane.dev/v1"] = Field(API_VERSION, alias="apiVersion")
     kind: Literal["Identity"] = "Identity"
     subject: str
-    role: Literal["admin", "developer", "proxy"]
+    role: Literal["admin", "developer", "proxy", "consumer"]
 
 
 class VersionInfo(_Model):
@@ -481,7 +486,7 @@ class TokenResponse(_Model):
     kind: Literal["Token"] = "Token"
     id: str
     subject: str
-    role: Literal["admin", "developer", "proxy"]
+    role: Literal["admin", "developer", "proxy", "consumer"]
     token: str
 
 
@@ -501,3 +506,46 @@ class AuditList(_Model):
     kind: Literal["AuditList"] = "AuditList"
     items: list[AuditRecord]
     continue_: str | None = Field(None, alias="continue")
+
+
+# --- the routes view (read-only; what message consumers ask) ---------------------------------
+
+
+class RouteSpec(_Model):
+    """Messages with `routingKey` for `service` belong to the consumer of `sandbox`'s fork."""
+
+    service: str
+    routing_key: str = Field(alias="routingKey")
+    sandbox: str = Field(description="the sandbox whose fork of the service takes the key")
+    route_group: str | None = Field(
+        None, alias="routeGroup", description="set when the key is a route group's"
+    )
+
+
+class RouteMetadata(_Model):
+    name: str
+    labels: dict[str, str] = Field(default_factory=dict)
+    resource_version: str | None = Field(None, alias="resourceVersion")
+
+
+class Route(_Model):
+    api_version: Literal["forklane.dev/v1"] = Field(API_VERSION, alias="apiVersion")
+    kind: Literal["Route"] = "Route"
+    metadata: RouteMetadata
+    spec: RouteSpec
+
+
+class RouteCarrier(_Model):
+    kind: Literal["header", "baggage", "tracestate"]
+    name: str
+
+
+class RouteList(_Model):
+    """`GET /api/v1/routes`: every (service, key) fork of the published snapshot, and the
+    carriers the proxies read, in priority order."""
+
+    api_version: Literal["forklane.dev/v1"] = Field(API_VERSION, alias="apiVersion")
+    kind: Literal["RouteList"] = "RouteList"
+    metadata: ListMeta
+    carriers: list[RouteCarrier]
+    items: list[Route]

@@ -365,13 +365,13 @@ TOKEN_COLUMNS = (
 @token_app.command("create")
 def token_create(
     ctx: typer.Context,
-    role: Annotated[str, typer.Option("--role", metavar="proxy|developer|admin")],
+    role: Annotated[str, typer.Option("--role", metavar="proxy|consumer|developer|admin")],
     subject: Annotated[str, typer.Option("--subject", metavar="NAME", help="who uses it")],
     output: OutputOpt = Format.table,
 ) -> None:
     """Create a token; the secret is printed once (the control plane keeps a hash)."""
-    if role not in ("proxy", "developer", "admin"):
-        raise UsageProblem(f"--role {role!r}: one of proxy, developer, admin")
+    if role not in ("proxy", "consumer", "developer", "admin"):
+        raise UsageProblem(f"--role {role!r}: one of proxy, consumer, developer, admin")
     with open_client(ctx) as client:
         doc = client.call("POST", "/api/v1/tokens", {"subject": subject, "role": role})
     doc = {"apiVersion": API_VERSION, **doc}

@@ -17,6 +17,9 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "cli": ("typer", "rich", "jsonpath_ng"),
     "proxy": ("httptools", "grpc", "pydantic_settings", "prometheus_client"),
     "controlplane": ("aiohttp", "grpc", "pydantic_settings", "aiosqlite", "asyncpg"),
+    "nats": ("nats",),
+    "rabbitmq": ("aio_pika",),
+    "kafka": ("aiokafka",),
 }
 
 

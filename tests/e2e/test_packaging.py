@@ -28,7 +28,8 @@ from tests.support.wheelhouse import closure, repack
 ROOT = Path(__file__).resolve().parents[2]
 SERVER_STACKS = ("aiohttp", "grpc", "uvloop", "httptools", "h2", "asyncpg", "aiosqlite",
                  "typer", "rich", "click", "opentelemetry", "prometheus_client",
-                 "pydantic_settings", "forklane.proxy", "forklane.controlplane.api")  # fmt: skip
+                 "pydantic_settings", "forklane.proxy", "forklane.controlplane.api",
+                 "nats", "aio_pika", "aiormq", "aiokafka")  # fmt: skip
 
 
 def _build_wheel(tmp_path: Path) -> Path:
@@ -80,7 +81,7 @@ def test_pip_install_forklane_without_extras_is_the_sdk_only(tmp_path: Path) -> 
     code = (
         "import json, sys, sdk.propagation, forklane, forklane.propagation;"
         "from forklane import Client, Sandbox, Invalid;"
-        "import forklane.propagation.httpx;"
+        "import forklane.propagation.httpx, forklane.messaging;"
         "print(json.dumps({'user': sdk.propagation.OWNER, 'ours': forklane.__file__,"
         "'modules': sorted(sys.modules)}))"
     )
