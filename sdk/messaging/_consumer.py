@@ -4,6 +4,12 @@ report. Broker modules only move bytes and acknowledgements.
 Invariants: the handler runs with the message's routing context current (so its own HTTP and
 gRPC calls carry the key); a verdict is reported once per message judged; a reporter that
 raises is logged and never stops consumption.
+
+Grace (take-or-skip brokers only, where every side reads every message and nobody can hand a
+message on): a fork's consumer keeps taking messages with a key its sandbox owned for `grace`
+seconds after the key left its view. The baseline skipped those while its own view still had
+the key, so without grace they would be skipped twice, i.e. lost; with it, a message may be
+taken twice instead, which at-least-once allows and the `grace` reason makes visible.
 """
 
 from __future__ import annotations
@@ -50,15 +56,45 @@ class Judge:
     """One consumer's identity, view source and reporters."""
 
     def __init__(self, runs_as: RunsAs, routes: ViewSource, broker: str,
-                 reporters: Iterable[Reporter] = ()) -> None:  # fmt: skip
+                 reporters: Iterable[Reporter] = (), *, grace: float = 0.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:  # fmt: skip
         self.runs_as = runs_as
         self.routes = routes
         self.broker = broker
         self.reporters = tuple(reporters)
+        self._grace = grace
+        self._clock = clock
+        self._seen_view: RoutesView | None = None
+        self._mine: set[str] = set()  # keys the current view gives this fork
+        self._retired: dict[str, float] = {}  # key -> when it left this fork's view
 
     def judge(self, headers: Mapping[str, str], extra_hops: int = 0) -> Verdict:
         """The verdict for a message with `headers` (lowercase names)."""
-        return decide(self.routes.view, self.runs_as, headers, hops_of(headers) + extra_hops)
+        view = self.routes.view
+        verdict = decide(view, self.runs_as, headers, hops_of(headers) + extra_hops)
+        if not self._grace or self.runs_as.sandbox is None:
+            return verdict
+        if view is not self._seen_view:
+            self._follow(view)
+        key = verdict.reading.key
+        if verdict.take or key is None or verdict.owner is not None:
+            return verdict
+        left = self._retired.get(key)
+        if left is None or self._clock() - left > self._grace:
+            return verdict
+        return Verdict(True, self.runs_as.sandbox, verdict.reading, "grace")
+
+    def _follow(self, view: RoutesView) -> None:
+        now = self._clock()
+        mine = {k for k, sb in view.forks.items() if sb == self.runs_as.sandbox}
+        for key in self._mine - mine:
+            self._retired[key] = now
+        for key in mine:
+            self._retired.pop(key, None)
+        for key, at in list(self._retired.items()):
+            if now - at > self._grace:
+                del self._retired[key]
+        self._mine, self._seen_view = mine, view
 
     def report(self, verdict: Verdict, outcome: Outcome, source: str,
                message_id: str | None = None) -> None:  # fmt: skip

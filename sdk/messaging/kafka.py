@@ -8,7 +8,10 @@ runs_as)`: the baseline keeps the application's group, each fork reads the same 
 its own group `<base>.forklane.<sandbox>`, so every side sees every record and takes only its
 own; offsets are committed for skipped records too (acknowledge-and-skip). Start a fork's group
 with `auto_offset_reset="earliest"`: a routing key is new with its sandbox, so a fork reading
-from the start of retention misses none of its records.
+from the start of retention misses none of its records. After the sandbox is deleted the fork
+keeps taking its key's records for `grace` seconds (default 60): those the baseline skipped
+while its view still had the key. Records with that key read by both sides in that window are
+taken twice (at-least-once; reported with reason `grace`).
 
 No Kafka broker runs where forklane is tested: this module is tested against aiokafka's own
 record and header types, not a live cluster.
@@ -62,10 +65,11 @@ def headers_of(record: Record) -> dict[str, str]:
 class KafkaConsumer:
     """Judge each record of `consumer` as `runs_as`; run `handler` on the ones it takes."""
 
-    def __init__(self, consumer: AIOKafkaConsumer, runs_as: RunsAs, routes: ViewSource, handler: Handler, *,
-                 reporters: Iterable[Reporter] = ()) -> None:  # fmt: skip
+    def __init__(self, consumer: AIOKafkaConsumer, runs_as: RunsAs, routes: ViewSource,
+                 handler: Handler, *, reporters: Iterable[Reporter] = (),
+                 grace: float = 60.0) -> None:  # fmt: skip
         self._consumer = consumer
-        self.judge = Judge(runs_as, routes, "kafka", reporters)
+        self.judge = Judge(runs_as, routes, "kafka", reporters, grace=grace)
         self._handler = handler
 
     async def process(self, record: Record) -> Verdict:

@@ -17,7 +17,9 @@ would otherwise make. The original subject travels in `x-forklane-subject`.
 Core NATS consumers (`NatsCoreConsumer`): core NATS keeps nothing, so there is nowhere to hand a
 message on to. Each side subscribes with its own queue group (`<group>` for the baseline,
 `<group>.forklane.<sandbox>` for a fork), gets every message, and takes only its own (skips the
-rest). At-most-once, as core NATS always is; see the README for the window around a change.
+rest). At-most-once, as core NATS always is. After a sandbox is deleted its fork keeps taking
+its key's messages for `grace` seconds (default 60), so a message the baseline skipped while its
+view still had the key is not skipped twice; see the README for the window around a change.
 """
 
 from __future__ import annotations
@@ -156,7 +158,7 @@ class JetStreamConsumer:
             except NatsTimeout:
                 continue
             except Exception as exc:  # a reconnect in progress: try again shortly
-                log.warning("jetstream fetch failed (%s); retrying", exc)
+                log.warning("jetstream fetch failed (%r); retrying", exc)
                 await asyncio.sleep(0.2)  # backoff, not synchronisation
                 continue
             for msg in messages:
@@ -194,12 +196,12 @@ class NatsCoreConsumer:
 
     def __init__(
         self, nc: NATS, subject: str, group: str, runs_as: RunsAs, routes: ViewSource,
-        handler: Handler, *, reporters: Iterable[Reporter] = (),
+        handler: Handler, *, reporters: Iterable[Reporter] = (), grace: float = 60.0,
     ) -> None:
         self._nc = nc
         self.subject = subject
         self.group = group if runs_as.sandbox is None else f"{group}.forklane.{runs_as.sandbox}"
-        self.judge = Judge(runs_as, routes, "nats", reporters)
+        self.judge = Judge(runs_as, routes, "nats", reporters, grace=grace)
         self._handler = handler
         self._sub: Any = None
 

@@ -24,7 +24,7 @@ __all__ = ["BASELINE", "MAX_HOPS", "Reason", "RoutesView", "RunsAs", "Verdict", 
 
 BASELINE = "baseline"
 MAX_HOPS = 3
-Reason = Literal["no-key", "conflict", "not-forked", "forked", "hop-limit"]
+Reason = Literal["no-key", "conflict", "not-forked", "forked", "hop-limit", "grace"]
 
 
 @dataclass(frozen=True, slots=True)
