@@ -165,8 +165,10 @@ async def one_run(broker: str, tmp: Path) -> tuple[float, float]:
         stack.push_async_callback(client.aclose)
         publish, consumer = await (_rabbit if broker == "rabbitmq" else _jet)(tag, service, stack)
         watchers = []
+        has_key = asyncio.Event()
         for side in (None, sandbox):
-            routes = RoutesWatcher(service, client)
+            routes = RoutesWatcher(service, client, on_change=(
+                (lambda v: has_key.set() if key in v.forks else None) if side else None))
             await routes.start()
             stack.push_async_callback(routes.aclose)
             await routes.wait_answered()
@@ -187,12 +189,10 @@ async def one_run(broker: str, tmp: Path) -> tuple[float, float]:
 
         flowing = asyncio.create_task(publisher())
         await asyncio.sleep(0.3)  # traffic is flowing (baseline takes it) before the create
-        fork_view = watchers[1]
         t0 = time.monotonic()
         await admin.sandboxes.create({"metadata": {"name": sandbox}, "spec": {
             "routingKey": key, "forks": [{"service": service, "endpoints": ["127.0.0.1:9"]}]}})
-        while key not in fork_view.view.forks:
-            await asyncio.sleep(0.001)
+        await asyncio.wait_for(has_key.wait(), 30)
         seen = time.monotonic() - t0
         got = await asyncio.wait_for(first, 30) - t0
         stop.set()
