@@ -9,9 +9,8 @@ its own group `<base>.forklane.<sandbox>`, so every side sees every record and t
 own; offsets are committed for skipped records too (acknowledge-and-skip). Start a fork's group
 with `auto_offset_reset="earliest"`: a routing key is new with its sandbox, so a fork reading
 from the start of retention, once its view has the key, misses none of its records. After the
-sandbox is deleted the fork
-keeps taking its key's records for `grace` seconds (default 60): those the baseline skipped
-while its view still had the key. Records with that key read by both sides in that window are
+sandbox is deleted the fork keeps taking its key's records for `grace` seconds (default 60):
+those the baseline skipped while its view still had the key. Records with that key read by both sides in that window are
 taken twice (at-least-once; reported with reason `grace`).
 
 No Kafka broker runs where forklane is tested: this module is tested against aiokafka's own
