@@ -40,6 +40,7 @@ def _build() -> dict[str, Any]:
         wire.TokenResponse,
         wire.AuditList,
         wire.ListMeta,
+        wire.RouteList,
     ]
     _, defs = models_json_schema(
         [(m, "validation") for m in models], ref_template=_REF, by_alias=True
@@ -122,6 +123,20 @@ def _build() -> dict[str, Any]:
         "summary": "The routing snapshot currently published to proxies",
         "responses": {"200": {"description": "forklane.proxy.schema.RoutingSnapshot"},
                       **_errors(401, 403, 503)}}}
+    paths["/api/v1/routes"] = {"get": {
+        "summary": "Which routing keys fork which service (for message consumers; role consumer)",
+        "parameters": [
+            {"name": "labelSelector", "in": "query", "schema": {"type": "string"},
+             "description": "service=NAME, sandbox=NAME, routeGroup=NAME"},
+            {"name": "watch", "in": "query", "schema": {"type": "boolean"},
+             "description": "stream ADDED/MODIFIED/DELETED/BOOKMARK events (NDJSON)"},
+            {"name": "resourceVersion", "in": "query", "schema": {"type": "string"},
+             "description": "watch from this version (410 unless it is the current one)"},
+            {"name": "allowWatchBookmarks", "in": "query", "schema": {"type": "boolean"}},
+            {"name": "timeoutSeconds", "in": "query", "schema": {"type": "integer"}},
+        ],
+        "responses": {"200": _json(wire.RouteList, "the routes and the carriers"),
+                      **_errors(400, 401, 403, 410, 503)}}}
     for probe in ("/healthz", "/readyz"):
         paths[probe] = {"get": {"summary": "probe", "security": [],
                                 "responses": {"200": {"description": "ok"},

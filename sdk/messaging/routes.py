@@ -1,7 +1,8 @@
 """The consumer's copy of the routes view: listed, then watched, and kept on disk.
 
 `RoutesWatcher` lists `GET /api/v1/routes` for one service, then watches it (Kubernetes
-style: resume from the last resourceVersion, list again on 410 Gone), so its `view` is current
+style: watch from the list's resourceVersion; list again on 410 Gone and whenever a stream
+ends, which also picks up a changed carrier list after a restart), so its `view` is current
 within the control plane's push latency. When the control plane cannot be reached it keeps the
 last view it had and retries with jittered backoff: consumption never stops for an outage.
 
@@ -116,6 +117,7 @@ class RoutesWatcher:
         self._task: asyncio.Task[None] | None = None
         self._answered = asyncio.Event()
         self.connected = False
+        self.last_error: str | None = None  # the last failure to reach the view, for status
         self.source = "none"  # "none" | "cache" | "control plane"
         if self._cache is not None:
             cached = load_view(self._cache, service)
@@ -166,7 +168,7 @@ class RoutesWatcher:
         params = {"labelSelector": s} if (s := self._selector()) else None
         doc = await self._client.call("GET", "/api/v1/routes", params=params)
         self._replace(view_from_list(self.service, doc))
-        self.connected = True
+        self.connected, self.last_error = True, None
         self._answered.set()
 
     async def _watch(self) -> None:
@@ -195,13 +197,16 @@ class RoutesWatcher:
                     must_list = False
                 await self._watch()
                 delay = self._backoff[0]
+                must_list = True  # a stream that ended (timeout, server restart): list again
             except Expired:
                 must_list = True
             except (ForklaneError, ValueError, KeyError, TypeError) as exc:
-                if self.connected:
-                    log.warning("routes for %s: control plane unreachable (%s); consuming with"
-                                " the last view (version %s)", self.service, exc,
-                                self._view.version or "none")  # fmt: skip
+                text = f"{type(exc).__name__}: {exc}"
+                if text != self.last_error:  # once per distinct problem, not per retry
+                    log.warning("routes for %s: %s; consuming with the last view (version %s,"
+                                " from %s)", self.service, text, self._view.version or "none",
+                                self.source)  # fmt: skip
+                self.last_error = text
                 self.connected = False
                 must_list = True
                 await asyncio.sleep(self._rng.uniform(0, delay))  # backoff, not synchronisation
