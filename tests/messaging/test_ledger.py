@@ -48,6 +48,18 @@ async def _sees(routes: RoutesWatcher, key: str, present: bool) -> None:
                      what=f"routes view {'with' if present else 'without'} {key}")  # fmt: skip
 
 
+async def _forked(plane: Plane, broker: Broker,
+                  stack: contextlib.AsyncExitStack) -> tuple[str, str, RoutesWatcher]:
+    """A sandbox forking the broker's service, and a routes watcher that sees it."""
+    sandbox, key = _names()
+    await plane.service(broker.service)
+    await plane.sandbox(sandbox, key, broker.service)
+    routes = await watcher(plane, broker.service)
+    stack.push_async_callback(routes.aclose)
+    await _sees(routes, key, True)
+    return sandbox, key, routes
+
+
 async def test_a_keyed_request_reaches_the_forks_consumer_and_its_calls_carry_the_key(
     broker: Broker, plane: Plane
 ) -> None:
@@ -239,14 +251,9 @@ async def test_a_deleted_forks_backlog_goes_back_to_the_baseline(
 ) -> None:
     """Messages handed to a fork whose consumer is not running wait for it; once the sandbox
     is deleted, the fork's consumer hands them back and the baseline takes each once."""
-    sandbox, key = _names()
-    await plane.service(broker.service)
-    await plane.sandbox(sandbox, key, broker.service)
     ledger = Ledger()
     async with contextlib.AsyncExitStack() as stack:
-        routes = await watcher(plane, broker.service)
-        stack.push_async_callback(routes.aclose)
-        await _sees(routes, key, True)
+        sandbox, key, routes = await _forked(plane, broker, stack)
 
         async def handle(msg_id: str, _msg: Any, side: str = "baseline") -> None:
             ledger.record(side, msg_id)
@@ -277,14 +284,9 @@ async def test_rabbitmq_fork_queue_backlog_expires_back_to_the_baseline(
 ) -> None:
     """With no fork consumer at all, a deleted sandbox's messages come back to the baseline
     queue after `fork_backlog_ttl` (dead-lettered), and the baseline takes them."""
-    sandbox, key = _names()
-    await plane.service(broker.service)
-    await plane.sandbox(sandbox, key, broker.service)
     ledger = Ledger()
     async with contextlib.AsyncExitStack() as stack:
-        routes = await watcher(plane, broker.service)
-        stack.push_async_callback(routes.aclose)
-        await _sees(routes, key, True)
+        sandbox, key, routes = await _forked(plane, broker, stack)
 
         async def handle(msg_id: str, _msg: Any) -> None:
             ledger.record("baseline", msg_id)
