@@ -6,7 +6,7 @@ the W3C `baggage` member `forklane-routing-key` when a key is current. Members o
 `baggage` that are not ours are kept, in order. Nothing is added when no key is current.
 
 The consumer side turns message headers back into a `RoutingContext`, so the handler's own
-HTTP and gRPC calls carry the key through the propagation helpers.
+HTTP and gRPC calls carry the key through the propagation middlewares and hooks.
 
 Pure: no broker client is imported here.
 """

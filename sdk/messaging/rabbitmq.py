@@ -20,11 +20,16 @@ Every consumer of one queue must use the same `fork_backlog_ttl` (RabbitMQ refus
 re-declare a queue with other arguments).
 
 Guarantees: at-least-once (a crash between the hand-on's confirm and the acknowledgement
-leaves a duplicate); order is kept per side for messages that do not change owner.
+leaves a duplicate); order is kept per side for messages that do not change owner, because one
+consumer handles one message at a time in delivery order (aio-pika would otherwise run a task
+per prefetched message); `ordered=False` lets up to `prefetch` run at once. The application
+declares its own queue and bindings, as before; forklane declares only the forks' queues.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
@@ -93,6 +98,7 @@ class RabbitConsumer:
         self, channel: AbstractChannel, queue: str, runs_as: RunsAs, routes: ViewSource,
         handler: Handler, *, reporters: Iterable[Reporter] = (), prefetch: int = 32,
         fork_backlog_ttl: float | None = 3600.0, requeue_on_error: bool = False,
+        ordered: bool = True,
     ) -> None:
         self._channel = channel
         self.queue = queue
@@ -103,6 +109,7 @@ class RabbitConsumer:
         self._requeue = requeue_on_error
         self._declared: set[str] = set()
         self._consuming: tuple[AbstractQueue, str] | None = None
+        self._one_at_a_time: asyncio.Lock | None = asyncio.Lock() if ordered else None
 
     @property
     def queue_name(self) -> str:
@@ -135,6 +142,11 @@ class RabbitConsumer:
             await queue.cancel(tag)
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        # tasks start in delivery order and the lock is FIFO, so handling keeps that order
+        async with self._one_at_a_time or contextlib.nullcontext():
+            await self._judge_and_act(message)
+
+    async def _judge_and_act(self, message: AbstractIncomingMessage) -> None:
         headers = text_headers((message.headers or {}).items())
         verdict = self.judge.judge(headers, _moves(message))
         source = message.routing_key or self.queue_name

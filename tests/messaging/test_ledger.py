@@ -73,7 +73,7 @@ async def test_a_keyed_request_reaches_the_forks_consumer_and_its_calls_carry_th
         return web.Response(text="ok")
 
     async def service_a(request: web.Request) -> web.Response:
-        await broker.publish(request.match_info["id"])  # the producer helper reads the context
+        await broker.publish(request.match_info["id"])  # publish() reads the routing context
         return web.Response(status=202)
 
     app_c = web.Application()
@@ -301,3 +301,25 @@ async def test_rabbitmq_fork_queue_backlog_expires_back_to_the_baseline(
         await _sees(routes, key, False)
         await eventually(lambda: len(ledger.ids()) == 10, within=20, what="expired back")
     assert sorted(ledger.entries) == sorted(("baseline", f"t{n}") for n in range(10))
+
+
+async def test_each_side_handles_its_messages_in_publish_order(broker: Broker, plane: Plane) -> None:
+    ledger = Ledger()
+    async with contextlib.AsyncExitStack() as stack:
+        sandbox, key, routes = await _forked(plane, broker, stack)
+        for side in (None, sandbox):
+            name = side or "baseline"
+
+            async def handle(msg_id: str, _msg: Any, name: str = name) -> None:
+                for _ in range(int(msg_id[1:]) % 7):  # handlers that await for longer or
+                    await asyncio.sleep(0)  # shorter would overtake each other if run at once
+                ledger.record(name, msg_id)
+
+            consumer = await broker.consumer(RunsAs(broker.service, side), routes, handle)
+            stack.push_async_callback(consumer.aclose)
+        for n in range(100):
+            await publish_with_key(broker, f"o{n:03d}", key if n % 3 else None)
+        await eventually(lambda: len(ledger.ids()) == 100, within=15, what="all handled")
+    for side in ("baseline", sandbox):
+        mine = [i for s, i in ledger.entries if s == side]
+        assert mine == sorted(mine) and mine, side
