@@ -134,8 +134,11 @@ class JetStreamConsumer:
         if me.sandbox is None:
             subs.append(await self._js.pull_subscribe(self.subject, durable=self.durable,
                                                       stream=self.stream))  # fmt: skip
+        # a fork's durable that nobody pulls any more (its sandbox is long gone) is removed by
+        # the server after the routes stream's max_age, with whatever it still held
+        idle = api.ConsumerConfig(inactive_threshold=self._max_age) if me.sandbox else None
         subs.append(await self._js.pull_subscribe(mine, durable=self._route_durable(me.sandbox),
-                                                  stream=ROUTES_STREAM))  # fmt: skip
+                                                  stream=ROUTES_STREAM, config=idle))  # fmt: skip
         self._subs = subs
         self._tasks = [asyncio.create_task(self._pull(sub)) for sub in subs]
 
