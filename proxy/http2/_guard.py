@@ -5,7 +5,8 @@ A codec processes every frame it is handed in one call, so one read full of tiny
 other client waits. `FrameGuard` reads only frame headers (9 bytes each, payloads skipped) and
 decides three things per read:
 
-- **how much to hand over now**: at most `frames_per_turn` frames; the rest waits for a later
+- **how much to hand over now**: at most `frames_per_turn` frames (a HEADERS frame counts four:
+  it opens a stream); the rest waits for a later
   loop iteration (the owner pauses reading meanwhile), so one connection never holds the loop
   for more than a few milliseconds;
 - **whether the peer floods**: control frames (SETTINGS, PING, PRIORITY, WINDOW_UPDATE,
@@ -40,6 +41,7 @@ _DATA, _HEADERS, _PRIORITY, _RST_STREAM, _SETTINGS, _PUSH_PROMISE, _PING, _GOAWA
     _WINDOW_UPDATE, _CONTINUATION = range(10)
 _END_STREAM = 0x1
 _END_HEADERS = 0x4
+_HEADERS_WEIGHT = 4
 _CONTROL_TYPES = frozenset({_PRIORITY, _RST_STREAM, _SETTINGS, _PING, _GOAWAY, _WINDOW_UPDATE})
 
 
@@ -131,7 +133,9 @@ class FrameGuard:
             length = int.from_bytes(header[:3], "big")
             ftype = header[3]
             flags = header[4]
-            frames += 1
+            # A HEADERS frame opens a stream (decoding, routing, an upstream stream): it
+            # costs the turn several times what any other frame does.
+            frames += _HEADERS_WEIGHT if ftype == _HEADERS else 1
             if length > limits.max_frame_size:
                 return start, Violation(
                     "h2-frame-too-large", _FRAME_SIZE,
