@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from forklane.proxy.table import Destination, Endpoint
 
-__all__ = ["Balancer", "EndpointHealth"]
+__all__ = ["NO_LEASE", "Balancer", "EndpointHealth", "Lease"]
 
 
 @dataclass(slots=True)
@@ -22,6 +22,28 @@ class EndpointHealth:
     active: int = 0  # requests in flight
     consecutive_failures: int = 0
     ejected_until: float = 0.0
+
+
+class Lease:
+    """One request's hold on an endpoint: counted in `active` (least-request reads it) from
+    `Balancer.lease` until `release()`, which takes effect exactly once however many paths
+    of an exchange's end call it."""
+
+    __slots__ = ("health",)
+
+    def __init__(self, health: EndpointHealth | None) -> None:
+        self.health = health
+        if health is not None:
+            health.active += 1
+
+    def release(self) -> None:
+        health = self.health
+        if health is not None:
+            self.health = None
+            health.active -= 1
+
+
+NO_LEASE = Lease(None)  # single-endpoint destinations keep no bookkeeping; shared, inert
 
 
 class Balancer:
@@ -70,6 +92,13 @@ class Balancer:
         cursor = self._next.get(dest.name, 0)
         self._next[dest.name] = cursor + 1
         return candidates[cursor % len(candidates)]
+
+    def lease(self, dest: Destination, endpoint: Endpoint) -> Lease:
+        """Hold `endpoint` for one request. Destinations with one endpoint need no count
+        (nothing to choose between), so they get the shared inert lease."""
+        if len(dest.endpoints) < 2:
+            return NO_LEASE
+        return Lease(self.endpoint_health(endpoint))
 
     def succeeded(self, endpoint: Endpoint) -> None:
         h = self.health.get(endpoint.address)

@@ -23,12 +23,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 from forklane.proxy.context.carriers import KeyResult, extract_trace_id, inject_routing_key
 from forklane.proxy.context.repair import TraceKeyMemory
 from forklane.proxy.metrics import Stats
-from forklane.proxy.routing import Decision, RequestView, decide
+from forklane.proxy.routing import Decision, ListenerKind, RequestView, decide
 from forklane.proxy.settings import ProxySettings
 from forklane.proxy.table import RoutingTable
 
@@ -36,8 +36,6 @@ if TYPE_CHECKING:
     from forklane.proxy.tracing import ProxySpan, ProxyTracer
 
 __all__ = ["RESTORED_CARRIER", "PropagationState", "RequestHooks"]
-
-ListenerKind = Literal["inbound", "outbound"]
 
 # How a restored key's origin is reported (explanation header, access log, span).
 RESTORED_CARRIER = "trace-memory"
@@ -106,13 +104,12 @@ class RequestHooks:
         table: RoutingTable,
         decision: Decision,
         draw: Callable[[], float],
-        lines: list[bytes] | None,
     ) -> tuple[Decision, ProxySpan | None]:
         """The decision to act on (maybe re-made with a restored key) and the request's span.
 
         `view.headers` is left as received, so injection on forwarding adds the restored key
-        to every emitting carrier. With tracing on, the HTTP/1 header `lines` get the span's
-        `traceparent`; an adapter that passes None applies `span.traceparent` itself.
+        to every emitting carrier. The forwarding core puts the span's `traceparent` into the
+        forwarded fields (`forward.core.apply_span`).
         """
         memory = self.memory
         if memory is not None and _TRACEPARENT in view.headers:
@@ -133,7 +130,7 @@ class RequestHooks:
         tracer = self.tracer
         if tracer is None:
             return decision, None
-        return decision, tracer.start(self.listener, view, decision, lines)
+        return decision, tracer.start(self.listener, view, decision)
 
     def _restore(
         self,

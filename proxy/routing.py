@@ -22,9 +22,18 @@ from typing import Literal, NamedTuple
 from forklane.proxy.context.carriers import KeyResult, extract_routing_key
 from forklane.proxy.table import ROUTED_MARKER, Destination, Route, RoutingTable
 
-__all__ = ["NO_MIRRORS", "Decision", "RequestView", "decide", "explain", "routes_authority"]
+__all__ = [
+    "NO_MIRRORS",
+    "Decision",
+    "ListenerKind",
+    "RequestView",
+    "decide",
+    "explain",
+    "host_only",
+    "routes_authority",
+]
 
-ListenerKind = Literal["inbound", "outbound"]
+ListenerKind = Literal["inbound", "outbound"]  # the one definition; listeners import it
 NO_MIRRORS: tuple[Destination, ...] = ()
 
 
@@ -46,7 +55,7 @@ class Decision(NamedTuple):
     mirrors: tuple[Destination, ...]
 
 
-def _host_only(authority: str) -> str:
+def host_only(authority: str) -> str:
     """Strip the port: `catalog:8080` → `catalog` (only used when the exact authority missed)."""
     if authority.startswith("["):
         return authority[: authority.find("]") + 1]
@@ -57,7 +66,7 @@ def routes_authority(table: RoutingTable, authority: str) -> bool:
     """Whether an outbound request for this lowercase authority reaches a service (the same
     look-up `decide` starts with). Captured connections for anything else are relayed."""
     authorities = table.authorities
-    return authority in authorities or _host_only(authority) in authorities
+    return authority in authorities or host_only(authority) in authorities
 
 
 def decide(
@@ -80,7 +89,7 @@ def decide(
 
     svc = table.authorities.get(view.authority)
     if svc is None:
-        svc = table.authorities.get(_host_only(view.authority))
+        svc = table.authorities.get(host_only(view.authority))
         if svc is None:
             return Decision(table.no_route, key, NO_MIRRORS)
     if key.key is not None:

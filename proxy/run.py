@@ -24,15 +24,17 @@ from typing import Any
 from forklane.proxy.admin import AdminServer
 from forklane.proxy.balancer import Balancer
 from forklane.proxy.hooks import PropagationState
-from forklane.proxy.http1.server import Downstream, ListenerContext, ListenerKind
+from forklane.proxy.http1.server import Downstream
 from forklane.proxy.http1.upstream import Pools
+from forklane.proxy.listener.context import Clock, ListenerContext
 from forklane.proxy.listener.sniff import CapturePolicy, Sniffer
 from forklane.proxy.loader import FileWatcher, load_snapshot_file
 from forklane.proxy.metrics import Stats
+from forklane.proxy.routing import ListenerKind
 from forklane.proxy.settings import ProxySettings, UsageError
 from forklane.proxy.sockets import global_ipv6_present
 from forklane.proxy.state import TableHolder
-from forklane.proxy.table import ConfigError, LocalIdentity, RoutingTable
+from forklane.proxy.table import ConfigError, LocalIdentity, Route, RoutingTable
 
 __all__ = ["serve"]
 
@@ -52,7 +54,8 @@ class Proxy:
         self.stats = Stats()
         self.stats.reload_failures = lambda: self.holder.reload_failures
         self.holder.on_swap(self._swapped)
-        self.pools = Pools(self.loop, settings.max_idle_per_endpoint)
+        self.clock = Clock(self.loop.time)  # one clock for every listener and upstream
+        self.pools = Pools(self.loop, settings.max_idle_per_endpoint, self.clock)
         self.balancer = Balancer(
             self.loop.time,
             self.draw,
@@ -72,6 +75,7 @@ class Proxy:
         self.tasks: list[asyncio.Task[None]] = []
         self.tls = _tls_context(settings)
         self.hosts = settings.listen_hosts(settings.capture and global_ipv6_present())
+        self.wake = asyncio.Event()  # set when a listener that was idle gets a connection
 
     def _swapped(self, table: RoutingTable) -> None:
         self.stats.config_version = table.version
@@ -130,7 +134,7 @@ class Proxy:
     async def open_listener(self, kind: ListenerKind, port: int) -> int:
         ctx = ListenerContext(
             kind, self.holder, self.settings, self.stats, self.pools, self.balancer,
-            self.draw, self.loop,
+            self.draw, self.loop, self.clock,
         )
         ctx.hooks = self.propagation.hooks_for(kind)
         factory: Callable[[], asyncio.BaseProtocol] = partial(Downstream, ctx)
@@ -140,6 +144,8 @@ class Proxy:
             policy = CapturePolicy.for_listener(kind, ctx, partial(Downstream, ctx))
             self.policies.append(policy)
             factory = partial(Sniffer, ctx, policy)
+        ctx.open_h2 = _http2_handoff(ctx)
+        ctx.on_busy = self.wake.set
         server = await self.loop.create_server(
             factory,
             self.hosts,
@@ -179,18 +185,39 @@ class Proxy:
         return " ".join(bound)
 
     async def _housekeeping(self) -> None:
-        """Deadlines (a tenth of a second resolution), idle pools and the config file."""
-        tick = 0
-        poll_every = max(1, int(self.settings.reload_poll_seconds * 10))
+        """Deadlines (a tenth of a second resolution) while a listener has connections or
+        copies in flight; idle upstream connections once a second while there are any; the
+        config file every `reload_poll_seconds`. With nothing of that to watch the loop
+        sleeps until a connection arrives or the next file poll is due: an idle sidecar
+        wakes about once a second, not ten times."""
+        settings = self.settings
+        clock = self.clock
+        poll = settings.reload_poll_seconds
+        now = clock.tick()
+        next_pools = now + 1.0
+        next_poll = now + poll
         while True:
-            await asyncio.sleep(0.1)
-            tick += 1
+            if any(ctx.busy for ctx in self.contexts):
+                await asyncio.sleep(0.1)
+            else:
+                self.wake.clear()
+                wait = next_poll - clock.tick() if self.watcher is not None else 3600.0
+                if self.pools.idle_count():
+                    wait = min(wait, next_pools - clock.now)
+                if wait > 0:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self.wake.wait(), timeout=wait)
+            now = clock.tick()
             for ctx in self.contexts:
-                ctx.sweep()
-            if tick % 10 == 0:
-                self.pools.sweep(self.settings.idle_timeout)
-            if self.watcher is not None and tick % poll_every == 0:
-                self.watcher.poll()
+                if ctx.busy:
+                    ctx.sweep()
+            if now >= next_pools:
+                next_pools = now + 1.0
+                self.pools.sweep(settings.idle_timeout)
+            if now >= next_poll:
+                next_poll = now + poll
+                if self.watcher is not None:
+                    self.watcher.poll()
 
     # -- shutdown ----------------------------------------------------------------------------
 
@@ -241,6 +268,20 @@ def _version() -> str | None:
         return version("forklane")
     except PackageNotFoundError:
         return None
+
+
+def _http2_handoff(
+    ctx: ListenerContext,
+) -> Callable[[asyncio.Transport, bytes, Route | None], None]:
+    """The HTTP/1.1 module's way to hand a connection to HTTP/2; the HTTP/2 module (and the
+    h2 stack) loads with the first connection that needs it."""
+
+    def open_h2(transport: asyncio.Transport, data: bytes, passthrough: Route | None) -> None:
+        from forklane.proxy.http2.server import take_over
+
+        take_over(ctx, transport, data, passthrough)
+
+    return open_h2
 
 
 def _tls_context(settings: ProxySettings) -> ssl.SSLContext | None:

@@ -57,8 +57,6 @@ ATTR = {
     "status": "http.response.status_code",
 }
 
-_TRACEPARENT = b"traceparent:"
-_TRACESTATE = b"tracestate:"
 _DEFAULT_SERVICE_NAME = "forklane-proxy"
 
 
@@ -66,8 +64,8 @@ class ProxySpan:
     """The span of one request; `finish()` records the outcome and ends it (once).
 
     `traceparent` is the value to forward (it names this span); `keeps_tracestate` is False
-    when the incoming traceparent was invalid, so its tracestate must not be forwarded. A
-    protocol adapter that keeps header lines of its own (HTTP/2) applies these itself.
+    when the incoming traceparent was invalid, so its tracestate must not be forwarded (the
+    forwarding core applies both to the forwarded fields).
     """
 
     __slots__ = ("_span", "keeps_tracestate", "traceparent")
@@ -112,10 +110,8 @@ class ProxyTracer:
         listener: Literal["inbound", "outbound"],
         view: RequestView,
         decision: Decision,
-        lines: list[bytes] | None,
     ) -> ProxySpan:
-        """Start the request's span; point the forwarded `traceparent` (in HTTP/1 `lines`,
-        when given) at it."""
+        """Start the request's span; its `traceparent` is what the request is forwarded with."""
         headers = view.headers
         parent = parse_traceparent(headers.get("traceparent"))
         context = None
@@ -149,10 +145,6 @@ class ProxyTracer:
         )
         sc = span.get_span_context()
         value = b"00-%032x-%016x-%02x" % (sc.trace_id, sc.span_id, int(sc.trace_flags))
-        if lines is not None:
-            drop = (_TRACEPARENT,) if parent is not None else (_TRACEPARENT, _TRACESTATE)
-            lines[:] = [line for line in lines if not line[:12].lower().startswith(drop)]
-            lines.append(b"traceparent: " + value + b"\r\n")
         return ProxySpan(span, value, parent is not None)
 
     def shutdown(self) -> None:

@@ -7,6 +7,9 @@ from __future__ import annotations
 
 from http import HTTPStatus
 
+from forklane.proxy.forward import errors
+from forklane.proxy.forward.errors import ProxyError
+
 __all__ = [
     "FRAMING_FIELDS",
     "HOP_BY_HOP",
@@ -15,6 +18,7 @@ __all__ = [
     "LocalReply",
     "check_transfer_encoding",
     "local_reply",
+    "reply_for",
     "status_line",
     "valid_host",
 ]
@@ -87,6 +91,11 @@ class LocalReply:
         self.close = close
 
 
+def reply_for(error: ProxyError, body: str, close: bool) -> LocalReply:
+    """The local answer for an entry of the error table."""
+    return LocalReply(error.status, error.reason, body, close)
+
+
 def local_reply(reply: LocalReply, extra: bytes = b"", head_only: bool = False) -> bytes:
     body = (reply.body + "\n").encode("utf-8", "replace")
     parts = [
@@ -112,15 +121,10 @@ def check_transfer_encoding(value: bytes) -> LocalReply | None:
     if codings == [b"chunked"]:
         return None
     if codings and codings[-1] == b"chunked":
-        return LocalReply(
-            501,
-            "unsupported-transfer-coding",
-            "only the chunked transfer coding is supported",
-            close=True,
-        )
-    return LocalReply(
-        400, "bad-transfer-encoding", "Transfer-Encoding must end with chunked", close=True
-    )
+        return reply_for(errors.UNSUPPORTED_TRANSFER_CODING,
+                         "only the chunked transfer coding is supported", close=True)
+    return reply_for(errors.BAD_TRANSFER_ENCODING, "Transfer-Encoding must end with chunked",
+                     close=True)
 
 
 def valid_host(value: bytes) -> bool:

@@ -4,28 +4,28 @@ A mirror must never slow or fail the caller. So a copy has its own upstream conn
 bounded buffer while that connection opens, and no backpressure path to the client: the
 moment the mirror would need the caller to wait (its buffer is full, its socket is
 congested, its deadline passes) the copy is abandoned and counted, and the caller carries on.
+
+A copy opens its connection the way requests do (`Pools.open`), is counted in the listener's
+rows by the same function (`forward.accounting.count_row`, destination kind `mirror`), and its
+deadline is enforced by the listener's sweep (`ListenerContext.watch`), not a timer of its own.
 """
 
 from __future__ import annotations
 
-import asyncio
-from typing import TYPE_CHECKING
-
+from forklane.proxy.forward.accounting import count_row
 from forklane.proxy.http1.upstream import UpstreamConnection
-from forklane.proxy.table import Destination
+from forklane.proxy.listener.context import ListenerContext
+from forklane.proxy.table import Destination, Endpoint
 
-if TYPE_CHECKING:
-    from forklane.proxy.http1.server import ListenerContext
-
-__all__ = ["MirrorCopy"]
+__all__ = ["MIRROR_HEADER", "MirrorCopy"]
 
 _BUFFER_LIMIT = 256 * 1024
 MIRROR_HEADER = b"x-forklane-mirror: 1\r\n"
 
 
 class MirrorCopy:
-    __slots__ = ("chunked", "conn", "ctx", "dest", "done", "is_head", "pending", "pending_bytes",
-                 "req_done", "stat_key", "timer")
+    __slots__ = ("chunked", "conn", "ctx", "deadline", "dest", "done", "is_head", "pending",
+                 "pending_bytes", "req_done", "stat_key")
 
     def __init__(
         self,
@@ -41,16 +41,15 @@ class MirrorCopy:
         self.is_head = is_head
         self.dest = dest
         self.chunked = chunked
-        # The mirror header goes right after the request line's headers start.
+        # The mirror header goes right after the request line.
         line_end = head.index(b"\r\n") + 2
         self.pending: list[bytes] | None = [head[:line_end], MIRROR_HEADER, head[line_end:]]
         self.pending_bytes = len(head)
         self.conn: UpstreamConnection | None = None
         self.req_done = False
         self.done = False
-        self.timer: asyncio.TimerHandle | None = ctx.loop.call_later(
-            dest.timeouts.request, self.abandon, "timeout"
-        )
+        self.deadline = ctx.clock.now + dest.timeouts.request
+        ctx.watch(self)
 
     def start(self) -> None:
         ctx = self.ctx
@@ -59,15 +58,11 @@ class MirrorCopy:
         if conn is not None:
             self._bind(conn)
         else:
-            ctx.spawn(self._open(endpoint.host, endpoint.port, endpoint.address))
+            ctx.spawn(self._open(endpoint))
 
-    async def _open(self, host: str, port: int, address: str) -> None:
-        ctx = self.ctx
+    async def _open(self, endpoint: Endpoint) -> None:
         try:
-            async with asyncio.timeout(self.dest.timeouts.connect):
-                _, conn = await ctx.loop.create_connection(
-                    lambda: UpstreamConnection(ctx.pools, address), host, port
-                )
+            conn = await self.ctx.pools.open(endpoint, self.dest.timeouts.connect)
         except (OSError, TimeoutError):
             self.abandon("connect-failed")
             return
@@ -115,18 +110,23 @@ class MirrorCopy:
         if self.conn is not None and self.conn.transport is not None:
             self.conn.transport.write(b"0\r\n\r\n")
 
+    def expired(self) -> None:
+        """The sweep found the deadline passed."""
+        self.abandon("timeout")
+
     def abandon(self, reason: str) -> None:
         if self.done:
             return
-        self.done = True
+        self._end()
         self.ctx.stats.mirror[reason] += 1
-        self._count(0)  # counted as "reset": the copy got no answer
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        count_row(self.ctx.rows, self.stat_key, 0)  # counted as "reset": the copy got no answer
         conn, self.conn = self.conn, None
         if conn is not None:
             conn.abort()
+
+    def _end(self) -> None:
+        self.done = True
+        self.ctx.watched.discard(self)
 
     # -- ResponseSink: the answer is read and discarded --------------------------------------
 
@@ -138,23 +138,13 @@ class MirrorCopy:
         headers: list[tuple[bytes, bytes]],
     ) -> None:
         self.ctx.stats.mirror["answered"] += 1
-        self._count(status)
-
-    def _count(self, status: int) -> None:
-        rows = self.ctx.rows
-        row = rows.get(self.stat_key)
-        if row is None:
-            row = rows[self.stat_key] = [0, 0, 0, 0, 0, 0]
-        row[status // 100 if status < 600 else 5] += 1
+        count_row(self.ctx.rows, self.stat_key, status)
 
     def response_body(self, data: bytes) -> None:
         pass
 
     def response_end(self, conn: UpstreamConnection, trailers: list[tuple[bytes, bytes]]) -> None:
-        self.done = True
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        self._end()
         self.conn = None
         if conn.keep_alive and self.req_done:
             self.ctx.pools.give_back(conn)

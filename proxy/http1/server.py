@@ -1,9 +1,11 @@
 """HTTP/1.1 listener: one `Downstream` protocol per client connection, one `Exchange` per request.
 
-The request path is callbacks all the way: httptools calls `on_*` as bytes arrive, the routing
-decision runs once when the headers are complete, and the request body streams to the upstream
-connection as it is parsed. No coroutine runs per request unless a new upstream connection must
-be opened.
+The request path is callbacks all the way: httptools calls `on_*` as bytes arrive, the
+forwarding core (`forward.core`) decides once the headers are complete, and the request body
+streams to the upstream connection as it is parsed. No coroutine runs per request unless a new
+upstream connection must be opened. This module only turns bytes into heads and back: what a
+field means for routing and forwarding, which error to answer, what to do after a failed
+attempt and how a request is counted all live in `forward`.
 
 Invariants:
 - responses go out in request order (pipelining): only `queue[0]` may write to the client;
@@ -12,6 +14,8 @@ Invariants:
 - backpressure both ways: a full client write buffer pauses the upstream's reading and a full
   upstream write buffer pauses the client's, so memory per connection stays bounded;
 - a request keeps the routing table it started with, whatever swap happens meanwhile;
+- an exchange's life is its `phase` (`forward.phases`); it is counted exactly once, on
+  entering a final phase, and its endpoint lease is released exactly once;
 - an upstream reset after the response head aborts the client connection (never a
   silently truncated body that looks complete).
 """
@@ -20,13 +24,41 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Callable, Coroutine, Sequence
-from typing import TYPE_CHECKING, Any, Literal, Protocol, cast
+from typing import TYPE_CHECKING, cast
 
 import httptools
 
-from forklane.proxy.balancer import Balancer
-from forklane.proxy.context.carriers import inject_routing_key
+from forklane.proxy.balancer import NO_LEASE, Lease
+from forklane.proxy.forward import core, errors
+from forklane.proxy.forward.accounting import count_request, log_request
+from forklane.proxy.forward.attempts import Fail, Failure, Fallback, Retry, after_failure
+from forklane.proxy.forward.core import (
+    F_CONNECTION,
+    F_CONTENT_LENGTH,
+    F_EXPLAIN,
+    F_HOST,
+    F_INTERESTING,
+    F_MARKER,
+    F_TRANSFER_ENCODING,
+    F_UPGRADE,
+    F_VIA,
+    F_XFF,
+    F_XFH,
+    F_XFP,
+    Hop,
+    Injection,
+    TableFields,
+)
+from forklane.proxy.forward.errors import ProxyError
+from forklane.proxy.forward.phases import (
+    ABORTED,
+    CONNECTING,
+    DONE,
+    QUEUED,
+    SENT,
+    STREAMING,
+    TUNNEL,
+)
 from forklane.proxy.http1.messages import (
     FRAMING_FIELDS,
     HOP_BY_HOP,
@@ -35,72 +67,34 @@ from forklane.proxy.http1.messages import (
     LocalReply,
     check_transfer_encoding,
     local_reply,
+    reply_for,
     status_line,
     valid_host,
 )
 from forklane.proxy.http1.mirror import MirrorCopy
-from forklane.proxy.http1.upstream import Pools, UpstreamConnection
-from forklane.proxy.metrics import Stats
-from forklane.proxy.requestlog import count_request, log_request
-from forklane.proxy.routing import Decision, RequestView, decide
-from forklane.proxy.settings import ProxySettings
+from forklane.proxy.http1.upstream import UpstreamConnection
+from forklane.proxy.listener.context import Deadline, ListenerContext
+from forklane.proxy.listener.handoff import alpn_is_h2, may_be_h2c
+from forklane.proxy.routing import Decision
 from forklane.proxy.sockets import tune_transport
-from forklane.proxy.state import TableHolder
-from forklane.proxy.table import (
-    ROUTED_MARKER,
-    Destination,
-    Endpoint,
-    Route,
-    RoutingTable,
-    routed_by_sidecar,
-)
+from forklane.proxy.table import ROUTED_MARKER, Destination, Endpoint, Route, RoutingTable
 
 if TYPE_CHECKING:
-    from forklane.proxy.hooks import RequestHooks
     from forklane.proxy.tracing import ProxySpan
 
-if TYPE_CHECKING:
-    from forklane.proxy.http2._flow import Hub
-    from forklane.proxy.http2._guard import AbuseMemory, FloodLimits
-    from forklane.proxy.http2.upstream import H2Pools
+__all__ = ["Downstream", "Exchange"]
 
-__all__ = ["Downstream", "ListenerContext"]
-
-ListenerKind = Literal["inbound", "outbound"]
-
-_ROUTED_MARKER_RAW = ROUTED_MARKER.encode()
-PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"  # RFC 9113 §3.4, h2c with prior knowledge
 _VIA_HOP = b"1.1 forklane"
-_VIA_LINE = b"via: " + _VIA_HOP + b"\r\n"
 _PENDING_LIMIT = 64 * 1024  # request body buffered while the upstream connection opens
 _REPLAYABLE = frozenset({b"GET", b"HEAD", b"OPTIONS", b"DELETE", b"TRACE"})
+_PROTECTED_ACTIONS = (F_INTERESTING, F_MARKER, F_EXPLAIN)
 
 # Framing of the response towards the client.
 _NO_BODY, _LENGTH, _CHUNKED, _UNTIL_CLOSE = 0, 1, 2, 3
-# What the connection-level deadline means.
-_DEADLINE_NONE, _DEADLINE_HEADERS, _DEADLINE_IDLE, _DEADLINE_TUNNEL = 0, 1, 2, 3
-
-# Header names the request path treats specially (lowercase).
-(_HOST, _CONNECTION, _TE_HEADER, _CL, _XFF, _XFP, _XFH, _VIA, _UPGRADE, _HOP, _MARKER,
- _INTERESTING, _EXPLAIN) = range(13)
-_SPECIAL: dict[bytes, int] = {
-    b"host": _HOST,
-    b"connection": _CONNECTION,
-    b"transfer-encoding": _TE_HEADER,
-    b"content-length": _CL,
-    b"x-forwarded-for": _XFF,
-    b"x-forwarded-proto": _XFP,
-    b"x-forwarded-host": _XFH,
-    b"via": _VIA,
-    b"upgrade": _UPGRADE,
-    b"keep-alive": _HOP,
-    b"proxy-connection": _HOP,
-    b"proxy-authorization": _HOP,
-    b"proxy-authenticate": _HOP,
-    b"te": _HOP,
-    b"trailer": _HOP,
-    _ROUTED_MARKER_RAW: _MARKER,
-}
+_DEADLINE_NONE = Deadline.NONE
+_DEADLINE_HEADERS = Deadline.HEADERS
+_DEADLINE_IDLE = Deadline.IDLE
+_DEADLINE_TUNNEL = Deadline.TUNNEL
 
 
 class _Reject(Exception):
@@ -113,162 +107,36 @@ class _Stop(Exception):
     """Raised from a parser callback to stop parsing a connection that is ending."""
 
 
-def _bad(error: str, body: str, status: int = 400) -> _Reject:
-    return _Reject(LocalReply(status, error, body, close=True))
+def _bad(error: ProxyError, body: str) -> _Reject:
+    return _Reject(reply_for(error, body, close=True))
 
 
-class ListenerConnection(Protocol):
-    """What the sweep and the drain need of a client connection (HTTP/1.1 or HTTP/2)."""
-
-    deadline: float
-    deadline_kind: int
-
-    @property
-    def queue(self) -> Sequence[Exchange]: ...
-    def deadline_expired(self) -> None: ...
-    def drain(self) -> None: ...
-    def close(self) -> None: ...
+_NO_TABLE = TableFields(None, None)  # for requests refused before they could be parsed
+_NO_HOP = Hop(b"", b"http", _VIA_HOP)
 
 
-class ListenerContext:
-    """Everything the connections of one listener share. Built once at start."""
+def fields_for(ctx: ListenerContext, table: RoutingTable | None) -> TableFields:
+    """The listener's field classification and outcome cache for `table` (rebuilt on swaps)."""
+    fields: TableFields | None = ctx.fields
+    if fields is None or fields.table is not table:
+        fields = ctx.fields = TableFields(table, ctx.explain_raw)
+    return fields
 
-    def __init__(
-        self,
-        kind: ListenerKind,
-        holder: TableHolder,
-        settings: ProxySettings,
-        stats: Stats,
-        pools: Pools,
-        balancer: Balancer,
-        draw: Callable[[], float],
-        loop: asyncio.AbstractEventLoop,
-    ) -> None:
-        self.kind = kind
-        self.holder = holder
-        self.settings = settings
-        self.stats = stats
-        self.pools = pools
-        self.balancer = balancer
-        self.draw = draw
-        self.loop = loop
-        self.connections: set[ListenerConnection] = set()
-        self.tasks: set[asyncio.Task[None]] = set()
-        self.draining = False
-        self.on_idle: Callable[[], None] | None = None  # called when draining empties us
-        self.max_header_bytes = settings.max_header_bytes
-        self.max_header_count = settings.max_header_count
-        self.header_timeout = settings.header_timeout
-        self.idle_timeout = settings.idle_timeout
-        self.max_pipelined = settings.max_pipelined
-        self.retries = settings.retries
-        self.explain_raw = settings.explain_header.encode() if settings.explain_header else None
-        self.access_log = settings.access_log
-        self.rows: dict[str, list[int]] = {}
-        stats.listener_rows[kind] = self.rows
-        self.actions: dict[bytes, int] = {}
-        self.actions_table: RoutingTable | None = None
-        self.host_ok = b""  # the last Host value that passed validation (clients repeat it)
-        # The HTTP/2 stack (h2, hpack, hyperframe) loads with the first HTTP/2 connection:
-        # a sidecar that only ever sees HTTP/1.1 does not carry it.
-        self._h2_hub: Hub | None = None
-        self._h2_pools: H2Pools | None = None
-        self._h2_limits: FloodLimits | None = None
-        self._h2_abuse: AbuseMemory | None = None
-        self.hooks: RequestHooks | None = None  # propagation hooks; None when all are off
 
-    def actions_for(self, table: RoutingTable | None) -> dict[bytes, int]:
-        """What `on_header` does with each header name, for one table (rebuilt on swaps):
-        the special and hop-by-hop fields, the table's routing headers, the explain header."""
-        actions = dict(_SPECIAL)
-        if table is not None:
-            for name in table.interesting_raw:
-                actions.setdefault(name, _INTERESTING)
-        if self.explain_raw is not None:
-            actions.setdefault(self.explain_raw, _EXPLAIN)
-        self.actions = actions
-        self.actions_table = table
-        return actions
-
-    @property
-    def h2_hub(self) -> Hub:
-        if self._h2_hub is None:
-            self._load_h2()
-        assert self._h2_hub is not None
-        return self._h2_hub
-
-    @property
-    def h2_pools(self) -> H2Pools:
-        if self._h2_pools is None:
-            self._load_h2()
-        assert self._h2_pools is not None
-        return self._h2_pools
-
-    @property
-    def h2_limits(self) -> FloodLimits:
-        if self._h2_limits is None:
-            self._load_h2()
-        assert self._h2_limits is not None
-        return self._h2_limits
-
-    @property
-    def h2_abuse(self) -> AbuseMemory:
-        """HTTP/2 peers caught abusing, shared by the listener's connections."""
-        if self._h2_abuse is None:
-            self._load_h2()
-        assert self._h2_abuse is not None
-        return self._h2_abuse
-
-    def _load_h2(self) -> None:
-        from forklane.proxy.http2 import _tuning
-        from forklane.proxy.http2._flow import Hub
-        from forklane.proxy.http2._guard import AbuseMemory, FloodLimits
-        from forklane.proxy.http2.upstream import H2Pools
-
-        _tuning.apply()  # measured speedups of the HTTP/2 stack (idempotent)
-        settings = self.settings
-        self._h2_hub = Hub(self.loop)
-        self._h2_pools = H2Pools(self.loop, self._h2_hub, settings.h2_validate_headers)
-        self._h2_limits = FloodLimits(
-            max_header_block=2 * settings.max_header_bytes + 16384,
-            control_base=float(settings.h2_control_frame_budget),
-        )
-        self._h2_abuse = AbuseMemory(ttl=settings.h2_abuse_memory_seconds)
-
-    def close_h2(self) -> None:
-        if self._h2_pools is not None:
-            self._h2_pools.close_all()
-
-    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        """Run a connection-opening coroutine owned by this listener (cancelled at close)."""
-        task = self.loop.create_task(coro)
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
-
-    def sweep(self) -> None:
-        """Enforce header, idle, tunnel and response deadlines; called ten times a second.
-
-        A sweep instead of a timer per request: arming and cancelling a timer for every
-        request cost more than the rest of routing; a tenth of a second is precise enough
-        for timeouts measured in seconds."""
-        now = self.loop.time()
-        if self._h2_pools is not None and self._h2_pools.conns:
-            self._h2_pools.sweep(self.idle_timeout)
-        for conn in tuple(self.connections):
-            if conn.deadline_kind and now >= conn.deadline:
-                conn.deadline_expired()
-            queue = conn.queue
-            if queue:
-                ex = queue[0]
-                if ex.up is not None and not ex.resp_started and now >= ex.deadline:
-                    ex.timed_out()
+def _serialize(request_line: bytes, fields: list[tuple[bytes, bytes]]) -> bytes:
+    parts = [request_line]
+    for name, value in fields:
+        parts.append(name + b": " + value + b"\r\n")
+    parts.append(b"\r\n")
+    return b"".join(parts)
 
 
 class Exchange:
     """One request and its response, from the first request byte to the last response byte."""
 
     # Class-level defaults: most fields keep them for most requests, so creating an
-    # exchange sets five attributes instead of fifty (measurably cheaper per request).
+    # exchange sets a handful of attributes instead of fifty (measurably cheaper).
+    phase = QUEUED
     method = b""
     url = b""
     host = b""
@@ -294,28 +162,29 @@ class Exchange:
     route: Route | None = None
     dest: Destination | None = None
     endpoint: Endpoint | None = None
-    track = False  # the destination has several endpoints: keep balancer bookkeeping
+    track = False  # the destination has several endpoints: report outcomes to the balancer
+    lease: Lease = NO_LEASE
     up: UpstreamConnection | None = None
     head = b""
     reply: LocalReply | None = None
-    resp_started = False
     status = 0
     framing = _NO_BODY
     close_after = False
-    deadline = 0.0  # while waiting for the response head (checked by the listener's sweep)
+    deadline = 0.0  # while SENT (checked by the listener's sweep)
     attempts = 0
     reused = False
     fallback_used = False
     explain = False
-    done = False
     mirrors: list[MirrorCopy] | None = None
     span: ProxySpan | None = None
 
-    def __init__(self, down: Downstream, table: RoutingTable | None, started: float) -> None:
+    def __init__(self, down: Downstream, fields: TableFields, started: float) -> None:
         self.down = down
-        self.table = table
+        self.fields = fields
+        self.table = fields.table
+        self.actions = fields.h1
         self.started = started
-        self.lines: list[bytes] = []
+        self.kept: list[tuple[bytes, bytes]] = []
         self.view: dict[str, str] = {}
         self.pending: list[bytes] | None = []
 
@@ -326,7 +195,7 @@ class Exchange:
         if mirrors is not None:
             for mirror in mirrors:
                 mirror.send_body(data)
-        if self.done:
+        if self.phase >= DONE:
             return
         up = self.up
         if up is None or self.pending is not None:
@@ -355,11 +224,16 @@ class Exchange:
             trailers = b"".join(self.req_trailers) if self.req_trailers else b""
             transport.write(b"0\r\n" + trailers + b"\r\n")
 
+    def release(self) -> None:
+        """Let go of the upstream endpoint (idempotent: the lease releases once)."""
+        self.lease.release()
+        self.up = None
+
     # -- ResponseSink: events from the upstream connection ------------------------------------
 
     def response_interim(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]]) -> None:
         down = self.down
-        if self.version != "1.1" or down.transport is None or self.done:
+        if self.version != "1.1" or down.transport is None or self.phase >= DONE:
             return
         parts = [status_line(status, reason)]
         for name, value in headers:
@@ -375,7 +249,7 @@ class Exchange:
         headers: list[tuple[bytes, bytes]],
     ) -> None:
         down = self.down
-        if self.done or down.transport is None:
+        if self.phase >= DONE or down.transport is None:
             conn.abort()
             return
         ctx = down.ctx
@@ -385,7 +259,7 @@ class Exchange:
                 ctx.balancer.failed(endpoint)
             else:
                 ctx.balancer.succeeded(endpoint)
-        self.resp_started = True
+        self.phase = STREAMING
         self.status = status
         parts = [status_line(status, reason)]
         length: bytes | None = None
@@ -450,10 +324,10 @@ class Exchange:
         down = self.down
         if down.transport is None:
             return
-        if self.done:
+        if self.phase >= DONE:
             if down.tunnel is not None:
                 # Upgraded (101): raw tunnel bytes, and traffic keeps the tunnel from idling.
-                down.deadline = down.ctx.loop.time() + down.ctx.idle_timeout
+                down.deadline = down.ctx.clock.now + down.ctx.idle_timeout
                 down.write(data)
             return
         if self.framing == _CHUNKED:
@@ -465,11 +339,8 @@ class Exchange:
 
     def response_end(self, conn: UpstreamConnection, trailers: list[tuple[bytes, bytes]]) -> None:
         down = self.down
-        if self.endpoint is not None:
-            if self.track:
-                down.ctx.balancer.endpoint_health(self.endpoint).active -= 1
-        self.up = None
-        if self.framing == _CHUNKED and down.transport is not None and not self.done:
+        self.release()
+        if self.framing == _CHUNKED and down.transport is not None and self.phase < DONE:
             tail = [b"0\r\n"]
             for name, value in trailers:
                 tail.append(name + b": " + value + b"\r\n")
@@ -496,40 +367,35 @@ class Exchange:
     def upstream_lost(self, conn: UpstreamConnection, exc: Exception | None) -> None:
         down = self.down
         ctx = down.ctx
-        if self.endpoint is not None and self.track:
-            ctx.balancer.endpoint_health(self.endpoint).active -= 1
-        self.up = None
+        self.release()
         if down.tunnel is conn:
             down.close()  # the upstream ended the tunnel: so does the client side
             return
-        if self.done:
+        if self.phase >= DONE:
             return
-        if not self.resp_started:
-            if (
-                self.reused
-                and not conn.seen_bytes
-                and not self.has_body
-                and self.method in _REPLAYABLE
-                and self.attempts < 3
-                and self.dest is not None
-            ):
+        if self.phase < STREAMING:
+            never_seen = self.reused and not conn.seen_bytes
+            replayable = not self.has_body and self.method in _REPLAYABLE
+            dest = self.dest
+            endpoint = self.endpoint
+            route = self.route
+            assert dest is not None and endpoint is not None and route is not None
+            step = after_failure(
+                Failure.NEVER_SEEN if never_seen else Failure.RESET,
+                route=route, destination=dest, endpoint=endpoint, attempts=self.attempts,
+                fallback_used=self.fallback_used, retries=ctx.retries, replayable=replayable,
+                pooled=False,
+            )
+            if isinstance(step, Retry):
                 # A pooled connection the upstream had closed: the request never reached it.
                 self.attempts += 1
                 self.pending = []
-                down.dispatch(self, self.dest, None, fresh=True)
+                down.dispatch(self, step.destination, None, fresh=True)
                 return
-            if self.endpoint is not None:
-                ctx.balancer.failed(self.endpoint)
-            ctx.stats.upstream_errors["upstream-reset"] += 1
-            down.reply(
-                self,
-                LocalReply(
-                    502,
-                    "upstream-reset",
-                    "the upstream closed the connection before answering",
-                    close=not self.req_done,
-                ),
-            )
+            assert isinstance(step, Fail)  # a request the upstream saw never falls back
+            ctx.balancer.failed(endpoint)
+            ctx.stats.upstream_errors[step.error.label] += 1
+            down.reply(self, reply_for(step.error, step.detail, close=not self.req_done))
             return
         if self.framing == _UNTIL_CLOSE and exc is None:
             down.finish(self)  # a close-delimited body ends with the connection
@@ -542,35 +408,22 @@ class Exchange:
     # -- timeouts -----------------------------------------------------------------------------
 
     def timed_out(self) -> None:
-        if self.done or self.resp_started:
+        if self.phase != SENT:
             return
-        up, self.up = self.up, None
+        up = self.up
+        self.release()
         if up is not None:
-            if self.endpoint is not None:
-                if self.track:
-                    self.down.ctx.balancer.endpoint_health(self.endpoint).active -= 1
             up.abort()
-        self.down.ctx.stats.upstream_errors["upstream-timeout"] += 1
-        self.down.reply(
-            self,
-            LocalReply(504, "upstream-timeout", "the upstream did not answer in time", close=True),
-        )
+        error = errors.UPSTREAM_TIMEOUT
+        self.down.ctx.stats.upstream_errors[error.label] += 1
+        self.down.reply(self, reply_for(error, "the upstream did not answer in time", close=True))
 
     def explanation(self) -> bytes:
-        decision = self.decision
-        route = self.route
-        if decision is None or route is None:
+        if self.decision is None:
             return b""
-        parts = [
-            f"kind={route.kind}",
-            f"rule={route.rule}",
-            f"destination={self.dest.name if self.dest else '-'}",
-            f"endpoint={self.endpoint.address if self.endpoint else '-'}",
-            f"carrier={decision.key.carrier or '-'}",
-        ]
-        if self.fallback_used:
-            parts.append("fallback=baseline")
-        return b"x-forklane-route: " + "; ".join(parts).encode("ascii", "replace") + b"\r\n"
+        value = core.explanation_value(self.decision, self.dest, self.endpoint,
+                                       self.fallback_used)
+        return b"x-forklane-route: " + value + b"\r\n"
 
 
 class Downstream(asyncio.Protocol):
@@ -591,8 +444,7 @@ class Downstream(asyncio.Protocol):
         self.upstream_blocked = False
         self.write_paused = False
         self.peer = b""
-        self.forwarded_block = b""
-        self.proto = b"http"
+        self.hop = _NO_HOP
         self.deadline = 0.0
         self.deadline_kind = _DEADLINE_NONE
         self.tunnel: UpstreamConnection | None = None
@@ -605,50 +457,39 @@ class Downstream(asyncio.Protocol):
         transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
         self.transport = transport
         ctx = self.ctx
+        now = ctx.clock.tick()
         self.peer = tune_transport(transport)
-        self.proto = b"https" if transport.get_extra_info("ssl_object") is not None else b"http"
-        self.forwarded_block = (
-            b"x-forwarded-for: " + self.peer + b"\r\nx-forwarded-proto: " + self.proto + b"\r\n"
-        )
-        ctx.connections.add(self)
-        ctx.stats.connections_open += 1
-        ctx.stats.connections_total += 1
-        self.deadline = ctx.loop.time() + ctx.header_timeout
-        self.deadline_kind = _DEADLINE_HEADERS
         ssl_object = transport.get_extra_info("ssl_object")
-        if ssl_object is not None and ssl_object.selected_alpn_protocol() == "h2":
+        self.hop = Hop(self.peer, b"https" if ssl_object is not None else b"http", _VIA_HOP)
+        ctx.add(self)
+        self.deadline = now + ctx.header_timeout
+        self.deadline_kind = _DEADLINE_HEADERS
+        if alpn_is_h2(ssl_object):
             self._to_http2(b"")
 
     def _to_http2(self, data: bytes) -> None:
-        """Hand this connection to the HTTP/2 protocol (h2c preface seen, or ALPN h2)."""
+        """Hand this connection to the HTTP/2 module (h2c preface seen, or ALPN h2)."""
         transport = self.transport
         assert transport is not None
         ctx = self.ctx
-        ctx.connections.discard(self)
-        ctx.stats.connections_open -= 1
-        ctx.stats.connections_total -= 1
+        ctx.remove(self)
+        ctx.stats.connections_total -= 1  # the HTTP/2 connection counts it
         self.transport = None
         self.parser = None
-        from forklane.proxy.http2.server import H2Downstream
-
-        h2 = H2Downstream(ctx, tls=transport.get_extra_info("ssl_object") is not None)
-        h2.passthrough = self.passthrough
-        transport.set_protocol(h2)
-        h2.connection_made(transport)
-        if data:
-            h2.data_received(data)
-        else:
-            ctx.h2_hub.flush()
+        assert ctx.open_h2 is not None, "the process wiring sets the HTTP/2 hand-off"
+        ctx.open_h2(transport, data, self.passthrough)
 
     def data_received(self, data: bytes) -> None:
+        ctx = self.ctx
+        ctx.clock.tick()  # the one clock read of this read event
         if self.first:
             self.first = False
-            if data[:3] == b"PRI" or (len(data) < 3 and PREFACE.startswith(data)):
+            if may_be_h2c(data):
                 self._to_http2(data)  # h2c with prior knowledge; h2 checks the whole preface
                 return
         tunnel = self.tunnel
         if tunnel is not None:
-            self.deadline = self.ctx.loop.time() + self.ctx.idle_timeout
+            self.deadline = ctx.clock.now + ctx.idle_timeout
             if tunnel.transport is not None:
                 tunnel.transport.write(data)
             return
@@ -681,10 +522,10 @@ class Downstream(asyncio.Protocol):
                 raise
         except httptools.HttpParserError as exc:
             if str(exc) == "Invalid HTTP version":  # HTTP/1.2, HTTP/3.0: well-formed, unknown
-                self.protocol_error(LocalReply(505, "unsupported-version", str(exc), close=True))
+                self.protocol_error(reply_for(errors.UNSUPPORTED_VERSION, str(exc), close=True))
                 return
             self.protocol_error(
-                LocalReply(400, "malformed-request", f"malformed request: {exc}", close=True)
+                reply_for(errors.MALFORMED_REQUEST, f"malformed request: {exc}", close=True)
             )
 
     def eof_received(self) -> bool | None:
@@ -695,25 +536,21 @@ class Downstream(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         ctx = self.ctx
+        ctx.clock.tick()
         self.transport = None
         self.closing = True
-        ctx.connections.discard(self)
-        ctx.stats.connections_open -= 1
-        if ctx.draining and not ctx.connections and ctx.on_idle is not None:
-            ctx.on_idle()
+        ctx.remove(self)
         tunnel, self.tunnel = self.tunnel, None
         if tunnel is not None:
             tunnel.abort()
         for ex in self.queue:
-            up, ex.up = ex.up, None
+            up = ex.up
+            ex.release()
             if up is not None:
-                if ex.endpoint is not None:
-                    if ex.track:
-                        ctx.balancer.endpoint_health(ex.endpoint).active -= 1
                 up.abort()
-            if not ex.done and ex.decision is not None:
+            if ex.phase < DONE and ex.decision is not None:
                 ctx.stats.destroyed_with_active_request += 1
-                ex.done = True
+                ex.phase = ABORTED
                 self._count(ex, 0)
         self.queue.clear()
 
@@ -737,8 +574,8 @@ class Downstream(asyncio.Protocol):
             # HTTP/1.0): bytes pipelined behind it in the same read are never a request.
             raise _Stop
         ctx = self.ctx
-        now = ctx.loop.time()
-        self.parsing = Exchange(self, ctx.holder.table, now)
+        now = ctx.clock.now
+        self.parsing = Exchange(self, fields_for(ctx, ctx.holder.table), now)
         self.deadline = now + ctx.header_timeout
         self.deadline_kind = _DEADLINE_HEADERS
 
@@ -748,12 +585,12 @@ class Downstream(asyncio.Protocol):
         ex.url += url
         ex.header_bytes += len(url)
         if ex.header_bytes > self.ctx.max_header_bytes:
-            raise _bad("headers-too-large", "request line and headers too large", 431)
+            raise _bad(errors.HEADERS_TOO_LARGE, "request line and headers too large")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         ex = self.parsing
         assert ex is not None
-        if ex.decision is not None:
+        if ex.decision is not None or ex.reply is not None:
             # A trailer field of a chunked request body: forwarded with the last chunk,
             # unless it is a field that frames, routes or belongs to this hop.
             if name.lower() in TRAILER_NEVER:
@@ -766,62 +603,54 @@ class Downstream(asyncio.Protocol):
         ex.header_count += 1
         ex.header_bytes += len(name) + len(value) + 4
         if ex.header_count > ctx.max_header_count or ex.header_bytes > ctx.max_header_bytes:
-            raise _bad("headers-too-large", "too many or too large request headers", 431)
+            raise _bad(errors.HEADERS_TOO_LARGE, "too many or too large request headers")
         lname = name.lower()
-        action = ctx.actions.get(lname) if ex.table is ctx.actions_table else ctx.actions_for(ex.table).get(lname)
+        action = ex.actions.get(lname)
         if action is not None:
-            if action == _INTERESTING:
-                key = lname.decode("latin-1")
-                text = value.decode("latin-1")
-                prev = ex.view.get(key)
-                ex.view[key] = text if prev is None else prev + "," + text
-            elif action == _EXPLAIN:
+            if action == F_INTERESTING:
+                core.join_view(ex.view, lname.decode("latin-1"), value.decode("latin-1"))
+            elif action == F_EXPLAIN:
                 ex.explain = True
-            elif action == _HOST:
+            elif action == F_HOST:
                 ex.host_count += 1
                 ex.host = value
-            elif action == _CONNECTION:
+            elif action == F_CONNECTION:
                 tokens = [t.strip().lower() for t in value.split(b",")]
                 if ex.conn_tokens is None:
                     ex.conn_tokens = tokens
                 else:
                     ex.conn_tokens.extend(tokens)
                 return
-            elif action == _TE_HEADER:
+            elif action == F_TRANSFER_ENCODING:
                 # Several lines form one list (RFC 9110 §5.3): `gzip` then `chunked` is 501.
                 ex.te = value if ex.te is None else ex.te + b", " + value
                 return
-            elif action == _CL:
+            elif action == F_CONTENT_LENGTH:
                 ex.has_body = value.strip() != b"0"
-            elif action == _XFF:
+            elif action == F_XFF:
                 ex.xff = value if ex.xff is None else ex.xff + b", " + value
                 return
-            elif action == _XFP:
+            elif action == F_XFP:
                 ex.xfp = True
-            elif action == _XFH:
+            elif action == F_XFH:
                 ex.xfh = True
-            elif action == _VIA:
+            elif action == F_VIA:
                 ex.via = value if ex.via is None else ex.via + b", " + value
                 return
-            elif action == _UPGRADE:
+            elif action == F_UPGRADE:
                 ex.upgrade = value
                 return
-            elif action == _MARKER:
+            elif action == F_MARKER:
                 ex.view[ROUTED_MARKER] = "1"
                 return
             else:  # other hop-by-hop fields
                 return
-        elif b"_" in lname:
-            spelled = lname.replace(b"_", b"-")
-            table = ex.table
-            if spelled.startswith(b"x-forklane") or (
-                table is not None and spelled in table.interesting_raw
-            ):
-                # Envoy's headers_with_underscores_action: a look-alike of a routing header
-                # must never take part in routing, nor reach the next hop to do so there.
-                ctx.stats.underscore_headers_dropped += 1
-                return
-        ex.lines.append(name + b": " + value + b"\r\n")
+        elif b"_" in lname and core.lookalike(lname, ex.fields.interesting_raw):
+            # A look-alike of a routing header must never take part in routing, nor reach
+            # the next hop to do so there.
+            ctx.stats.underscore_headers_dropped += 1
+            return
+        ex.kept.append((name, value))
 
     def on_headers_complete(self) -> None:
         ex = self.parsing
@@ -834,27 +663,28 @@ class Downstream(asyncio.Protocol):
         ex.is_head = ex.method == b"HEAD"
         ex.keep_alive = parser.should_keep_alive()
         if ex.version not in ("1.1", "1.0"):
-            raise _bad("unsupported-version", f"HTTP/{ex.version} is not supported here", 505)
+            raise _bad(errors.UNSUPPORTED_VERSION, f"HTTP/{ex.version} is not supported here")
         if ex.host_count > 1:
-            raise _bad("duplicate-host", "more than one Host header")
+            raise _bad(errors.DUPLICATE_HOST, "more than one Host header")
         if ex.host_count == 0 and ex.version == "1.1":
-            raise _bad("missing-host", "HTTP/1.1 requests need a Host header")
+            raise _bad(errors.MISSING_HOST, "HTTP/1.1 requests need a Host header")
         host = ex.host
         if host and host != ctx.host_ok:
             if not valid_host(host):
-                raise _bad("bad-host", "the Host header is not a valid authority")
+                raise _bad(errors.BAD_HOST, "the Host header is not a valid authority")
             ctx.host_ok = host
         if ex.te is not None:
             if ex.version == "1.0":
                 # RFC 9112 §6.1: HTTP/1.0 has no chunked framing, so the framing is faulty.
-                raise _bad("bad-transfer-encoding", "Transfer-Encoding is not valid in HTTP/1.0")
+                raise _bad(errors.BAD_TRANSFER_ENCODING,
+                           "Transfer-Encoding is not valid in HTTP/1.0")
             problem = check_transfer_encoding(ex.te)
             if problem is not None:
                 raise _Reject(problem)
             ex.chunked = True
             ex.has_body = True
         if ex.method == b"CONNECT":
-            raise _bad("connect-unsupported", "CONNECT tunnelling is not supported", 405)
+            raise _bad(errors.CONNECT_UNSUPPORTED, "CONNECT tunnelling is not supported")
         url = ex.url
         authority = host
         target = url
@@ -863,15 +693,15 @@ class Downstream(asyncio.Protocol):
             try:
                 parsed = httptools.parse_url(url)
             except httptools.HttpParserInvalidURLError:
-                raise _bad("bad-target", "the request target is not a valid URL") from None
+                raise _bad(errors.BAD_TARGET, "the request target is not a valid URL") from None
             if parsed.host is None:
-                raise _bad("bad-target", "the request target has no host")
+                raise _bad(errors.BAD_TARGET, "the request target has no host")
             authority = parsed.host + (b":%d" % parsed.port if parsed.port else b"")
             target = (parsed.path or b"/") + (b"?" + parsed.query if parsed.query else b"")
             # RFC 9112 §3.2.2: the target's authority replaces any Host the client sent, so
             # the next hop never sees a Host that disagrees with where we routed.
-            ex.lines = [line for line in ex.lines if line[:5].lower() != b"host:"]
-            ex.lines.append(b"host: " + authority + b"\r\n")
+            ex.kept = [item for item in ex.kept if item[0].lower() != b"host"]
+            ex.kept.append((b"host", authority))
             ex.host = authority
         if ex.upgrade is not None and not (ex.conn_tokens and b"upgrade" in ex.conn_tokens):
             ex.upgrade = None  # Upgrade without Connection: upgrade is not an upgrade request
@@ -879,28 +709,18 @@ class Downstream(asyncio.Protocol):
             self._drop_connection_named(ex)  # raises for a nomination of a protected field
         table = ex.table
         if table is None:
-            ex.reply = LocalReply(503, "no-config", "no routing table loaded yet", close=False)
+            ex.reply = reply_for(errors.NO_CONFIG, "no routing table loaded yet", close=False)
         else:
-            if ex.via is not None and routed_by_sidecar(ex.via):
-                ex.view[ROUTED_MARKER] = "1"
             qmark = target.find(b"?")
             path = target if qmark < 0 else target[:qmark]
-            view = RequestView(
-                listener=ctx.kind,
-                method=ex.method.decode("latin-1"),
-                path=path.decode("latin-1"),
-                authority=authority.lower().decode("latin-1"),
-                headers=ex.view,
+            decision, injection, span = core.route(
+                ctx.kind, ex.fields, table, ex.method, path, authority, ex.view, ctx.draw,
+                ctx.hooks, ctx.stats, ex.via,
             )
-            decision = decide(view, table, ctx.draw)
-            hooks = ctx.hooks
-            if hooks is not None:
-                decision, ex.span = hooks.after_decide(view, table, decision, ctx.draw, ex.lines)
             ex.decision = decision
             ex.route = decision.route
-            if decision.key.conflict:
-                ctx.stats.key_conflicts += 1
-            ex.head = self._request_head(ex, table, decision, target)
+            ex.span = span
+            ex.head = self._request_head(ex, decision, injection, target)
             if decision.mirrors and ex.upgrade is None:
                 ex.mirrors = [
                     MirrorCopy(ctx, dest, ex.head, ex.chunked, ex.is_head,
@@ -929,12 +749,12 @@ class Downstream(asyncio.Protocol):
         if ex is None:
             return
         ex.req_done = True
-        if not ex.done:
+        if ex.phase < DONE:
             ex.send_end()
         elif not self.queue and self.transport is not None:
             # Answered before its headers were even done being parsed (a local reply): the
             # connection is idle now.
-            self.deadline = self.ctx.loop.time() + self.ctx.idle_timeout
+            self.deadline = self.ctx.clock.now + self.ctx.idle_timeout
             self.deadline_kind = _DEADLINE_IDLE
         if ex.upgrade is None and len(self.queue) > self.ctx.max_pipelined:
             self._update_reading()
@@ -953,18 +773,17 @@ class Downstream(asyncio.Protocol):
         named = {t for t in ex.conn_tokens if t not in PERSISTENCE_TOKENS}
         if not named:
             return
-        ctx = self.ctx
-        actions = ctx.actions if ex.table is ctx.actions_table else ctx.actions_for(ex.table)
+        actions = ex.actions
         protected = sorted(
             t for t in named
             if t in FRAMING_FIELDS or t == b"traceparent"
-            or actions.get(t) in (_INTERESTING, _MARKER, _EXPLAIN)
+            or actions.get(t) in _PROTECTED_ACTIONS
         )
         if protected:
             names = ", ".join(t.decode("latin-1") for t in protected)
-            raise _bad("bad-connection-header",
+            raise _bad(errors.BAD_CONNECTION_HEADER,
                        f"Connection must not name fields that frame or route the request: {names}")
-        ex.lines = [line for line in ex.lines if line.split(b":", 1)[0].lower() not in named]
+        ex.kept = [item for item in ex.kept if item[0].lower() not in named]
         # The client's own forwarding fields were nominated for this hop only.
         if b"x-forwarded-for" in named:
             ex.xff = None
@@ -976,40 +795,19 @@ class Downstream(asyncio.Protocol):
             ex.via = None
 
     def _request_head(
-        self, ex: Exchange, table: RoutingTable, decision: Decision, target: bytes
+        self, ex: Exchange, decision: Decision, injection: Injection, target: bytes
     ) -> bytes:
-        parts = [ex.method, b" ", target, b" HTTP/1.1\r\n"]
-        key = decision.key.key
-        if key is not None:
-            updates = inject_routing_key(table.carriers, key, ex.view)
-            if updates:
-                replaced = {name.encode("latin-1") for name in updates}
-                for line in ex.lines:
-                    if line.split(b":", 1)[0].lower() not in replaced:
-                        parts.append(line)
-                for name, value in updates.items():
-                    parts.append(name.encode("latin-1") + b": " + value.encode("latin-1") + b"\r\n")
-            else:
-                parts += ex.lines
-        else:
-            parts += ex.lines
-        xff = ex.xff
-        if xff is None and not ex.xfp:
-            parts.append(self.forwarded_block)  # built once per connection
-        else:
-            parts.append(b"x-forwarded-for: " + (xff + b", " if xff else b"") + self.peer + b"\r\n")
-            if not ex.xfp:
-                parts.append(b"x-forwarded-proto: " + self.proto + b"\r\n")
-        if not ex.xfh and ex.host:
-            parts.append(b"x-forwarded-host: " + ex.host + b"\r\n")
-        via = ex.via
-        parts.append(b"via: " + via + b", " + _VIA_HOP + b"\r\n" if via else _VIA_LINE)
+        span = ex.span
+        kept = ex.kept if span is None else core.apply_span(ex.kept, span)
+        out: list[tuple[bytes, bytes]] = []
+        core.forwarded_fields(out, kept, injection, self.hop, ex.xff, ex.xfp, ex.xfh, ex.host,
+                              ex.via)
         if ex.chunked:
-            parts.append(b"transfer-encoding: chunked\r\n")
+            out.append((b"transfer-encoding", b"chunked"))
         if ex.upgrade is not None:
-            parts.append(b"connection: upgrade\r\nupgrade: " + ex.upgrade + b"\r\n")
-        parts.append(b"\r\n")
-        return b"".join(parts)
+            out.append((b"connection", b"upgrade"))
+            out.append((b"upgrade", ex.upgrade))
+        return _serialize(ex.method + b" " + target + b" HTTP/1.1\r\n", out)
 
     # -- running an exchange -----------------------------------------------------------------
 
@@ -1027,11 +825,9 @@ class Downstream(asyncio.Protocol):
                 assert passthrough.destination is not None
                 self.dispatch(ex, passthrough.destination, None, fresh=False)
                 return
-            self.reply(
-                ex,
-                LocalReply(route.status or 404, route.error or "no-route", route.reason,
-                           close=not ex.req_done and ex.has_body),
-            )
+            error = errors.error_for(route.error or "no-route")
+            self.reply(ex, LocalReply(route.status or error.status, error.reason, route.reason,
+                                      close=not ex.req_done and ex.has_body))
             return
         self.dispatch(ex, route.destination, None, fresh=False)
 
@@ -1040,6 +836,7 @@ class Downstream(asyncio.Protocol):
     ) -> None:
         ctx = self.ctx
         endpoint = ctx.balancer.pick(dest, exclude)
+        ex.phase = CONNECTING
         ex.dest = dest
         ex.endpoint = endpoint
         ex.track = len(dest.endpoints) > 1
@@ -1054,48 +851,41 @@ class Downstream(asyncio.Protocol):
     async def _open(self, ex: Exchange, dest: Destination, endpoint: Endpoint) -> None:
         ctx = self.ctx
         try:
-            async with asyncio.timeout(dest.timeouts.connect):
-                _, conn = await ctx.loop.create_connection(
-                    lambda: UpstreamConnection(ctx.pools, endpoint.address),
-                    endpoint.host,
-                    endpoint.port,
-                )
+            conn = await ctx.pools.open(endpoint, dest.timeouts.connect)
         except (OSError, TimeoutError) as exc:
-            reason = "connect-timeout" if isinstance(exc, TimeoutError) else "connect-failed"
-            self.connect_failed(ex, dest, endpoint, reason)
+            ctx.clock.tick()
+            failure = (Failure.CONNECT_TIMEOUT if isinstance(exc, TimeoutError)
+                       else Failure.CONNECT_FAILED)
+            self.connect_failed(ex, dest, endpoint, failure)
             return
-        ctx.pools.opened += 1
-        if ex.done or self.transport is None:
+        ctx.clock.tick()
+        if ex.phase >= DONE or self.transport is None:
             ctx.pools.give_back(conn)
             return
         self.bind(ex, conn)
 
     def connect_failed(
-        self, ex: Exchange, dest: Destination, endpoint: Endpoint, reason: str
+        self, ex: Exchange, dest: Destination, endpoint: Endpoint, failure: Failure
     ) -> None:
-        if ex.done:
+        if ex.phase >= DONE:
             return
         ctx = self.ctx
         ctx.balancer.failed(endpoint)
-        ctx.stats.upstream_errors[reason] += 1
+        ctx.stats.upstream_errors[failure.label] += 1
         route = ex.route
         assert route is not None
-        if ex.attempts < ctx.retries and len(dest.endpoints) > 1:
-            ex.attempts += 1
-            self.dispatch(ex, dest, endpoint, fresh=True)
-            return
-        if route.fallback is not None and not ex.fallback_used:
+        step = after_failure(failure, route=route, destination=dest, endpoint=endpoint,
+                             attempts=ex.attempts, fallback_used=ex.fallback_used,
+                             retries=ctx.retries)
+        if isinstance(step, Fail):
+            self.reply(ex, reply_for(step.error, step.detail, close=not ex.req_done))
+        elif isinstance(step, Fallback):
             ex.fallback_used = True
             ctx.stats.fork_fallbacks += 1
-            self.dispatch(ex, route.fallback, None, fresh=False)
-            return
-        if route.kind == "fork":
-            reply = LocalReply(503, "fork-unavailable",
-                               f"{dest.name} is not reachable ({reason})", close=not ex.req_done)
+            self.dispatch(ex, step.destination, None, fresh=False)
         else:
-            reply = LocalReply(503, f"upstream-{reason}",
-                               f"{dest.name} is not reachable ({reason})", close=not ex.req_done)
-        self.reply(ex, reply)
+            ex.attempts += 1
+            self.dispatch(ex, step.destination, step.exclude, fresh=step.fresh)
 
     def bind(self, ex: Exchange, conn: UpstreamConnection) -> None:
         transport = conn.transport
@@ -1104,10 +894,11 @@ class Downstream(asyncio.Protocol):
             self.dispatch(ex, ex.dest, None, fresh=True)
             return
         ctx = self.ctx
+        dest = ex.dest
+        assert dest is not None and ex.endpoint is not None
         ex.up = conn
-        assert ex.endpoint is not None
-        if ex.track:
-            ctx.balancer.endpoint_health(ex.endpoint).active += 1
+        ex.lease = ctx.balancer.lease(dest, ex.endpoint)
+        ex.phase = SENT
         conn.attach(ex, ex.is_head)
         pending = ex.pending
         ex.pending = None
@@ -1131,8 +922,7 @@ class Downstream(asyncio.Protocol):
             transport.write(ex.head)
         if ex.req_done:
             ex.send_end()
-        assert ex.dest is not None
-        ex.deadline = ex.started + ex.dest.timeouts.request
+        ex.deadline = ex.started + dest.timeouts.request
         if self.write_paused:
             transport.pause_reading()
 
@@ -1142,7 +932,6 @@ class Downstream(asyncio.Protocol):
             ex.reply = reply
             return
         transport = self.transport
-        ex.resp_started = True
         ex.status = reply.status
         close = reply.close or not ex.keep_alive or self.closing or self.ctx.draining
         if not ex.req_done and ex.has_body:
@@ -1168,18 +957,16 @@ class Downstream(asyncio.Protocol):
             if ex is not self.queue[0]:
                 ex.reply = reply
                 return
-            if ex.resp_started:
+            if ex.phase >= STREAMING:
                 self.abort(ex)
                 return
-            up, ex.up = ex.up, None
+            up = ex.up
+            ex.release()
             if up is not None:
-                if ex.endpoint is not None:
-                    if ex.track:
-                        ctx.balancer.endpoint_health(ex.endpoint).active -= 1
                 up.abort()
             self.reply(ex, reply)
             return
-        ex = Exchange(self, None, ctx.loop.time())
+        ex = Exchange(self, _NO_TABLE, ctx.clock.now)
         ex.reply = reply
         ex.keep_alive = False
         self.queue.append(ex)
@@ -1188,9 +975,9 @@ class Downstream(asyncio.Protocol):
 
     def finish(self, ex: Exchange) -> None:
         """The response of `ex` is complete: count it, then move on to the next request."""
-        if ex.done:
+        if ex.phase >= DONE:
             return
-        ex.done = True
+        ex.phase = DONE
         ctx = self.ctx
         if self.queue and self.queue[0] is ex:
             self.queue.popleft()
@@ -1214,12 +1001,12 @@ class Downstream(asyncio.Protocol):
             nxt = self.queue[0]
             self.start(nxt)
         elif self.parsing is None:
-            self.deadline = ctx.loop.time() + ctx.idle_timeout
+            self.deadline = ctx.clock.now + ctx.idle_timeout
             self.deadline_kind = _DEADLINE_IDLE
         self._update_reading()
 
     def abort(self, ex: Exchange) -> None:
-        ex.done = True
+        ex.phase = ABORTED
         self._count(ex, 0)
         self.closing = True
         if self.transport is not None:
@@ -1227,7 +1014,7 @@ class Downstream(asyncio.Protocol):
 
     def _count(self, ex: Exchange, status: int) -> None:
         ctx = self.ctx
-        now = ctx.loop.time()
+        now = ctx.clock.now
         count_request(ctx, ex.route, status, now - ex.started)
         span = ex.span
         if span is not None:
@@ -1244,13 +1031,10 @@ class Downstream(asyncio.Protocol):
     # -- writing: coalesced per upstream read ------------------------------------------------
 
     def cork(self) -> None:
-        """Collect writes until `uncork()`: the response head and the body that arrived in the
+        """Collect writes until `flush()`: the response head and the body that arrived in the
         same upstream read leave in one syscall instead of two or three."""
         if self.out is None:
             self.out = []
-
-    def uncork(self) -> None:
-        self.flush()
 
     def write(self, data: bytes) -> None:
         out = self.out
@@ -1304,14 +1088,22 @@ class Downstream(asyncio.Protocol):
         pending, ex.pending = ex.pending, None
         if pending:
             conn.transport.writelines(pending)
-        ex.done = True
+        ex.phase = TUNNEL
         if self.queue and self.queue[0] is ex:
             self.queue.popleft()
         self._count(ex, 101)
-        self.deadline = self.ctx.loop.time() + self.ctx.idle_timeout
+        self.deadline = self.ctx.clock.now + self.ctx.idle_timeout
         self.deadline_kind = _DEADLINE_TUNNEL
         self.upstream_blocked = False
         self._update_reading()
+
+    def expire_requests(self, now: float) -> None:
+        """Called by the sweep: the request at the head of the queue may have timed out."""
+        queue = self.queue
+        if queue:
+            ex = queue[0]
+            if ex.phase == SENT and now >= ex.deadline:
+                ex.timed_out()
 
     def deadline_expired(self) -> None:
         kind = self.deadline_kind
@@ -1325,14 +1117,11 @@ class Downstream(asyncio.Protocol):
             if ex is None:
                 self._close_quietly()  # nothing was sent: no one to answer
                 return
-            self.ctx.stats.rejected["header-timeout"] += 1
+            error = errors.HEADER_TIMEOUT
+            self.ctx.stats.rejected[error.label] += 1
             ex.keep_alive = False
             self.queue.append(ex)
-            self.reply(
-                ex,
-                LocalReply(408, "header-timeout", "request headers did not arrive in time",
-                           close=True),
-            )
+            self.reply(ex, reply_for(error, "request headers did not arrive in time", close=True))
         elif kind in (_DEADLINE_IDLE, _DEADLINE_TUNNEL):
             self._close_quietly()
 

@@ -18,7 +18,9 @@ from typing import Protocol, cast
 
 import httptools
 
+from forklane.proxy.listener.context import Clock
 from forklane.proxy.sockets import tune_transport
+from forklane.proxy.table import Endpoint
 
 __all__ = ["Pools", "ResponseSink", "UpstreamConnection"]
 
@@ -87,6 +89,7 @@ class UpstreamConnection(asyncio.Protocol):
         tune_transport(transport)
 
     def data_received(self, data: bytes) -> None:
+        self.pools.clock.tick()  # the one clock read of this read event
         if self.tunnel:
             if self.sink is not None:
                 self.sink.response_body(data)
@@ -209,13 +212,27 @@ class UpstreamConnection(asyncio.Protocol):
 
 
 class Pools:
-    """Idle keep-alive connections per endpoint address (shared by every table version)."""
+    """Idle keep-alive connections per endpoint address (shared by every table version), and
+    the one way to open a new upstream connection (requests and mirror copies alike)."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, max_idle: int) -> None:
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, max_idle: int, clock: Clock | None = None
+    ) -> None:
         self.loop = loop
+        self.clock = clock or Clock(loop.time)
         self.max_idle = max_idle
         self.idle: dict[str, deque[UpstreamConnection]] = {}
         self.opened = 0
+
+    async def open(self, endpoint: Endpoint, limit: float) -> UpstreamConnection:
+        """A new connection to `endpoint`; raises OSError, or TimeoutError after `limit` s."""
+        address = endpoint.address
+        async with asyncio.timeout(limit):
+            _, conn = await self.loop.create_connection(
+                lambda: UpstreamConnection(self, address), endpoint.host, endpoint.port
+            )
+        self.opened += 1
+        return conn
 
     def take(self, address: str) -> UpstreamConnection | None:
         idle = self.idle.get(address)
@@ -236,7 +253,7 @@ class Pools:
         if len(idle) >= self.max_idle:
             conn.close()
             return
-        conn.last_used = self.loop.time()
+        conn.last_used = self.clock.now
         idle.append(conn)
 
     def forget(self, conn: UpstreamConnection) -> None:

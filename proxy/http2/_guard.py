@@ -32,9 +32,10 @@ import math
 from collections import OrderedDict
 from dataclasses import dataclass
 
+from forklane.proxy.listener.handoff import PREFACE
+
 __all__ = ["PREFACE", "AbuseMemory", "FloodLimits", "FrameGuard", "Violation"]
 
-PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"  # RFC 9113 §3.4
 
 # Frame types (RFC 9113 §6) and the flags the guard reads.
 _DATA, _HEADERS, _PRIORITY, _RST_STREAM, _SETTINGS, _PUSH_PROMISE, _PING, _GOAWAY, \

@@ -2,13 +2,17 @@
 request, proxied to a stream on a pooled upstream h2c connection.
 
 The HTTP/1.1 listener hands a connection over when it starts with the HTTP/2 preface (h2c
-prior knowledge) or when TLS negotiated ALPN `h2`; from then on this module owns it.
+prior knowledge) or when TLS negotiated ALPN `h2` (`take_over`); from then on this module owns
+it. What a request's fields mean, the decision, the forwarded fields, the errors, retries and
+fallback and the accounting come from the forwarding core (`forward`), exactly as on HTTP/1.1;
+this module turns frames into heads and back.
 
 Invariants:
-- one routing decision per stream, made from the same `RequestView` as on HTTP/1.1, on the
-  table that was current when the stream's headers arrived;
+- one routing decision per stream, made by the same core as on HTTP/1.1, on the table that
+  was current when the stream's headers arrived;
 - every stream ends exactly once (`H2Stream.finish`): counted in the listener's rows, removed
-  from its connection, its upstream stream cancelled if still open;
+  from its connection, its upstream stream cancelled if still open, its endpoint lease
+  released;
 - a gRPC stream never gets an HTTP error page from the proxy, only a gRPC status;
 - nothing is read from one side faster than the other side's window drains it (see `_flow`).
 """
@@ -33,83 +37,101 @@ from h2.exceptions import ProtocolError
 from h2.settings import SettingCodes
 from hyperframe.frame import GoAwayFrame
 
-from forklane.proxy.context.carriers import inject_routing_key
-from forklane.proxy.http2 import grpc
-from forklane.proxy.http2._flow import GracefulH2Connection, Peer, Pipe
-from forklane.proxy.http2._guard import FrameGuard
-from forklane.proxy.http2.upstream import CONNECTION_WINDOW, H2Upstream
-from forklane.proxy.requestlog import count_request, log_request
-from forklane.proxy.routing import Decision, RequestView, decide
-from forklane.proxy.sockets import tune_transport
-from forklane.proxy.table import (
-    ROUTED_MARKER,
-    Destination,
-    Endpoint,
-    Route,
-    RoutingTable,
-    routed_by_sidecar,
+from forklane.proxy.balancer import NO_LEASE, Lease
+from forklane.proxy.forward import core, errors
+from forklane.proxy.forward.accounting import count_request, log_request
+from forklane.proxy.forward.attempts import Fail, Failure, Fallback, Retry, after_failure
+from forklane.proxy.forward.core import (
+    F_CONNECTION,
+    F_CONTENT_TYPE,
+    F_EXPLAIN,
+    F_GRPC_TIMEOUT,
+    F_HOST,
+    F_INTERESTING,
+    F_KEEP_ALIVE,
+    F_MARKER,
+    F_TE,
+    F_TRANSFER_ENCODING,
+    F_UPGRADE,
+    F_VIA,
+    F_XFF,
+    F_XFH,
+    F_XFP,
+    Hop,
+    TableFields,
 )
+from forklane.proxy.forward.errors import ProxyError
+from forklane.proxy.forward.phases import ABORTED, CONNECTING, DONE, QUEUED, SENT, STREAMING
+from forklane.proxy.http2 import grpc
+from forklane.proxy.http2._flow import GracefulH2Connection, Hub, Peer, Pipe
+from forklane.proxy.http2._guard import AbuseMemory, FloodLimits, FrameGuard
+from forklane.proxy.http2.upstream import CONNECTION_WINDOW, H2Pools, H2Upstream
+from forklane.proxy.listener.context import ListenerContext
+from forklane.proxy.routing import Decision
+from forklane.proxy.sockets import tune_transport
+from forklane.proxy.table import ROUTED_MARKER, Destination, Endpoint, Route
 
 if TYPE_CHECKING:
-    from forklane.proxy.http1.server import ListenerContext
     from forklane.proxy.tracing import ProxySpan
 
-__all__ = ["PREFACE", "H2Downstream"]
+__all__ = ["H2Downstream", "H2Shared", "take_over"]
 
-PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 MAX_CONCURRENT_STREAMS = 100
 _VIA_HOP = b"2 forklane"
-
-# What the request path does with a header name (lowercase; h2 delivers lowercase names).
-(_DROP, _TE, _HOST, _CTYPE, _GRPC_TIMEOUT, _XFF, _XFP, _VIA, _MARKER, _INTERESTING,
- _EXPLAIN, _MALFORMED) = range(12)
-_SPECIAL: dict[bytes, int] = {
-    # Connection-specific fields make an HTTP/2 request malformed (RFC 9113 §8.2.2); h2's
-    # validation refuses them too when it is on. Never dropped silently: what a client meant
-    # to say with them to this hop cannot be honoured.
-    b"connection": _MALFORMED,
-    b"keep-alive": _MALFORMED,
-    b"proxy-connection": _MALFORMED,
-    b"transfer-encoding": _MALFORMED,
-    b"upgrade": _MALFORMED,
-    b"proxy-authorization": _DROP,
-    b"proxy-authenticate": _DROP,
-    b"trailer": _DROP,
-    b"http2-settings": _DROP,
-    b"te": _TE,
-    b"host": _HOST,
-    b"content-type": _CTYPE,
-    b"grpc-timeout": _GRPC_TIMEOUT,
-    b"x-forwarded-for": _XFF,
-    b"x-forwarded-proto": _XFP,
-    b"via": _VIA,
-    ROUTED_MARKER.encode(): _MARKER,
-}
+# Connection-specific fields make an HTTP/2 request malformed (RFC 9113 §8.2.2); h2's
+# validation refuses them too when it is on. Never dropped silently: what a client meant to
+# say with them to this hop cannot be honoured.
+_MALFORMED = frozenset({F_CONNECTION, F_KEEP_ALIVE, F_TRANSFER_ENCODING, F_UPGRADE})
 # Response fields that never cross a hop.
 _RESPONSE_HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection",
                            b"transfer-encoding", b"upgrade", b"trailer"})
 
 
-class _Actions:
-    """The header action map of one routing table, built once per table swap."""
+class H2Shared:
+    """The HTTP/2 state one listener's connections share, loaded with its first HTTP/2
+    connection: a sidecar that only ever sees HTTP/1.1 never loads h2, hpack or hyperframe."""
 
-    __slots__ = ("map", "table")
+    def __init__(self, ctx: ListenerContext) -> None:
+        from forklane.proxy.http2 import _tuning
 
-    def __init__(self, table: RoutingTable | None, explain: bytes | None) -> None:
-        actions = dict(_SPECIAL)
-        if table is not None:
-            for name in table.interesting_raw:
-                actions.setdefault(name, _INTERESTING)
-        if explain is not None:
-            actions.setdefault(explain, _EXPLAIN)
-        self.map = actions
-        self.table = table
+        _tuning.apply()  # measured speedups of the HTTP/2 stack (idempotent)
+        settings = ctx.settings
+        self.hub = Hub(ctx.loop)
+        self.pools = H2Pools(ctx.loop, self.hub, settings.h2_validate_headers)
+        self.limits = FloodLimits(
+            max_header_block=2 * settings.max_header_bytes + 16384,
+            control_base=float(settings.h2_control_frame_budget),
+        )
+        self.abuse = AbuseMemory(ttl=settings.h2_abuse_memory_seconds)
+
+
+def shared(ctx: ListenerContext) -> H2Shared:
+    state: H2Shared | None = ctx.h2
+    if state is None:
+        state = ctx.h2 = H2Shared(ctx)
+    return state
+
+
+def take_over(
+    ctx: ListenerContext, transport: asyncio.Transport, data: bytes, passthrough: Route | None
+) -> None:
+    """The HTTP/1.1 module's hand-off: this connection speaks HTTP/2 from now on.
+    `passthrough`: on a captured connection, where unknown authorities go."""
+    h2 = H2Downstream(ctx, tls=transport.get_extra_info("ssl_object") is not None)
+    h2.passthrough = passthrough
+    transport.set_protocol(h2)
+    h2.connection_made(transport)
+    if data:
+        h2.data_received(data)
+    else:
+        h2.hub.flush()
 
 
 class H2Stream:
     """One request and its response on a downstream HTTP/2 connection."""
 
     # Class-level defaults: most streams keep them (cheaper than setting each per stream).
+    phase = QUEUED
     grpc = False
     explain = False
     is_head = False
@@ -119,11 +141,10 @@ class H2Stream:
     dest: Destination | None = None
     endpoint: Endpoint | None = None
     track = False
+    lease: Lease = NO_LEASE
     up: H2Upstream | None = None
     up_sid = 0
-    resp_started = False
     status = 0
-    done = False
     req_ended = False
     deadline = 0.0  # 0: none. Plain HTTP/2: until the response head. gRPC: until the end.
     grpc_deadline = 0.0
@@ -147,50 +168,52 @@ class H2Stream:
     def dispatch(self, dest: Destination, exclude: Endpoint | None, fresh: bool) -> None:
         ctx = self.down.ctx
         endpoint = ctx.balancer.pick(dest, exclude)
+        self.phase = CONNECTING
         self.dest = dest
         self.endpoint = endpoint
         self.track = len(dest.endpoints) > 1
-        conn = None if fresh else ctx.h2_pools.take(endpoint.address)
+        conn = None if fresh else self.down.shared.pools.take(endpoint.address)
         if conn is not None:
             self.bind(conn)
         else:
             ctx.spawn(self._open(dest, endpoint))
 
     async def _open(self, dest: Destination, endpoint: Endpoint) -> None:
-        ctx = self.down.ctx
         try:
             async with asyncio.timeout(dest.timeouts.connect):
-                conn = await ctx.h2_pools.connect(endpoint)
+                conn = await self.down.shared.pools.connect(endpoint)
         except (OSError, TimeoutError, ConnectionError, ProtocolError) as exc:
-            reason = "connect-timeout" if isinstance(exc, TimeoutError) else "connect-failed"
-            self.connect_failed(dest, endpoint, reason)
+            failure = (Failure.CONNECT_TIMEOUT if isinstance(exc, TimeoutError)
+                       else Failure.CONNECT_FAILED)
+            self.connect_failed(dest, endpoint, failure)
             return
-        if self.done:
+        if self.phase >= DONE:
             return
         if conn.has_capacity():
             self.bind(conn)
         else:
             self.dispatch(dest, endpoint if len(dest.endpoints) > 1 else None, fresh=False)
 
-    def connect_failed(self, dest: Destination, endpoint: Endpoint, reason: str) -> None:
-        if self.done:
+    def connect_failed(self, dest: Destination, endpoint: Endpoint, failure: Failure) -> None:
+        if self.phase >= DONE:
             return
         ctx = self.down.ctx
         ctx.balancer.failed(endpoint)
-        ctx.stats.upstream_errors[reason] += 1
+        ctx.stats.upstream_errors[failure.label] += 1
         route = self.route
         assert route is not None
-        if self.attempts < ctx.retries and len(dest.endpoints) > 1:
-            self.attempts += 1
-            self.dispatch(dest, endpoint, fresh=True)
-            return
-        if route.fallback is not None and not self.fallback_used:
+        step = after_failure(failure, route=route, destination=dest, endpoint=endpoint,
+                             attempts=self.attempts, fallback_used=self.fallback_used,
+                             retries=ctx.retries)
+        if isinstance(step, Fail):
+            self.fail(step.error, step.detail)
+        elif isinstance(step, Fallback):
             self.fallback_used = True
             ctx.stats.fork_fallbacks += 1
-            self.dispatch(route.fallback, None, fresh=False)
-            return
-        error = "fork-unavailable" if route.kind == "fork" else f"upstream-{reason}"
-        self.fail(503, grpc.UNAVAILABLE, error, f"{dest.name} is not reachable ({reason})")
+            self.dispatch(step.destination, None, fresh=False)
+        else:
+            self.attempts += 1
+            self.dispatch(step.destination, step.exclude, fresh=step.fresh)
 
     def bind(self, conn: H2Upstream) -> None:
         """Open the upstream stream and start moving the request body."""
@@ -204,9 +227,9 @@ class H2Stream:
             return
         self.up = conn
         self.up_sid = sid
-        if self.track:
-            assert self.endpoint is not None
-            self.down.ctx.balancer.endpoint_health(self.endpoint).active += 1
+        self.phase = SENT
+        assert self.dest is not None and self.endpoint is not None
+        self.lease = self.down.ctx.balancer.lease(self.dest, self.endpoint)
         if headers_only:
             req.done = True
         else:
@@ -228,7 +251,7 @@ class H2Stream:
         self.req.finish(trailers)
 
     def client_reset(self) -> None:
-        if self.done:
+        if self.phase >= DONE:
             return
         self.req.discard()
         self.resp.discard()
@@ -237,7 +260,7 @@ class H2Stream:
     # -- UpstreamSink: events from the upstream stream -----------------------------------------
 
     def up_response(self, headers: list[tuple[bytes, bytes]], ended: bool) -> None:
-        if self.done:
+        if self.phase >= DONE:
             return
         down = self.down
         status = 0
@@ -263,7 +286,7 @@ class H2Stream:
                 balancer.failed(self.endpoint)
             else:
                 balancer.succeeded(self.endpoint)
-        self.resp_started = True
+        self.phase = STREAMING
         self.status = status
         if not self.grpc:
             self.deadline = 0.0
@@ -293,56 +316,62 @@ class H2Stream:
             self.req.discard()
             if isinstance(conn, H2Upstream):
                 conn.cancel(sid, ErrorCodes.NO_ERROR)
-        self._release_endpoint()
-        if not self.resp_started:
-            self.fail(502, grpc.INTERNAL, "upstream-no-response",
-                      "the upstream ended the stream without a response")
+        self.lease.release()
+        if self.phase < STREAMING:
+            error = errors.UPSTREAM_NO_RESPONSE
+            self.down.ctx.stats.upstream_errors[error.label] += 1
+            self.fail(error, "the upstream ended the stream without a response")
             return
         self.resp.finish(None)
 
     def up_reset(self, code: int, refused: bool) -> None:
         self.up = None
-        self._release_endpoint()
-        if self.done:
+        self.lease.release()
+        if self.phase >= DONE:
             return
         ctx = self.down.ctx
-        if refused and self.req.sent == 0 and not self.resp_started and self.attempts < 3:
+        route, dest, endpoint = self.route, self.dest, self.endpoint
+        assert route is not None and dest is not None and endpoint is not None
+        step = after_failure(
+            Failure.NEVER_SEEN if refused and self.phase < STREAMING else Failure.RESET,
+            route=route, destination=dest, endpoint=endpoint, attempts=self.attempts,
+            fallback_used=self.fallback_used, retries=ctx.retries,
+            replayable=self.req.sent == 0, pooled=True,
+        )
+        if isinstance(step, Retry):
             # Never processed by the upstream (REFUSED_STREAM, or above a GOAWAY's last id).
             self.attempts += 1
             req = self.req
             req.dst = None
             req.done = False
-            assert self.dest is not None
-            self.dispatch(self.dest, None, fresh=False)
+            self.dispatch(step.destination, None, fresh=step.fresh)
             return
-        ctx.stats.upstream_errors["upstream-reset"] += 1
-        if self.endpoint is not None:
-            ctx.balancer.failed(self.endpoint)
+        assert isinstance(step, Fail)  # a stream the upstream saw never falls back
+        ctx.stats.upstream_errors[step.error.label] += 1
+        ctx.balancer.failed(endpoint)
         self.req.discard()
-        self.fail(502, grpc.UNAVAILABLE, "upstream-reset",
-                  f"the upstream reset the stream ({_code_name(code)})")
-
-    def _release_endpoint(self) -> None:
-        if self.track and self.endpoint is not None:
-            self.down.ctx.balancer.endpoint_health(self.endpoint).active -= 1
-            self.track = False
+        self.fail(step.error, f"the upstream reset the stream ({_code_name(code)})")
 
     # -- answers the proxy makes itself ----------------------------------------------------------
 
-    def fail(self, status: int, grpc_status: int, error: str, message: str) -> None:
-        """End the stream with an error: a gRPC status for gRPC, else an HTTP error answer
-        (or a stream reset when the response head already went out)."""
-        if self.done:
+    def fail(self, err: ProxyError, message: str, status: int = 0) -> None:
+        """End the stream with an error of the table: a gRPC status for gRPC, else an HTTP
+        error answer (or a stream reset when the response head already went out). `status`
+        overrides the table's HTTP status (a route's own reject status)."""
+        if self.phase >= DONE:
             return
+        error = err.reason
+        grpc_status = err.grpc_status
+        status = status or err.status
         self.error = error
         down = self.down
         up, self.up = self.up, None
         if up is not None:
             up.cancel(self.up_sid)
-            self._release_endpoint()
+        self.lease.release()
         self.deadline = 0.0
         resp = self.resp
-        if self.resp_started:
+        if self.phase >= STREAMING:
             if self.grpc and not resp.ended:
                 # A partial message is useless; the status says why. Give the upstream
                 # connection its window back for what is dropped.
@@ -359,7 +388,7 @@ class H2Stream:
             down.mark()
             self.finish(0, reset=True)
             return
-        self.resp_started = True
+        self.phase = STREAMING
         resp.src = None
         try:
             if self.grpc:
@@ -397,29 +426,29 @@ class H2Stream:
     def timed_out(self) -> None:
         ctx = self.down.ctx
         if self.grpc:
-            ctx.stats.upstream_errors["grpc-deadline"] += 1
-            self.fail(504, grpc.DEADLINE_EXCEEDED, "deadline-exceeded",
-                      "the call's deadline passed in the proxy")
-        elif not self.resp_started:
-            ctx.stats.upstream_errors["upstream-timeout"] += 1
-            self.fail(504, grpc.DEADLINE_EXCEEDED, "upstream-timeout",
-                      "the upstream did not answer in time")
+            error = errors.DEADLINE_EXCEEDED
+            ctx.stats.upstream_errors[error.label] += 1
+            self.fail(error, "the call's deadline passed in the proxy")
+        elif self.phase < STREAMING:
+            error = errors.UPSTREAM_TIMEOUT
+            ctx.stats.upstream_errors[error.label] += 1
+            self.fail(error, "the upstream did not answer in time")
 
     def response_sent(self) -> None:
         """The last frame of the response went to the client."""
         self.finish(self.status, reset=False)
 
     def finish(self, status: int, reset: bool) -> None:
-        if self.done:
+        if self.phase >= DONE:
             return
-        self.done = True
+        self.phase = ABORTED if reset else DONE
         down = self.down
         ctx = down.ctx
         down.streams.pop(self.sid, None)
         up, self.up = self.up, None
         if up is not None:
             up.cancel(self.up_sid)
-        self._release_endpoint()
+        self.lease.release()
         if not reset and not self.req_ended:
             # RFC 9113 §8.1: a complete response may end the request early with NO_ERROR.
             self.req.discard()
@@ -428,7 +457,7 @@ class H2Stream:
             except ProtocolError:
                 pass
             down.mark()
-        now = ctx.loop.time()
+        now = ctx.clock.now
         count_request(ctx, self.route, status, now - self.started)
         span = self.span
         if span is not None:
@@ -448,20 +477,8 @@ class H2Stream:
         )
 
     def explanation(self) -> tuple[bytes, bytes]:
-        decision = self.decision
-        route = self.route
-        if decision is None or route is None:
-            return (b"x-forklane-route", b"-")
-        parts = [
-            f"kind={route.kind}",
-            f"rule={route.rule}",
-            f"destination={self.dest.name if self.dest else '-'}",
-            f"endpoint={self.endpoint.address if self.endpoint else '-'}",
-            f"carrier={decision.key.carrier or '-'}",
-        ]
-        if self.fallback_used:
-            parts.append("fallback=baseline")
-        return (b"x-forklane-route", "; ".join(parts).encode("ascii", "replace"))
+        return (b"x-forklane-route", core.explanation_value(self.decision, self.dest,
+                                                            self.endpoint, self.fallback_used))
 
 
 def _nothing() -> None:
@@ -478,15 +495,16 @@ def _code_name(code: int) -> str:
 class H2Downstream(asyncio.Protocol, Peer):
     """One client HTTP/2 connection on a listener."""
 
-    # What the listener's sweep reads (HTTP/2 connections have no request queue).
-    queue: tuple[()] = ()
+    # What the listener's sweep reads: no connection-level deadline (see expire_requests).
     deadline = 0.0
-    deadline_kind = 1  # ask the sweep every tick: stream deadlines and idleness are checked here
+    deadline_kind = 0
     passthrough: Route | None = None  # captured connection: where unknown authorities go
 
     def __init__(self, ctx: ListenerContext, tls: bool = False) -> None:
-        Peer.__init__(self, ctx.h2_hub)
+        state = shared(ctx)
+        Peer.__init__(self, state.hub)
         self.ctx = ctx
+        self.shared = state
         self.tls = tls
         settings = ctx.settings
         self.h2 = GracefulH2Connection(H2Configuration(
@@ -495,15 +513,15 @@ class H2Downstream(asyncio.Protocol, Peer):
             validate_inbound_headers=settings.h2_validate_headers,
         ))
         self.streams: dict[int, H2Stream] = {}
-        self.actions = _Actions(None, ctx.explain_raw)
         self.peer = b""
+        self.hop = Hop(b"", b"https" if tls else b"http", _VIA_HOP)
         self.streams_total = 0
         self.premature_resets = 0
         self.reset_threshold = settings.h2_rapid_reset_threshold
         self.last_sid = 0
         self.goaway_sent = False
         self.closing = False
-        self.idle_since = ctx.loop.time()
+        self.idle_since = ctx.clock.now
         self.starting: list[H2Stream] = []  # routed in this read, dispatched at its end
         self.backlog = b""  # input beyond one turn's share, taken in the next iteration
         self.read_paused = False
@@ -517,15 +535,14 @@ class H2Downstream(asyncio.Protocol, Peer):
         self.transport = transport
         ctx = self.ctx
         self.peer = tune_transport(transport)
-        ctx.connections.add(self)
-        ctx.stats.connections_open += 1
-        ctx.stats.connections_total += 1
-        now = ctx.loop.time()
-        strikes = ctx.h2_abuse.strikes(self.peer, now)
+        self.hop = Hop(self.peer, self.hop.proto, _VIA_HOP)
+        ctx.add(self)
+        now = ctx.clock.tick()
+        strikes = self.shared.abuse.strikes(self.peer, now)
         if strikes:
             # Caught abusing recently: reconnecting does not buy a fresh budget.
             self.reset_threshold = max(1, self.reset_threshold // 10**strikes)
-        self.guard = FrameGuard(ctx.h2_limits, now, strikes)
+        self.guard = FrameGuard(self.shared.limits, now, strikes)
         h2 = self.h2
         h2.initiate_connection()
         h2.update_settings({
@@ -546,7 +563,7 @@ class H2Downstream(asyncio.Protocol, Peer):
         """Hand `data` to the codec, at most one turn's worth (see `_guard`): the rest waits
         for a later loop iteration with reading paused, so other connections get their turn."""
         guard = self.guard
-        take, violation = guard.scan(data, self.ctx.loop.time(), self.sent_bytes)
+        take, violation = guard.scan(data, self.ctx.clock.tick(), self.sent_bytes)
         if violation is not None:
             if take and violation.reason != "h2-control-flood":
                 self._receive(data[:take])
@@ -621,7 +638,7 @@ class H2Downstream(asyncio.Protocol, Peer):
             # the same read (Rapid Reset) never costs the upstream anything.
             self.starting = []
             for stream in starting:
-                if not stream.done:
+                if stream.phase < DONE:
                     assert stream.route is not None and stream.route.destination is not None
                     stream.dispatch(stream.route.destination, None, fresh=False)
         self.mark()
@@ -632,18 +649,16 @@ class H2Downstream(asyncio.Protocol, Peer):
     def connection_lost(self, exc: Exception | None) -> None:
         ctx = self.ctx
         self.transport = None
-        ctx.connections.discard(self)
-        ctx.stats.connections_open -= 1
+        ctx.clock.tick()
         for stream in tuple(self.streams.values()):
-            if not stream.done:
+            if stream.phase < DONE:
                 ctx.stats.destroyed_with_active_request += 1
                 stream.req.discard()
                 stream.resp.discard()
                 stream.finish(0, reset=True)
         self.streams.clear()
         self.blocked.clear()
-        if ctx.draining and not ctx.connections and ctx.on_idle is not None:
-            ctx.on_idle()
+        ctx.remove(self)
 
     def pause_writing(self) -> None:
         self.write_paused = True
@@ -663,23 +678,23 @@ class H2Downstream(asyncio.Protocol, Peer):
         if self.goaway_sent:
             self.h2.reset_stream(sid, ErrorCodes.REFUSED_STREAM)
             return
-        stream = H2Stream(self, sid, ctx.loop.time())
+        stream = H2Stream(self, sid, ctx.clock.now)
         self.streams[sid] = stream
         self.streams_total += 1
         if ended:
             stream.req_ended = True
             stream.req.ended = True
         table = ctx.holder.table
-        actions = self.actions
-        if actions.table is not table:
-            actions = self.actions = _Actions(table, ctx.explain_raw)
-        amap = actions.map
+        fields: TableFields | None = ctx.fields
+        if fields is None or fields.table is not table:
+            fields = ctx.fields = TableFields(table, ctx.explain_raw)
+        amap = fields.h2
         method = path = authority = scheme = None
         host: bytes | None = None
         xff: bytes | None = None
         via: bytes | None = None
-        xfp = False
-        lines: list[tuple[bytes, bytes]] = []
+        xfp = xfh = False
+        kept: list[tuple[bytes, bytes]] = []
         view: dict[str, str] = {}
         size = 0
         count = 0
@@ -699,72 +714,60 @@ class H2Downstream(asyncio.Protocol, Peer):
             count += 1
             action = amap.get(name)
             if action is not None:
-                if action == _INTERESTING:
-                    key = name.decode("latin-1")
-                    text = value.decode("latin-1")
-                    prev = view.get(key)
-                    if prev is None:
-                        view[key] = text
-                    else:
-                        view[key] = prev + ("; " if key == "cookie" else ",") + text
-                elif action == _CTYPE:
+                if action == F_INTERESTING:
+                    core.join_view(view, name.decode("latin-1"), value.decode("latin-1"))
+                elif action == F_CONTENT_TYPE:
                     stream.grpc = grpc.is_grpc(value)
-                elif action == _GRPC_TIMEOUT:
+                elif action == F_GRPC_TIMEOUT:
                     timeout = grpc.parse_grpc_timeout(value)
                     if timeout is not None:
                         stream.grpc_deadline = stream.started + timeout
-                elif action == _EXPLAIN:
+                elif action == F_EXPLAIN:
                     stream.explain = True
-                elif action == _TE:
+                elif action == F_TE:
                     if value.strip().lower() != b"trailers":
                         malformed = name  # RFC 9113 §8.2.2: TE may only say "trailers"
                         continue
-                elif action == _MALFORMED:
+                elif action in _MALFORMED:
                     malformed = name
                     continue
-                elif action == _HOST:
+                elif action == F_HOST:
                     host = value
                     continue
-                elif action == _XFF:
+                elif action == F_XFF:
                     xff = value if xff is None else xff + b", " + value
                     continue
-                elif action == _XFP:
+                elif action == F_XFP:
                     xfp = True
-                elif action == _VIA:
+                elif action == F_XFH:
+                    xfh = True
+                elif action == F_VIA:
                     via = value if via is None else via + b", " + value
                     continue
-                elif action == _MARKER:
+                elif action == F_MARKER:
                     view[ROUTED_MARKER] = "1"
                     continue
                 else:  # hop-by-hop
                     continue
-            elif b"_" in name:
-                spelled = name.replace(b"_", b"-")
-                if spelled.startswith(b"x-forklane") or (
-                    table is not None and spelled in table.interesting_raw
-                ):
-                    ctx.stats.underscore_headers_dropped += 1
-                    continue
-            lines.append((name, value))
+            elif b"_" in name and core.lookalike(name, fields.interesting_raw):
+                ctx.stats.underscore_headers_dropped += 1
+                continue
+            kept.append((name, value))
         if stream.grpc and stream.grpc_deadline:
             stream.deadline = stream.grpc_deadline
         if size > ctx.max_header_bytes or count > ctx.max_header_count:
-            ctx.stats.rejected["headers-too-large"] += 1
-            stream.fail(431, grpc.RESOURCE_EXHAUSTED, "headers-too-large",
-                        "too many or too large request headers")
+            self._refuse(stream, errors.HEADERS_TOO_LARGE, "too many or too large request headers")
             return
         if malformed is not None:
-            ctx.stats.rejected["malformed-request"] += 1
-            stream.fail(400, grpc.INTERNAL, "malformed-request",
-                        f"{malformed.decode('latin-1')} is a connection-specific field, not "
-                        "allowed in HTTP/2 (RFC 9113 §8.2.2)")
+            self._refuse(stream, errors.MALFORMED_REQUEST,
+                         f"{malformed.decode('latin-1')} is a connection-specific field, not "
+                         "allowed in HTTP/2 (RFC 9113 §8.2.2)")
             return
-        if method is None or path is None or method == b"CONNECT":
-            error = "connect-unsupported" if method == b"CONNECT" else "malformed-request"
-            ctx.stats.rejected[error] += 1
-            stream.fail(405 if method == b"CONNECT" else 400, grpc.INTERNAL, error,
-                        "CONNECT is not supported" if method == b"CONNECT"
-                        else "a request needs :method and :path")
+        if method == b"CONNECT":
+            self._refuse(stream, errors.CONNECT_UNSUPPORTED, "CONNECT is not supported")
+            return
+        if method is None or path is None:
+            self._refuse(stream, errors.MALFORMED_REQUEST, "a request needs :method and :path")
             return
         stream.is_head = method == b"HEAD"
         if authority is None:
@@ -773,50 +776,20 @@ class H2Downstream(asyncio.Protocol, Peer):
         stream.path = path
         stream.authority = authority
         if table is None:
-            stream.fail(503, grpc.UNAVAILABLE, "no-config", "no routing table loaded yet")
+            stream.fail(errors.NO_CONFIG, "no routing table loaded yet")
             return
         qmark = path.find(b"?")
-        view_path = path if qmark < 0 else path[:qmark]
-        if via is not None and routed_by_sidecar(via):
-            view[ROUTED_MARKER] = "1"
-        request_view = RequestView(
-            listener=ctx.kind,
-            method=method.decode("latin-1"),
-            path=view_path.decode("latin-1"),
-            authority=authority.lower().decode("latin-1"),
-            headers=view,
+        decision, injection, span = core.route(
+            ctx.kind, fields, table, method, path if qmark < 0 else path[:qmark], authority,
+            view, ctx.draw, ctx.hooks, ctx.stats, via,
         )
-        decision = decide(request_view, table, ctx.draw)
-        hooks = ctx.hooks
-        if hooks is not None:
-            # trace repair / gap counting / spans: the same hooks as HTTP/1.1
-            decision, stream.span = hooks.after_decide(request_view, table, decision, ctx.draw,
-                                                       None)
-            span = stream.span
-            if span is not None:
-                dropped = {b"traceparent"} if span.keeps_tracestate else {b"traceparent",
-                                                                          b"tracestate"}
-                lines = [item for item in lines if item[0] not in dropped]
-                lines.append((b"traceparent", span.traceparent))
         stream.decision = decision
+        stream.span = span
         route = stream.route = decision.route
-        if decision.key.conflict:
-            ctx.stats.key_conflicts += 1
         out = [(b":method", method), (b":scheme", scheme or b"http"),
                (b":authority", authority), (b":path", path)]
-        routing_key = decision.key.key
-        updates = (inject_routing_key(table.carriers, routing_key, view)
-                   if routing_key is not None else None)
-        if updates:
-            replaced = {name.encode("latin-1") for name in updates}
-            out += [item for item in lines if item[0] not in replaced]
-            out += [(n.encode("latin-1"), v.encode("latin-1")) for n, v in updates.items()]
-        else:
-            out += lines
-        out.append((b"x-forwarded-for", xff + b", " + self.peer if xff else self.peer))
-        if not xfp:
-            out.append((b"x-forwarded-proto", b"https" if self.tls else b"http"))
-        out.append((b"via", via + b", " + _VIA_HOP if via else _VIA_HOP))
+        core.forwarded_fields(out, kept if span is None else core.apply_span(kept, span),
+                              injection, self.hop, xff, xfp, xfh, authority, via)
         stream.headers = out
         if route.destination is None:
             passthrough = self.passthrough
@@ -826,10 +799,15 @@ class H2Downstream(asyncio.Protocol, Peer):
                 assert passthrough.destination is not None
                 stream.dispatch(passthrough.destination, None, fresh=False)
                 return
-            stream.fail(route.status or 404, grpc.UNAVAILABLE, route.error or "no-route",
-                        route.reason)
+            stream.fail(errors.error_for(route.error or "no-route"), route.reason,
+                        status=route.status)
             return
         self.starting.append(stream)  # dispatched once the whole read is processed
+
+    def _refuse(self, stream: H2Stream, error: ProxyError, message: str) -> None:
+        """A request that must not be forwarded: counted as rejected, answered with `error`."""
+        self.ctx.stats.rejected[error.label] += 1
+        stream.fail(error, message)
 
     def client_reset(self, stream: H2Stream) -> None:
         """The client reset a stream; many resets of unfinished streams are an attack."""
@@ -846,7 +824,7 @@ class H2Downstream(asyncio.Protocol, Peer):
         it, remember its address for a while, end every stream, GOAWAY and close."""
         ctx = self.ctx
         ctx.stats.rejected[reason] += 1
-        ctx.h2_abuse.strike(self.peer, ctx.loop.time())
+        self.shared.abuse.strike(self.peer, ctx.clock.now)
         self.abused = True
         self.backlog = b""
         self.starting = []
@@ -867,7 +845,7 @@ class H2Downstream(asyncio.Protocol, Peer):
 
     def stream_finished(self, stream: H2Stream) -> None:
         if not self.streams:
-            self.idle_since = self.ctx.loop.time()
+            self.idle_since = self.ctx.clock.now
             if self.closing and self.transport is not None:
                 self.mark()
                 self.hub.flush()
@@ -876,10 +854,12 @@ class H2Downstream(asyncio.Protocol, Peer):
     # -- listener housekeeping -----------------------------------------------------------------
 
     def deadline_expired(self) -> None:
-        """Called by the listener's sweep ten times a second."""
-        now = self.ctx.loop.time()
+        """Nothing at connection level: streams and idleness are checked in `expire_requests`."""
+
+    def expire_requests(self, now: float) -> None:
+        """Called by the listener's sweep: stream deadlines, and idleness of the connection."""
         for stream in tuple(self.streams.values()):
-            if stream.deadline and now >= stream.deadline and not stream.done:
+            if stream.deadline and now >= stream.deadline and stream.phase < DONE:
                 stream.timed_out()
         if not self.streams and now - self.idle_since >= self.ctx.idle_timeout:
             self.drain()

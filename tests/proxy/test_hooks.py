@@ -75,7 +75,7 @@ class Sidecar:
         view = RequestView(listener, "GET", "/", authority, dict(headers))  # type: ignore[arg-type]
         decision = decide(view, self.table, _never)
         if hooks is not None:
-            decision, span = hooks.after_decide(view, self.table, decision, _never, [])
+            decision, span = hooks.after_decide(view, self.table, decision, _never)
             assert span is None
         assert view.headers == headers, "the view stays as received (injection needs it)"
         return decision
@@ -212,11 +212,10 @@ def test_invalid_memory_settings_are_refused() -> None:
         ProxySettings(trace_memory_ttl=0)
 
 
-def test_tracing_rewrites_the_forwarded_traceparent_or_hands_it_to_the_adapter(
-    table: RoutingTable,
-) -> None:
+def test_tracing_rewrites_the_forwarded_traceparent(table: RoutingTable) -> None:
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+    from forklane.proxy.forward.core import apply_span
     from forklane.proxy.tracing import ProxyTracer
 
     exporter = InMemorySpanExporter()
@@ -226,12 +225,12 @@ def test_tracing_rewrites_the_forwarded_traceparent_or_hands_it_to_the_adapter(
     assert hooks is not None and state.memory is None
     view = RequestView("outbound", "GET", "/", "catalog",
                        {"x-forklane-routing-key": KEY, "traceparent": TP, "tracestate": "a=1"})
-    lines = [b"Host: catalog\r\n", b"TraceParent: " + TP.encode() + b"\r\n", b"tracestate: a=1\r\n"]
-    decision, span = hooks.after_decide(view, table, decide(view, table, _never), _never, lines)
-    _, untouched = hooks.after_decide(view, table, decision, _never, None)
+    kept = [(b"Host", b"catalog"), (b"TraceParent", TP.encode()), (b"tracestate", b"a=1")]
+    decision, span = hooks.after_decide(view, table, decide(view, table, _never), _never)
+    _, untouched = hooks.after_decide(view, table, decision, _never)
     assert span is not None and untouched is not None
-    assert lines == [b"Host: catalog\r\n", b"tracestate: a=1\r\n",
-                     b"traceparent: " + span.traceparent + b"\r\n"]
+    assert apply_span(kept, span) == [(b"Host", b"catalog"), (b"tracestate", b"a=1"),
+                                      (b"traceparent", span.traceparent)]
     assert span.keeps_tracestate
     span.finish(200, None, None)
     untouched.finish(0, None, None)

@@ -1,7 +1,8 @@
 """What every finished request leaves behind, whatever its protocol: its metrics row, its
-latency, and (when someone listens) an access-log line and a live-tap record.
+latency, its span, and (when someone listens) an access-log line and a live-tap record.
 
-Shared by the HTTP/1.1 and HTTP/2 listeners so both count and log the same way.
+Shared by the HTTP/1.1 and HTTP/2 listeners and the mirror copies, so all count and log the
+same way. `count_row` is the one place a request is counted in `forklane_requests_total`.
 """
 
 from __future__ import annotations
@@ -14,20 +15,24 @@ from forklane.proxy.routing import Decision
 from forklane.proxy.table import Destination, Endpoint, Route
 
 if TYPE_CHECKING:
-    from forklane.proxy.http1.server import ListenerContext
+    from forklane.proxy.listener.context import ListenerContext
 
-__all__ = ["count_request", "log_request"]
+__all__ = ["count_request", "count_row", "log_request"]
 
 _REJECTED = "\x1frejected"
 
 
-def count_request(ctx: ListenerContext, route: Route | None, status: int, elapsed: float) -> None:
-    """Bump the (service, kind) row by status class and observe the latency."""
-    key = route.stat_key if route is not None else _REJECTED
-    row = ctx.rows.get(key)
+def count_row(rows: dict[str, list[int]], key: str, status: int) -> None:
+    """Bump a (service, kind) row by status class (0: reset, no answer)."""
+    row = rows.get(key)
     if row is None:
-        row = ctx.rows[key] = [0, 0, 0, 0, 0, 0]
+        row = rows[key] = [0, 0, 0, 0, 0, 0]
     row[status // 100 if status < 600 else 5] += 1
+
+
+def count_request(ctx: ListenerContext, route: Route | None, status: int, elapsed: float) -> None:
+    """Count a finished request in its route's row and observe its latency."""
+    count_row(ctx.rows, route.stat_key if route is not None else _REJECTED, status)
     ctx.stats.observe_latency(elapsed)
 
 

@@ -1,0 +1,101 @@
+"""What to do after a failed attempt to reach an upstream: a pure function of the failure, the
+route and what was tried so far.
+
+The answer is one of three steps:
+- `Retry`: try the same destination again (another endpoint when there are several, on a
+  fresh connection or a pooled one);
+- `Fallback`: a fork that asked for it (`fallback: baseline`) goes to its baseline, once;
+- `Fail`: answer with the error of the table (`errors`) and a sentence naming why.
+
+Rules (the same for HTTP/1.1 and HTTP/2):
+- a failed connect is retried on another endpoint while `retries` allows and the destination
+  has another endpoint; then a fork falls back once if it may; then the request fails
+  (`fork-unavailable` for a fork, `upstream-connect-failed|timeout` otherwise);
+- a request the upstream never saw (a pooled HTTP/1.1 connection the upstream had closed, an
+  HTTP/2 stream refused or above a GOAWAY's last stream id) is replayed up to three times
+  when replaying it is safe: nothing of it was sent, or it has no body and an idempotent
+  method; otherwise it fails as `upstream-reset`;
+- a reset before the response head fails as `upstream-reset`; it is never replayed, because
+  the upstream may have acted on the request.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import NamedTuple
+
+from forklane.proxy.forward import errors
+from forklane.proxy.forward.errors import ProxyError
+from forklane.proxy.table import Destination, Endpoint, Route
+
+__all__ = ["MAX_REPLAYS", "Fail", "Failure", "Fallback", "Retry", "Step", "after_failure"]
+
+MAX_REPLAYS = 3  # replays of a request the upstream never saw
+
+
+class Failure(Enum):
+    """Why an attempt failed. The value is the `forklane_upstream_errors_total` label."""
+
+    CONNECT_FAILED = "connect-failed"
+    CONNECT_TIMEOUT = "connect-timeout"
+    NEVER_SEEN = "never-seen"  # closed pooled connection / refused stream: not processed
+    RESET = "upstream-reset"  # reset before the response head
+
+    @property
+    def label(self) -> str:
+        return self.value
+
+
+class Retry(NamedTuple):
+    destination: Destination
+    exclude: Endpoint | None  # the endpoint that just failed, when another can be picked
+    fresh: bool  # open a new connection rather than take a pooled one
+
+
+class Fallback(NamedTuple):
+    destination: Destination
+
+
+class Fail(NamedTuple):
+    error: ProxyError
+    detail: str
+
+
+Step = Retry | Fallback | Fail
+
+
+def after_failure(
+    failure: Failure,
+    *,
+    route: Route,
+    destination: Destination,
+    endpoint: Endpoint,
+    attempts: int,
+    fallback_used: bool,
+    retries: int,
+    replayable: bool = False,
+    pooled: bool = True,
+) -> Step:
+    """The next step after `failure` of attempt number `attempts` (0 for the first).
+
+    `replayable`: for `NEVER_SEEN`, whether sending the request again is safe. `pooled`: a
+    replay may take a pooled connection (HTTP/2 multiplexes; the refusing one takes no new
+    streams) or must open a fresh one (HTTP/1.1: other idle connections may be stale too)."""
+    if failure is Failure.NEVER_SEEN:
+        if replayable and attempts < MAX_REPLAYS:
+            return Retry(destination, None, fresh=not pooled)
+        return Fail(errors.UPSTREAM_RESET, "the upstream closed the connection before answering")
+    if failure is Failure.RESET:
+        return Fail(errors.UPSTREAM_RESET, "the upstream reset the request before answering")
+    if attempts < retries and len(destination.endpoints) > 1:
+        return Retry(destination, endpoint, fresh=True)
+    if route.fallback is not None and not fallback_used:
+        return Fallback(route.fallback)
+    reason = failure.label
+    if route.kind == "fork":
+        error = errors.FORK_UNAVAILABLE
+    elif failure is Failure.CONNECT_TIMEOUT:
+        error = errors.UPSTREAM_CONNECT_TIMEOUT
+    else:
+        error = errors.UPSTREAM_CONNECT_FAILED
+    return Fail(error, f"{destination.name} is not reachable ({reason})")
