@@ -1,4 +1,5 @@
-"""Packaging glue that pyproject.toml cannot express: the import-name mapping.
+"""Packaging glue that pyproject.toml cannot express: the import-name mapping and the compiled
+hot path.
 
 The repository keeps its three top-level folders (`proxy/`, `controlplane/`, `sdk/`), and the
 wheel installs them under one import name, so nothing on a user's path called `proxy` or `sdk`
@@ -8,15 +9,38 @@ can shadow forklane or be shadowed by it:
     proxy/        -> forklane.proxy         (the sidecar)
     controlplane/ -> forklane.controlplane  (the control plane)
 
-Development installs use setuptools' `strict` editable mode (a tree of links under `build/`),
-so type checkers and the layering check see the same package tree the wheel has.
+The proxy's request-path modules (`forklane.proxy.hotpath.MODULES`) are plain Python that
+Cython also compiles, in pure-Python mode: one source, run compiled where a C compiler built
+it and interpreted everywhere else. A build without a compiler (or with
+`FORKLANE_NO_COMPILE=1`) still succeeds and installs the interpreted package, saying so in one
+line. Development installs use setuptools' `strict` editable mode (a tree of links under
+`build/`), so type checkers and the layering check see the same package tree the wheel has;
+the compiled modules land in that tree next to the links.
 """
 
 from __future__ import annotations
 
-from setuptools import find_packages, setup
+import os
+import sys
+
+from setuptools import Extension, find_packages, setup
+from setuptools.command.build_ext import build_ext
 
 ROOTS = {"forklane": "sdk", "forklane.proxy": "proxy", "forklane.controlplane": "controlplane"}
+
+# Keep in step with proxy/hotpath.py's MODULES (a test checks they agree).
+HOT_MODULES = (
+    "forklane.proxy.forward.core",
+    "forklane.proxy.forward.accounting",
+    "forklane.proxy.http1.server",
+    "forklane.proxy.http1.upstream",
+    "forklane.proxy.http1.messages",
+    "forklane.proxy.routing",
+    "forklane.proxy.context.carriers",
+    "forklane.proxy.balancer",
+    "forklane.proxy.metrics",
+    "forklane.proxy.listener.context",
+)
 
 
 def _packages() -> list[str]:
@@ -27,8 +51,69 @@ def _packages() -> list[str]:
     return sorted(set(names))
 
 
+def _source(module: str) -> str:
+    for prefix, folder in sorted(ROOTS.items(), key=lambda item: -len(item[0])):
+        if module.startswith(prefix + "."):
+            rest = module[len(prefix) + 1 :].replace(".", "/")
+            return f"{folder}/{rest}.py"
+    raise ValueError(module)
+
+
+def _extensions() -> list[Extension]:
+    if os.environ.get("FORKLANE_NO_COMPILE"):
+        print("forklane: FORKLANE_NO_COMPILE is set: installing the interpreted hot path",
+              file=sys.stderr)
+        return []
+    try:
+        from Cython.Build import cythonize
+    except ImportError:
+        print("forklane: Cython is not available: installing the interpreted hot path",
+              file=sys.stderr)
+        return []
+    extensions = [Extension(name, [_source(name)]) for name in HOT_MODULES]
+    compiled: list[Extension] = cythonize(
+        extensions,
+        language_level=3,
+        quiet=True,
+        build_dir="build/cython",  # the generated C stays out of the source tree
+        compiler_directives={
+            # Annotations are for mypy; typing C variables from them would change behaviour
+            # (a `float` annotation becomes a C double, `int` rejects bools...).
+            "annotation_typing": False,
+            "binding": True,
+            "embedsignature": False,
+        },
+    )
+    return compiled
+
+
+class OptionalBuildExt(build_ext):
+    """Compile what can be compiled; without a working C compiler, install interpreted (and
+    say so once)."""
+
+    failed: list[str]
+
+    def run(self) -> None:
+        self.failed = []
+        try:
+            super().run()
+        except Exception as exc:
+            self.failed.append(str(exc))
+        if self.failed:
+            print(f"forklane: the hot path could not be compiled ({self.failed[0]}); "
+                  "installing it interpreted", file=sys.stderr)
+
+    def build_extension(self, ext: Extension) -> None:
+        try:
+            super().build_extension(ext)
+        except Exception as exc:
+            self.failed.append(f"{ext.name}: {exc}")
+
+
 setup(
     package_dir=ROOTS,
     packages=_packages(),
     package_data={name: ["py.typed"] for name in ROOTS},
+    ext_modules=_extensions(),
+    cmdclass={"build_ext": OptionalBuildExt},
 )

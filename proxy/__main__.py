@@ -201,9 +201,15 @@ def main(argv: list[str] | None = None) -> int:
             from forklane.proxy.grpclog import route_native_logs
 
             route_native_logs()  # gRPC's C-core lines go through our log format
+        from forklane.proxy import hotpath
+
+        try:
+            mode = hotpath.select(settings.hot_path)  # before any hot-path module loads
+        except hotpath.HotPathError as exc:
+            raise UsageError(f"forklane proxy: {exc}") from None
         from forklane.proxy.run import run
 
-        return run(settings)
+        return run(settings, mode)
     except UsageError as exc:
         print(exc, file=sys.stderr)
         return 2

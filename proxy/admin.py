@@ -6,7 +6,8 @@ it parses with httptools like the data plane so the sidecar loads no web framewo
 Endpoints:
 - `GET /healthz`: the process is alive;
 - `GET /readyz`: 200 once a routing table is loaded and while not draining, else 503;
-- `GET /config`: version, source, last reload error and the loaded snapshot (JSON);
+- `GET /config`: version, source, last reload error, the hot path's mode (`compiled` or
+  `interpreted`) and the loaded snapshot (JSON);
 - `GET /metrics`: Prometheus text;
 - `GET /explain?listener=&method=&host=&path=&header=name:value…` or `POST /explain` with
   `{"listener", "method", "host", "path", "headers": {…}}`: the decision for that request;
@@ -74,8 +75,10 @@ class AdminServer:
         stats: Stats,
         draw: Callable[[], float],
         is_ready: Callable[[], bool],
+        hot_path: str = "interpreted",
     ) -> None:
         self.holder = holder
+        self.hot_path = hot_path
         self.stats = stats
         self.draw = draw
         self.is_ready = is_ready
@@ -175,6 +178,7 @@ class AdminServer:
             "loaded_at": self.holder.loaded_at or None,
             "reload_failures": self.holder.reload_failures,
             "last_error": self.holder.last_error or None,
+            "hot_path": self.hot_path,
             "snapshot": table.snapshot.model_dump(mode="json") if table else None,
         }
 

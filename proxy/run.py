@@ -42,8 +42,9 @@ log = logging.getLogger("forklane.proxy")
 
 
 class Proxy:
-    def __init__(self, settings: ProxySettings) -> None:
+    def __init__(self, settings: ProxySettings, hot_path: str = "interpreted") -> None:
         self.settings = settings
+        self.hot_path = hot_path
         self.loop = asyncio.get_running_loop()
         rng = random.Random(settings.seed)
         self.draw: Callable[[], float] = rng.random
@@ -178,7 +179,8 @@ class Proxy:
                 raise UsageError("forklane proxy: the inbound listener needs --service and --local-app")
             bound.append(f"inbound={host}:{await self.open_listener('inbound', s.inbound_port)}")
         if s.admin_port is not None:
-            self.admin = AdminServer(self.holder, self.stats, self.draw, self.is_ready)
+            self.admin = AdminServer(self.holder, self.stats, self.draw, self.is_ready,
+                                     hot_path=self.hot_path)
             port = await self.admin.start(host, s.admin_port, reuse_port=s.workers > 1)
             bound.append(f"admin={host}:{port}")
         self.tasks.append(self.loop.create_task(self._housekeeping()))
@@ -297,14 +299,14 @@ def _tls_context(settings: ProxySettings) -> ssl.SSLContext | None:
     return context
 
 
-async def serve(settings: ProxySettings, ready_line: bool = True) -> int:
-    proxy = Proxy(settings)
+async def serve(settings: ProxySettings, hot_path: str, ready_line: bool = True) -> int:
+    proxy = Proxy(settings, hot_path)
     loop = proxy.loop
     bound = await proxy.start()
     if ready_line:
         print(f"forklane proxy listening: {bound} (routing {proxy.holder.source}, "
-              f"version {proxy.holder.table.version if proxy.holder.table else '-'})",
-              flush=True)
+              f"version {proxy.holder.table.version if proxy.holder.table else '-'}, "
+              f"hot path {hot_path})", flush=True)
 
     def on_hup() -> None:
         if settings.config is not None:
@@ -320,12 +322,14 @@ async def serve(settings: ProxySettings, ready_line: bool = True) -> int:
     return 0
 
 
-def run(settings: ProxySettings) -> int:
+def run(settings: ProxySettings, hot_path: str) -> int:
+    """Serve until SIGTERM. `hot_path` is the mode `hotpath.select` chose (reported in the
+    start-up line and `/config`)."""
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s"
     )
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency on every supported OS
-        return asyncio.run(serve(settings))
-    return uvloop.run(serve(settings))
+        return asyncio.run(serve(settings, hot_path))
+    return uvloop.run(serve(settings, hot_path))

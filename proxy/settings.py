@@ -17,7 +17,7 @@ import types
 import typing
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -201,6 +201,11 @@ class ProxySettings(BaseSettings):
         0.0, ge=0, le=60, description="keep accepting this long after readiness fails"
     )
     seed: int | None = Field(None, description="seed of the split/mirror RNG (tests only)")
+    hot_path: Literal["auto", "compiled", "interpreted"] = Field(
+        "auto",
+        description="run the compiled request path (built with Cython where a C compiler "
+        "exists) or the same code interpreted; auto: compiled when installed",
+    )
 
     # --- context propagation (all off by default: then the request path pays nothing) ---
     trace_repair: bool = Field(

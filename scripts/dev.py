@@ -2,14 +2,18 @@
 """Set up forklane's development environment and run its jobs, with nothing but Python 3.11+.
 
     python3 scripts/dev.py demo     # set up, then run the local demo
-    python3 scripts/dev.py test     # set up, then layering, lint and type checks and the whole test suite
+    python3 scripts/dev.py test     # set up, then layering, lint and type checks, the whole test suite
+                                    # (compiled hot path), then the proxy tests again interpreted
     python3 scripts/dev.py setup    # only set up (.venv with the pinned, tested dependency set)
     python3 scripts/dev.py bench    # set up, then the peer benchmark (needs nginx, haproxy, wrk)
     python3 scripts/dev.py tools    # only fetch kubectl and helm into .tools/bin (the test job does it too)
 
 The virtual environment lives in `.venv/` and installs from `constraints.txt`, the set CI
-tested; it is rebuilt when `pyproject.toml` or `constraints.txt` change. Extra arguments after
-the job name go to the tool it runs (`dev.py test -k routing`, `dev.py demo --help`).
+tested (build requirements too); it is rebuilt when `pyproject.toml`, `constraints.txt`, the
+package's file list or a source of the compiled hot path change. Setting up compiles the
+proxy's hot path with Cython where a C compiler exists and prints one line saying which mode
+the proxy will run in. Extra arguments after the job name go to pytest or the tool the job runs
+(`dev.py test -k routing`, `dev.py demo --help`).
 """
 
 from __future__ import annotations
@@ -49,9 +53,25 @@ DEBIAN_PACKAGES = {
 _SBIN = ("/usr/sbin", "/sbin", "/usr/bin", "/bin")
 
 
+def _hot_sources() -> list[Path]:
+    """The sources setup.py compiles (its HOT_MODULES), so a change to one rebuilds it."""
+    text = (ROOT / "setup.py").read_text()
+    block = text.split("HOT_MODULES = (", 1)[1].split(")", 1)[0]
+    roots = {"forklane.proxy.": "proxy/", "forklane.controlplane.": "controlplane/",
+             "forklane.": "sdk/"}
+    out = []
+    for name in (part.strip().strip('",') for part in block.splitlines()):
+        for prefix, folder in roots.items():
+            if name.startswith(prefix):
+                out.append(ROOT / (folder + name[len(prefix):].replace(".", "/") + ".py"))
+                break
+    return out
+
+
 def _fingerprint() -> str:
-    """What the installed environment depends on: the dependency set and the package's file
-    list (the strict editable install links files, so an added or removed one needs a relink)."""
+    """What the installed environment depends on: the dependency set, the package's file
+    list (the strict editable install links files, so an added or removed one needs a relink)
+    and the contents of the compiled hot path's sources (a changed one needs a rebuild)."""
     h = hashlib.sha256()
     for name in ("pyproject.toml", "constraints.txt", "setup.py"):
         h.update((ROOT / name).read_bytes())
@@ -59,6 +79,9 @@ def _fingerprint() -> str:
         for path in sorted((ROOT / folder).rglob("*")):
             if "__pycache__" not in path.parts and path.suffix in (".py", ".typed", ".pyx", ".pxd"):
                 h.update(str(path.relative_to(ROOT)).encode() + b"\n")
+    for path in _hot_sources():
+        if path.exists():
+            h.update(path.read_bytes())
     return h.hexdigest()
 
 
@@ -99,14 +122,27 @@ def setup() -> None:
     pip = [str(PY), "-m", "pip", "install", "--disable-pip-version-check", "-q"]
     subprocess.run([*pip, "--upgrade", "pip"], check=True, capture_output=True)
     # `strict` editable mode: a tree of links under build/ that has the wheel's layout
-    # (forklane, forklane.proxy, forklane.controlplane), which mypy and import-linter can read.
-    done = subprocess.run([*pip, "-c", str(ROOT / "constraints.txt"),
+    # (forklane, forklane.proxy, forklane.controlplane), which mypy and import-linter can read;
+    # the compiled hot path lands in it next to the links. PIP_CONSTRAINT also pins the build
+    # requirements (setuptools, wheel, Cython) of the isolated build environment.
+    constraints = str(ROOT / "constraints.txt")
+    done = subprocess.run([*pip, "-c", constraints,
                            "--config-settings", "editable_mode=strict", "-e", f"{ROOT}[all,test]"],
-                          capture_output=True, text=True)
+                          capture_output=True, text=True,
+                          env={**os.environ, "PIP_CONSTRAINT": constraints})
     if done.returncode:  # the build's own chatter is shown only when it failed
         sys.stderr.write(done.stdout + done.stderr)
         sys.exit(f"installing forklane into .venv failed (exit {done.returncode})")
     STAMP.write_text(_fingerprint())
+    mode = subprocess.run(
+        [str(PY), "-c", "from forklane.proxy import hotpath; print(hotpath.mode())"],
+        capture_output=True, text=True,
+    ).stdout.strip()
+    if mode == "compiled":
+        print("hot path: compiled (Cython)", flush=True)
+    else:
+        print("hot path: interpreted (no C compiler could build it; the proxy runs the same "
+              "code, slower)", flush=True)
 
 
 def tools() -> None:
@@ -169,7 +205,15 @@ def main(argv: list[str]) -> int:
             code = run(check)
             if code:
                 return code
-        return run([str(PY), "-m", "pytest", *rest])
+        code = run([str(PY), "-m", "pytest", *rest])
+        if code or rest:
+            return code
+        # The interpreted fallback must stay complete and correct: the proxy's tests again,
+        # with the compiled modules switched off at run time (hot_path=interpreted).
+        print("again with the interpreted hot path: tests/proxy tests/integration", flush=True)
+        return subprocess.run([str(PY), "-m", "pytest", "tests/proxy", "tests/integration"],
+                              cwd=ROOT, env={**os.environ, "FORKLANE_HOT_PATH": "interpreted"}
+                              ).returncode
     if job == "bench":
         return run(["bash", str(ROOT / "bench" / "peers.sh"), *rest])
     return 0

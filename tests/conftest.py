@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from forklane.proxy import hotpath
 from tests.support.processes import Proc, start_proxy, write_config
 from tests.support.upstream import RecordingUpstream
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """`FORKLANE_HOT_PATH=interpreted` (the second pass of `dev.py test`): in-process tests
+    load the sources of the hot path too, as the proxy processes they start do (they read the
+    same variable). Selected before collection imports any hot-path module."""
+    if os.environ.get("FORKLANE_HOT_PATH") == "interpreted":
+        hotpath.select("interpreted")
 
 
 @pytest.fixture

@@ -195,8 +195,6 @@ def test_controlplane_command_passes_arguments_through(env: dict[str, str]) -> N
 
 
 def test_proxy_command_passes_arguments_through(env: dict[str, str]) -> None:
-    if not (REPO / "proxy" / "__main__.py").exists():
-        pytest.skip("the proxy has no `python -m forklane.proxy` entry point in this tree yet")
     result = run_cli("proxy", "explain", "--help", env=env)
     assert result.code == 0
     assert "--config" in result.out
@@ -391,8 +389,6 @@ def test_proxies_lists_connected_proxies(cp_env: dict[str, str]) -> None:
 def test_explain_runs_the_proxys_decision_on_the_control_planes_snapshot(
     cp_env: dict[str, str], svc: str, listener: str
 ) -> None:
-    if not (REPO / "proxy" / "__main__.py").exists():
-        pytest.skip("the proxy has no `python -m forklane.proxy explain` in this tree yet")
     name = unique("sb")
     created = run_cli("sandbox", "create", "--fork", f"{svc}={listener}", "--name", name,
                       "--routing-key", f"key{secrets.token_hex(4)}", "--wait", "-o", "json",
@@ -411,8 +407,6 @@ def test_explain_runs_the_proxys_decision_on_the_control_planes_snapshot(
 
 
 def test_explain_asks_a_running_proxys_admin_port(env: dict[str, str], tmp_path: Path) -> None:
-    if not (REPO / "proxy" / "__main__.py").exists():
-        pytest.skip("the proxy has no `python -m forklane.proxy run` in this tree yet")
     proxy = start_proxy(REPO / "examples" / "static.yaml", tmp_path / "proxy.log")
     try:
         admin = proxy.url("admin")

@@ -180,3 +180,21 @@ def test_panic_mode_when_every_endpoint_is_ejected() -> None:
     b.failed(A)
     b.failed(C)
     assert set(picks(b, d, 4)) == {B.address}
+
+
+def test_a_lease_counts_the_endpoint_active_until_released_once() -> None:
+    from forklane.proxy.balancer import NO_LEASE
+    from forklane.proxy.table import Destination, Endpoint, Timeouts
+
+    a, b = Endpoint("a", 1, "a:1"), Endpoint("b", 1, "b:1")
+    dest = Destination("d", (a, b), "least_request", Timeouts(1, 1, 1))
+    balancer = Balancer(lambda: 0.0, lambda: 0.0)
+    lease = balancer.lease(dest, a)
+    assert balancer.endpoint_health(a).active == 1
+    lease.release()
+    lease.release()  # every end path of an exchange may call it: only the first counts
+    assert balancer.endpoint_health(a).active == 0
+    single = Destination("s", (a,), "round_robin", Timeouts(1, 1, 1))
+    assert balancer.lease(single, a) is NO_LEASE
+    NO_LEASE.release()
+    assert balancer.endpoint_health(a).active == 0
