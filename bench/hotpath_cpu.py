@@ -54,8 +54,8 @@ def mix(name: str, host: str) -> list[bytes]:
     """The request cycle of the shared benchmark's route-half.lua / route-real.lua."""
     if name == "half":
         return [_request(host, "/", [("x-routing-key", "abc")]), _request(host, "/", [])]
-    keyed = _COMMON + [("x-routing-key", "abc")]
-    bag = _COMMON + [("baggage", "userId=42,sd-routing-key=abc,region=eu")]
+    keyed = [*_COMMON, ("x-routing-key", "abc")]
+    bag = [*_COMMON, ("baggage", "userId=42,sd-routing-key=abc,region=eu")]
     path = "/api/v1/items?page=2"
     return [_request(host, path, keyed), _request(host, path, _COMMON),
             _request(host, path, bag), _request(host, path, _COMMON)]
@@ -113,8 +113,8 @@ async def measure(python: str, mode: str, mix_name: str, requests: int, conns: i
             f"services:\n  - {{name: web, endpoints: ['127.0.0.1:{b_port}']}}\n"
             f"forks:\n  - {{routing_key: abc, service: web, endpoints: ['127.0.0.1:{s_port}']}}\n"
         )
-        log = open(Path(tmp) / "proxy.log", "w+")
-        proc = subprocess.Popen(
+        log = open(Path(tmp) / "proxy.log", "w+")  # noqa: ASYNC230 - a bench's set-up
+        proc = subprocess.Popen(  # noqa: ASYNC220
             [python, "-P", "-m", "forklane.proxy", "run", "--config", str(config), "--port", "0",
              "--admin-port", "off", "--inbound-port", "off",
              *(["--hot-path", mode] if mode != "default" else [])],

@@ -25,8 +25,8 @@ from forklane.proxy.state import TableHolder
 
 if TYPE_CHECKING:
     from forklane.proxy.forward.core import TableFields
-    from forklane.proxy.table import Route
     from forklane.proxy.hooks import RequestHooks
+    from forklane.proxy.table import Route
 
 __all__ = ["Clock", "Deadline", "ListenerConnection", "ListenerContext", "Watched"]
 
@@ -131,6 +131,12 @@ class ListenerContext:
         stats = self.stats
         stats.connections_open += 1
         stats.connections_total += 1
+
+    def adopt(self, conn: ListenerConnection) -> None:
+        """Take over a connection already counted (a relay replacing its sniffer)."""
+        if not self.connections and self.on_busy is not None:
+            self.on_busy()
+        self.connections.add(conn)
 
     def remove(self, conn: ListenerConnection) -> None:
         if conn in self.connections:

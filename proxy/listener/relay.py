@@ -52,6 +52,7 @@ class ListenerShared(Protocol):
     def on_idle(self) -> Callable[[], None] | None: ...
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None: ...
+    def adopt(self, conn: Any) -> None: ...
 
 
 class _Side(asyncio.Protocol):
@@ -110,7 +111,6 @@ class TcpRelay:
     """One relayed connection, registered with its listener like an HTTP connection is."""
 
     deadline_kind = _DEADLINE_IDLE
-    queue: tuple[()] = ()  # no requests: the sweep finds nothing to time out but idleness
 
     def __init__(self, ctx: ListenerShared, client: asyncio.Transport, target: Address,
                  reason: str, initial: bytes, client_eof: bool = False) -> None:
@@ -136,7 +136,7 @@ class TcpRelay:
         down.eof = client_eof
         client.set_protocol(down)
         client.pause_reading()  # until the upstream is there: bounded by `initial`
-        ctx.connections.add(self)
+        ctx.adopt(self)  # the sniffer counted the connection; the sweep watches its idleness
         ctx.spawn(self._connect())
 
     async def _connect(self) -> None:
@@ -214,6 +214,9 @@ class TcpRelay:
             self.deadline_kind = _DEADLINE_IDLE
             return
         self.close()
+
+    def expire_requests(self, now: float) -> None:
+        """No requests: the sweep finds nothing to time out but idleness."""
 
     def drain(self) -> None:
         """Shutdown: a relay has no request boundary to stop at; it ends at the drain deadline."""

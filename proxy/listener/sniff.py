@@ -65,6 +65,7 @@ class SnifferContext(ListenerShared, Protocol):
     def max_header_bytes(self) -> int: ...
     @property
     def header_timeout(self) -> float: ...
+    def add(self, conn: Any) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,7 +109,6 @@ class Sniffer(asyncio.Protocol):
 
     deadline = 0.0
     deadline_kind = 0
-    queue: tuple[()] = ()
 
     def __init__(self, ctx: SnifferContext, policy: CapturePolicy) -> None:
         self.ctx = ctx
@@ -130,9 +130,7 @@ class Sniffer(asyncio.Protocol):
         self.transport = transport
         ctx = self.ctx
         tune_transport(transport)
-        ctx.connections.add(self)
-        ctx.stats.connections_open += 1
-        ctx.stats.connections_total += 1
+        ctx.add(self)
         policy = self.policy
         if policy.app_host is not None:
             self.target = Address(policy.app_host, original.port)
@@ -170,6 +168,9 @@ class Sniffer(asyncio.Protocol):
             self._leave()
 
     # -- the listener's sweep and shutdown -----------------------------------------------------
+
+    def expire_requests(self, now: float) -> None:
+        """No requests yet: only the detection deadline applies."""
 
     def deadline_expired(self) -> None:
         self.deadline_kind = 0
