@@ -36,7 +36,7 @@ from forklane.proxy.sockets import global_ipv6_present
 from forklane.proxy.state import TableHolder
 from forklane.proxy.table import ConfigError, LocalIdentity, Route, RoutingTable
 
-__all__ = ["serve"]
+__all__ = ["http2_handoff", "serve"]
 
 log = logging.getLogger("forklane.proxy")
 
@@ -145,7 +145,7 @@ class Proxy:
             policy = CapturePolicy.for_listener(kind, ctx, partial(Downstream, ctx))
             self.policies.append(policy)
             factory = partial(Sniffer, ctx, policy)
-        ctx.open_h2 = _http2_handoff(ctx)
+        ctx.open_h2 = http2_handoff(ctx)
         ctx.on_busy = self.wake.set
         server = await self.loop.create_server(
             factory,
@@ -272,7 +272,7 @@ def _version() -> str | None:
         return None
 
 
-def _http2_handoff(
+def http2_handoff(
     ctx: ListenerContext,
 ) -> Callable[[asyncio.Transport, bytes, Route | None], None]:
     """The HTTP/1.1 module's way to hand a connection to HTTP/2; the HTTP/2 module (and the

@@ -23,11 +23,13 @@ import httpx
 import pytest
 
 from forklane.proxy.balancer import Balancer
-from forklane.proxy.http1.server import Downstream, ListenerContext
+from forklane.proxy.http1.server import Downstream
 from forklane.proxy.http1.upstream import Pools
+from forklane.proxy.listener.context import ListenerContext
 from forklane.proxy.listener.origdst import Address
 from forklane.proxy.listener.sniff import CapturePolicy, Sniffer
 from forklane.proxy.metrics import Stats, render_prometheus
+from forklane.proxy.run import http2_handoff
 from forklane.proxy.schema import RoutingSnapshot
 from forklane.proxy.settings import ProxySettings
 from forklane.proxy.state import TableHolder
@@ -128,6 +130,7 @@ async def start_lab(kind: str, doc: dict[str, Any], **overrides: Any) -> Lab:
     rng = random.Random(1)
     ctx = ListenerContext(kind, holder, settings, stats, Pools(loop, 8),  # type: ignore[arg-type]
                           Balancer(loop.time, rng.random), rng.random, loop)
+    ctx.open_h2 = http2_handoff(ctx)  # as the process wiring does
     lab = Lab(ctx=ctx, port=0, stats=stats)
     policy = replace(CapturePolicy.for_listener(kind, ctx, partial(Downstream, ctx)),
                      original=lambda sock: lab.target)
