@@ -7,6 +7,10 @@ REQUESTS requests over CONNS keep-alive connections with the shared benchmark's 
 and reports the proxy's on-CPU time per request (from /proc/PID/schedstat, nanoseconds),
 the median of ROUNDS rounds.
 
+With `--callgrind` the proxy runs under `valgrind --tool=callgrind` and the figure is the
+number of instructions it executed per request (counters zeroed after the warm-up, dumped after
+the round): repeatable to a fraction of a percent whatever else the machine does.
+
     .venv/bin/python bench/hotpath_cpu.py                      # both modes, both mixes
     .venv/bin/python bench/hotpath_cpu.py --modes interpreted --mixes real
     .venv/bin/python bench/hotpath_cpu.py --python OTHER/.venv/bin/python --modes default
@@ -81,6 +85,25 @@ def _cpu_ns(pid: int) -> int:
         return int(fh.read().split()[0])
 
 
+def _callgrind(pid: int, action: str, out: Path) -> int:
+    """Zero (`-z`) or dump (`-d`) the counters of a process under callgrind; after a dump,
+    the instructions counted since the last zeroing."""
+    before = set(out.parent.glob(out.name + "*"))
+    subprocess.run(["callgrind_control", action, str(pid)], check=True, capture_output=True)
+    if action != "-d":
+        return 0
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        new = set(out.parent.glob(out.name + "*")) - before
+        for path in new:
+            text = path.read_text(errors="replace")
+            for line in text.splitlines():
+                if line.startswith("totals:") or line.startswith("summary:"):
+                    return int(line.split()[1])
+        time.sleep(0.2)  # waiting for valgrind to write the dump file
+    raise RuntimeError("callgrind wrote no dump")
+
+
 async def _client(port: int, cycle: list[bytes], count: int, size: dict[str, int]) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
@@ -98,13 +121,16 @@ async def _client(port: int, cycle: list[bytes], count: int, size: dict[str, int
 
 
 async def measure(python: str, mode: str, mix_name: str, requests: int, conns: int,
-                  rounds: int) -> list[float]:
+                  rounds: int, callgrind: bool = False) -> list[float]:
     loop = asyncio.get_running_loop()
     baseline = await loop.create_server(_Upstream, "127.0.0.1", 0)
     sandbox = await loop.create_server(_Upstream, "127.0.0.1", 0)
     b_port = baseline.sockets[0].getsockname()[1]
     s_port = sandbox.sockets[0].getsockname()[1]
+    keep = os.environ.get("CALLGRIND_KEEP")  # a folder to keep the dumps in (for annotate)
     with tempfile.TemporaryDirectory() as tmp:
+        if keep:
+            tmp = keep
         config = Path(tmp) / "routing.yaml"
         config.write_text(
             "version: cpu-1\n"
@@ -114,15 +140,18 @@ async def measure(python: str, mode: str, mix_name: str, requests: int, conns: i
             f"forks:\n  - {{routing_key: abc, service: web, endpoints: ['127.0.0.1:{s_port}']}}\n"
         )
         log = open(Path(tmp) / "proxy.log", "w+")  # noqa: ASYNC230 - a bench's set-up
+        dump = Path(tmp) / "callgrind.out"
+        wrap = (["valgrind", "--tool=callgrind", f"--callgrind-out-file={dump}"]
+                if callgrind else [])
         proc = subprocess.Popen(  # noqa: ASYNC220
-            [python, "-P", "-m", "forklane.proxy", "run", "--config", str(config), "--port", "0",
+            [*wrap, python, "-P", "-m", "forklane.proxy", "run", "--config", str(config), "--port", "0",
              "--admin-port", "off", "--inbound-port", "off",
              *(["--hot-path", mode] if mode != "default" else [])],
             stdout=log, stderr=subprocess.STDOUT, cwd=tmp,
         )
         try:
             port = 0
-            deadline = time.monotonic() + 30
+            deadline = time.monotonic() + (600 if callgrind else 30)
             while not port and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)  # polling the proxy's log for its ready line
                 log.seek(0)
@@ -140,11 +169,17 @@ async def measure(python: str, mode: str, mix_name: str, requests: int, conns: i
             for _ in range(rounds):
                 size.clear()
                 await _client(port, cycle, 1, size)
+                if callgrind:
+                    await asyncio.to_thread(_callgrind, proc.pid, "-z", dump)
                 before = _cpu_ns(proc.pid)
                 await asyncio.gather(*(_client(port, cycle, per_conn, dict(size))
                                        for _ in range(conns)))
                 after = _cpu_ns(proc.pid)
-                results.append((after - before) / 1000 / (per_conn * conns))
+                if callgrind:
+                    counted = await asyncio.to_thread(_callgrind, proc.pid, "-d", dump)
+                    results.append(counted / (per_conn * conns))
+                else:
+                    results.append((after - before) / 1000 / (per_conn * conns))
             return results
         finally:
             proc.send_signal(signal.SIGTERM)
@@ -162,19 +197,22 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=int(os.environ.get("REQUESTS", 20000)))
     parser.add_argument("--conns", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--callgrind", action="store_true",
+                        help="count instructions under valgrind instead of CPU time")
     args = parser.parse_args()
     try:
         import uvloop
         run = uvloop.run
     except ImportError:
         run = asyncio.run
-    print(f"{'mode':<12} {'mix':<5} {'µs CPU/request (median)':>24}  rounds")
+    unit = "instructions/request" if args.callgrind else "µs CPU/request"
+    print(f"{'mode':<12} {'mix':<5} {unit + ' (median)':>30}  rounds")
     for mode in args.modes.split(","):
         for mix_name in args.mixes.split(","):
             values = run(measure(args.python, mode, mix_name, args.requests, args.conns,
-                                 args.rounds))
+                                 args.rounds, args.callgrind))
             rounds = " ".join(f"{v:.1f}" for v in values)
-            print(f"{mode:<12} {mix_name:<5} {statistics.median(values):>24.1f}  {rounds}",
+            print(f"{mode:<12} {mix_name:<5} {statistics.median(values):>30.1f}  {rounds}",
                   flush=True)
     return 0
 
