@@ -199,7 +199,7 @@ def route(
     auth = authority.lower().decode("latin-1")
     key: object = None
     if hooks is None:
-        key = _cache_key(auth, view, fields.tp_matters)
+        key = _cache_key(auth, view, fields.tp_matters) if view else auth
         hit = fields.cache.get(key)
         if hit is not None:
             decision = hit[0]

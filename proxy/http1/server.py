@@ -123,14 +123,6 @@ def fields_for(ctx: ListenerContext, table: RoutingTable | None) -> TableFields:
     return fields
 
 
-def _serialize(request_line: bytes, fields: list[tuple[bytes, bytes]]) -> bytes:
-    parts = [request_line]
-    for name, value in fields:
-        parts.append(name + b": " + value + b"\r\n")
-    parts.append(b"\r\n")
-    return b"".join(parts)
-
-
 class Exchange:
     """One request and its response, from the first request byte to the last response byte."""
 
@@ -339,7 +331,10 @@ class Exchange:
 
     def response_end(self, conn: UpstreamConnection, trailers: list[tuple[bytes, bytes]]) -> None:
         down = self.down
-        self.release()
+        lease = self.lease
+        if lease is not NO_LEASE:
+            lease.release()
+        self.up = None
         if self.framing == _CHUNKED and down.transport is not None and self.phase < DONE:
             tail = [b"0\r\n"]
             for name, value in trailers:
@@ -481,7 +476,8 @@ class Downstream(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         ctx = self.ctx
-        ctx.clock.tick()  # the one clock read of this read event
+        clock = ctx.clock
+        clock.now = clock.time()  # the one clock read of this read event (Clock.tick inlined)
         if self.first:
             self.first = False
             if may_be_h2c(data):
@@ -575,7 +571,11 @@ class Downstream(asyncio.Protocol):
             raise _Stop
         ctx = self.ctx
         now = ctx.clock.now
-        self.parsing = Exchange(self, fields_for(ctx, ctx.holder.table), now)
+        table = ctx.holder.table
+        fields = ctx.fields
+        if fields is None or fields.table is not table:
+            fields = fields_for(ctx, table)
+        self.parsing = Exchange(self, fields, now)
         self.deadline = now + ctx.header_timeout
         self.deadline_kind = _DEADLINE_HEADERS
 
@@ -807,7 +807,11 @@ class Downstream(asyncio.Protocol):
         if ex.upgrade is not None:
             out.append((b"connection", b"upgrade"))
             out.append((b"upgrade", ex.upgrade))
-        return _serialize(ex.method + b" " + target + b" HTTP/1.1\r\n", out)
+        parts = [ex.method + b" " + target + b" HTTP/1.1\r\n"]
+        for name, value in out:
+            parts.append(name + b": " + value + b"\r\n")
+        parts.append(b"\r\n")
+        return b"".join(parts)
 
     # -- running an exchange -----------------------------------------------------------------
 
@@ -897,7 +901,8 @@ class Downstream(asyncio.Protocol):
         dest = ex.dest
         assert dest is not None and ex.endpoint is not None
         ex.up = conn
-        ex.lease = ctx.balancer.lease(dest, ex.endpoint)
+        if ex.track:  # one endpoint: nothing to choose between, no count to keep
+            ex.lease = ctx.balancer.lease(dest, ex.endpoint)
         ex.phase = SENT
         conn.attach(ex, ex.is_head)
         pending = ex.pending
