@@ -19,8 +19,6 @@ Invariants:
 
 from __future__ import annotations
 
-from typing import Literal
-
 from opentelemetry import trace
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
@@ -37,7 +35,7 @@ from opentelemetry.trace import (
 )
 
 from forklane.proxy.context.traceparent import parse_traceparent
-from forklane.proxy.routing import Decision, RequestView
+from forklane.proxy.routing import Decision, ListenerKind, RequestView
 from forklane.proxy.table import Destination, Endpoint
 
 __all__ = ["ATTR", "ProxySpan", "ProxyTracer"]
@@ -107,7 +105,7 @@ class ProxyTracer:
 
     def start(
         self,
-        listener: Literal["inbound", "outbound"],
+        listener: ListenerKind,
         view: RequestView,
         decision: Decision,
     ) -> ProxySpan:

@@ -8,9 +8,9 @@ RFC 9113 §3.4). The HTTP/2 module checks the whole preface itself.
 
 from __future__ import annotations
 
-__all__ = ["PREFACE", "alpn_is_h2", "may_be_h2c"]
+from forklane.proxy.listener.detect import PREFACE
 
-PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"  # RFC 9113 §3.4
+__all__ = ["PREFACE", "alpn_is_h2", "may_be_h2c"]
 
 
 def may_be_h2c(first: bytes) -> bool:
