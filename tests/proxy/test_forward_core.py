@@ -99,6 +99,18 @@ def test_tracestate_carriers_make_the_traceparents_validity_part_of_the_key() ->
     assert invalid[0].route.kind == "baseline", "tracestate means nothing without traceparent"
 
 
+def test_a_sidecar_as_the_last_via_hop_means_deliver_locally() -> None:
+    t = table()
+    fields = core.TableFields(t, None)
+    view = {"x-forklane-routing-key": KEY}
+    d = core.route("inbound", fields, t, b"GET", b"/", b"catalog", view, Draws(), None, Stats(),
+                   b"1.1 edge, 1.1 forklane")
+    assert d[0].route.kind == "local"
+    again = core.route("inbound", fields, t, b"GET", b"/", b"catalog",
+                       {"x-forklane-routing-key": KEY}, Draws(), None, Stats(), b"1.1 edge")
+    assert again[0].route.kind == "fork", "the mark is part of the cache key"
+
+
 def test_inbound_decisions_are_cached() -> None:
     t = table()
     fields = core.TableFields(t, None)
@@ -111,15 +123,14 @@ def test_injection_writes_every_emitting_carrier_and_replaces_the_old_fields() -
                         {"kind": "baggage", "name": "forklane-routing-key"}])
     fields = core.TableFields(t, None)
     decision, injection, _ = route(fields, t, "catalog", {"x-forklane-routing-key": KEY})
+    assert decision.route.kind == "fork"
     out: list[tuple[bytes, bytes]] = []
     hop = core.Hop(b"10.1.1.1", b"http", b"1.1 forklane")
     kept = [(b"Host", b"catalog"), (b"Baggage", b"a=1")]
-    core.forwarded_fields(out, kept, decision.route.kind, injection, hop, None, False, False,
-                          b"catalog", None)
+    core.forwarded_fields(out, kept, injection, hop, None, False, False, b"catalog", None)
     assert out == [
         (b"Host", b"catalog"),
         (b"baggage", b"forklane-routing-key=alice-1"),
-        (b"x-forklane-routed", b"1"),
         (b"x-forwarded-for", b"10.1.1.1"),
         (b"x-forwarded-proto", b"http"),
         (b"x-forwarded-host", b"catalog"),
@@ -130,7 +141,7 @@ def test_injection_writes_every_emitting_carrier_and_replaces_the_old_fields() -
 def test_forwarded_fields_extend_what_the_client_sent() -> None:
     out: list[tuple[bytes, bytes]] = []
     hop = core.Hop(b"10.1.1.1", b"https", b"2 forklane")
-    core.forwarded_fields(out, [], "local", core._NO_INJECTION, hop, b"192.0.2.1", True, True,
+    core.forwarded_fields(out, [], core._NO_INJECTION, hop, b"192.0.2.1", True, True,
                           b"catalog", b"1.1 edge")
     assert out == [(b"x-forwarded-for", b"192.0.2.1, 10.1.1.1"), (b"via", b"1.1 edge, 2 forklane")]
 
