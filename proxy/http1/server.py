@@ -95,6 +95,13 @@ _DEADLINE_NONE = Deadline.NONE
 _DEADLINE_HEADERS = Deadline.HEADERS
 _DEADLINE_IDLE = Deadline.IDLE
 _DEADLINE_TUNNEL = Deadline.TUNNEL
+_DEADLINE_LINGER = Deadline.LINGER
+LINGER_SECONDS = 2.0
+"""How long a closing connection keeps reading (and dropping) what the client still sends.
+
+Closing a socket with unread bytes makes the kernel send a reset, and a reset that overtakes
+the answer makes the client lose it (a 408 to a trickling client, a 413 to a body too large).
+Like nginx's lingering close: shut our side, read until the client's FIN or this deadline."""
 
 
 class _Reject(Exception):
@@ -445,6 +452,7 @@ class Downstream(asyncio.Protocol):
         self.tunnel: UpstreamConnection | None = None
         self.out: list[bytes] | None = None  # corked writes (see cork())
         self.first = True  # the first bytes may be an HTTP/2 preface
+        self.client_eof = False
 
     # -- asyncio.Protocol --------------------------------------------------------------------
 
@@ -525,6 +533,7 @@ class Downstream(asyncio.Protocol):
             )
 
     def eof_received(self) -> bool | None:
+        self.client_eof = True
         if self.tunnel is not None or not self.queue:
             return None  # close
         self.closing = True
@@ -1000,7 +1009,7 @@ class Downstream(asyncio.Protocol):
             self.closing = True
             self.queue.clear()
             self.flush()
-            transport.close()
+            self._linger(transport)
             return
         if self.queue:
             nxt = self.queue[0]
@@ -1127,8 +1136,21 @@ class Downstream(asyncio.Protocol):
             ex.keep_alive = False
             self.queue.append(ex)
             self.reply(ex, reply_for(error, "request headers did not arrive in time", close=True))
-        elif kind in (_DEADLINE_IDLE, _DEADLINE_TUNNEL):
+        elif kind in (_DEADLINE_IDLE, _DEADLINE_TUNNEL, _DEADLINE_LINGER):
             self._close_quietly()
+
+    def _linger(self, transport: asyncio.Transport) -> None:
+        """Close after an answer without letting a reset overtake it (see LINGER_SECONDS)."""
+        if self.client_eof or not transport.can_write_eof() or transport.is_closing():
+            transport.close()
+            return
+        transport.write_eof()
+        self.parser = None
+        self.deadline = self.ctx.clock.now + LINGER_SECONDS
+        self.deadline_kind = _DEADLINE_LINGER
+        if self.read_paused:
+            self.read_paused = False
+            transport.resume_reading()
 
     def _close_quietly(self) -> None:
         self.closing = True

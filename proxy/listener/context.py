@@ -38,6 +38,7 @@ class Deadline:
     HEADERS = 1
     IDLE = 2
     TUNNEL = 3
+    LINGER = 4  # closing: our side is shut, the client's late bytes are read and dropped
 
 
 class Clock:

@@ -483,6 +483,22 @@ async def test_trickled_headers_do_not_extend_the_deadline(deadline_proxy: Proc)
     assert resp.status == 408
 
 
+async def test_an_error_answer_survives_the_bytes_the_client_still_sends(rig: Rig) -> None:
+    """A malformed head followed by 256 KiB the proxy will never read: the 400 still arrives.
+
+    Closing with unread input makes the kernel reset the connection, and the reset can overtake
+    the answer; the proxy shuts its side and reads the rest away first (a lingering close)."""
+    for _ in range(5):
+        reader, writer = await open_conn(rig)
+        try:
+            writer.write(b"GET /x HTTP/1.1\r\nHost: svc\r\nBad Header\r\n\r\n" + b"z" * 262144)
+            data = await read_until_closed(reader, within=5)
+        finally:
+            await close_conn(writer)
+        [resp] = parse_responses(data)
+        assert resp.status == 400
+
+
 async def test_silent_connection_is_closed_without_an_answer(deadline_proxy: Proc) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", deadline_proxy.ports["outbound"])
     try:
