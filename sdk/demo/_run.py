@@ -94,7 +94,7 @@ def _explain(console: Console, sb: SandboxHandle) -> None:
         f"([cyan]{ROUTING_KEY_HEADER}: {sb.routing_key}[/]) pass through the same frontend "
         "and catalog, and the sidecars send the call to pricing to v2.",
         "The key travels from hop to hop because each service forwards it "
-        "(sdk.propagation.aiohttp, one middleware); the sidecars route on it.",
+        "(forklane.propagation.aiohttp, one middleware); the sidecars route on it.",
     ):
         points.add_row("  •", Text.from_markup(line))  # Text: no number highlighting
     console.print()
