@@ -52,6 +52,7 @@ from forklane.proxy.http2.frames import (
     FrameError,
 )
 from forklane.proxy.http2.hpack import Decoder, Encoder, HPACKError
+from forklane.proxy.listener.detect import PREFACE
 
 __all__ = [
     "EV_DATA",
@@ -64,13 +65,17 @@ __all__ = [
     "EV_TRAILERS",
     "EV_WINDOW",
     "PREFACE",
+    "S_ENABLE_PUSH",
+    "S_HEADER_TABLE_SIZE",
+    "S_INITIAL_WINDOW_SIZE",
+    "S_MAX_CONCURRENT_STREAMS",
+    "S_MAX_FRAME_SIZE",
+    "S_MAX_HEADER_LIST_SIZE",
     "ErrorCode",
     "H2Conn",
     "H2Error",
     "code_name",
 ]
-
-PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
 EV_HEADERS = 1
 EV_INFO = 2
