@@ -25,7 +25,8 @@ Invariants:
   trailers, RST_STREAM, WINDOW_UPDATE, PING, SETTINGS, GOAWAY) and no more;
 - limits: 100 concurrent streams advertised (REFUSED_STREAM beyond), header list size and
   count as on HTTP/1.1 (a stream over them is answered 431 / RESOURCE_EXHAUSTED), 64 KiB
-  initial stream window, 1 MiB connection window;
+  initial stream window and 1 MiB connection window for clients; 256 KiB per stream and
+  16 MiB per connection for upstreams (a response's speed is window / round trip);
 - flow control both ways with bounded buffers: a DATA frame is acknowledged to its sender only
   once it was handed to the other side within that side's window, and nothing is handed to a
   side whose socket buffer is full, so a stream buffers at most one window per direction;

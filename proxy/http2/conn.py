@@ -158,6 +158,7 @@ class H2Conn:
 
     def __init__(self, client_side: bool, *, max_concurrent: int = 100,
                  max_header_list: int = 1 << 20, connection_window: int = _DEFAULT_WINDOW,
+                 stream_window: int = _DEFAULT_WINDOW,
                  max_list_decoded: int = 1 << 20) -> None:
         self.client_side = client_side
         self.streams: dict[int, _Stream] = {}
@@ -179,6 +180,10 @@ class H2Conn:
         self.recv_target = connection_window
         self.recv_pending = 0
         self._initial_increment = connection_window - _DEFAULT_WINDOW
+        # Our SETTINGS_INITIAL_WINDOW_SIZE: the owner announces it in `initiate` (a value
+        # other than the default must be in the pairs it passes).
+        self.stream_window = stream_window
+        self._stream_update = stream_window >> 1
         self.next_sid = 1  # client side: our next stream id
         self.last_remote_sid = 0  # highest stream id the peer opened
         self.remote_open_count = 0  # streams the peer opened that are not closed
@@ -405,7 +410,7 @@ class H2Conn:
         if self.remote_open_count >= self.max_concurrent:
             self.out.append(frames.rst_stream(sid, ErrorCode.REFUSED_STREAM))
             return
-        stream = _Stream(self.peer_initial_window, _DEFAULT_WINDOW)
+        stream = _Stream(self.peer_initial_window, self.stream_window)
         stream.head_seen = True
         self.streams[sid] = stream
         self.remote_open_count += 1
@@ -505,7 +510,7 @@ class H2Conn:
         if stream is None or not stream.remote_open:
             return
         pending = stream.recv_pending + size
-        if pending >= _DEFAULT_WINDOW >> 1:
+        if pending >= self._stream_update:
             stream.recv_window += pending
             stream.recv_pending = 0
             self.out.append(frames.window_update(sid, pending))
@@ -531,7 +536,7 @@ class H2Conn:
             raise H2Error(ErrorCode.REFUSED_STREAM, "no stream can be opened on this connection")
         sid = self.next_sid
         self.next_sid = sid + 2
-        stream = _Stream(self.peer_initial_window, _DEFAULT_WINDOW)
+        stream = _Stream(self.peer_initial_window, self.stream_window)
         self.streams[sid] = stream
         self.local_open_count += 1
         self.out.append(frames.headers(sid, self.encoder.encode(headers), end_stream,

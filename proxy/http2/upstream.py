@@ -29,6 +29,7 @@ from forklane.proxy.http2.conn import (
     EV_TRAILERS,
     EV_WINDOW,
     S_ENABLE_PUSH,
+    S_INITIAL_WINDOW_SIZE,
     ErrorCode,
     H2Conn,
     H2Error,
@@ -38,7 +39,13 @@ from forklane.proxy.table import Endpoint
 
 __all__ = ["CONNECTION_WINDOW", "H2Pools", "H2Upstream", "UpstreamSink"]
 
-CONNECTION_WINDOW = 1024 * 1024
+CONNECTION_WINDOW = 1024 * 1024  # what a client may have in flight to us on one connection
+# What an upstream may have in flight to us: per stream and per connection. Larger than the
+# client-facing windows because a response's speed is window / round trip and responses are
+# where the bytes are; the connection window covers 64 stalled streams, so one slow client
+# cannot stall the other streams sharing its upstream connection.
+UPSTREAM_STREAM_WINDOW = 256 * 1024
+UPSTREAM_CONNECTION_WINDOW = 64 * UPSTREAM_STREAM_WINDOW
 _MAX_STREAMS_CAP = 1000  # even if an upstream allows more, spread further load over sockets
 
 
@@ -60,8 +67,8 @@ class H2Upstream(asyncio.Protocol, Peer):
         Peer.__init__(self, pools.hub)
         self.pools = pools
         self.address = address
-        self.h2 = H2Conn(True, connection_window=CONNECTION_WINDOW,
-                         max_list_decoded=pools.max_list)
+        self.h2 = H2Conn(True, connection_window=UPSTREAM_CONNECTION_WINDOW,
+                         stream_window=UPSTREAM_STREAM_WINDOW, max_list_decoded=pools.max_list)
         self.streams: dict[int, UpstreamSink] = {}
         self.ready: asyncio.Future[None] = pools.loop.create_future()
         self.goaway = False
@@ -75,7 +82,7 @@ class H2Upstream(asyncio.Protocol, Peer):
         self.transport = transport
         tune_transport(transport)
         h2 = self.h2
-        h2.initiate([(S_ENABLE_PUSH, 0)])
+        h2.initiate([(S_ENABLE_PUSH, 0), (S_INITIAL_WINDOW_SIZE, UPSTREAM_STREAM_WINDOW)])
         transport.write(h2.data_to_send())
 
     def data_received(self, data: bytes) -> None:

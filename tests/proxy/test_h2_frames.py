@@ -252,3 +252,24 @@ def test_fuzzed_bytes_after_the_preface(data: bytes) -> None:
 def test_decoder_shared_by_both_directions_round_trip() -> None:
     enc, dec = Encoder(), Decoder()
     assert dec.decode(enc.encode(REQUEST)) == REQUEST
+
+
+def test_an_announced_larger_stream_window_is_what_the_peer_may_send() -> None:
+    client = H2Conn(True, connection_window=1 << 22, stream_window=256 * 1024)
+    client.initiate([(4, 256 * 1024)])
+    client.receive(frames.settings([]))
+    sid = client.open_stream(REQUEST, True)
+    enc = Encoder()
+    wire = frames.headers(sid, enc.encode([(b":status", b"200")]), False, 16384)
+    wire += b"".join(frames.data(sid, b"d" * 16384, False) for _ in range(16))  # 256 KiB
+    events = client.receive(wire)
+    assert sum(e[3] for e in events if e[0] == EV_DATA) == 256 * 1024  # type: ignore[misc]
+    client.data_to_send()
+    client.ack(128 * 1024, sid)  # half the stream window: worth an update now
+    updates = [(s, int.from_bytes(p, "big")) for t, _, s, p in sent_frames(client)
+               if t == frames.WINDOW_UPDATE]
+    assert (sid, 128 * 1024) in updates
+    # One byte beyond what was given back: that stream is reset with FLOW_CONTROL_ERROR.
+    events = client.receive(b"".join(frames.data(sid, b"d" * 16384, False) for _ in range(8))
+                            + frames.data(sid, b"!", False))
+    assert events[-1] == (EV_RESET, sid, ErrorCode.FLOW_CONTROL_ERROR, 0)
