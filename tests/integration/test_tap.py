@@ -274,13 +274,17 @@ async def test_a_stalled_viewer_leaves_proxy_latency_unchanged(world: World) -> 
     assert statistics.median(stalled) < 2 * statistics.median(quiet) + 0.001, figures
 
 
-async def _cli_tap(plane: ControlPlane, *args: str) -> asyncio.subprocess.Process:
+async def _cli(plane: ControlPlane, *args: str) -> asyncio.subprocess.Process:
     env = {**os.environ, "FORKLANE_URL": plane.url, "FORKLANE_TOKEN": ADMIN,
            "FORKLANE_CONFIG": os.devnull}
     return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "forklane", "tap", *args, env=env,
+        sys.executable, "-m", "forklane", *args, env=env,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )
+
+
+async def _cli_tap(plane: ControlPlane, *args: str) -> asyncio.subprocess.Process:
+    return await _cli(plane, "tap", *args)
 
 
 async def test_the_cli_prints_one_line_per_decision(world: World) -> None:
@@ -297,6 +301,16 @@ async def test_the_cli_prints_one_line_per_decision(world: World) -> None:
         line = json.loads(await asyncio.wait_for(proc.stdout.readline(), 30))
         assert line["type"] == "request" and line["target"] == "/cli?x=1"
         assert line["destination"].startswith("fork/") and line["carrier"]
+        replay = await _cli(plane, "explain", "--from-tap", line["id"], "-o", "json")
+        out, err = await replay.communicate()
+        assert replay.returncode == 0, err
+        explained = json.loads(out)
+        assert explained["sameAsRecorded"] is True and explained["kind"] == "fork"
+        assert explained["recorded"]["id"] == line["id"]
+        assert explained["carrier"] == line["carrier"]
+        gone = await _cli(plane, "explain", "--from-tap", "r999999")
+        _, err = await gone.communicate()
+        assert gone.returncode == 3 and b"r999999" in err and b"Traceback" not in err
     finally:
         proc.terminate()
         await proc.wait()
