@@ -324,3 +324,35 @@ async def test_the_cli_prints_one_line_per_decision(world: World) -> None:
     missing = await _cli_tap(plane, "--sandbox", "nope", "--seconds", "1")
     _, err = await missing.communicate()
     assert missing.returncode == 3 and b"Traceback" not in err, err
+
+
+async def test_message_deliveries_appear_beside_requests(world: World) -> None:
+    from forklane.client import AsyncClient
+    from forklane.messaging.report import Delivery
+    from forklane.messaging.tap import TapReporter
+
+    plane, _, proxy, _, _ = await tapped_world(world)
+    s = world.session
+    async with TapReader(s, plane, "sandbox=dev") as viewer, \
+            AsyncClient(url=plane.url, token=ADMIN) as client:
+        await installed(s, proxy, viewer.id)
+        reporter = TapReporter(client, interval=0.05)
+        await reporter.start()
+        for key, outcome in ((KEY, "taken"), (None, "taken"), (KEY, "handed-on")):
+            reporter(Delivery(time.time(), "nats", "orders.created", "orders", "dev", outcome,
+                              "dev" if key else "baseline", key, "baggage:forklane-routing-key"
+                              if key else None, "forked" if key else "no-key", "7"))
+        assert await send(s, proxy, "/beside", key=True) == 200
+
+        def kinds() -> list[tuple[str, str]]:
+            return [(d["type"], d.get("outcome") or d.get("target")) for d in viewer.lines
+                    if d["type"] in ("request", "delivery")]
+
+        async def both() -> bool:
+            return len(kinds()) >= 3
+
+        await until("deliveries and the request", both)
+        await reporter.aclose()
+    assert sorted(kinds()) == [("delivery", "handed-on"), ("delivery", "taken"),
+                               ("request", "/beside")]
+    assert reporter.sent == 3 and reporter.failures == 0
