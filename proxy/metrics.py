@@ -54,7 +54,7 @@ class Stats:
         self.mirror: defaultdict[str, int] = defaultdict(int)  # sent / failed / dropped
         self.keys_restored: defaultdict[str, int] = defaultdict(int)
         self.propagation_gaps: defaultdict[str, int] = defaultdict(int)
-        self.taps: list[Any] = []  # asyncio queues of live-tap readers (admin /tap)
+        self.taps: list[Any] = []  # TapSinks of live-tap readers (admin /tap, control plane)
         self.config_reloads = 0
         self.config_version = ""
         self.reload_failures: Callable[[], int] = lambda: 0

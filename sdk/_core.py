@@ -77,9 +77,11 @@ __all__ = [
     "build_sandbox",
     "hard_failure",
     "parse_duration",
+    "parse_tap_line",
     "parse_watch_line",
     "routing_headers",
     "waiting_reason",
+    "tap_request",
     "watch_request",
 ]
 
@@ -357,6 +359,36 @@ def parse_watch_line(line: str) -> WatchEvent:
         status = doc["object"].get("error", {}).get("status", 500)
         raise error_from_response(int(status), json.dumps(doc["object"]).encode(), "watch")
     return WatchEvent(str(doc.get("type")), doc["object"])
+
+
+def tap_request(
+    sandbox: str | None,
+    service: str | None,
+    key: str | None,
+    status: str | None,
+    seconds: float | None,
+) -> tuple[Request, str]:
+    """`GET /api/v1/tap`: the live stream of routing decisions (see `controlplane.tap_api`)."""
+    params: list[tuple[str, str]] = []
+    for name, value in (("sandbox", sandbox), ("service", service), ("key", key),
+                        ("status", status)):  # fmt: skip
+        if value:
+            params.append((name, value))
+    if seconds is not None:
+        params.append(("seconds", f"{seconds:g}"))
+    what = f"tap of sandboxes/{sandbox}" if sandbox else "tap"
+    return Request("GET", f"{API_PREFIX}/tap", params=tuple(params)), what
+
+
+def parse_tap_line(line: str) -> dict[str, Any]:
+    """One NDJSON line of a tap: `type` is started | request | delivery | dropped."""
+    try:
+        doc = json.loads(line)
+    except ValueError:
+        raise ForklaneError(f"tap: not a JSON line: {line[:100]!r}") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("type"), str):
+        raise ForklaneError(f"tap: not a tap line: {line[:100]!r}")
+    return doc
 
 
 @dataclass(frozen=True, slots=True)

@@ -51,6 +51,7 @@ from forklane._cli_render import (
     emit,
 )
 from forklane._cli_resources import routegroup_app, sandbox_app, service_app, split_app
+from forklane._cli_tap import tap
 from forklane._entry import exec_component
 from forklane.config import normalize_url
 from forklane.controlplane.wire import API_VERSION, dump
@@ -126,6 +127,7 @@ for sub, short in ((sandbox_app, "sb"), (routegroup_app, "rg"), (split_app, "sp"
 register(app)
 
 app.command("explain")(explain)
+app.command("tap")(tap)
 app.command("login")(login)
 
 
