@@ -80,8 +80,8 @@ __all__ = [
     "parse_tap_line",
     "parse_watch_line",
     "routing_headers",
-    "waiting_reason",
     "tap_request",
+    "waiting_reason",
     "watch_request",
 ]
 
