@@ -415,6 +415,29 @@ class AsyncClient:
         except httpx.TransportError as exc:
             raise Unavailable(f"watch {kind}: {exc}") from None
 
+    async def tap(
+        self,
+        sandbox: str | None = None,
+        *,
+        service: str | None = None,
+        key: str | None = None,
+        status: str | None = None,
+        seconds: float | None = None,
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Routing decisions (and message deliveries) as proxies make them (see `Client.tap`)."""
+        request, what = tap_request(sandbox, service, key, status, seconds)
+        try:
+            async with self._http.stream("GET", request.path, params=request.params,
+                                         timeout=None) as response:  # fmt: skip
+                if response.status_code != 200:
+                    body = await response.aread()
+                    raise error_from_response(response.status_code, body, what)
+                async for line in response.aiter_lines():
+                    if line.strip():
+                        yield parse_tap_line(line)
+        except httpx.TransportError as exc:
+            raise Unavailable(f"{what}: {exc}") from None
+
     async def snapshot(self) -> dict[str, Any]:
         """The routing snapshot the control plane currently pushes, as JSON."""
         return await self._run(self._api.snapshot())
