@@ -48,6 +48,7 @@ from forklane.controlplane.auth import (
 )
 from forklane.controlplane.compiler import service_to_schema, split_to_schema
 from forklane.controlplane.errors import ApiError, from_store_error, from_validation_error
+from forklane.controlplane.events import PROXIES
 from forklane.controlplane.openapi import OPENAPI
 from forklane.controlplane.publisher import SnapshotPublisher
 from forklane.controlplane.reconciler import Clock, Probe, tcp_probe, utcnow
@@ -556,8 +557,9 @@ _PAST = {"create": "Created", "update": "Updated", "delete": "Deleted", "expire"
 
 
 async def list_events(request: web.Request) -> web.Response:
-    """What happened to one object: its audit trail, its conditions' transitions, and the
-    pushes, ACKs and NACKs of this replica's proxies since it last changed."""
+    """What happened to one object, from the store (so every replica tells the same): its
+    audit trail, its conditions' changes, and the pushes, ACKs and NACKs of every proxy
+    since the object last changed. Newest 100, oldest first."""
     plural, _ = _kind(request)
     ctx = request.app[CTX]
     name = request.match_info["name"]
@@ -565,24 +567,22 @@ async def list_events(request: web.Request) -> web.Response:
     _check(request, "get", plural, record.created_by)
     events: list[wire.Event] = []
     for entry in await ctx.store.list_audit(kind=plural, name=name, limit=MAX_LIMIT):
+        if entry.at < record.created_at:
+            continue  # an earlier object of the same name
         gen = (f"generation {entry.generation_before} → {entry.generation_after}"
                if entry.generation_before and entry.generation_after
                else f"generation {entry.generation_after or entry.generation_before or '-'}")
         reason = _PAST.get(entry.verb, entry.verb.capitalize())
         events.append(wire.Event(time=entry.at, reason=reason, message=gen, source=entry.subject))
-    for cond in (record.status or {}).get("conditions", ()):
-        at = cond.get("lastTransitionTime")
-        if at:
-            ok = cond.get("status") == "True"
-            events.append(wire.Event.model_validate({
-                "time": at, "type": "Normal" if ok else "Warning",
-                "reason": cond.get("reason") or cond.get("type", ""),
-                "message": f"{cond.get('type')}={cond.get('status')}"
-                + (f": {cond['message']}" if cond.get("message") else ""),
-                "source": "reconciler",
-            }))
-    since = record.updated_at
-    events += [e for e in ctx.proxies.events() if e.time >= since]
+    stored = [
+        *await ctx.store.list_events(plural, name, since=record.created_at),
+        *await ctx.store.list_events(PROXIES, since=record.updated_at),
+    ]
+    events += [
+        wire.Event.model_validate({"time": e.at, "type": e.type, "reason": e.reason,
+                                   "message": e.message, "source": e.source})
+        for e in stored
+    ]  # fmt: skip
     events.sort(key=lambda e: e.time)
     return _respond(wire.dump(wire.EventList(items=events[-100:])))
 

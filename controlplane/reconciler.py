@@ -61,7 +61,7 @@ from forklane.controlplane.store.base import (
 )
 from forklane.proxy.schema import Carrier, RoutingSnapshot, parse_endpoint
 
-__all__ = ["AckView", "Clock", "Probe", "Reconciler", "tcp_probe", "utcnow"]
+__all__ = ["AckView", "Clock", "Probe", "Reconciler", "StatusListener", "tcp_probe", "utcnow"]
 
 log = logging.getLogger("forklane.controlplane.reconciler")
 
@@ -69,6 +69,8 @@ Clock = Callable[[], datetime]
 _SETTLE_FROM = 0.02  # a pass longer than this (s) lets the next wake-up gather writes ...
 _SETTLE_MAX = 0.1  # ... for as long as the pass took, at most this long
 Probe = Callable[[str, float], Awaitable[str | None]]
+# (kind, name, status before, status written, when): called after each status write
+StatusListener = Callable[[str, str, Mapping[str, Any] | None, Mapping[str, Any], datetime], None]
 SYSTEM = "system:reconciler"
 
 
@@ -187,8 +189,10 @@ class Reconciler:
         fast_interval: float = 0.25,
         probe_concurrency: int = 64,
         carriers: tuple[Carrier, ...] | None = None,
+        on_status: StatusListener | None = None,
     ) -> None:
         self._store = store
+        self._on_status = on_status  # told of each status we write (the events of `describe`)
         self._publisher = publisher
         self._acks = acks
         self._clock = clock
@@ -577,6 +581,8 @@ class Reconciler:
                 self.kick()  # a user write won: re-read on the next pass
                 continue
             self._own.add(written.resource_version)
+            if self._on_status is not None:
+                self._on_status(kind, name, record.status, doc, now)
             self._records[key] = written
             # judging the record we just wrote gives the same document again: skip that
             self._judged[key] = (written.resource_version, *inputs[1:])

@@ -18,6 +18,7 @@ from aiohttp import web
 from forklane.controlplane import wire
 from forklane.controlplane.api import ApiContext, build_app
 from forklane.controlplane.auth import Authenticator, Grant, new_token
+from forklane.controlplane.events import EventRecorder, condition_events, proxy_event
 from forklane.controlplane.publisher import SnapshotPublisher
 from forklane.controlplane.reconciler import Clock, Probe, Reconciler, tcp_probe, utcnow
 from forklane.controlplane.settings import Settings, parse_hostport
@@ -74,6 +75,7 @@ class ControlPlane:
         self._clock = clock
         self._probe = probe
         self._stderr = stderr or sys.stderr
+        self.events = EventRecorder(self.store)
         self.registry: ProxyView = NoProxies()
         self.push: Any = None
         self.taps = TapHub()
@@ -81,7 +83,10 @@ class ControlPlane:
             from forklane.controlplane.push.registry import ProxyRegistry
             from forklane.controlplane.push.server import PushServer
 
-            registry = ProxyRegistry(replica=settings.replica)
+            registry = ProxyRegistry(
+                replica=settings.replica,
+                sink=lambda event: self.events.record((proxy_event(event),)),
+            )
             self.registry = registry
             self.push = PushServer(
                 self.publisher, registry, authorize=self._authorize_push,
@@ -94,6 +99,9 @@ class ControlPlane:
             self.store, self.publisher, self.registry, clock=clock, probe=probe,
             probe_timeout=settings.probe_timeout, interval=settings.reconcile_interval,
             carriers=settings.carrier_list(),
+            on_status=lambda kind, name, before, after, now: self.events.record(
+                condition_events(kind, name, before, after, now)
+            ),
         )
         if with_push:
             # an ACK may make a sandbox Ready: judge it now (the reconciler wakes only when
@@ -143,6 +151,7 @@ class ControlPlane:
         try:
             await self.store.open()
             self._opened = True
+            self.events.start()
             if self.settings.auth:
                 self.authenticator = Authenticator(
                     self.store, bootstrap_token=self.settings.admin_token
@@ -210,6 +219,7 @@ class ControlPlane:
             await self.reconciler.aclose()
         if self._opened:
             self._opened = False
+            await self.events.aclose()
             await self.store.aclose()
 
 

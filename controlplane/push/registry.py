@@ -50,8 +50,12 @@ def _version_number(version: str | None) -> int | None:
 
 
 class ProxyRegistry:
-    def __init__(self, replica: str, history: int = 500) -> None:
+    def __init__(
+        self, replica: str, history: int = 500,
+        sink: Callable[[wire.Event], None] | None = None,
+    ) -> None:
         self.replica = replica
+        self._sink = sink  # where the push history is kept for good (the store's events)
         self._entries: dict[StreamId, _Entry] = {}
         self._ids = itertools.count(1)
         self._listeners: list[Listener] = []
@@ -85,10 +89,11 @@ class ProxyRegistry:
         return list(self._events)
 
     def _record(self, reason: str, node: str, message: str, warning: bool = False) -> None:
-        self._events.append(
-            wire.Event(time=datetime.now(UTC), type="Warning" if warning else "Normal",
-                       reason=reason, message=message, source=node)
-        )
+        event = wire.Event(time=datetime.now(UTC), type="Warning" if warning else "Normal",
+                           reason=reason, message=message, source=node)  # fmt: skip
+        self._events.append(event)
+        if self._sink is not None:
+            self._sink(event)
 
     def __len__(self) -> int:
         return len(self._entries)

@@ -15,7 +15,10 @@ Invariants every backend keeps (checked by one contract suite over all of them):
   record as written, or as it was for DELETED) to a change log at its revision, in the same
   transaction; `changes(after=N)` returns every change after revision N in order, as long as
   N is not older than the history kept (`history` revisions), else raises `Expired`;
-- tokens are kept only as a SHA-256 digest of their secret.
+- tokens are kept only as a SHA-256 digest of their secret;
+- events (what `describe` shows: condition changes, pushes and ACKs) are appended in order
+  and each object keeps only its newest `EVENTS_KEPT`; they are diagnostics, never read to
+  decide anything.
 
 JSON documents (`labels`, `spec`, `status`) are stored and returned as plain dicts; the
 store never interprets them.
@@ -24,17 +27,19 @@ store never interprets them.
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
 __all__ = [
+    "EVENTS_KEPT",
     "AlreadyExists",
     "AuditEntry",
     "Change",
     "ChangeListener",
     "Conflict",
+    "EventEntry",
     "Expired",
     "NotFound",
     "Page",
@@ -48,6 +53,7 @@ __all__ = [
 
 JSON = dict[str, Any]
 ChangeListener = Callable[[int], None]
+EVENTS_KEPT = 200  # per object (kind, name); a proxy's push history is kept under its node id
 
 
 class StoreError(Exception):
@@ -130,6 +136,21 @@ class AuditEntry:
     generation_before: int | None
     generation_after: int | None
     revision: int | None = None
+    seq: int = field(default=0)  # assigned by the store; increasing
+
+
+@dataclass(frozen=True, slots=True)
+class EventEntry:
+    """Something that happened to one object (`kind`, `name`), or to a proxy (kind
+    `proxies`, name its node id), as Kubernetes events tell it."""
+
+    at: datetime
+    kind: str
+    name: str
+    type: str  # Normal | Warning
+    reason: str
+    message: str = ""
+    source: str = ""  # who: a subject, the reconciler, a proxy's node id
     seq: int = field(default=0)  # assigned by the store; increasing
 
 
@@ -283,3 +304,16 @@ class Store(abc.ABC):
     ) -> tuple[AuditEntry, ...]:
         """Entries with `seq > after` (of one object when `kind` and `name` are given),
         oldest first."""
+
+    # -- events -----------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def append_events(self, entries: Sequence[EventEntry]) -> None:
+        """Append in one transaction; then each object named keeps its newest `EVENTS_KEPT`."""
+
+    @abc.abstractmethod
+    async def list_events(
+        self, kind: str, name: str | None = None, *, since: datetime | None = None,
+        limit: int = 100,
+    ) -> tuple[EventEntry, ...]:
+        """The newest `limit` events of one object (or of every object of `kind` when `name`
+        is None) at or after `since`, oldest first."""

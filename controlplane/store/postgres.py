@@ -15,7 +15,7 @@ together migrate once.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -32,11 +32,13 @@ from forklane.controlplane.store._common import (
     to_utc,
 )
 from forklane.controlplane.store.base import (
+    EVENTS_KEPT,
     JSON,
     AlreadyExists,
     AuditEntry,
     Change,
     Conflict,
+    EventEntry,
     Expired,
     NotFound,
     Page,
@@ -87,6 +89,17 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
             record JSONB NOT NULL, labels_before JSONB
         );
         CREATE INDEX changes_kind ON changes (kind, revision);
+        """,
+    ),
+    (
+        3,
+        """
+        CREATE TABLE events (
+            seq BIGSERIAL PRIMARY KEY, at TIMESTAMPTZ NOT NULL, kind TEXT NOT NULL,
+            name TEXT NOT NULL, type TEXT NOT NULL, reason TEXT NOT NULL,
+            message TEXT NOT NULL, source TEXT NOT NULL
+        );
+        CREATE INDEX events_object ON events (kind, name, seq);
         """,
     ),
 )
@@ -469,4 +482,44 @@ class PostgresStore(Store):
                 generation_before=r[6], generation_after=r[7], revision=r[8], seq=int(r[0]),
             )
             for r in rows
+        )
+
+    # -- events -----------------------------------------------------------------------------
+    async def append_events(self, entries: Sequence[EventEntry]) -> None:
+        if not entries:
+            return
+        async with _translated(), self._db.acquire() as conn, conn.transaction():
+            await conn.executemany(
+                "INSERT INTO events (at, kind, name, type, reason, message, source) "
+                "VALUES ($1,$2,$3,$4,$5,$6,$7)",
+                [(to_utc(e.at), e.kind, e.name, e.type, e.reason, e.message, e.source)
+                 for e in entries],
+            )
+            for kind, name in dict.fromkeys((e.kind, e.name) for e in entries):
+                await conn.execute(
+                    "DELETE FROM events WHERE kind = $1 AND name = $2 AND seq <= (SELECT seq "
+                    "FROM events WHERE kind = $1 AND name = $2 ORDER BY seq DESC LIMIT 1 "
+                    "OFFSET $3)",
+                    kind, name, EVENTS_KEPT,
+                )
+
+    async def list_events(
+        self, kind: str, name: str | None = None, *, since: datetime | None = None,
+        limit: int = 100,
+    ) -> tuple[EventEntry, ...]:
+        columns = "SELECT seq, at, kind, name, type, reason, message, source FROM events "
+        start = None if since is None else to_utc(since)
+        async with _translated():
+            if name is not None:
+                rows = await self._db.fetch(
+                    columns + "WHERE kind = $1 AND name = $2 AND ($3::timestamptz IS NULL OR "
+                    "at >= $3) ORDER BY seq DESC LIMIT $4", kind, name, start, limit,
+                )
+            else:
+                rows = await self._db.fetch(
+                    columns + "WHERE kind = $1 AND ($2::timestamptz IS NULL OR at >= $2) "
+                    "ORDER BY seq DESC LIMIT $3", kind, start, limit,
+                )
+        return tuple(
+            EventEntry(r[1], r[2], r[3], r[4], r[5], r[6], r[7], int(r[0])) for r in reversed(rows)
         )

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -29,11 +29,13 @@ from forklane.controlplane.store._common import (
     to_utc,
 )
 from forklane.controlplane.store.base import (
+    EVENTS_KEPT,
     JSON,
     AlreadyExists,
     AuditEntry,
     Change,
     Conflict,
+    EventEntry,
     Expired,
     NotFound,
     Page,
@@ -83,6 +85,17 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
             record TEXT NOT NULL, labels_before TEXT
         );
         CREATE INDEX changes_kind ON changes (kind, revision);
+        """,
+    ),
+    (
+        3,
+        """
+        CREATE TABLE events (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT, at TEXT NOT NULL, kind TEXT NOT NULL,
+            name TEXT NOT NULL, type TEXT NOT NULL, reason TEXT NOT NULL,
+            message TEXT NOT NULL, source TEXT NOT NULL
+        );
+        CREATE INDEX events_object ON events (kind, name, seq);
         """,
     ),
 )
@@ -483,4 +496,46 @@ class SqliteStore(Store):
                 generation_before=r[6], generation_after=r[7], revision=r[8], seq=r[0],
             )
             for r in rows
+        )
+
+    # -- events -----------------------------------------------------------------------------
+    async def append_events(self, entries: Sequence[EventEntry]) -> None:
+        if not entries:
+            return
+
+        async def body() -> tuple[None, None]:
+            await self._conn.executemany(
+                "INSERT INTO events (at, kind, name, type, reason, message, source) "
+                "VALUES (?,?,?,?,?,?,?)",
+                [(to_utc(e.at).isoformat(), e.kind, e.name, e.type, e.reason, e.message,
+                  e.source) for e in entries],
+            )
+            for kind, name in dict.fromkeys((e.kind, e.name) for e in entries):
+                await self._conn.execute(
+                    "DELETE FROM events WHERE kind = ? AND name = ? AND seq <= (SELECT seq "
+                    "FROM events WHERE kind = ? AND name = ? ORDER BY seq DESC LIMIT 1 OFFSET ?)",
+                    (kind, name, kind, name, EVENTS_KEPT),
+                )
+            return None, None
+
+        await self._write(body)
+
+    async def list_events(
+        self, kind: str, name: str | None = None, *, since: datetime | None = None,
+        limit: int = 100,
+    ) -> tuple[EventEntry, ...]:
+        sql = (
+            "SELECT seq, at, kind, name, type, reason, message, source FROM events "
+            "WHERE kind = ? AND at >= ? " + ("AND name = ? " if name is not None else "")
+            + "ORDER BY seq DESC LIMIT ?"
+        )
+        after = "" if since is None else to_utc(since).isoformat()
+        params: tuple[Any, ...] = (
+            (kind, after, name, limit) if name is not None else (kind, after, limit)
+        )
+        async with self._guard(), self._conn.execute(sql, params) as cur:
+            rows = await cur.fetchall()
+        return tuple(
+            EventEntry(datetime.fromisoformat(r[1]), r[2], r[3], r[4], r[5], r[6], r[7], r[0])
+            for r in reversed(list(rows))
         )

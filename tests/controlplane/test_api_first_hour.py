@@ -14,6 +14,8 @@ import aiohttp
 import pytest
 from conftest import ADMIN_TOKEN, Api, StoreFactory
 
+from forklane.controlplane import wire
+from forklane.controlplane.events import proxy_event
 from forklane.controlplane.server import ControlPlane
 from forklane.controlplane.settings import Settings
 from tests.support.polling import eventually
@@ -218,3 +220,50 @@ async def test_events_tell_what_happened_to_an_object(api: Api) -> None:
     reasons = [e["reason"] for e in events["items"]]
     assert reasons[:2] == ["Created", "Updated"]
     assert events["items"][1]["message"] == "generation 1 → 2"
+
+
+async def test_events_are_stored_so_every_replica_tells_the_same_history(
+    api_on: Api, store_factory: StoreFactory, tmp_path: Path
+) -> None:
+    """Condition changes are kept in the store (both backends): another replica sharing the
+    database, started after they happened, shows them too; so are proxies' push records."""
+    api = api_on
+    await api.call("POST", "/api/v1/services", json_body=SERVICE)
+    assert (await api.call("POST", "/api/v1/sandboxes", json_body=sandbox("sb1")))[0] == 201
+
+    async def reasons(on: Api) -> list[str]:
+        status, body, _ = await on.call("GET", "/api/v1/sandboxes/sb1/events")
+        assert status == 200, body
+        return [e["reason"] for e in body["items"]]
+
+    async def probed(on: Api = api) -> list[dict[str, Any]]:
+        await api.plane.events.flush()
+        _, body, _ = await on.call("GET", "/api/v1/sandboxes/sb1/events")
+        return [e for e in body["items"] if e["reason"] == "ForkUnreachable"
+                and e["message"].startswith("Reachable=False: 127.0.0.1:9")]  # fmt: skip
+
+    async def unreachable_told() -> bool:
+        return bool(await probed())
+
+    await eventually(unreachable_told, what="the ForkUnreachable event with the probe's answer")
+    event = (await probed())[-1]
+    assert event["type"] == "Warning" and event["source"] == "reconciler"
+    _, body, _ = await api.call("GET", "/api/v1/sandboxes/sb1/events")
+    told = [e["reason"] for e in body["items"]]
+    assert told.index("Created") < told.index("ForkUnreachable"), told
+    api.plane.events.record([proxy_event(wire.Event(
+        time=datetime.now(UTC), reason="SnapshotAcked", message="snapshot 7 applied",
+        source="node-a"))])  # fmt: skip
+    await api.plane.events.flush()
+
+    settings = Settings(listen="127.0.0.1:0", data_dir=tmp_path / "other", replica="other",
+                        admin_token=ADMIN_TOKEN, reconcile_interval=2.0)  # fmt: skip
+    other = ControlPlane(settings, store=store_factory(), with_push=False)
+    await other.start()
+    try:
+        assert other.api_address is not None
+        async with aiohttp.ClientSession() as session:
+            seen = await reasons(Api(session, f"http://127.0.0.1:{other.api_address[1]}", other))
+    finally:
+        await other.aclose()
+    assert {"Created", "ForkUnreachable", "SnapshotAcked"} <= set(seen), seen

@@ -10,9 +10,11 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from forklane.controlplane.store.base import (
+    EVENTS_KEPT,
     AlreadyExists,
     AuditEntry,
     Conflict,
+    EventEntry,
     Expired,
     NotFound,
     Store,
@@ -307,3 +309,25 @@ async def test_a_write_cancelled_anywhere_leaves_the_store_usable(
     assert revision == len((await store.list("sandboxes")).items)
     assert heard and heard[-1] >= (await store.get("sandboxes", "after-15")).resource_version
 
+
+async def test_events_of_one_object_in_order_since_and_trimmed(store: Store) -> None:
+    def event(kind: str, name: str, i: int) -> EventEntry:
+        return EventEntry(T0 + timedelta(seconds=i), kind, name, "Normal", f"R{i}", f"m{i}", "x")
+
+    await store.append_events([event("sandboxes", "a", i) for i in range(5)])
+    await store.append_events([event("sandboxes", "b", 9), event("proxies", "node-1", 7)])
+    mine = await store.list_events("sandboxes", "a")
+    assert [e.reason for e in mine] == ["R0", "R1", "R2", "R3", "R4"]
+    assert mine[0].at == T0 and mine[0].message == "m0" and mine[0].source == "x"
+    assert [e.seq for e in mine] == sorted(e.seq for e in mine)
+    assert [e.reason for e in await store.list_events("sandboxes", "a", limit=2)] == ["R3", "R4"]
+    since = await store.list_events("sandboxes", "a", since=T0 + timedelta(seconds=3))
+    assert [e.reason for e in since] == ["R3", "R4"]
+    assert [e.name for e in await store.list_events("proxies")] == ["node-1"]
+    assert await store.list_events("sandboxes", "nope") == ()
+    # each object keeps its newest EVENTS_KEPT; others are untouched
+    await store.append_events([event("sandboxes", "a", i) for i in range(5, EVENTS_KEPT + 10)])
+    kept = await store.list_events("sandboxes", "a", limit=10 * EVENTS_KEPT)
+    assert len(kept) == EVENTS_KEPT and kept[-1].reason == f"R{EVENTS_KEPT + 9}"
+    assert kept[0].reason == "R10"
+    assert [e.reason for e in await store.list_events("sandboxes", "b")] == ["R9"]
