@@ -3,7 +3,8 @@ add it to every outgoing one.
 
 The core (`RoutingContext`, `routing_context`, `current_routing_key`, `outgoing_headers`)
 imports no HTTP or RPC library. One small module per library holds the glue:
-`forklane.propagation.aiohttp`, `.requests`, `.httpx`, `.grpc` and `.otel` (OpenTelemetry baggage).
+`forklane.propagation.aiohttp`, `.asgi` (FastAPI, Starlette, Django ASGI), `.wsgi` (Flask,
+Django), `.requests`, `.httpx`, `.grpc` and `.otel` (OpenTelemetry baggage).
 """
 
 from forklane.propagation._context import (

@@ -81,7 +81,8 @@ def test_pip_install_forklane_without_extras_is_the_sdk_only(tmp_path: Path) -> 
     code = (
         "import json, sys, sdk.propagation, forklane, forklane.propagation;"
         "from forklane import Client, Sandbox, Invalid;"
-        "import forklane.propagation.httpx, forklane.messaging;"
+        "import forklane.propagation.httpx, forklane.propagation.asgi, forklane.propagation.wsgi;"
+        "import forklane.messaging;"
         "print(json.dumps({'user': sdk.propagation.OWNER, 'ours': forklane.__file__,"
         "'modules': sorted(sys.modules)}))"
     )
