@@ -27,8 +27,10 @@ from forklane._core import (
     TransportFailure,
     build_sandbox,
     handle_for,
+    hard_failure,
     parse_duration,
     routing_headers,
+    waiting_reason,
 )
 from forklane.controlplane.wire import Sandbox, SandboxSpec, Split
 from forklane.errors import (
@@ -327,6 +329,35 @@ def test_wait_ready_stops_at_failed() -> None:
     cond = {"type": "Ready", "status": "False", "reason": "InvalidFork", "message": "no svc"}
     with pytest.raises(SandboxFailed, match="InvalidFork"):
         drive(api.wait_ready("sb", 10), [ok(sandbox_doc("Failed", conditions=[cond]))], clock)
+
+
+def test_wait_ready_stops_at_once_on_a_reason_waiting_cannot_change() -> None:
+    clock = FakeClock()
+    api = make_api(clock)
+    unresolvable = {"type": "Reachable", "status": "False", "reason": "ForkUnresolvable",
+                    "message": "nope.invalid:80: no such host"}  # fmt: skip
+    with pytest.raises(SandboxFailed, match=r"cannot become Ready \(ForkUnresolvable\)"):
+        drive(api.wait_ready("sb", 60), [ok(sandbox_doc("Pending", conditions=[unresolvable]))],
+              clock)  # fmt: skip
+    assert clock.now == 0  # no waiting at all
+    # for an older generation the reason may be stale: keep waiting
+    stale = ok(sandbox_doc("Pending", generation=2, observed=1, conditions=[unresolvable]))
+    fresh = ok(sandbox_doc("Ready", generation=2, observed=2))
+    result, _, _ = drive(api.wait_ready("sb", 60), [stale, fresh], clock)
+    assert result.status is not None and result.status.phase == "Ready"
+
+
+def test_waiting_reason_names_the_first_condition_that_is_not_met() -> None:
+    ready = {"type": "Ready", "status": "False", "reason": "NotReady", "message": ""}
+    compiled = {"type": "Compiled", "status": "True", "reason": "Compiled", "message": ""}
+    routed = {"type": "Routed", "status": "False", "reason": "WaitingForAck",
+              "message": "proxies have not acknowledged the snapshot yet"}  # fmt: skip
+    sb = Sandbox.model_validate(sandbox_doc("Pending", conditions=[compiled, routed, ready]))
+    assert waiting_reason(sb) == (
+        "Pending: WaitingForAck (proxies have not acknowledged the snapshot yet)")  # fmt: skip
+    assert waiting_reason(Sandbox.model_validate(sandbox_doc(None))) == "Pending: no status yet"
+    assert waiting_reason(Sandbox.model_validate(sandbox_doc("Ready"))) == "Ready"
+    assert hard_failure(sb) is None
 
 
 # --- extend ----------------------------------------------------------------------------------
