@@ -27,6 +27,7 @@ __all__ = [
     "API_VERSION",
     "AuditList",
     "AuditRecord",
+    "CircuitBreakersSpec",
     "Condition",
     "DiscoveredFrom",
     "ErrorBody",
@@ -41,6 +42,7 @@ __all__ = [
     "MatchSpec",
     "Metadata",
     "MirrorSpec",
+    "OutlierDetectionSpec",
     "ProxyInfo",
     "ProxyList",
     "ResourceList",
@@ -110,6 +112,25 @@ class Condition(_Model):
     reason: str = ""
     message: str = ""
     last_transition_time: datetime | None = Field(None, alias="lastTransitionTime")
+
+
+class CircuitBreakersSpec(_Model):
+    """Per-destination limits; a request over one gets 503 `circuit-open` (Envoy's defaults)."""
+
+    max_connections: int = Field(1024, ge=1, le=1_000_000, alias="maxConnections")
+    max_pending_requests: int = Field(1024, ge=1, le=1_000_000, alias="maxPendingRequests")
+    max_requests: int = Field(1024, ge=1, le=1_000_000, alias="maxRequests")
+    max_retries: int = Field(3, ge=0, le=1_000_000, alias="maxRetries")
+
+
+class OutlierDetectionSpec(_Model):
+    """Passive health: failures in a row eject an endpoint, with backoff, up to a share."""
+
+    consecutive_5xx: int = Field(5, ge=0, le=1000, alias="consecutive5xx")
+    consecutive_gateway_errors: int = Field(0, ge=0, le=1000, alias="consecutiveGatewayErrors")
+    base_ejection_seconds: float = Field(30.0, gt=0, le=3600, alias="baseEjectionSeconds")
+    max_ejection_seconds: float = Field(300.0, gt=0, le=86_400, alias="maxEjectionSeconds")
+    max_ejection_percent: int = Field(10, ge=0, le=100, alias="maxEjectionPercent")
 
 
 class TimeoutsSpec(_Model):
@@ -229,6 +250,8 @@ class SplitDestinationSpec(_Model):
     name: str
     weight: int = Field(ge=0, le=1_000_000)
     endpoints: list[Endpoint] = Field(min_length=1)
+    circuit_breakers: CircuitBreakersSpec | None = Field(None, alias="circuitBreakers")
+    outlier_detection: OutlierDetectionSpec | None = Field(None, alias="outlierDetection")
 
 
 class StickySpec(_Model):
@@ -306,6 +329,12 @@ class ServiceSpec(_Model):
     endpoints: list[Endpoint] = Field(default_factory=list)
     lb: Literal["round_robin", "least_request"] = "round_robin"
     timeouts: TimeoutsSpec | None = None
+    circuit_breakers: CircuitBreakersSpec | None = Field(
+        None, alias="circuitBreakers", description="also what the service's forks get"
+    )
+    outlier_detection: OutlierDetectionSpec | None = Field(
+        None, alias="outlierDetection", description="also what the service's forks get"
+    )
     namespace: str = Field("", description="Kubernetes namespace of a discovered service")
     namespace_authorities: list[str] = Field(
         default_factory=list,

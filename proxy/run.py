@@ -27,6 +27,7 @@ from forklane.proxy.hooks import PropagationState
 from forklane.proxy.http1.server import Downstream
 from forklane.proxy.http1.upstream import Pools
 from forklane.proxy.listener.context import Clock, ListenerContext
+from forklane.proxy.listener.overload import Overload, cgroup_memory_limit, gated
 from forklane.proxy.listener.sniff import CapturePolicy, Sniffer
 from forklane.proxy.loader import FileWatcher, load_snapshot_file
 from forklane.proxy.metrics import Stats
@@ -34,7 +35,13 @@ from forklane.proxy.routing import ListenerKind
 from forklane.proxy.settings import ProxySettings, UsageError
 from forklane.proxy.sockets import global_ipv6_present
 from forklane.proxy.state import TableHolder
-from forklane.proxy.table import ConfigError, LocalIdentity, Route, RoutingTable
+from forklane.proxy.table import (
+    ConfigError,
+    LocalIdentity,
+    Route,
+    RoutingTable,
+    destination_names,
+)
 
 __all__ = ["http2_handoff", "serve"]
 
@@ -63,6 +70,15 @@ class Proxy:
             failure_threshold=settings.outlier_consecutive_failures,
             ejection_seconds=settings.outlier_ejection_seconds,
         )
+        self.stats.upstream_health = self.balancer.report
+        watermark = settings.memory_watermark_mb
+        if watermark is None:
+            limit = cgroup_memory_limit()
+            watermark_bytes = int(limit * 0.9) if limit else 0
+        else:
+            watermark_bytes = watermark * 1024 * 1024
+        self.overload = Overload(self.stats, settings.max_connections, watermark_bytes)
+        self.stats.memory_over = lambda: int(self.overload.over_memory)
         self.propagation = PropagationState(settings, self.stats)
         self.contexts: list[ListenerContext] = []
         self.policies: list[CapturePolicy] = []
@@ -81,6 +97,7 @@ class Proxy:
     def _swapped(self, table: RoutingTable) -> None:
         self.stats.config_version = table.version
         self.stats.config_reloads += 1
+        self.balancer.forget_circuits(destination_names(table))
         log.info("routing table %s installed from %s", table.version, self.holder.source)
 
     # -- routing sources ---------------------------------------------------------------------
@@ -139,6 +156,7 @@ class Proxy:
             self.draw, self.loop, self.clock,
         )
         ctx.hooks = self.propagation.hooks_for(kind)
+        ctx.overload = self.overload
         factory: Callable[[], asyncio.BaseProtocol] = partial(Downstream, ctx)
         if self.settings.capture:
             # Captured connections: detect, then route (HTTP) or relay untouched; the rest of
@@ -149,7 +167,7 @@ class Proxy:
         ctx.open_h2 = http2_handoff(ctx)
         ctx.on_busy = self.wake.set
         server = await self.loop.create_server(
-            factory,
+            gated(factory, ctx, self.overload, self.settings.listener_max_connections),
             self.hosts,
             port,
             ssl=self.tls,
@@ -211,6 +229,10 @@ class Proxy:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self.wake.wait(), timeout=wait)
             now = clock.tick()
+            if self.overload.check_memory():
+                log.warning("resident memory above the watermark (%d MiB): shedding load",
+                            self.overload.watermark >> 20)
+                self.pools.close_all()  # idle upstream connections give their buffers back
             for ctx in self.contexts:
                 if ctx.busy:
                     ctx.sweep()

@@ -134,6 +134,20 @@ class ProxySettings(BaseSettings):
         16, ge=1, le=1024, description="pipelined requests queued per connection"
     )
 
+    # --- overload ---
+    max_connections: int = Field(
+        50_000, ge=1, le=10_000_000,
+        description="client connections open across all listeners; more are reset at accept",
+    )
+    listener_max_connections: int = Field(
+        0, ge=0, le=10_000_000, description="client connections per listener; 0: no own cap"
+    )
+    memory_watermark_mb: int | None = Field(
+        None, ge=0, le=1_048_576,
+        description="resident memory above which new requests get 503 `overloaded` and new "
+        "connections are reset; unset: 90 % of the container's memory limit (none: off); 0: off",
+    )
+
     # --- HTTP/2 and TLS (h2c with prior knowledge is always on; TLS+ALPN when a cert is set) ---
     tls_cert: Path | None = Field(None, description="PEM certificate chain: serve TLS with ALPN h2")
     tls_key: Path | None = Field(None, description="PEM private key of tls_cert")

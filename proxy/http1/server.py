@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, cast
 
 import httptools
 
-from forklane.proxy.balancer import NO_LEASE, Lease
+from forklane.proxy.balancer import NO_LEASE, Circuit, Lease
 from forklane.proxy.forward import core, errors
 from forklane.proxy.forward.accounting import count_request, log_request
 from forklane.proxy.forward.attempts import Fail, Failure, Fallback, Retry, after_failure
@@ -163,6 +163,8 @@ class Exchange:
     endpoint: Endpoint | None = None
     track = False  # the destination has several endpoints: report outcomes to the balancer
     lease: Lease = NO_LEASE
+    circuit: Circuit | None = None  # the destination's breaker counts this request holds
+    retrying = False  # counted in the circuit's retries
     up: UpstreamConnection | None = None
     head = b""
     reply: LocalReply | None = None
@@ -255,9 +257,9 @@ class Exchange:
         endpoint = self.endpoint
         if endpoint is not None and self.track:
             if status >= 500:
-                ctx.balancer.failed(endpoint)
+                ctx.balancer.failed(endpoint, self.dest, status)
             else:
-                ctx.balancer.succeeded(endpoint)
+                ctx.balancer.succeeded(endpoint, self.dest)
         self.phase = STREAMING
         self.status = status
         parts = [status_line(status, reason)]
@@ -395,7 +397,7 @@ class Exchange:
                 down.dispatch(self, step.destination, None, fresh=True)
                 return
             assert isinstance(step, Fail)  # a request the upstream saw never falls back
-            ctx.balancer.failed(endpoint)
+            ctx.balancer.failed(endpoint, dest)
             ctx.stats.upstream_errors[step.error.label] += 1
             down.reply(self, reply_for(step.error, step.detail, close=not self.req_done))
             return
@@ -848,6 +850,22 @@ class Downstream(asyncio.Protocol):
         self, ex: Exchange, dest: Destination, exclude: Endpoint | None, fresh: bool
     ) -> None:
         ctx = self.ctx
+        circuit = ex.circuit
+        if circuit is None or circuit.name != dest.name:
+            # First attempt, or a fallback to another destination: its breakers decide.
+            held = circuit
+            circuit = ctx.balancer.circuit(dest)
+            if held is not None:
+                held.leave(ex.retrying)
+                ex.retrying = False
+                ex.circuit = None
+            if ctx.overload.over_memory and held is None:
+                self.overloaded(ex)
+                return
+            if not circuit.enter():
+                self.circuit_open(ex, dest, "max_requests")
+                return
+            ex.circuit = circuit
         endpoint = ctx.balancer.pick(dest, exclude)
         ex.phase = CONNECTING
         ex.dest = dest
@@ -859,18 +877,41 @@ class Downstream(asyncio.Protocol):
             self.bind(ex, conn)
         else:
             ex.reused = False
-            ctx.spawn(self._open(ex, dest, endpoint))
+            if not circuit.may_connect(ctx.pools.connections(dest.endpoints)):
+                self.circuit_open(ex, dest, "max_connections or max_pending_requests")
+                return
+            circuit.pending += 1
+            ctx.spawn(self._open(ex, dest, endpoint, circuit))
 
-    async def _open(self, ex: Exchange, dest: Destination, endpoint: Endpoint) -> None:
+    def overloaded(self, ex: Exchange) -> None:
+        error = errors.OVERLOADED
+        self.ctx.stats.rejected[error.label] += 1
+        self.reply(ex, reply_for(error, "the proxy is short of memory: try again shortly",
+                                 close=True))
+
+    def circuit_open(self, ex: Exchange, dest: Destination, limit: str) -> None:
+        error = errors.CIRCUIT_OPEN
+        self.ctx.stats.upstream_errors[error.label] += 1
+        self.reply(ex, reply_for(error, f"{dest.name}: {limit} reached",
+                                 close=not ex.req_done))
+
+    async def _open(
+        self, ex: Exchange, dest: Destination, endpoint: Endpoint, circuit: Circuit
+    ) -> None:
         ctx = self.ctx
         try:
             conn = await ctx.pools.open(endpoint, dest.timeouts.connect)
         except (OSError, TimeoutError) as exc:
+            circuit.pending -= 1
             ctx.clock.tick()
             failure = (Failure.CONNECT_TIMEOUT if isinstance(exc, TimeoutError)
                        else Failure.CONNECT_FAILED)
             self.connect_failed(ex, dest, endpoint, failure)
             return
+        except BaseException:
+            circuit.pending -= 1
+            raise
+        circuit.pending -= 1
         ctx.clock.tick()
         if ex.phase >= DONE or self.transport is None:
             ctx.pools.give_back(conn)
@@ -883,13 +924,21 @@ class Downstream(asyncio.Protocol):
         if ex.phase >= DONE:
             return
         ctx = self.ctx
-        ctx.balancer.failed(endpoint)
+        ctx.balancer.failed(endpoint, dest)
         ctx.stats.upstream_errors[failure.label] += 1
         route = ex.route
         assert route is not None
         step = after_failure(failure, route=route, destination=dest, endpoint=endpoint,
                              attempts=ex.attempts, fallback_used=ex.fallback_used,
                              retries=ctx.retries)
+        if isinstance(step, Retry) and not ex.retrying:
+            circuit = ex.circuit
+            if circuit is not None and not circuit.may_retry():
+                step = after_failure(failure, route=route, destination=dest, endpoint=endpoint,
+                                     attempts=ex.attempts, fallback_used=ex.fallback_used,
+                                     retries=0)
+            else:
+                ex.retrying = True
         if isinstance(step, Fail):
             self.reply(ex, reply_for(step.error, step.detail, close=not ex.req_done))
         elif isinstance(step, Fallback):
@@ -1028,6 +1077,10 @@ class Downstream(asyncio.Protocol):
 
     def _count(self, ex: Exchange, status: int) -> None:
         ctx = self.ctx
+        circuit = ex.circuit
+        if circuit is not None:
+            ex.circuit = None
+            circuit.leave(ex.retrying)
         now = ctx.clock.now
         count_request(ctx, ex.route, status, now - ex.started)
         span = ex.span

@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, cast
 
-from forklane.proxy.balancer import NO_LEASE, Lease
+from forklane.proxy.balancer import NO_LEASE, Circuit, Lease
 from forklane.proxy.forward import core, errors
 from forklane.proxy.forward.accounting import count_request, log_request
 from forklane.proxy.forward.attempts import Fail, Failure, Fallback, Retry, after_failure
@@ -140,6 +140,8 @@ class H2Stream:
     endpoint: Endpoint | None = None
     track = False
     lease: Lease = NO_LEASE
+    circuit: Circuit | None = None  # the destination's breaker counts this stream holds
+    retrying = False  # counted in the circuit's retries
     up: H2Upstream | None = None
     up_sid = 0
     status = 0
@@ -165,6 +167,22 @@ class H2Stream:
 
     def dispatch(self, dest: Destination, exclude: Endpoint | None, fresh: bool) -> None:
         ctx = self.down.ctx
+        circuit = self.circuit
+        if circuit is None or circuit.name != dest.name:
+            # First attempt, or a fallback to another destination: its breakers decide.
+            held = circuit
+            circuit = ctx.balancer.circuit(dest)
+            if held is not None:
+                held.leave(self.retrying)
+                self.retrying = False
+                self.circuit = None
+            if ctx.overload.over_memory and held is None:
+                self.overloaded()
+                return
+            if not circuit.enter():
+                self.circuit_open(dest, "max_requests")
+                return
+            self.circuit = circuit
         endpoint = ctx.balancer.pick(dest, exclude)
         self.phase = CONNECTING
         self.dest = dest
@@ -174,17 +192,37 @@ class H2Stream:
         if conn is not None:
             self.bind(conn)
         else:
-            ctx.spawn(self._open(dest, endpoint))
+            # Upstream HTTP/2 connections are multiplexed: only the waiting streams count.
+            if not circuit.may_connect(0):
+                self.circuit_open(dest, "max_pending_requests")
+                return
+            circuit.pending += 1
+            ctx.spawn(self._open(dest, endpoint, circuit))
 
-    async def _open(self, dest: Destination, endpoint: Endpoint) -> None:
+    def overloaded(self) -> None:
+        error = errors.OVERLOADED
+        self.down.ctx.stats.rejected[error.label] += 1
+        self.fail(error, "the proxy is short of memory: try again shortly")
+
+    def circuit_open(self, dest: Destination, limit: str) -> None:
+        error = errors.CIRCUIT_OPEN
+        self.down.ctx.stats.upstream_errors[error.label] += 1
+        self.fail(error, f"{dest.name}: {limit} reached")
+
+    async def _open(self, dest: Destination, endpoint: Endpoint, circuit: Circuit) -> None:
         try:
             async with asyncio.timeout(dest.timeouts.connect):
                 conn = await self.down.shared.pools.connect(endpoint)
         except (OSError, TimeoutError, ConnectionError, H2Error) as exc:
+            circuit.pending -= 1
             failure = (Failure.CONNECT_TIMEOUT if isinstance(exc, TimeoutError)
                        else Failure.CONNECT_FAILED)
             self.connect_failed(dest, endpoint, failure)
             return
+        except BaseException:
+            circuit.pending -= 1
+            raise
+        circuit.pending -= 1
         if self.phase >= DONE:
             return
         if conn.has_capacity():
@@ -196,13 +234,21 @@ class H2Stream:
         if self.phase >= DONE:
             return
         ctx = self.down.ctx
-        ctx.balancer.failed(endpoint)
+        ctx.balancer.failed(endpoint, dest)
         ctx.stats.upstream_errors[failure.label] += 1
         route = self.route
         assert route is not None
         step = after_failure(failure, route=route, destination=dest, endpoint=endpoint,
                              attempts=self.attempts, fallback_used=self.fallback_used,
                              retries=ctx.retries)
+        if isinstance(step, Retry) and not self.retrying:
+            circuit = self.circuit
+            if circuit is not None and not circuit.may_retry():
+                step = after_failure(failure, route=route, destination=dest, endpoint=endpoint,
+                                     attempts=self.attempts, fallback_used=self.fallback_used,
+                                     retries=0)
+            else:
+                self.retrying = True
         if isinstance(step, Fail):
             self.fail(step.error, step.detail)
         elif isinstance(step, Fallback):
@@ -281,9 +327,9 @@ class H2Stream:
             assert self.endpoint is not None
             balancer = down.ctx.balancer
             if status >= 500:
-                balancer.failed(self.endpoint)
+                balancer.failed(self.endpoint, self.dest, status)
             else:
-                balancer.succeeded(self.endpoint)
+                balancer.succeeded(self.endpoint, self.dest)
         self.phase = STREAMING
         self.status = status
         if not self.grpc:
@@ -358,7 +404,7 @@ class H2Stream:
             return
         assert isinstance(step, Fail)  # a stream the upstream saw never falls back
         ctx.stats.upstream_errors[step.error.label] += 1
-        ctx.balancer.failed(endpoint)
+        ctx.balancer.failed(endpoint, dest)
         self.req.discard()
         self.fail(step.error, f"the upstream reset the stream ({code_name(code)})")
 
@@ -454,6 +500,10 @@ class H2Stream:
         self.phase = ABORTED if reset else DONE
         down = self.down
         ctx = down.ctx
+        circuit = self.circuit
+        if circuit is not None:
+            self.circuit = None
+            circuit.leave(self.retrying)
         down.streams.pop(self.sid, None)
         up, self.up = self.up, None
         if up is not None:

@@ -18,6 +18,7 @@ from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Protocol
 
 from forklane.proxy.balancer import Balancer
+from forklane.proxy.listener.overload import Overload
 from forklane.proxy.metrics import Stats
 from forklane.proxy.routing import ListenerKind
 from forklane.proxy.settings import ProxySettings
@@ -101,6 +102,9 @@ class ListenerContext:
         self.loop = loop
         self.clock = clock or Clock(loop.time)
         self.connections: set[ListenerConnection] = set()
+        self.opening = 0  # accepted, not started yet (listener.overload counts them)
+        # Process-wide overload state; the process wiring shares one among its listeners.
+        self.overload = Overload(stats, settings.max_connections, 0)
         self.watched: set[Watched] = set()  # mirror copies in flight
         self.tasks: set[asyncio.Task[None]] = set()
         self.draining = False
