@@ -83,6 +83,15 @@ def _outlier(spec: wire.OutlierDetectionSpec | None) -> schema.OutlierDetection 
     return None if spec is None else schema.OutlierDetection(**spec.model_dump())
 
 
+def _retry(spec: wire.RetryPolicySpec | None) -> schema.RetryPolicy:
+    if spec is None:
+        return schema.RetryPolicy()
+    data = spec.model_dump()
+    data["retry_on"] = tuple(data["retry_on"])
+    data["statuses"] = tuple(data["statuses"])
+    return schema.RetryPolicy(**data)
+
+
 def service_to_schema(name: str, spec: wire.ServiceSpec) -> schema.Service:
     """Raises ValidationError when the spec alone is not a valid service."""
     return schema.Service(
@@ -93,6 +102,7 @@ def service_to_schema(name: str, spec: wire.ServiceSpec) -> schema.Service:
         timeouts=_timeouts(spec.timeouts),
         circuit_breakers=_circuit(spec.circuit_breakers),
         outlier_detection=_outlier(spec.outlier_detection),
+        retry_policy=_retry(spec.retry_policy),
         namespace=spec.namespace,
         namespace_authorities=tuple(spec.namespace_authorities),
         ports=tuple(
@@ -129,6 +139,7 @@ def split_to_schema(
                     name=d.name, weight=d.weight, endpoints=tuple(d.endpoints),
                     circuit_breakers=_circuit(d.circuit_breakers),
                     outlier_detection=_outlier(d.outlier_detection),
+                    retry_policy=_retry(d.retry_policy),
                 )
                 for d in spec.destinations
             ),
@@ -257,6 +268,7 @@ def compile_snapshot(
                     timeouts=services[f.service].timeouts,
                     circuit_breakers=services[f.service].circuit_breakers,
                     outlier_detection=services[f.service].outlier_detection,
+                    retry_policy=services[f.service].retry_policy,
                 )
                 for f in sorted(sb.spec.forks, key=lambda f: f.service)
             ]

@@ -46,6 +46,7 @@ __all__ = [
     "ProxyInfo",
     "ProxyList",
     "ResourceList",
+    "RetryPolicySpec",
     "Route",
     "RouteCarrier",
     "RouteGroup",
@@ -131,6 +132,24 @@ class OutlierDetectionSpec(_Model):
     base_ejection_seconds: float = Field(30.0, gt=0, le=3600, alias="baseEjectionSeconds")
     max_ejection_seconds: float = Field(300.0, gt=0, le=86_400, alias="maxEjectionSeconds")
     max_ejection_percent: int = Field(10, ge=0, le=100, alias="maxEjectionPercent")
+
+
+RetryOn = Literal["5xx", "gateway-error", "retriable-status-codes"]
+_GATEWAY_ERROR: RetryOn = "gateway-error"
+
+
+class RetryPolicySpec(_Model):
+    """Retries after an answer for idempotent requests without a body; off by default."""
+
+    attempts: int = Field(0, ge=0, le=10)
+    retry_on: list[RetryOn] = Field(default_factory=lambda: [_GATEWAY_ERROR], alias="retryOn")
+    statuses: list[int] = Field(default_factory=list, description="500..599")
+    per_try_timeout: float | None = Field(None, gt=0, le=3600, alias="perTryTimeout")
+    budget_percent: float = Field(20.0, ge=0, le=100, alias="budgetPercent")
+    min_retry_concurrency: int = Field(3, ge=0, le=1_000_000, alias="minRetryConcurrency")
+    header_overrides: bool = Field(
+        False, alias="headerOverrides", description="honour a request's x-forklane-retry-on"
+    )
 
 
 class TimeoutsSpec(_Model):
@@ -252,6 +271,7 @@ class SplitDestinationSpec(_Model):
     endpoints: list[Endpoint] = Field(min_length=1)
     circuit_breakers: CircuitBreakersSpec | None = Field(None, alias="circuitBreakers")
     outlier_detection: OutlierDetectionSpec | None = Field(None, alias="outlierDetection")
+    retry_policy: RetryPolicySpec | None = Field(None, alias="retryPolicy")
 
 
 class StickySpec(_Model):
@@ -334,6 +354,9 @@ class ServiceSpec(_Model):
     )
     outlier_detection: OutlierDetectionSpec | None = Field(
         None, alias="outlierDetection", description="also what the service's forks get"
+    )
+    retry_policy: RetryPolicySpec | None = Field(
+        None, alias="retryPolicy", description="also what the service's forks get"
     )
     namespace: str = Field("", description="Kubernetes namespace of a discovered service")
     namespace_authorities: list[str] = Field(

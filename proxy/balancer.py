@@ -75,9 +75,14 @@ class Circuit:
             return False
         return True
 
-    def may_retry(self) -> bool:
+    def may_retry(self, budget: int | None = None) -> bool:
+        """Take a retry slot; `budget`: the retry budget's bound as well (see
+        `forward.attempts.retry_budget`)."""
         if self.retries >= self.limits.max_retries:
             self.overflow("max_retries")
+            return False
+        if budget is not None and self.retries >= budget:
+            self.overflow("retry_budget")
             return False
         self.retries += 1
         return True

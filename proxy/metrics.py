@@ -41,6 +41,7 @@ class Stats:
         self.connections_total = 0
         self.rejected: defaultdict[str, int] = defaultdict(int)  # malformed input by reason
         self.upstream_errors: defaultdict[str, int] = defaultdict(int)
+        self.retries: defaultdict[str, int] = defaultdict(int)  # retried answers by status
         # Client connections reset at accept, by "listener<US>reason" (listener.overload).
         self.connections_refused: defaultdict[str, int] = defaultdict(int)
         self.memory_over: Callable[[], int] = lambda: 0  # 1 while above the watermark
@@ -131,6 +132,8 @@ class _Collector:
             ("forklane_upstream_errors", "Upstream failures by reason", s.upstream_errors,
              "reason"),
             ("forklane_mirror_requests", "Mirrored copies by result", s.mirror, "result"),
+            ("forklane_upstream_retries", "Answers retried instead of passed on, by status",
+             s.retries, "status"),
             ("forklane_routing_keys_restored", "Keys restored from the trace memory",
              s.keys_restored, "service"),
             ("forklane_propagation_gap", "Outbound requests of a keyed trace that lost the key",

@@ -33,6 +33,7 @@ __all__ = [
     "Match",
     "Mirror",
     "OutlierDetection",
+    "RetryPolicy",
     "RoutingSnapshot",
     "Service",
     "ServicePort",
@@ -142,6 +143,37 @@ class OutlierDetection(_Frozen):
     max_ejection_percent: int = Field(10, ge=0, le=100)
 
 
+class RetryPolicy(_Frozen):
+    """Retries after an answer, for requests that are safe to send again: an idempotent
+    method and no body (the proxy keeps no copy of a body). Off by default (`attempts: 0`).
+
+    `retry_on` (Envoy's words): `5xx`, `gateway-error` (502, 503, 504), and
+    `retriable-status-codes` (`statuses`). A retry goes to another endpoint
+    when there is one. The retries in flight of a destination are bounded by its
+    `circuit_breakers.max_retries` and by the budget: `budget_percent` of its requests in
+    flight, but at least `min_retry_concurrency`. `per_try_timeout` bounds each attempt's
+    wait for the response head (the route's `request` timeout still bounds the whole).
+    With `header_overrides` a request's `x-forklane-retry-on` replaces `retry_on`."""
+
+    attempts: int = Field(0, ge=0, le=10, description="retries after the first try")
+    retry_on: tuple[Literal["5xx", "gateway-error", "retriable-status-codes"], ...] = (
+        "gateway-error",
+    )
+    statuses: tuple[int, ...] = ()
+    per_try_timeout: float | None = Field(None, gt=0, le=3600)
+    budget_percent: float = Field(20.0, ge=0, le=100)
+    min_retry_concurrency: int = Field(3, ge=0, le=1_000_000)
+    header_overrides: bool = False
+
+    @field_validator("statuses")
+    @classmethod
+    def _statuses(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        for status in v:
+            if not 500 <= status <= 599:
+                raise ValueError(f"status {status}: retriable statuses are 500..599")
+        return v
+
+
 class Carrier(_Frozen):
     """Where a routing key may be found, in priority order.
 
@@ -206,6 +238,7 @@ class Service(_Frozen):
     outlier_detection: OutlierDetection | None = Field(
         None, description="passive health; unset: the proxy's own defaults (its settings)"
     )
+    retry_policy: RetryPolicy = RetryPolicy()
     namespace: str = Field(
         "", description="Kubernetes namespace of a discovered service ('' for hand-made ones)"
     )
@@ -266,6 +299,7 @@ class Fork(_Frozen):
     outlier_detection: OutlierDetection | None = Field(
         None, description="passive health; unset: the proxy's own defaults (its settings)"
     )
+    retry_policy: RetryPolicy = RetryPolicy()
 
     @field_validator("routing_key")
     @classmethod
@@ -327,6 +361,7 @@ class SplitDestination(_Frozen):
     outlier_detection: OutlierDetection | None = Field(
         None, description="passive health; unset: the proxy's own defaults (its settings)"
     )
+    retry_policy: RetryPolicy = RetryPolicy()
 
     @field_validator("endpoints")
     @classmethod

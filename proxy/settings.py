@@ -133,6 +133,13 @@ class ProxySettings(BaseSettings):
     max_pipelined: int = Field(
         16, ge=1, le=1024, description="pipelined requests queued per connection"
     )
+    body_timeout: float = Field(
+        20.0, gt=0, le=3600, description="a request body gets this long, plus a second per "
+        "`min_body_rate` bytes received, before it is cut with 408 (HTTP/1.1)",
+    )
+    min_body_rate: int = Field(
+        500, ge=0, le=1 << 30, description="bytes/s a request body must keep up; 0: no limit"
+    )
 
     # --- overload ---
     max_connections: int = Field(

@@ -36,6 +36,7 @@ __all__ = [
     "LocalIdentity",
     "MirrorRule",
     "OutlierPolicy",
+    "RetryRules",
     "Route",
     "RouteKind",
     "RoutingTable",
@@ -109,6 +110,36 @@ class OutlierPolicy:
 
 
 @dataclass(frozen=True, slots=True)
+class RetryRules:
+    """A destination's retries after an answer (`schema.RetryPolicy`), pre-indexed."""
+
+    attempts: int
+    statuses: frozenset[int]  # HTTP statuses that are retried
+    per_try_timeout: float  # 0: none
+    budget_percent: float
+    min_concurrency: int
+    header_overrides: bool
+
+
+NO_RETRIES = RetryRules(0, frozenset(), 0.0, 20.0, 3, False)
+RETRY_ON_HEADER = "x-forklane-retry-on"
+
+
+def retry_statuses(retry_on: tuple[str, ...] | list[str], extra: tuple[int, ...]
+                   ) -> frozenset[int]:
+    """The statuses `retry_on` names (`5xx`, `gateway-error`, `retriable-status-codes`)."""
+    out: set[int] = set()
+    for word in retry_on:
+        if word == "5xx":
+            out.update(range(500, 600))
+        elif word == "gateway-error":
+            out.update((502, 503, 504))
+        elif word == "retriable-status-codes":
+            out.update(extra)
+    return frozenset(out)
+
+
+@dataclass(frozen=True, slots=True)
 class Destination:
     """Where a request may be sent: one or more endpoints and how to pick among them.
     `outlier` None: the proxy's own default (settings)."""
@@ -119,6 +150,7 @@ class Destination:
     timeouts: Timeouts
     circuit: CircuitLimits = DEFAULT_CIRCUIT
     outlier: OutlierPolicy | None = None
+    retry: RetryRules = NO_RETRIES
 
 
 @dataclass(frozen=True, slots=True)
@@ -291,6 +323,19 @@ def _circuit(c: schema.CircuitBreakers) -> CircuitLimits:
     return DEFAULT_CIRCUIT if limits == DEFAULT_CIRCUIT else limits
 
 
+def _retry(r: schema.RetryPolicy) -> RetryRules:
+    if not r.attempts:
+        return NO_RETRIES
+    return RetryRules(
+        attempts=r.attempts,
+        statuses=retry_statuses(r.retry_on, r.statuses),
+        per_try_timeout=r.per_try_timeout or 0.0,
+        budget_percent=r.budget_percent,
+        min_concurrency=r.min_retry_concurrency,
+        header_overrides=r.header_overrides,
+    )
+
+
 def _outlier(o: schema.OutlierDetection | None) -> OutlierPolicy | None:
     if o is None:
         return None
@@ -366,6 +411,11 @@ def build_table(
     namespace authorities (bare Service names) this proxy resolves."""
     carriers = build_carrier_plan(snapshot.carriers)
     interesting: set[str] = set(carriers.header_names) | {ROUTED_MARKER}
+    policies = [svc.retry_policy for svc in snapshot.services]
+    policies += [fork.retry_policy for fork in snapshot.forks]
+    policies += [d.retry_policy for split in snapshot.splits for d in split.destinations]
+    if any(p.header_overrides for p in policies):
+        interesting.add(RETRY_ON_HEADER)  # read into the request view, where retries look
     services: dict[str, ServiceRoutes] = {}
     authorities: dict[str, ServiceRoutes] = {}
     forks_by_service: dict[str, dict[str, Route]] = {s.name: {} for s in snapshot.services}
@@ -377,6 +427,7 @@ def build_table(
             timeouts=_timeouts(svc.timeouts),
             circuit=_circuit(svc.circuit_breakers),
             outlier=_outlier(svc.outlier_detection),
+            retry=_retry(svc.retry_policy),
         )
         for svc in snapshot.services
     }
@@ -393,6 +444,7 @@ def build_table(
                 timeouts=_timeouts(fork.timeouts),
                 circuit=_circuit(fork.circuit_breakers),
                 outlier=_outlier(fork.outlier_detection),
+                retry=_retry(fork.retry_policy),
             ),
             rule=f"forks[{i}]",
             reason=f"routing key {fork.routing_key} forks {fork.service}{origin}",
@@ -418,6 +470,7 @@ def build_table(
                         timeouts=_timeouts(d.timeouts),
                         circuit=_circuit(d.circuit_breakers),
                         outlier=_outlier(d.outlier_detection),
+                        retry=_retry(d.retry_policy),
                     ),
                     rule=f"splits[{split.name}]",
                     reason=f"split {split.name} of {svc.name}: destination {d.name}",

@@ -20,6 +20,7 @@ __all__ = [
     "BAD_HOST",
     "BAD_TARGET",
     "BAD_TRANSFER_ENCODING",
+    "BODY_TIMEOUT",
     "CIRCUIT_OPEN",
     "CONNECT_UNSUPPORTED",
     "DEADLINE_EXCEEDED",
@@ -107,6 +108,9 @@ OVERLOADED = _e("overloaded", 503, GRPC_UNAVAILABLE, "rejected",
                 "shed until it is below again")
 HEADER_TIMEOUT = _e("header-timeout", 408, GRPC_DEADLINE_EXCEEDED, "rejected",
                     "the request headers did not arrive within `header_timeout`")
+BODY_TIMEOUT = _e("body-timeout", 408, GRPC_DEADLINE_EXCEEDED, "rejected",
+                  "the request body arrived slower than `min_body_rate` once `body_timeout` "
+                  "had passed")
 HEADERS_TOO_LARGE = _e("headers-too-large", 431, GRPC_RESOURCE_EXHAUSTED, "rejected",
                        "more than `max_header_bytes` or `max_header_count`")
 MALFORMED_REQUEST = _e("malformed-request", 400, GRPC_INTERNAL, "rejected",
@@ -136,7 +140,7 @@ ERRORS: dict[str, ProxyError] = {
         HEADER_TIMEOUT,
         HEADERS_TOO_LARGE, MALFORMED_REQUEST, DUPLICATE_HOST, MISSING_HOST, BAD_HOST, BAD_TARGET,
         BAD_TRANSFER_ENCODING, UNSUPPORTED_TRANSFER_CODING, BAD_CONNECTION_HEADER,
-        UNSUPPORTED_VERSION, CONNECT_UNSUPPORTED, OVERLOADED,
+        UNSUPPORTED_VERSION, CONNECT_UNSUPPORTED, OVERLOADED, BODY_TIMEOUT,
     )
 }
 

@@ -31,7 +31,15 @@ import httptools
 from forklane.proxy.balancer import NO_LEASE, Circuit, Lease
 from forklane.proxy.forward import core, errors
 from forklane.proxy.forward.accounting import count_request, log_request
-from forklane.proxy.forward.attempts import Fail, Failure, Fallback, Retry, after_failure
+from forklane.proxy.forward.attempts import (
+    Fail,
+    Failure,
+    Fallback,
+    Retry,
+    after_failure,
+    retry_answer,
+    retry_budget,
+)
 from forklane.proxy.forward.core import (
     F_CONNECTION,
     F_CONTENT_LENGTH,
@@ -77,7 +85,14 @@ from forklane.proxy.listener.context import Deadline, ListenerContext
 from forklane.proxy.listener.handoff import alpn_is_h2, may_be_h2c
 from forklane.proxy.routing import Decision
 from forklane.proxy.sockets import tune_transport
-from forklane.proxy.table import ROUTED_MARKER, Destination, Endpoint, Route, RoutingTable
+from forklane.proxy.table import (
+    RETRY_ON_HEADER,
+    ROUTED_MARKER,
+    Destination,
+    Endpoint,
+    Route,
+    RoutingTable,
+)
 
 if TYPE_CHECKING:
     from forklane.proxy.tracing import ProxySpan
@@ -165,6 +180,10 @@ class Exchange:
     lease: Lease = NO_LEASE
     circuit: Circuit | None = None  # the destination's breaker counts this request holds
     retrying = False  # counted in the circuit's retries
+    answer_retries = 0  # retries after an answer (RetryRules)
+    body_received = 0  # request body bytes so far (the minimum body rate)
+    body_checked = 0.0  # when the sweep last looked at the body's rate
+    body_excused = 0.0  # seconds the proxy itself paused reading it (backpressure)
     up: UpstreamConnection | None = None
     head = b""
     reply: LocalReply | None = None
@@ -260,6 +279,9 @@ class Exchange:
                 ctx.balancer.failed(endpoint, self.dest, status)
             else:
                 ctx.balancer.succeeded(endpoint, self.dest)
+        dest = self.dest
+        if status >= 500 and dest is not None and dest.retry.attempts and self.retry(conn, status):
+            return
         self.phase = STREAMING
         self.status = status
         parts = [status_line(status, reason)]
@@ -409,12 +431,44 @@ class Exchange:
         self.status = self.status or 502
         down.abort(self)
 
+    def retry(self, conn: UpstreamConnection, status: int) -> bool:
+        """Send the request again instead of passing this answer on, when the destination's
+        retry rules, the request and the circuit's retry slots allow it."""
+        dest = self.dest
+        assert dest is not None
+        rules = dest.retry
+        if not self.req_done or not retry_answer(
+            rules, status, self.method, self.has_body, self.answer_retries,
+            self.view.get(RETRY_ON_HEADER),
+        ):
+            return False
+        circuit = self.circuit
+        if not self.retrying:
+            if circuit is None or not circuit.may_retry(retry_budget(rules, circuit.requests)):
+                return False
+            self.retrying = True
+        self.answer_retries += 1
+        self.down.ctx.stats.retries[str(status)] += 1
+        self.release()
+        conn.abort()  # the rest of this answer is not wanted
+        self.pending = []
+        exclude = self.endpoint if len(dest.endpoints) > 1 else None
+        self.down.dispatch(self, dest, exclude, fresh=False)
+        return True
+
     # -- timeouts -----------------------------------------------------------------------------
 
     def timed_out(self) -> None:
         if self.phase != SENT:
             return
         up = self.up
+        dest = self.dest
+        if (
+            up is not None and dest is not None and dest.retry.per_try_timeout
+            and self.down.ctx.clock.now < self.started + dest.timeouts.request
+            and self.retry(up, 504)
+        ):
+            return  # the attempt's own timeout passed, not the request's: try again
         self.release()
         if up is not None:
             up.abort()
@@ -750,6 +804,7 @@ class Downstream(asyncio.Protocol):
         ex = self.parsing
         if ex is None:
             return
+        ex.body_received += len(body)
         ex.send_body(body)
         if ex.pending is not None and ex.pending_bytes > _PENDING_LIMIT:
             self._update_reading()
@@ -985,7 +1040,11 @@ class Downstream(asyncio.Protocol):
             transport.write(ex.head)
         if ex.req_done:
             ex.send_end()
-        ex.deadline = ex.started + dest.timeouts.request
+        deadline = ex.started + dest.timeouts.request
+        per_try = dest.retry.per_try_timeout
+        if per_try and ctx.clock.now + per_try < deadline:
+            deadline = ctx.clock.now + per_try
+        ex.deadline = deadline
         if self.write_paused:
             transport.pause_reading()
 
@@ -1165,7 +1224,23 @@ class Downstream(asyncio.Protocol):
         self._update_reading()
 
     def expire_requests(self, now: float) -> None:
-        """Called by the sweep: the request at the head of the queue may have timed out."""
+        """Called by the sweep: the request at the head of the queue may have timed out, and
+        the body being received may be too slow (`body_timeout` plus a second per
+        `min_body_rate` bytes: Apache's mod_reqtimeout rule against slowloris on bodies)."""
+        parsing = self.parsing
+        if parsing is not None and parsing.has_body and not parsing.req_done:
+            ctx = self.ctx
+            rate = ctx.min_body_rate
+            if self.read_paused and parsing.body_checked:
+                parsing.body_excused += now - parsing.body_checked  # our pause, not theirs
+            parsing.body_checked = now
+            allowed = ctx.body_timeout + parsing.body_excused + parsing.body_received / rate \
+                if rate else 0.0
+            if rate and now - parsing.started > allowed:
+                error = errors.BODY_TIMEOUT
+                self.protocol_error(reply_for(
+                    error, f"the request body arrived slower than {rate} bytes/s", close=True))
+                return
         queue = self.queue
         if queue:
             ex = queue[0]

@@ -25,7 +25,15 @@ from typing import TYPE_CHECKING, cast
 from forklane.proxy.balancer import NO_LEASE, Circuit, Lease
 from forklane.proxy.forward import core, errors
 from forklane.proxy.forward.accounting import count_request, log_request
-from forklane.proxy.forward.attempts import Fail, Failure, Fallback, Retry, after_failure
+from forklane.proxy.forward.attempts import (
+    Fail,
+    Failure,
+    Fallback,
+    Retry,
+    after_failure,
+    retry_answer,
+    retry_budget,
+)
 from forklane.proxy.forward.core import (
     F_CONNECTION,
     F_CONTENT_TYPE,
@@ -70,7 +78,7 @@ from forklane.proxy.http2.upstream import CONNECTION_WINDOW, H2Pools, H2Upstream
 from forklane.proxy.listener.context import ListenerContext
 from forklane.proxy.routing import Decision
 from forklane.proxy.sockets import tune_transport
-from forklane.proxy.table import ROUTED_MARKER, Destination, Endpoint, Route
+from forklane.proxy.table import RETRY_ON_HEADER, ROUTED_MARKER, Destination, Endpoint, Route
 
 if TYPE_CHECKING:
     from forklane.proxy.tracing import ProxySpan
@@ -142,6 +150,8 @@ class H2Stream:
     lease: Lease = NO_LEASE
     circuit: Circuit | None = None  # the destination's breaker counts this stream holds
     retrying = False  # counted in the circuit's retries
+    answer_retries = 0  # retries after an answer (RetryRules)
+    retry_on: str | None = None  # the request's x-forklane-retry-on
     up: H2Upstream | None = None
     up_sid = 0
     status = 0
@@ -282,8 +292,14 @@ class H2Stream:
         resp.src = conn
         resp.src_sid = sid
         if not self.grpc:
-            assert self.dest is not None
-            self.deadline = self.started + self.dest.timeouts.request
+            dest = self.dest
+            assert dest is not None
+            deadline = self.started + dest.timeouts.request
+            per_try = dest.retry.per_try_timeout
+            now = self.down.ctx.clock.now
+            if per_try and now + per_try < deadline:
+                deadline = now + per_try
+            self.deadline = deadline
 
     # -- events from the client ----------------------------------------------------------------
 
@@ -330,6 +346,9 @@ class H2Stream:
                 balancer.failed(self.endpoint, self.dest, status)
             else:
                 balancer.succeeded(self.endpoint, self.dest)
+        dest = self.dest
+        if status >= 500 and dest is not None and dest.retry.attempts and self.retry(status):
+            return
         self.phase = STREAMING
         self.status = status
         if not self.grpc:
@@ -479,8 +498,44 @@ class H2Stream:
         resp.ended = True
         resp.bind(down, self.sid)
 
+    def retry(self, status: int) -> bool:
+        """Send the request again instead of passing this answer on (see HTTP/1.1's)."""
+        dest = self.dest
+        assert dest is not None
+        rules = dest.retry
+        req = self.req
+        if not self.req_ended or req.sent or not retry_answer(
+            rules, status, self.method, False, self.answer_retries, self.retry_on
+        ):
+            return False
+        circuit = self.circuit
+        if not self.retrying:
+            if circuit is None or not circuit.may_retry(retry_budget(rules, circuit.requests)):
+                return False
+            self.retrying = True
+        self.answer_retries += 1
+        self.down.ctx.stats.retries[str(status)] += 1
+        up, self.up = self.up, None
+        if up is not None:
+            up.cancel(self.up_sid)
+        self.lease.release()
+        req.dst = None
+        req.done = False
+        self.resp.discard()
+        self.resp = Pipe(None, 0, self.response_sent)
+        exclude = self.endpoint if len(dest.endpoints) > 1 else None
+        self.dispatch(dest, exclude, fresh=False)
+        return True
+
     def timed_out(self) -> None:
         ctx = self.down.ctx
+        dest = self.dest
+        if (
+            not self.grpc and self.phase < STREAMING and dest is not None
+            and dest.retry.per_try_timeout and ctx.clock.now < self.started + dest.timeouts.request
+            and self.retry(504)
+        ):
+            return  # the attempt's own timeout passed, not the request's: try again
         if self.grpc:
             error = errors.DEADLINE_EXCEEDED
             ctx.stats.upstream_errors[error.label] += 1
@@ -839,6 +894,8 @@ class H2Downstream(asyncio.Protocol, Peer):
         )
         stream.decision = decision
         stream.span = span
+        if view:
+            stream.retry_on = view.get(RETRY_ON_HEADER)
         route = stream.route = decision.route
         out = [(b":method", method), (b":scheme", scheme or b"http"),
                (b":authority", authority), (b":path", path)]

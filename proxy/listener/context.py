@@ -114,6 +114,8 @@ class ListenerContext:
         self.max_header_count = settings.max_header_count
         self.header_timeout = settings.header_timeout
         self.idle_timeout = settings.idle_timeout
+        self.body_timeout = settings.body_timeout
+        self.min_body_rate = settings.min_body_rate
         self.max_pipelined = settings.max_pipelined
         self.retries = settings.retries
         self.explain_raw = settings.explain_header.encode() if settings.explain_header else None
