@@ -581,6 +581,10 @@ class Downstream(asyncio.Protocol):
             else:
                 raise
         except httptools.HttpParserError as exc:
+            if self.closing:
+                # Bytes after a request that ended the connection (HTTP/1.0, `close`), read
+                # in the same turn it was answered: never a request, and the answer is out.
+                return
             if str(exc) == "Invalid HTTP version":  # HTTP/1.2, HTTP/3.0: well-formed, unknown
                 self.protocol_error(reply_for(errors.UNSUPPORTED_VERSION, str(exc), close=True))
                 return
