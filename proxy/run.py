@@ -30,6 +30,7 @@ from forklane.proxy.listener.context import Clock, ListenerContext
 from forklane.proxy.listener.overload import Overload, cgroup_memory_limit, gated
 from forklane.proxy.listener.sniff import CapturePolicy, Sniffer
 from forklane.proxy.loader import FileWatcher, load_snapshot_file
+from forklane.proxy.memory import MemoryReturn, release_free_memory
 from forklane.proxy.metrics import Stats
 from forklane.proxy.routing import ListenerKind
 from forklane.proxy.settings import ProxySettings, UsageError
@@ -79,6 +80,7 @@ class Proxy:
             watermark_bytes = watermark * 1024 * 1024
         self.overload = Overload(self.stats, settings.max_connections, watermark_bytes)
         self.stats.memory_over = lambda: int(self.overload.over_memory)
+        self.memory_return = MemoryReturn()
         self.propagation = PropagationState(settings, self.stats)
         self.contexts: list[ListenerContext] = []
         self.policies: list[CapturePolicy] = []
@@ -221,6 +223,7 @@ class Proxy:
             if any(ctx.busy for ctx in self.contexts):
                 await asyncio.sleep(0.1)
             else:
+                self._return_memory(clock.tick(), idle=True)
                 self.wake.clear()
                 wait = next_poll - clock.tick() if self.watcher is not None else 3600.0
                 if self.pools.idle_count():
@@ -233,6 +236,8 @@ class Proxy:
                 log.warning("resident memory above the watermark (%d MiB): shedding load",
                             self.overload.watermark >> 20)
                 self.pools.close_all()  # idle upstream connections give their buffers back
+                release_free_memory()
+            self._return_memory(now, idle=False)
             for ctx in self.contexts:
                 if ctx.busy:
                     ctx.sweep()
@@ -243,6 +248,12 @@ class Proxy:
                 next_poll = now + poll
                 if self.watcher is not None:
                     self.watcher.poll()
+
+    def _return_memory(self, now: float, idle: bool) -> None:
+        peak = self.memory_return.peak
+        if self.memory_return.observe(self.stats.connections_open, now, idle):
+            log.info("connections fell from %d to %d: free memory handed back", peak,
+                     self.stats.connections_open)
 
     # -- shutdown ----------------------------------------------------------------------------
 
