@@ -268,9 +268,14 @@ class Proxy:
             ctx.draining = True
             for conn in tuple(ctx.connections):
                 conn.drain()
+        deadline = self.loop.time() + s.drain_seconds
         if any(ctx.connections for ctx in self.contexts):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.idle.wait(), timeout=s.drain_seconds)
+        # Mirror copies in flight finish too (within the same deadline): they have no idle
+        # callback, and there are few, so their sets are polled.
+        while any(ctx.watched for ctx in self.contexts) and self.loop.time() < deadline:
+            await asyncio.sleep(0.05)
         for ctx in self.contexts:
             for conn in tuple(ctx.connections):
                 conn.close()
