@@ -274,7 +274,8 @@ class Proxy:
                 await asyncio.wait_for(self.idle.wait(), timeout=s.drain_seconds)
         # Mirror copies in flight finish too (within the same deadline): they have no idle
         # callback, and there are few, so their sets are polled.
-        while any(ctx.watched for ctx in self.contexts) and self.loop.time() < deadline:
+        copies = [ctx.watched for ctx in self.contexts]
+        while any(copies) and self.loop.time() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.05)
         for ctx in self.contexts:
             for conn in tuple(ctx.connections):
