@@ -73,6 +73,25 @@ def _timeouts(spec: wire.TimeoutsSpec | None) -> schema.Timeouts:
     return schema.Timeouts(connect=spec.connect, request=spec.request, idle=spec.idle)
 
 
+def _circuit(spec: wire.CircuitBreakersSpec | None) -> schema.CircuitBreakers:
+    if spec is None:
+        return schema.CircuitBreakers()
+    return schema.CircuitBreakers(**spec.model_dump())
+
+
+def _outlier(spec: wire.OutlierDetectionSpec | None) -> schema.OutlierDetection | None:
+    return None if spec is None else schema.OutlierDetection(**spec.model_dump())
+
+
+def _retry(spec: wire.RetryPolicySpec | None) -> schema.RetryPolicy:
+    if spec is None:
+        return schema.RetryPolicy()
+    data = spec.model_dump()
+    data["retry_on"] = tuple(data["retry_on"])
+    data["statuses"] = tuple(data["statuses"])
+    return schema.RetryPolicy(**data)
+
+
 def service_to_schema(name: str, spec: wire.ServiceSpec) -> schema.Service:
     """Raises ValidationError when the spec alone is not a valid service."""
     return schema.Service(
@@ -81,6 +100,9 @@ def service_to_schema(name: str, spec: wire.ServiceSpec) -> schema.Service:
         endpoints=tuple(spec.endpoints),
         lb=spec.lb,
         timeouts=_timeouts(spec.timeouts),
+        circuit_breakers=_circuit(spec.circuit_breakers),
+        outlier_detection=_outlier(spec.outlier_detection),
+        retry_policy=_retry(spec.retry_policy),
         namespace=spec.namespace,
         namespace_authorities=tuple(spec.namespace_authorities),
         ports=tuple(
@@ -113,7 +135,12 @@ def split_to_schema(
             service=spec.service,
             match=_match(spec.match),
             destinations=tuple(
-                schema.SplitDestination(name=d.name, weight=d.weight, endpoints=tuple(d.endpoints))
+                schema.SplitDestination(
+                    name=d.name, weight=d.weight, endpoints=tuple(d.endpoints),
+                    circuit_breakers=_circuit(d.circuit_breakers),
+                    outlier_detection=_outlier(d.outlier_detection),
+                    retry_policy=_retry(d.retry_policy),
+                )
                 for d in spec.destinations
             ),
             sticky=(
@@ -239,6 +266,9 @@ def compile_snapshot(
                     sandbox=name,
                     lb=services[f.service].lb,
                     timeouts=services[f.service].timeouts,
+                    circuit_breakers=services[f.service].circuit_breakers,
+                    outlier_detection=services[f.service].outlier_detection,
+                    retry_policy=services[f.service].retry_policy,
                 )
                 for f in sorted(sb.spec.forks, key=lambda f: f.service)
             ]

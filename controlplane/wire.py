@@ -27,6 +27,7 @@ __all__ = [
     "API_VERSION",
     "AuditList",
     "AuditRecord",
+    "CircuitBreakersSpec",
     "Condition",
     "DiscoveredFrom",
     "ErrorBody",
@@ -41,9 +42,11 @@ __all__ = [
     "MatchSpec",
     "Metadata",
     "MirrorSpec",
+    "OutlierDetectionSpec",
     "ProxyInfo",
     "ProxyList",
     "ResourceList",
+    "RetryPolicySpec",
     "Route",
     "RouteCarrier",
     "RouteGroup",
@@ -110,6 +113,43 @@ class Condition(_Model):
     reason: str = ""
     message: str = ""
     last_transition_time: datetime | None = Field(None, alias="lastTransitionTime")
+
+
+class CircuitBreakersSpec(_Model):
+    """Per-destination limits; a request over one gets 503 `circuit-open` (Envoy's defaults)."""
+
+    max_connections: int = Field(1024, ge=1, le=1_000_000, alias="maxConnections")
+    max_pending_requests: int = Field(1024, ge=1, le=1_000_000, alias="maxPendingRequests")
+    max_requests: int = Field(1024, ge=1, le=1_000_000, alias="maxRequests")
+    max_retries: int = Field(3, ge=0, le=1_000_000, alias="maxRetries")
+
+
+class OutlierDetectionSpec(_Model):
+    """Passive health: failures in a row eject an endpoint, with backoff, up to a share."""
+
+    consecutive_5xx: int = Field(5, ge=0, le=1000, alias="consecutive5xx")
+    consecutive_gateway_errors: int = Field(0, ge=0, le=1000, alias="consecutiveGatewayErrors")
+    base_ejection_seconds: float = Field(30.0, gt=0, le=3600, alias="baseEjectionSeconds")
+    max_ejection_seconds: float = Field(300.0, gt=0, le=86_400, alias="maxEjectionSeconds")
+    max_ejection_percent: int = Field(10, ge=0, le=100, alias="maxEjectionPercent")
+
+
+RetryOn = Literal["5xx", "gateway-error", "retriable-status-codes"]
+_GATEWAY_ERROR: RetryOn = "gateway-error"
+
+
+class RetryPolicySpec(_Model):
+    """Retries after an answer for idempotent requests without a body; off by default."""
+
+    attempts: int = Field(0, ge=0, le=10)
+    retry_on: list[RetryOn] = Field(default_factory=lambda: [_GATEWAY_ERROR], alias="retryOn")
+    statuses: list[int] = Field(default_factory=list, description="500..599")
+    per_try_timeout: float | None = Field(None, gt=0, le=3600, alias="perTryTimeout")
+    budget_percent: float = Field(20.0, ge=0, le=100, alias="budgetPercent")
+    min_retry_concurrency: int = Field(3, ge=0, le=1_000_000, alias="minRetryConcurrency")
+    header_overrides: bool = Field(
+        False, alias="headerOverrides", description="honour a request's x-forklane-retry-on"
+    )
 
 
 class TimeoutsSpec(_Model):
@@ -229,6 +269,9 @@ class SplitDestinationSpec(_Model):
     name: str
     weight: int = Field(ge=0, le=1_000_000)
     endpoints: list[Endpoint] = Field(min_length=1)
+    circuit_breakers: CircuitBreakersSpec | None = Field(None, alias="circuitBreakers")
+    outlier_detection: OutlierDetectionSpec | None = Field(None, alias="outlierDetection")
+    retry_policy: RetryPolicySpec | None = Field(None, alias="retryPolicy")
 
 
 class StickySpec(_Model):
@@ -306,6 +349,15 @@ class ServiceSpec(_Model):
     endpoints: list[Endpoint] = Field(default_factory=list)
     lb: Literal["round_robin", "least_request"] = "round_robin"
     timeouts: TimeoutsSpec | None = None
+    circuit_breakers: CircuitBreakersSpec | None = Field(
+        None, alias="circuitBreakers", description="also what the service's forks get"
+    )
+    outlier_detection: OutlierDetectionSpec | None = Field(
+        None, alias="outlierDetection", description="also what the service's forks get"
+    )
+    retry_policy: RetryPolicySpec | None = Field(
+        None, alias="retryPolicy", description="also what the service's forks get"
+    )
     namespace: str = Field("", description="Kubernetes namespace of a discovered service")
     namespace_authorities: list[str] = Field(
         default_factory=list,

@@ -234,6 +234,7 @@ class AdminServer:
                 {f.id for sink in self.stats.taps for f in getattr(sink, "filters", ())}
                 | {"admin" for sink in self.stats.taps if isinstance(sink, _QueueSink)}
             ),
+            "upstreams": self.stats.upstream_health(),
             "snapshot": table.snapshot.model_dump(mode="json") if table else None,
         }
 

@@ -41,6 +41,10 @@ class Stats:
         self.connections_total = 0
         self.rejected: defaultdict[str, int] = defaultdict(int)  # malformed input by reason
         self.upstream_errors: defaultdict[str, int] = defaultdict(int)
+        self.retries: defaultdict[str, int] = defaultdict(int)  # retried answers by status
+        # Client connections reset at accept, by "listener<US>reason" (listener.overload).
+        self.connections_refused: defaultdict[str, int] = defaultdict(int)
+        self.memory_over: Callable[[], int] = lambda: 0  # 1 while above the watermark
         self.fork_fallbacks = 0
         self.key_conflicts = 0
         self.underscore_headers_dropped = 0
@@ -59,6 +63,8 @@ class Stats:
         self.config_version = ""
         self.reload_failures: Callable[[], int] = lambda: 0
         self.controlplane_connected: Callable[[], int | None] = lambda: None
+        # The balancer's report (circuit breakers, ejected endpoints): plain data.
+        self.upstream_health: Callable[[], dict[str, Any]] = dict
 
     def observe_latency(self, seconds: float) -> None:
         scaled = seconds * _STEP
@@ -126,6 +132,8 @@ class _Collector:
             ("forklane_upstream_errors", "Upstream failures by reason", s.upstream_errors,
              "reason"),
             ("forklane_mirror_requests", "Mirrored copies by result", s.mirror, "result"),
+            ("forklane_upstream_retries", "Answers retried instead of passed on, by status",
+             s.retries, "status"),
             ("forklane_routing_keys_restored", "Keys restored from the trace memory",
              s.keys_restored, "service"),
             ("forklane_propagation_gap", "Outbound requests of a keyed trace that lost the key",
@@ -151,6 +159,8 @@ class _Collector:
         ):
             yield CounterMetricFamily(name, doc, value=value)
         yield from _relay_families(s)
+        yield from _upstream_families(s)
+        yield from _overload_families(s)
         info = GaugeMetricFamily(
             "forklane_config_version", "The routing table in use (value 1)", labels=["version"]
         )
@@ -163,6 +173,65 @@ class _Collector:
                 "1 while the control-plane stream is up",
                 value=connected,
             )
+
+
+def _overload_families(s: Stats) -> Iterator[object]:
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+    refused = CounterMetricFamily(
+        "forklane_downstream_connections_refused",
+        "Client connections reset at accept, by listener and reason (listener-cap, total-cap, "
+        "memory)", labels=["listener", "reason"],
+    )
+    for key, value in sorted(s.connections_refused.items()):
+        listener, reason = key.split("\x1f", 1)
+        refused.add_metric([listener, reason], value)
+    yield refused
+    yield GaugeMetricFamily("forklane_memory_overloaded",
+                            "1 while resident memory is above the watermark",
+                            value=s.memory_over())
+
+
+def _upstream_families(s: Stats) -> Iterator[object]:
+    """Circuit breakers per destination and passive health (the balancer's report)."""
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+    report = s.upstream_health()
+    circuits: dict[str, dict[str, Any]] = report.get("circuits", {})
+    gauges = {
+        "requests": GaugeMetricFamily("forklane_circuit_requests_active",
+                                      "Requests in flight per destination",
+                                      labels=["destination"]),
+        "pending": GaugeMetricFamily("forklane_circuit_requests_pending",
+                                     "Requests waiting for a new upstream connection",
+                                     labels=["destination"]),
+        "retries": GaugeMetricFamily("forklane_circuit_retries_active",
+                                     "Requests in flight that are retrying",
+                                     labels=["destination"]),
+    }
+    tripped = GaugeMetricFamily("forklane_circuit_open",
+                                "1 while a circuit breaker of the destination is at its limit",
+                                labels=["destination"])
+    overflows = CounterMetricFamily("forklane_circuit_overflows",
+                                    "Requests refused (or retries not made) by a circuit breaker",
+                                    labels=["destination", "limit"])
+    for name, c in circuits.items():
+        for key, family in gauges.items():
+            family.add_metric([name], c[key])
+        tripped.add_metric([name], 1 if c["open"] else 0)
+        for limit, value in sorted(c["overflows"].items()):
+            overflows.add_metric([name, limit], value)
+    yield from gauges.values()
+    yield tripped
+    yield overflows
+    ejected = GaugeMetricFamily("forklane_outlier_ejected",
+                                "1 for each endpoint ejected by passive health now",
+                                labels=["endpoint"])
+    for address in report.get("ejected", {}):
+        ejected.add_metric([address], 1)
+    yield ejected
+    yield CounterMetricFamily("forklane_outlier_ejections", "Endpoint ejections so far",
+                              value=report.get("ejections_total", 0))
 
 
 def _relay_families(s: Stats) -> Iterator[object]:

@@ -27,14 +27,22 @@ from forklane.proxy.hooks import PropagationState
 from forklane.proxy.http1.server import Downstream
 from forklane.proxy.http1.upstream import Pools
 from forklane.proxy.listener.context import Clock, ListenerContext
+from forklane.proxy.listener.overload import Overload, cgroup_memory_limit, gated
 from forklane.proxy.listener.sniff import CapturePolicy, Sniffer
 from forklane.proxy.loader import FileWatcher, load_snapshot_file
+from forklane.proxy.memory import MemoryReturn, release_free_memory
 from forklane.proxy.metrics import Stats
 from forklane.proxy.routing import ListenerKind
 from forklane.proxy.settings import ProxySettings, UsageError
 from forklane.proxy.sockets import global_ipv6_present
 from forklane.proxy.state import TableHolder
-from forklane.proxy.table import ConfigError, LocalIdentity, Route, RoutingTable
+from forklane.proxy.table import (
+    ConfigError,
+    LocalIdentity,
+    Route,
+    RoutingTable,
+    destination_names,
+)
 
 __all__ = ["http2_handoff", "serve"]
 
@@ -63,6 +71,16 @@ class Proxy:
             failure_threshold=settings.outlier_consecutive_failures,
             ejection_seconds=settings.outlier_ejection_seconds,
         )
+        self.stats.upstream_health = self.balancer.report
+        watermark = settings.memory_watermark_mb
+        if watermark is None:
+            limit = cgroup_memory_limit()
+            watermark_bytes = int(limit * 0.9) if limit else 0
+        else:
+            watermark_bytes = watermark * 1024 * 1024
+        self.overload = Overload(self.stats, settings.max_connections, watermark_bytes)
+        self.stats.memory_over = lambda: int(self.overload.over_memory)
+        self.memory_return = MemoryReturn()
         self.propagation = PropagationState(settings, self.stats)
         self.contexts: list[ListenerContext] = []
         self.policies: list[CapturePolicy] = []
@@ -81,6 +99,7 @@ class Proxy:
     def _swapped(self, table: RoutingTable) -> None:
         self.stats.config_version = table.version
         self.stats.config_reloads += 1
+        self.balancer.forget_circuits(destination_names(table))
         log.info("routing table %s installed from %s", table.version, self.holder.source)
 
     # -- routing sources ---------------------------------------------------------------------
@@ -139,6 +158,7 @@ class Proxy:
             self.draw, self.loop, self.clock,
         )
         ctx.hooks = self.propagation.hooks_for(kind)
+        ctx.overload = self.overload
         factory: Callable[[], asyncio.BaseProtocol] = partial(Downstream, ctx)
         if self.settings.capture:
             # Captured connections: detect, then route (HTTP) or relay untouched; the rest of
@@ -149,7 +169,7 @@ class Proxy:
         ctx.open_h2 = http2_handoff(ctx)
         ctx.on_busy = self.wake.set
         server = await self.loop.create_server(
-            factory,
+            gated(factory, ctx, self.overload, self.settings.listener_max_connections),
             self.hosts,
             port,
             ssl=self.tls,
@@ -203,6 +223,7 @@ class Proxy:
             if any(ctx.busy for ctx in self.contexts):
                 await asyncio.sleep(0.1)
             else:
+                self._return_memory(clock.tick(), idle=True)
                 self.wake.clear()
                 wait = next_poll - clock.tick() if self.watcher is not None else 3600.0
                 if self.pools.idle_count():
@@ -211,6 +232,12 @@ class Proxy:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self.wake.wait(), timeout=wait)
             now = clock.tick()
+            if self.overload.check_memory():
+                log.warning("resident memory above the watermark (%d MiB): shedding load",
+                            self.overload.watermark >> 20)
+                self.pools.close_all()  # idle upstream connections give their buffers back
+                release_free_memory()
+            self._return_memory(now, idle=False)
             for ctx in self.contexts:
                 if ctx.busy:
                     ctx.sweep()
@@ -221,6 +248,12 @@ class Proxy:
                 next_poll = now + poll
                 if self.watcher is not None:
                     self.watcher.poll()
+
+    def _return_memory(self, now: float, idle: bool) -> None:
+        peak = self.memory_return.peak
+        if self.memory_return.observe(self.stats.connections_open, now, idle):
+            log.info("connections fell from %d to %d: free memory handed back", peak,
+                     self.stats.connections_open)
 
     # -- shutdown ----------------------------------------------------------------------------
 
@@ -235,9 +268,15 @@ class Proxy:
             ctx.draining = True
             for conn in tuple(ctx.connections):
                 conn.drain()
+        deadline = self.loop.time() + s.drain_seconds
         if any(ctx.connections for ctx in self.contexts):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.idle.wait(), timeout=s.drain_seconds)
+        # Mirror copies in flight finish too (within the same deadline): they have no idle
+        # callback, and there are few, so their sets are polled.
+        copies = [ctx.watched for ctx in self.contexts]
+        while any(copies) and self.loop.time() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
         for ctx in self.contexts:
             for conn in tuple(ctx.connections):
                 conn.close()

@@ -27,10 +27,13 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 __all__ = [
     "DEFAULT_CARRIERS",
     "Carrier",
+    "CircuitBreakers",
     "Fork",
     "HeaderMatch",
     "Match",
     "Mirror",
+    "OutlierDetection",
+    "RetryPolicy",
     "RoutingSnapshot",
     "Service",
     "ServicePort",
@@ -112,6 +115,65 @@ class Timeouts(_Frozen):
     idle: float = Field(60.0, gt=0, le=3600)
 
 
+class CircuitBreakers(_Frozen):
+    """Limits per destination, counted across all of this proxy's listeners; a request over
+    one is answered 503 `circuit-open` at once instead of queueing behind a sick upstream.
+    The defaults are Envoy's (1024, 1024, 1024, 3)."""
+
+    max_connections: int = Field(1024, ge=1, le=1_000_000,
+                                 description="upstream connections open to the destination")
+    max_pending_requests: int = Field(1024, ge=1, le=1_000_000,
+                                      description="requests waiting for a new connection")
+    max_requests: int = Field(1024, ge=1, le=1_000_000, description="requests in flight")
+    max_retries: int = Field(3, ge=0, le=1_000_000,
+                             description="requests in flight that are retrying")
+
+
+class OutlierDetection(_Frozen):
+    """Passive health per endpoint: failures in a row eject it for `base_ejection_seconds`
+    times the number of times it has been ejected (capped at `max_ejection_seconds`), never
+    more than `max_ejection_percent` of the destination's endpoints at once (but always at
+    least one, as Envoy does). Defaults are Envoy's, except that gateway errors (502, 503,
+    504, connect failures) count from the first `consecutive_gateway_errors`, 0 = off."""
+
+    consecutive_5xx: int = Field(5, ge=0, le=1000, description="0 = off")
+    consecutive_gateway_errors: int = Field(0, ge=0, le=1000, description="0 = off")
+    base_ejection_seconds: float = Field(30.0, gt=0, le=3600)
+    max_ejection_seconds: float = Field(300.0, gt=0, le=86_400)
+    max_ejection_percent: int = Field(10, ge=0, le=100)
+
+
+class RetryPolicy(_Frozen):
+    """Retries after an answer, for requests that are safe to send again: an idempotent
+    method and no body (the proxy keeps no copy of a body). Off by default (`attempts: 0`).
+
+    `retry_on` (Envoy's words): `5xx`, `gateway-error` (502, 503, 504), and
+    `retriable-status-codes` (`statuses`). A retry goes to another endpoint
+    when there is one. The retries in flight of a destination are bounded by its
+    `circuit_breakers.max_retries` and by the budget: `budget_percent` of its requests in
+    flight, but at least `min_retry_concurrency`. `per_try_timeout` bounds each attempt's
+    wait for the response head (the route's `request` timeout still bounds the whole).
+    With `header_overrides` a request's `x-forklane-retry-on` replaces `retry_on`."""
+
+    attempts: int = Field(0, ge=0, le=10, description="retries after the first try")
+    retry_on: tuple[Literal["5xx", "gateway-error", "retriable-status-codes"], ...] = (
+        "gateway-error",
+    )
+    statuses: tuple[int, ...] = ()
+    per_try_timeout: float | None = Field(None, gt=0, le=3600)
+    budget_percent: float = Field(20.0, ge=0, le=100)
+    min_retry_concurrency: int = Field(3, ge=0, le=1_000_000)
+    header_overrides: bool = False
+
+    @field_validator("statuses")
+    @classmethod
+    def _statuses(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        for status in v:
+            if not 500 <= status <= 599:
+                raise ValueError(f"status {status}: retriable statuses are 500..599")
+        return v
+
+
 class Carrier(_Frozen):
     """Where a routing key may be found, in priority order.
 
@@ -172,6 +234,11 @@ class Service(_Frozen):
     endpoints: tuple[str, ...] = ()
     lb: Literal["round_robin", "least_request"] = "round_robin"
     timeouts: Timeouts = Timeouts()
+    circuit_breakers: CircuitBreakers = CircuitBreakers()
+    outlier_detection: OutlierDetection | None = Field(
+        None, description="passive health; unset: the proxy's own defaults (its settings)"
+    )
+    retry_policy: RetryPolicy = RetryPolicy()
     namespace: str = Field(
         "", description="Kubernetes namespace of a discovered service ('' for hand-made ones)"
     )
@@ -228,6 +295,11 @@ class Fork(_Frozen):
     sandbox: str = Field("", description="the sandbox (or route group) it comes from; for reasons")
     lb: Literal["round_robin", "least_request"] = "round_robin"
     timeouts: Timeouts = Timeouts()
+    circuit_breakers: CircuitBreakers = CircuitBreakers()
+    outlier_detection: OutlierDetection | None = Field(
+        None, description="passive health; unset: the proxy's own defaults (its settings)"
+    )
+    retry_policy: RetryPolicy = RetryPolicy()
 
     @field_validator("routing_key")
     @classmethod
@@ -285,6 +357,11 @@ class SplitDestination(_Frozen):
     endpoints: Endpoints
     lb: Literal["round_robin", "least_request"] = "round_robin"
     timeouts: Timeouts = Timeouts()
+    circuit_breakers: CircuitBreakers = CircuitBreakers()
+    outlier_detection: OutlierDetection | None = Field(
+        None, description="passive health; unset: the proxy's own defaults (its settings)"
+    )
+    retry_policy: RetryPolicy = RetryPolicy()
 
     @field_validator("endpoints")
     @classmethod

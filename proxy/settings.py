@@ -133,6 +133,27 @@ class ProxySettings(BaseSettings):
     max_pipelined: int = Field(
         16, ge=1, le=1024, description="pipelined requests queued per connection"
     )
+    body_timeout: float = Field(
+        20.0, gt=0, le=3600, description="a request body gets this long, plus a second per "
+        "`min_body_rate` bytes received, before it is cut with 408 (HTTP/1.1)",
+    )
+    min_body_rate: int = Field(
+        500, ge=0, le=1 << 30, description="bytes/s a request body must keep up; 0: no limit"
+    )
+
+    # --- overload ---
+    max_connections: int = Field(
+        50_000, ge=1, le=10_000_000,
+        description="client connections open across all listeners; more are reset at accept",
+    )
+    listener_max_connections: int = Field(
+        0, ge=0, le=10_000_000, description="client connections per listener; 0: no own cap"
+    )
+    memory_watermark_mb: int | None = Field(
+        None, ge=0, le=1_048_576,
+        description="resident memory above which new requests get 503 `overloaded` and new "
+        "connections are reset; unset: 90 % of the container's memory limit (none: off); 0: off",
+    )
 
     # --- HTTP/2 and TLS (h2c with prior knowledge is always on; TLS+ALPN when a cert is set) ---
     tls_cert: Path | None = Field(None, description="PEM certificate chain: serve TLS with ALPN h2")

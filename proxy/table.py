@@ -27,12 +27,16 @@ from forklane.proxy import schema
 from forklane.proxy.context.carriers import CarrierPlan, build_carrier_plan
 
 __all__ = [
+    "DEFAULT_CIRCUIT",
+    "CircuitLimits",
     "ConfigError",
     "Destination",
     "Endpoint",
     "HeaderCondition",
     "LocalIdentity",
     "MirrorRule",
+    "OutlierPolicy",
+    "RetryRules",
     "Route",
     "RouteKind",
     "RoutingTable",
@@ -40,6 +44,7 @@ __all__ = [
     "SplitRule",
     "Timeouts",
     "build_table",
+    "destination_names",
     "passthrough_route",
     "routed_by_sidecar",
 ]
@@ -81,13 +86,71 @@ class Timeouts:
 
 
 @dataclass(frozen=True, slots=True)
+class CircuitLimits:
+    """A destination's circuit breakers (`schema.CircuitBreakers`)."""
+
+    max_connections: int = 1024
+    max_pending: int = 1024
+    max_requests: int = 1024
+    max_retries: int = 3
+
+
+DEFAULT_CIRCUIT = CircuitLimits()
+
+
+@dataclass(frozen=True, slots=True)
+class OutlierPolicy:
+    """A destination's passive health rules (`schema.OutlierDetection`); 0 turns a rule off."""
+
+    consecutive_5xx: int
+    consecutive_gateway: int
+    base_ejection: float
+    max_ejection: float
+    max_ejection_percent: int
+
+
+@dataclass(frozen=True, slots=True)
+class RetryRules:
+    """A destination's retries after an answer (`schema.RetryPolicy`), pre-indexed."""
+
+    attempts: int
+    statuses: frozenset[int]  # HTTP statuses that are retried
+    per_try_timeout: float  # 0: none
+    budget_percent: float
+    min_concurrency: int
+    header_overrides: bool
+
+
+NO_RETRIES = RetryRules(0, frozenset(), 0.0, 20.0, 3, False)
+RETRY_ON_HEADER = "x-forklane-retry-on"
+
+
+def retry_statuses(retry_on: tuple[str, ...] | list[str], extra: tuple[int, ...]
+                   ) -> frozenset[int]:
+    """The statuses `retry_on` names (`5xx`, `gateway-error`, `retriable-status-codes`)."""
+    out: set[int] = set()
+    for word in retry_on:
+        if word == "5xx":
+            out.update(range(500, 600))
+        elif word == "gateway-error":
+            out.update((502, 503, 504))
+        elif word == "retriable-status-codes":
+            out.update(extra)
+    return frozenset(out)
+
+
+@dataclass(frozen=True, slots=True)
 class Destination:
-    """Where a request may be sent: one or more endpoints and how to pick among them."""
+    """Where a request may be sent: one or more endpoints and how to pick among them.
+    `outlier` None: the proxy's own default (settings)."""
 
     name: str  # e.g. "baseline/catalog", "fork/catalog@abc", "split/catalog/canary/v2"
     endpoints: tuple[Endpoint, ...]
     lb: LbPolicy
     timeouts: Timeouts
+    circuit: CircuitLimits = DEFAULT_CIRCUIT
+    outlier: OutlierPolicy | None = None
+    retry: RetryRules = NO_RETRIES
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,6 +317,33 @@ def _timeouts(t: schema.Timeouts) -> Timeouts:
     return Timeouts(connect=t.connect, request=t.request, idle=t.idle)
 
 
+def _circuit(c: schema.CircuitBreakers) -> CircuitLimits:
+    limits = CircuitLimits(c.max_connections, c.max_pending_requests, c.max_requests,
+                           c.max_retries)
+    return DEFAULT_CIRCUIT if limits == DEFAULT_CIRCUIT else limits
+
+
+def _retry(r: schema.RetryPolicy) -> RetryRules:
+    if not r.attempts:
+        return NO_RETRIES
+    return RetryRules(
+        attempts=r.attempts,
+        statuses=retry_statuses(r.retry_on, r.statuses),
+        per_try_timeout=r.per_try_timeout or 0.0,
+        budget_percent=r.budget_percent,
+        min_concurrency=r.min_retry_concurrency,
+        header_overrides=r.header_overrides,
+    )
+
+
+def _outlier(o: schema.OutlierDetection | None) -> OutlierPolicy | None:
+    if o is None:
+        return None
+    return OutlierPolicy(o.consecutive_5xx, o.consecutive_gateway_errors,
+                         o.base_ejection_seconds, o.max_ejection_seconds,
+                         o.max_ejection_percent)
+
+
 def _condition(match: schema.Match) -> Condition:
     return Condition(
         headers=tuple(
@@ -321,6 +411,11 @@ def build_table(
     namespace authorities (bare Service names) this proxy resolves."""
     carriers = build_carrier_plan(snapshot.carriers)
     interesting: set[str] = set(carriers.header_names) | {ROUTED_MARKER}
+    policies = [svc.retry_policy for svc in snapshot.services]
+    policies += [fork.retry_policy for fork in snapshot.forks]
+    policies += [d.retry_policy for split in snapshot.splits for d in split.destinations]
+    if any(p.header_overrides for p in policies):
+        interesting.add(RETRY_ON_HEADER)  # read into the request view, where retries look
     services: dict[str, ServiceRoutes] = {}
     authorities: dict[str, ServiceRoutes] = {}
     forks_by_service: dict[str, dict[str, Route]] = {s.name: {} for s in snapshot.services}
@@ -330,6 +425,9 @@ def build_table(
             endpoints=_endpoints(svc.endpoints),
             lb=svc.lb,
             timeouts=_timeouts(svc.timeouts),
+            circuit=_circuit(svc.circuit_breakers),
+            outlier=_outlier(svc.outlier_detection),
+            retry=_retry(svc.retry_policy),
         )
         for svc in snapshot.services
     }
@@ -344,6 +442,9 @@ def build_table(
                 endpoints=_endpoints(fork.endpoints),
                 lb=fork.lb,
                 timeouts=_timeouts(fork.timeouts),
+                circuit=_circuit(fork.circuit_breakers),
+                outlier=_outlier(fork.outlier_detection),
+                retry=_retry(fork.retry_policy),
             ),
             rule=f"forks[{i}]",
             reason=f"routing key {fork.routing_key} forks {fork.service}{origin}",
@@ -367,6 +468,9 @@ def build_table(
                         endpoints=_endpoints(d.endpoints),
                         lb=d.lb,
                         timeouts=_timeouts(d.timeouts),
+                        circuit=_circuit(d.circuit_breakers),
+                        outlier=_outlier(d.outlier_detection),
+                        retry=_retry(d.retry_policy),
                     ),
                     rule=f"splits[{split.name}]",
                     reason=f"split {split.name} of {svc.name}: destination {d.name}",
@@ -490,3 +594,18 @@ def build_table(
         inbound_local=inbound_local,
         inbound_forks=inbound_forks,
     )
+
+
+def destination_names(table: RoutingTable) -> set[str]:
+    """Every destination a request can be sent to under `table` (mirrors aside)."""
+    names: set[str] = set()
+    for svc in (*table.services.values(), *table.authorities.values()):
+        routes = [svc.baseline, *svc.forks.values()]
+        for split in svc.splits:
+            routes.extend(split.routes)
+        for route in routes:
+            if route.destination is not None:
+                names.add(route.destination.name)
+    if table.inbound_local is not None and table.inbound_local.destination is not None:
+        names.add(table.inbound_local.destination.name)
+    return names

@@ -7,6 +7,10 @@
     python3 scripts/dev.py setup    # only set up (.venv with the pinned, tested dependency set)
     python3 scripts/dev.py bench    # set up, then the peer benchmark (needs nginx, haproxy, wrk)
     python3 scripts/dev.py tools    # only fetch kubectl and helm into .tools/bin (the test job does it too)
+    python3 scripts/dev.py fuzz     # set up, then every fuzzing harness (tests/fuzz) long:
+                                    # FORKLANE_FUZZ_EXAMPLES inputs each (default 5,000)
+    python3 scripts/dev.py soak     # set up, then the resilience suite long and heavy
+                                    # (2,000 slowloris connections, 200 req/s, 20 s per scenario)
 
 The virtual environment lives in `.venv/` and installs from `constraints.txt`, the set CI
 tested (build requirements too); it is rebuilt when `pyproject.toml`, `constraints.txt`, the
@@ -187,8 +191,9 @@ def main(argv: list[str]) -> int:
     if job in ("help", "-h", "--help"):
         print(__doc__)
         return 0
-    if job not in ("setup", "demo", "test", "bench", "tools"):
-        print(f"unknown job {job!r}; one of: setup demo test bench tools", file=sys.stderr)
+    if job not in ("setup", "demo", "test", "bench", "tools", "fuzz", "soak"):
+        print(f"unknown job {job!r}; one of: setup demo test bench tools fuzz soak",
+              file=sys.stderr)
         return 2
     setup()
     if job in ("test", "tools"):
@@ -216,6 +221,19 @@ def main(argv: list[str]) -> int:
                               ).returncode
     if job == "bench":
         return run(["bash", str(ROOT / "bench" / "peers.sh"), *rest])
+    if job == "soak":
+        # Figures print as one JSON line per scenario (-s keeps them on the terminal).
+        return subprocess.run([str(PY), "-m", "pytest", "tests/resilience/test_suite.py", "-s",
+                               "-p", "no:cacheprovider", *rest], cwd=ROOT,
+                              env={**os.environ, "FORKLANE_SOAK": "1"}).returncode
+    if job == "fuzz":
+        # Random (not the suite's fixed) inputs, many of them; a failure prints the input
+        # to add to tests/fuzz/corpus/<harness>/.
+        env = {**os.environ,
+               "FORKLANE_FUZZ_EXAMPLES": os.environ.get("FORKLANE_FUZZ_EXAMPLES", "5000")}
+        return subprocess.run([str(PY), "-m", "pytest", "tests/fuzz", "-p", "no:cacheprovider",
+                               "--hypothesis-show-statistics", *rest], cwd=ROOT, env=env
+                              ).returncode
     return 0
 
 

@@ -16,7 +16,12 @@ Rules (the same for HTTP/1.1 and HTTP/2):
   when replaying it is safe: nothing of it was sent, or it has no body and an idempotent
   method; otherwise it fails as `upstream-reset`;
 - a reset before the response head fails as `upstream-reset`; it is never replayed, because
-  the upstream may have acted on the request.
+  the upstream may have acted on the request;
+- an answer whose status the destination's `RetryRules` name is retried (`retry_answer`),
+  up to `attempts` times, when the request is idempotent and has no body (nothing of it needs
+  keeping); the last answer goes to the client as it is;
+- every retry takes a slot of the destination's circuit (`max_retries`, and the budget: a
+  share of the requests in flight, at least `min_concurrency`); without one it is not made.
 """
 
 from __future__ import annotations
@@ -26,9 +31,22 @@ from typing import NamedTuple
 
 from forklane.proxy.forward import errors
 from forklane.proxy.forward.errors import ProxyError
-from forklane.proxy.table import Destination, Endpoint, Route
+from forklane.proxy.table import Destination, Endpoint, RetryRules, Route, retry_statuses
 
-__all__ = ["MAX_REPLAYS", "Fail", "Failure", "Fallback", "Retry", "Step", "after_failure"]
+__all__ = [
+    "IDEMPOTENT",
+    "MAX_REPLAYS",
+    "Fail",
+    "Failure",
+    "Fallback",
+    "Retry",
+    "Step",
+    "after_failure",
+    "retry_answer",
+    "retry_budget",
+]
+
+IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
 
 MAX_REPLAYS = 3  # replays of a request the upstream never saw
 
@@ -99,3 +117,24 @@ def after_failure(
     else:
         error = errors.UPSTREAM_CONNECT_FAILED
     return Fail(error, f"{destination.name} is not reachable ({reason})")
+
+
+def retry_answer(rules: RetryRules, status: int, method: bytes, has_body: bool, tries: int,
+                 override: str | None = None) -> bool:
+    """Whether an answer with `status` is retried rather than passed on, after `tries`
+    retries so far. `override`: the request's `x-forklane-retry-on`, honoured only when the
+    rules allow it (a list of `5xx`, `gateway-error` and status codes)."""
+    if tries >= rules.attempts or has_body or method not in IDEMPOTENT:
+        return False
+    statuses = rules.statuses
+    if override is not None and rules.header_overrides:
+        words = [w.strip() for w in override.split(",")]
+        codes = tuple(int(w) for w in words if w.isdigit() and 500 <= int(w) <= 599)
+        statuses = retry_statuses(words, codes) | frozenset(codes)
+    return status in statuses
+
+
+def retry_budget(rules: RetryRules, requests: int) -> int:
+    """How many retries of a destination may be in flight with `requests` in flight: the
+    budget's share, but at least its minimum concurrency (Envoy's retry budget)."""
+    return max(rules.min_concurrency, int(requests * rules.budget_percent / 100))

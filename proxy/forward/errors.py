@@ -20,6 +20,8 @@ __all__ = [
     "BAD_HOST",
     "BAD_TARGET",
     "BAD_TRANSFER_ENCODING",
+    "BODY_TIMEOUT",
+    "CIRCUIT_OPEN",
     "CONNECT_UNSUPPORTED",
     "DEADLINE_EXCEEDED",
     "DUPLICATE_HOST",
@@ -32,6 +34,7 @@ __all__ = [
     "NO_CONFIG",
     "NO_ENDPOINTS",
     "NO_ROUTE",
+    "OVERLOADED",
     "UNSUPPORTED_TRANSFER_CODING",
     "UNSUPPORTED_VERSION",
     "UPSTREAM_CONNECT_FAILED",
@@ -94,11 +97,20 @@ UPSTREAM_NO_RESPONSE = _e("upstream-no-response", 502, GRPC_INTERNAL, "upstream"
                           "the upstream ended the stream without a response")
 UPSTREAM_TIMEOUT = _e("upstream-timeout", 504, GRPC_DEADLINE_EXCEEDED, "upstream",
                       "the upstream did not answer within the request timeout")
+CIRCUIT_OPEN = _e("circuit-open", 503, GRPC_UNAVAILABLE, "upstream",
+                  "a circuit breaker of the destination is at its limit (requests, pending "
+                  "requests, connections): refused at once")
 DEADLINE_EXCEEDED = _e("deadline-exceeded", 504, GRPC_DEADLINE_EXCEEDED, "upstream",
                        "a gRPC call's `grpc-timeout` passed in the proxy", "grpc-deadline")
 # -- requests refused before routing (never forwarded) ----------------------------------------
+OVERLOADED = _e("overloaded", 503, GRPC_UNAVAILABLE, "rejected",
+                "the proxy's resident memory is above `memory_watermark_mb`: new requests are "
+                "shed until it is below again")
 HEADER_TIMEOUT = _e("header-timeout", 408, GRPC_DEADLINE_EXCEEDED, "rejected",
                     "the request headers did not arrive within `header_timeout`")
+BODY_TIMEOUT = _e("body-timeout", 408, GRPC_DEADLINE_EXCEEDED, "rejected",
+                  "the request body arrived slower than `min_body_rate` once `body_timeout` "
+                  "had passed")
 HEADERS_TOO_LARGE = _e("headers-too-large", 431, GRPC_RESOURCE_EXHAUSTED, "rejected",
                        "more than `max_header_bytes` or `max_header_count`")
 MALFORMED_REQUEST = _e("malformed-request", 400, GRPC_INTERNAL, "rejected",
@@ -124,10 +136,11 @@ ERRORS: dict[str, ProxyError] = {
     e.reason: e
     for e in (
         NO_ROUTE, NO_CONFIG, NO_ENDPOINTS, FORK_UNAVAILABLE, UPSTREAM_CONNECT_FAILED, UPSTREAM_CONNECT_TIMEOUT,
-        UPSTREAM_RESET, UPSTREAM_NO_RESPONSE, UPSTREAM_TIMEOUT, DEADLINE_EXCEEDED, HEADER_TIMEOUT,
+        UPSTREAM_RESET, UPSTREAM_NO_RESPONSE, UPSTREAM_TIMEOUT, DEADLINE_EXCEEDED, CIRCUIT_OPEN,
+        HEADER_TIMEOUT,
         HEADERS_TOO_LARGE, MALFORMED_REQUEST, DUPLICATE_HOST, MISSING_HOST, BAD_HOST, BAD_TARGET,
         BAD_TRANSFER_ENCODING, UNSUPPORTED_TRANSFER_CODING, BAD_CONNECTION_HEADER,
-        UNSUPPORTED_VERSION, CONNECT_UNSUPPORTED,
+        UNSUPPORTED_VERSION, CONNECT_UNSUPPORTED, OVERLOADED, BODY_TIMEOUT,
     )
 }
 

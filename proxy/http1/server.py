@@ -28,10 +28,18 @@ from typing import TYPE_CHECKING, cast
 
 import httptools
 
-from forklane.proxy.balancer import NO_LEASE, Lease
+from forklane.proxy.balancer import NO_LEASE, Circuit, Lease
 from forklane.proxy.forward import core, errors
 from forklane.proxy.forward.accounting import count_request, log_request
-from forklane.proxy.forward.attempts import Fail, Failure, Fallback, Retry, after_failure
+from forklane.proxy.forward.attempts import (
+    Fail,
+    Failure,
+    Fallback,
+    Retry,
+    after_failure,
+    retry_answer,
+    retry_budget,
+)
 from forklane.proxy.forward.core import (
     F_CONNECTION,
     F_CONTENT_LENGTH,
@@ -77,7 +85,14 @@ from forklane.proxy.listener.context import Deadline, ListenerContext
 from forklane.proxy.listener.handoff import alpn_is_h2, may_be_h2c
 from forklane.proxy.routing import Decision
 from forklane.proxy.sockets import tune_transport
-from forklane.proxy.table import ROUTED_MARKER, Destination, Endpoint, Route, RoutingTable
+from forklane.proxy.table import (
+    RETRY_ON_HEADER,
+    ROUTED_MARKER,
+    Destination,
+    Endpoint,
+    Route,
+    RoutingTable,
+)
 
 if TYPE_CHECKING:
     from forklane.proxy.tracing import ProxySpan
@@ -163,6 +178,12 @@ class Exchange:
     endpoint: Endpoint | None = None
     track = False  # the destination has several endpoints: report outcomes to the balancer
     lease: Lease = NO_LEASE
+    circuit: Circuit | None = None  # the destination's breaker counts this request holds
+    retrying = False  # counted in the circuit's retries
+    answer_retries = 0  # retries after an answer (RetryRules)
+    body_received = 0  # request body bytes so far (the minimum body rate)
+    body_checked = 0.0  # when the sweep last looked at the body's rate
+    body_excused = 0.0  # seconds the proxy itself paused reading it (backpressure)
     up: UpstreamConnection | None = None
     head = b""
     reply: LocalReply | None = None
@@ -255,9 +276,12 @@ class Exchange:
         endpoint = self.endpoint
         if endpoint is not None and self.track:
             if status >= 500:
-                ctx.balancer.failed(endpoint)
+                ctx.balancer.failed(endpoint, self.dest, status)
             else:
-                ctx.balancer.succeeded(endpoint)
+                ctx.balancer.succeeded(endpoint, self.dest)
+        dest = self.dest
+        if status >= 500 and dest is not None and dest.retry.attempts and self.retry(conn, status):
+            return
         self.phase = STREAMING
         self.status = status
         parts = [status_line(status, reason)]
@@ -395,7 +419,7 @@ class Exchange:
                 down.dispatch(self, step.destination, None, fresh=True)
                 return
             assert isinstance(step, Fail)  # a request the upstream saw never falls back
-            ctx.balancer.failed(endpoint)
+            ctx.balancer.failed(endpoint, dest)
             ctx.stats.upstream_errors[step.error.label] += 1
             down.reply(self, reply_for(step.error, step.detail, close=not self.req_done))
             return
@@ -407,12 +431,44 @@ class Exchange:
         self.status = self.status or 502
         down.abort(self)
 
+    def retry(self, conn: UpstreamConnection, status: int) -> bool:
+        """Send the request again instead of passing this answer on, when the destination's
+        retry rules, the request and the circuit's retry slots allow it."""
+        dest = self.dest
+        assert dest is not None
+        rules = dest.retry
+        if not self.req_done or not retry_answer(
+            rules, status, self.method, self.has_body, self.answer_retries,
+            self.view.get(RETRY_ON_HEADER),
+        ):
+            return False
+        circuit = self.circuit
+        if not self.retrying:
+            if circuit is None or not circuit.may_retry(retry_budget(rules, circuit.requests)):
+                return False
+            self.retrying = True
+        self.answer_retries += 1
+        self.down.ctx.stats.retries[str(status)] += 1
+        self.release()
+        conn.abort()  # the rest of this answer is not wanted
+        self.pending = []
+        exclude = self.endpoint if len(dest.endpoints) > 1 else None
+        self.down.dispatch(self, dest, exclude, fresh=False)
+        return True
+
     # -- timeouts -----------------------------------------------------------------------------
 
     def timed_out(self) -> None:
         if self.phase != SENT:
             return
         up = self.up
+        dest = self.dest
+        if (
+            up is not None and dest is not None and dest.retry.per_try_timeout
+            and self.down.ctx.clock.now < self.started + dest.timeouts.request
+            and self.retry(up, 504)
+        ):
+            return  # the attempt's own timeout passed, not the request's: try again
         self.release()
         if up is not None:
             up.abort()
@@ -525,6 +581,10 @@ class Downstream(asyncio.Protocol):
             else:
                 raise
         except httptools.HttpParserError as exc:
+            if self.closing:
+                # Bytes after a request that ended the connection (HTTP/1.0, `close`), read
+                # in the same turn it was answered: never a request, and the answer is out.
+                return
             if str(exc) == "Invalid HTTP version":  # HTTP/1.2, HTTP/3.0: well-formed, unknown
                 self.protocol_error(reply_for(errors.UNSUPPORTED_VERSION, str(exc), close=True))
                 return
@@ -748,6 +808,7 @@ class Downstream(asyncio.Protocol):
         ex = self.parsing
         if ex is None:
             return
+        ex.body_received += len(body)
         ex.send_body(body)
         if ex.pending is not None and ex.pending_bytes > _PENDING_LIMIT:
             self._update_reading()
@@ -848,6 +909,22 @@ class Downstream(asyncio.Protocol):
         self, ex: Exchange, dest: Destination, exclude: Endpoint | None, fresh: bool
     ) -> None:
         ctx = self.ctx
+        circuit = ex.circuit
+        if circuit is None or circuit.name != dest.name:
+            # First attempt, or a fallback to another destination: its breakers decide.
+            held = circuit
+            circuit = ctx.balancer.circuit(dest)
+            if held is not None:
+                held.leave(ex.retrying)
+                ex.retrying = False
+                ex.circuit = None
+            if ctx.overload.over_memory and held is None:
+                self.overloaded(ex)
+                return
+            if not circuit.enter():
+                self.circuit_open(ex, dest, "max_requests")
+                return
+            ex.circuit = circuit
         endpoint = ctx.balancer.pick(dest, exclude)
         ex.phase = CONNECTING
         ex.dest = dest
@@ -859,18 +936,41 @@ class Downstream(asyncio.Protocol):
             self.bind(ex, conn)
         else:
             ex.reused = False
-            ctx.spawn(self._open(ex, dest, endpoint))
+            if not circuit.may_connect(ctx.pools.connections(dest.endpoints)):
+                self.circuit_open(ex, dest, "max_connections or max_pending_requests")
+                return
+            circuit.pending += 1
+            ctx.spawn(self._open(ex, dest, endpoint, circuit))
 
-    async def _open(self, ex: Exchange, dest: Destination, endpoint: Endpoint) -> None:
+    def overloaded(self, ex: Exchange) -> None:
+        error = errors.OVERLOADED
+        self.ctx.stats.rejected[error.label] += 1
+        self.reply(ex, reply_for(error, "the proxy is short of memory: try again shortly",
+                                 close=True))
+
+    def circuit_open(self, ex: Exchange, dest: Destination, limit: str) -> None:
+        error = errors.CIRCUIT_OPEN
+        self.ctx.stats.upstream_errors[error.label] += 1
+        self.reply(ex, reply_for(error, f"{dest.name}: {limit} reached",
+                                 close=not ex.req_done))
+
+    async def _open(
+        self, ex: Exchange, dest: Destination, endpoint: Endpoint, circuit: Circuit
+    ) -> None:
         ctx = self.ctx
         try:
             conn = await ctx.pools.open(endpoint, dest.timeouts.connect)
         except (OSError, TimeoutError) as exc:
+            circuit.pending -= 1
             ctx.clock.tick()
             failure = (Failure.CONNECT_TIMEOUT if isinstance(exc, TimeoutError)
                        else Failure.CONNECT_FAILED)
             self.connect_failed(ex, dest, endpoint, failure)
             return
+        except BaseException:
+            circuit.pending -= 1
+            raise
+        circuit.pending -= 1
         ctx.clock.tick()
         if ex.phase >= DONE or self.transport is None:
             ctx.pools.give_back(conn)
@@ -883,13 +983,21 @@ class Downstream(asyncio.Protocol):
         if ex.phase >= DONE:
             return
         ctx = self.ctx
-        ctx.balancer.failed(endpoint)
+        ctx.balancer.failed(endpoint, dest)
         ctx.stats.upstream_errors[failure.label] += 1
         route = ex.route
         assert route is not None
         step = after_failure(failure, route=route, destination=dest, endpoint=endpoint,
                              attempts=ex.attempts, fallback_used=ex.fallback_used,
                              retries=ctx.retries)
+        if isinstance(step, Retry) and not ex.retrying:
+            circuit = ex.circuit
+            if circuit is not None and not circuit.may_retry():
+                step = after_failure(failure, route=route, destination=dest, endpoint=endpoint,
+                                     attempts=ex.attempts, fallback_used=ex.fallback_used,
+                                     retries=0)
+            else:
+                ex.retrying = True
         if isinstance(step, Fail):
             self.reply(ex, reply_for(step.error, step.detail, close=not ex.req_done))
         elif isinstance(step, Fallback):
@@ -936,7 +1044,11 @@ class Downstream(asyncio.Protocol):
             transport.write(ex.head)
         if ex.req_done:
             ex.send_end()
-        ex.deadline = ex.started + dest.timeouts.request
+        deadline = ex.started + dest.timeouts.request
+        per_try = dest.retry.per_try_timeout
+        if per_try and ctx.clock.now + per_try < deadline:
+            deadline = ctx.clock.now + per_try
+        ex.deadline = deadline
         if self.write_paused:
             transport.pause_reading()
 
@@ -1028,6 +1140,10 @@ class Downstream(asyncio.Protocol):
 
     def _count(self, ex: Exchange, status: int) -> None:
         ctx = self.ctx
+        circuit = ex.circuit
+        if circuit is not None:
+            ex.circuit = None
+            circuit.leave(ex.retrying)
         now = ctx.clock.now
         count_request(ctx, ex.route, status, now - ex.started)
         span = ex.span
@@ -1112,7 +1228,23 @@ class Downstream(asyncio.Protocol):
         self._update_reading()
 
     def expire_requests(self, now: float) -> None:
-        """Called by the sweep: the request at the head of the queue may have timed out."""
+        """Called by the sweep: the request at the head of the queue may have timed out, and
+        the body being received may be too slow (`body_timeout` plus a second per
+        `min_body_rate` bytes: Apache's mod_reqtimeout rule against slowloris on bodies)."""
+        parsing = self.parsing
+        if parsing is not None and parsing.has_body and not parsing.req_done:
+            ctx = self.ctx
+            rate = ctx.min_body_rate
+            if self.read_paused and parsing.body_checked:
+                parsing.body_excused += now - parsing.body_checked  # our pause, not theirs
+            parsing.body_checked = now
+            allowed = ctx.body_timeout + parsing.body_excused + parsing.body_received / rate \
+                if rate else 0.0
+            if rate and now - parsing.started > allowed:
+                error = errors.BODY_TIMEOUT
+                self.protocol_error(reply_for(
+                    error, f"the request body arrived slower than {rate} bytes/s", close=True))
+                return
         queue = self.queue
         if queue:
             ex = queue[0]

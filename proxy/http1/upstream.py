@@ -118,7 +118,7 @@ class UpstreamConnection(asyncio.Protocol):
             self.parser = httptools.HttpResponseParser(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.pools.forget(self)
+        self.pools.closed(self)
         sink, self.sink = self.sink, None
         self.transport = None
         if sink is not None:
@@ -224,6 +224,7 @@ class Pools:
         self.max_idle = max_idle
         self.idle: dict[str, deque[UpstreamConnection]] = {}
         self.opened = 0
+        self.open_by_address: dict[str, int] = {}  # connections open now (circuit breakers)
 
     async def open(self, endpoint: Endpoint, limit: float) -> UpstreamConnection:
         """A new connection to `endpoint`; raises OSError, or TimeoutError after `limit` s."""
@@ -233,7 +234,26 @@ class Pools:
                 lambda: UpstreamConnection(self, address), endpoint.host, endpoint.port
             )
         self.opened += 1
+        counts = self.open_by_address
+        counts[address] = counts.get(address, 0) + 1
         return conn
+
+    def connections(self, endpoints: tuple[Endpoint, ...]) -> int:
+        """Connections open now to any of `endpoints`."""
+        counts = self.open_by_address
+        if len(endpoints) == 1:
+            return counts.get(endpoints[0].address, 0)
+        return sum(counts.get(e.address, 0) for e in endpoints)
+
+    def closed(self, conn: UpstreamConnection) -> None:
+        """`conn` is gone: out of the idle pool and out of the open count."""
+        self.forget(conn)
+        counts = self.open_by_address
+        left = counts.get(conn.address, 0) - 1
+        if left > 0:
+            counts[conn.address] = left
+        else:
+            counts.pop(conn.address, None)
 
     def take(self, address: str) -> UpstreamConnection | None:
         idle = self.idle.get(address)

@@ -22,10 +22,18 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, cast
 
-from forklane.proxy.balancer import NO_LEASE, Lease
+from forklane.proxy.balancer import NO_LEASE, Circuit, Lease
 from forklane.proxy.forward import core, errors
 from forklane.proxy.forward.accounting import count_request, log_request
-from forklane.proxy.forward.attempts import Fail, Failure, Fallback, Retry, after_failure
+from forklane.proxy.forward.attempts import (
+    Fail,
+    Failure,
+    Fallback,
+    Retry,
+    after_failure,
+    retry_answer,
+    retry_budget,
+)
 from forklane.proxy.forward.core import (
     F_CONNECTION,
     F_CONTENT_TYPE,
@@ -70,7 +78,7 @@ from forklane.proxy.http2.upstream import CONNECTION_WINDOW, H2Pools, H2Upstream
 from forklane.proxy.listener.context import ListenerContext
 from forklane.proxy.routing import Decision
 from forklane.proxy.sockets import tune_transport
-from forklane.proxy.table import ROUTED_MARKER, Destination, Endpoint, Route
+from forklane.proxy.table import RETRY_ON_HEADER, ROUTED_MARKER, Destination, Endpoint, Route
 
 if TYPE_CHECKING:
     from forklane.proxy.tracing import ProxySpan
@@ -140,6 +148,10 @@ class H2Stream:
     endpoint: Endpoint | None = None
     track = False
     lease: Lease = NO_LEASE
+    circuit: Circuit | None = None  # the destination's breaker counts this stream holds
+    retrying = False  # counted in the circuit's retries
+    answer_retries = 0  # retries after an answer (RetryRules)
+    retry_on: str | None = None  # the request's x-forklane-retry-on
     up: H2Upstream | None = None
     up_sid = 0
     status = 0
@@ -165,6 +177,22 @@ class H2Stream:
 
     def dispatch(self, dest: Destination, exclude: Endpoint | None, fresh: bool) -> None:
         ctx = self.down.ctx
+        circuit = self.circuit
+        if circuit is None or circuit.name != dest.name:
+            # First attempt, or a fallback to another destination: its breakers decide.
+            held = circuit
+            circuit = ctx.balancer.circuit(dest)
+            if held is not None:
+                held.leave(self.retrying)
+                self.retrying = False
+                self.circuit = None
+            if ctx.overload.over_memory and held is None:
+                self.overloaded()
+                return
+            if not circuit.enter():
+                self.circuit_open(dest, "max_requests")
+                return
+            self.circuit = circuit
         endpoint = ctx.balancer.pick(dest, exclude)
         self.phase = CONNECTING
         self.dest = dest
@@ -174,17 +202,37 @@ class H2Stream:
         if conn is not None:
             self.bind(conn)
         else:
-            ctx.spawn(self._open(dest, endpoint))
+            # Upstream HTTP/2 connections are multiplexed: only the waiting streams count.
+            if not circuit.may_connect(0):
+                self.circuit_open(dest, "max_pending_requests")
+                return
+            circuit.pending += 1
+            ctx.spawn(self._open(dest, endpoint, circuit))
 
-    async def _open(self, dest: Destination, endpoint: Endpoint) -> None:
+    def overloaded(self) -> None:
+        error = errors.OVERLOADED
+        self.down.ctx.stats.rejected[error.label] += 1
+        self.fail(error, "the proxy is short of memory: try again shortly")
+
+    def circuit_open(self, dest: Destination, limit: str) -> None:
+        error = errors.CIRCUIT_OPEN
+        self.down.ctx.stats.upstream_errors[error.label] += 1
+        self.fail(error, f"{dest.name}: {limit} reached")
+
+    async def _open(self, dest: Destination, endpoint: Endpoint, circuit: Circuit) -> None:
         try:
             async with asyncio.timeout(dest.timeouts.connect):
                 conn = await self.down.shared.pools.connect(endpoint)
         except (OSError, TimeoutError, ConnectionError, H2Error) as exc:
+            circuit.pending -= 1
             failure = (Failure.CONNECT_TIMEOUT if isinstance(exc, TimeoutError)
                        else Failure.CONNECT_FAILED)
             self.connect_failed(dest, endpoint, failure)
             return
+        except BaseException:
+            circuit.pending -= 1
+            raise
+        circuit.pending -= 1
         if self.phase >= DONE:
             return
         if conn.has_capacity():
@@ -196,13 +244,21 @@ class H2Stream:
         if self.phase >= DONE:
             return
         ctx = self.down.ctx
-        ctx.balancer.failed(endpoint)
+        ctx.balancer.failed(endpoint, dest)
         ctx.stats.upstream_errors[failure.label] += 1
         route = self.route
         assert route is not None
         step = after_failure(failure, route=route, destination=dest, endpoint=endpoint,
                              attempts=self.attempts, fallback_used=self.fallback_used,
                              retries=ctx.retries)
+        if isinstance(step, Retry) and not self.retrying:
+            circuit = self.circuit
+            if circuit is not None and not circuit.may_retry():
+                step = after_failure(failure, route=route, destination=dest, endpoint=endpoint,
+                                     attempts=self.attempts, fallback_used=self.fallback_used,
+                                     retries=0)
+            else:
+                self.retrying = True
         if isinstance(step, Fail):
             self.fail(step.error, step.detail)
         elif isinstance(step, Fallback):
@@ -236,8 +292,14 @@ class H2Stream:
         resp.src = conn
         resp.src_sid = sid
         if not self.grpc:
-            assert self.dest is not None
-            self.deadline = self.started + self.dest.timeouts.request
+            dest = self.dest
+            assert dest is not None
+            deadline = self.started + dest.timeouts.request
+            per_try = dest.retry.per_try_timeout
+            now = self.down.ctx.clock.now
+            if per_try and now + per_try < deadline:
+                deadline = now + per_try
+            self.deadline = deadline
 
     # -- events from the client ----------------------------------------------------------------
 
@@ -281,9 +343,12 @@ class H2Stream:
             assert self.endpoint is not None
             balancer = down.ctx.balancer
             if status >= 500:
-                balancer.failed(self.endpoint)
+                balancer.failed(self.endpoint, self.dest, status)
             else:
-                balancer.succeeded(self.endpoint)
+                balancer.succeeded(self.endpoint, self.dest)
+        dest = self.dest
+        if status >= 500 and dest is not None and dest.retry.attempts and self.retry(status):
+            return
         self.phase = STREAMING
         self.status = status
         if not self.grpc:
@@ -358,7 +423,7 @@ class H2Stream:
             return
         assert isinstance(step, Fail)  # a stream the upstream saw never falls back
         ctx.stats.upstream_errors[step.error.label] += 1
-        ctx.balancer.failed(endpoint)
+        ctx.balancer.failed(endpoint, dest)
         self.req.discard()
         self.fail(step.error, f"the upstream reset the stream ({code_name(code)})")
 
@@ -433,8 +498,44 @@ class H2Stream:
         resp.ended = True
         resp.bind(down, self.sid)
 
+    def retry(self, status: int) -> bool:
+        """Send the request again instead of passing this answer on (see HTTP/1.1's)."""
+        dest = self.dest
+        assert dest is not None
+        rules = dest.retry
+        req = self.req
+        if not self.req_ended or req.sent or not retry_answer(
+            rules, status, self.method, False, self.answer_retries, self.retry_on
+        ):
+            return False
+        circuit = self.circuit
+        if not self.retrying:
+            if circuit is None or not circuit.may_retry(retry_budget(rules, circuit.requests)):
+                return False
+            self.retrying = True
+        self.answer_retries += 1
+        self.down.ctx.stats.retries[str(status)] += 1
+        up, self.up = self.up, None
+        if up is not None:
+            up.cancel(self.up_sid)
+        self.lease.release()
+        req.dst = None
+        req.done = False
+        self.resp.discard()
+        self.resp = Pipe(None, 0, self.response_sent)
+        exclude = self.endpoint if len(dest.endpoints) > 1 else None
+        self.dispatch(dest, exclude, fresh=False)
+        return True
+
     def timed_out(self) -> None:
         ctx = self.down.ctx
+        dest = self.dest
+        if (
+            not self.grpc and self.phase < STREAMING and dest is not None
+            and dest.retry.per_try_timeout and ctx.clock.now < self.started + dest.timeouts.request
+            and self.retry(504)
+        ):
+            return  # the attempt's own timeout passed, not the request's: try again
         if self.grpc:
             error = errors.DEADLINE_EXCEEDED
             ctx.stats.upstream_errors[error.label] += 1
@@ -454,6 +555,10 @@ class H2Stream:
         self.phase = ABORTED if reset else DONE
         down = self.down
         ctx = down.ctx
+        circuit = self.circuit
+        if circuit is not None:
+            self.circuit = None
+            circuit.leave(self.retrying)
         down.streams.pop(self.sid, None)
         up, self.up = self.up, None
         if up is not None:
@@ -789,6 +894,8 @@ class H2Downstream(asyncio.Protocol, Peer):
         )
         stream.decision = decision
         stream.span = span
+        if view:
+            stream.retry_on = view.get(RETRY_ON_HEADER)
         route = stream.route = decision.route
         out = [(b":method", method), (b":scheme", scheme or b"http"),
                (b":authority", authority), (b":path", path)]

@@ -18,6 +18,7 @@ from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Protocol
 
 from forklane.proxy.balancer import Balancer
+from forklane.proxy.listener.overload import Overload
 from forklane.proxy.metrics import Stats
 from forklane.proxy.routing import ListenerKind
 from forklane.proxy.settings import ProxySettings
@@ -101,6 +102,9 @@ class ListenerContext:
         self.loop = loop
         self.clock = clock or Clock(loop.time)
         self.connections: set[ListenerConnection] = set()
+        self.opening = 0  # accepted, not started yet (listener.overload counts them)
+        # Process-wide overload state; the process wiring shares one among its listeners.
+        self.overload = Overload(stats, settings.max_connections, 0)
         self.watched: set[Watched] = set()  # mirror copies in flight
         self.tasks: set[asyncio.Task[None]] = set()
         self.draining = False
@@ -110,6 +114,8 @@ class ListenerContext:
         self.max_header_count = settings.max_header_count
         self.header_timeout = settings.header_timeout
         self.idle_timeout = settings.idle_timeout
+        self.body_timeout = settings.body_timeout
+        self.min_body_rate = settings.min_body_rate
         self.max_pipelined = settings.max_pipelined
         self.retries = settings.retries
         self.explain_raw = settings.explain_header.encode() if settings.explain_header else None

@@ -151,3 +151,36 @@ def test_splits_and_mirrors() -> None:
     assert out.snapshot.splits[1].sticky is not None
     assert [(m.name, m.percent) for m in out.snapshot.mirrors] == [("b-canary.shadow", 5.0)]
     assert list(out.problems) == [("splits", "orphan")]
+
+
+def test_circuit_breakers_and_outlier_detection_reach_the_snapshot() -> None:
+    """A service's upstream settings (camelCase on the API) go to its baseline and to every
+    fork of it; a split destination carries its own."""
+    web = wire.ServiceResource.model_validate({
+        "metadata": {"name": "web"},
+        "spec": {"endpoints": ["10.0.0.1:80"],
+                 "circuitBreakers": {"maxRequests": 50, "maxRetries": 0},
+                 "outlierDetection": {"consecutive5xx": 3, "maxEjectionPercent": 50}},
+    })
+    spec = {"service": "web",
+            "destinations": [{"name": "v1", "weight": 1, "endpoints": ["10.2.0.1:80"],
+                              "circuitBreakers": {"maxPendingRequests": 7}}]}
+    out = compile_snapshot(Inputs(
+        revision=4, services=[web], sandboxes=[sb("a", "keya", "web")],
+        splits=[wire.Split.model_validate({"metadata": {"name": "s"}, "spec": spec})],
+    ))
+    assert out.problems == {}
+    service = out.snapshot.services[0]
+    assert (service.circuit_breakers.max_requests, service.circuit_breakers.max_retries) == (50, 0)
+    assert service.circuit_breakers.max_connections == 1024  # Envoy's default stays
+    assert service.outlier_detection is not None
+    assert service.outlier_detection.consecutive_5xx == 3
+    assert out.snapshot.forks[0].circuit_breakers == service.circuit_breakers
+    assert out.snapshot.forks[0].outlier_detection == service.outlier_detection
+    assert out.snapshot.splits[0].destinations[0].circuit_breakers.max_pending_requests == 7
+
+
+@pytest.mark.parametrize("bad", [{"maxRequests": 0}, {"maxRetries": -1}, {"maxConnection": 5}])
+def test_bad_circuit_breakers_are_refused_at_the_api(bad: dict[str, Any]) -> None:
+    with pytest.raises(ValueError):
+        wire.ServiceSpec.model_validate({"endpoints": ["10.0.0.1:80"], "circuitBreakers": bad})

@@ -5,11 +5,19 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable
+from dataclasses import replace
 
 import pytest
 
 from forklane.proxy.balancer import Balancer
-from forklane.proxy.table import Destination, Endpoint, LbPolicy, Timeouts
+from forklane.proxy.table import (
+    CircuitLimits,
+    Destination,
+    Endpoint,
+    LbPolicy,
+    OutlierPolicy,
+    Timeouts,
+)
 
 A = Endpoint("10.0.0.1", 80, "10.0.0.1:80")
 B = Endpoint("10.0.0.2", 80, "10.0.0.2:80")
@@ -198,3 +206,78 @@ def test_a_lease_counts_the_endpoint_active_until_released_once() -> None:
     assert balancer.lease(single, a) is NO_LEASE
     NO_LEASE.release()
     assert balancer.endpoint_health(a).active == 0
+
+
+# -- configured passive health (OutlierPolicy) and circuit breakers -----------------------------
+
+
+def policy(five: int = 2, gateway: int = 0, base: float = 10.0, cap: float = 25.0,
+           percent: int = 100) -> OutlierPolicy:
+    return OutlierPolicy(five, gateway, base, cap, percent)
+
+
+def test_each_ejection_lasts_longer_up_to_the_cap_and_calm_brings_it_down() -> None:
+    clock = Clock()
+    b = Balancer(clock, no_draws)
+    d = replace(dest(A, B), outlier=policy(five=1))
+    lengths = []
+    for _ in range(4):
+        b.failed(A, d, 500)
+        lengths.append(b.endpoint_health(A).ejected_until - clock.now)
+        clock.now = b.endpoint_health(A).ejected_until
+    assert lengths == [10.0, 20.0, 25.0, 25.0]  # base times ejections, capped
+    assert b.ejections_total == 4
+    clock.now += 10.0  # calm for one base period after it came back
+    b.succeeded(A, d)
+    assert b.endpoint_health(A).ejections == 3
+    b.succeeded(A, d)  # not another period yet
+    assert b.endpoint_health(A).ejections == 3
+
+
+def test_gateway_errors_eject_on_their_own_count_and_other_5xx_reset_it() -> None:
+    b = Balancer(Clock(), no_draws)
+    d = replace(dest(A, B), outlier=policy(five=0, gateway=2))
+    b.failed(A, d, 502)
+    b.failed(A, d, 500)  # not a gateway error: the gateway run starts again
+    b.failed(A, d, 503)
+    assert not b.ejected(A)
+    b.failed(A, d, 0)  # a connect failure is a gateway error too
+    assert b.ejected(A)
+
+
+def test_max_ejection_percent_always_allows_the_first_and_then_caps() -> None:
+    b = Balancer(Clock(), no_draws)
+    d = replace(dest(A, B, C), outlier=policy(five=1, percent=10))
+    for e in (A, B, C):
+        b.failed(e, d, 500)
+    assert [b.ejected(e) for e in (A, B, C)] == [True, False, False]
+    off = replace(d, outlier=policy(five=1, percent=0))
+    b2 = Balancer(Clock(), no_draws)
+    b2.failed(A, off, 500)
+    assert not b2.ejected(A)
+
+
+def test_circuit_counts_survive_a_table_swap_and_refuse_over_the_limit() -> None:
+    b = Balancer(Clock(), no_draws)
+    d = replace(dest(A), circuit=CircuitLimits(max_connections=1, max_pending=1,
+                                                max_requests=2, max_retries=1))
+    c = b.circuit(d)
+    assert c.enter() and c.enter()
+    assert not c.enter()
+    assert c.tripped()
+    swapped = replace(d, circuit=CircuitLimits(max_requests=3))  # the next table, same name
+    assert b.circuit(swapped) is c and c.enter()
+    assert c.requests == 3
+    assert not c.may_connect(connections=1024)
+    assert c.may_retry() and c.may_retry() and c.may_retry() and not c.may_retry()
+    c.leave(retrying=True)
+    assert (c.requests, c.retries) == (2, 2)
+    assert c.overflows == {"max_requests": 1, "max_connections": 1, "max_retries": 1}
+    b.forget_circuits(set())
+    assert "baseline/x" in b.circuits  # still in use: kept
+    c.leave(False)
+    c.leave(False)
+    c.retries = 0
+    b.forget_circuits(set())
+    assert b.circuits == {}
+    assert b.report()["circuits"] == {}

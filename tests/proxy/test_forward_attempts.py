@@ -12,8 +12,17 @@ from forklane.proxy.forward.attempts import (
     Fallback,
     Retry,
     after_failure,
+    retry_answer,
+    retry_budget,
 )
-from forklane.proxy.table import Destination, Endpoint, Route, Timeouts
+from forklane.proxy.table import (
+    Destination,
+    Endpoint,
+    RetryRules,
+    Route,
+    Timeouts,
+    retry_statuses,
+)
 
 T = Timeouts(connect=1.0, request=5.0, idle=60.0)
 A = Endpoint("10.0.0.1", 80, "10.0.0.1:80")
@@ -85,3 +94,37 @@ def test_a_reset_is_never_replayed_nor_falls_back() -> None:
     fork = route("fork", FORK, fallback=ONE)
     final = step(Failure.RESET, fork, FORK, replayable=True)
     assert isinstance(final, Fail) and final.error is errors.UPSTREAM_RESET
+
+
+# -- retries after an answer (RetryRules) --------------------------------------------------------
+
+
+def _rules(attempts: int = 2, statuses: tuple[int, ...] = (503,), overrides: bool = False
+           ) -> RetryRules:
+    return RetryRules(attempts, frozenset(statuses), 0.0, 20.0, 3, overrides)
+
+
+@pytest.mark.parametrize(
+    ("status", "method", "has_body", "tries", "override", "overrides", "retried"),
+    [
+        (503, b"GET", False, 0, None, False, True),
+        (503, b"GET", False, 2, None, False, False),  # attempts spent
+        (503, b"POST", False, 0, None, False, False),  # not idempotent
+        (503, b"PUT", True, 0, None, False, False),  # a body is never sent twice
+        (500, b"GET", False, 0, None, False, False),  # not a retried status
+        (500, b"GET", False, 0, "5xx", False, False),  # the header needs the policy's leave
+        (500, b"GET", False, 0, "5xx", True, True),
+        (500, b"GET", False, 0, "gateway-error", True, False),
+        (599, b"DELETE", False, 0, "599, nonsense", True, True),
+    ],
+)
+def test_retry_answer(status: int, method: bytes, has_body: bool, tries: int,
+                      override: str | None, overrides: bool, retried: bool) -> None:
+    rules = _rules(overrides=overrides)
+    assert retry_answer(rules, status, method, has_body, tries, override) is retried
+
+
+def test_retry_budget_is_a_share_with_a_floor() -> None:
+    assert retry_budget(_rules(), 0) == 3
+    assert retry_budget(_rules(), 100) == 20
+    assert retry_statuses(("gateway-error",), ()) == frozenset({502, 503, 504})

@@ -1,0 +1,239 @@
+"""The resilience suite: real proxy processes under load while things go wrong, every request
+booked in a ledger (sent = answered + client-visible resets, nothing unaccounted for).
+
+- upstream faults (resets before and after the response head, slow answers, half-closed
+  connections) mixed into steady load: every 502 is the proxy's `upstream-reset`, every cut
+  body a visible reset, and the proxy's own counters agree with the ledger;
+- routing rules rewritten and reloaded 10 times a second under load: 0 failed requests;
+- SIGTERM under load: every request in flight is answered, the process exits 0;
+- slowloris connections beside real traffic: every slow one gets 408 by its deadline, every
+  real request is answered, p99 stays near the unloaded one.
+
+`FORKLANE_SOAK=1` (`python3 scripts/dev.py soak`) runs the same scenarios long and heavy
+(2,000 slowloris connections, 200 req/s, 20 s) and prints the figures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import os
+import re
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tests.resilience.ledger import Ledger, Load
+from tests.support.polling import eventually
+from tests.support.processes import Proc, write_config
+from tests.support.upstream import RecordingUpstream
+
+Upstreams = Callable[[str], Any]
+ProxyFactory = Callable[..., Proc]
+SOAK = os.environ.get("FORKLANE_SOAK") == "1"
+RATE = 200.0 if SOAK else 60.0
+SECONDS = 20.0 if SOAK else 3.0
+SLOWLORIS = 2000 if SOAK else 200
+
+
+def report(name: str, **figures: Any) -> None:
+    """One JSON line of figures (shown with -s, and by the soak job)."""
+    print(json.dumps({"scenario": name, **figures}), flush=True)
+
+
+async def metric(proxy: Proc, family: str, labels: str = "") -> float:
+    async with httpx.AsyncClient(base_url=proxy.url("admin"), timeout=30) as admin:
+        text = (await admin.get("/metrics")).text
+    pattern = re.escape(family) + (r"\{" + re.escape(labels) + r"\}" if labels else "") + " "
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if re.match(pattern, line))
+
+
+class FaultyUpstream:
+    """An HTTP/1.1 upstream whose answers cycle through faults, by request number:
+    ok, reset before the head, head and half the body then reset, slow, ok then half-close."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.server: asyncio.Server | None = None
+        self.port = 0
+
+    async def start(self) -> FaultyUpstream:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0, backlog=1024)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        body = b"x" * 2000
+        ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2000\r\n\r\n" + body
+        try:
+            while True:
+                await reader.readuntil(b"\r\n\r\n")
+                n, self.count = self.count, self.count + 1
+                fault = n % 5
+                if fault == 1:
+                    writer.transport.abort()
+                    return
+                if fault == 2:
+                    writer.write(ok[:1000])
+                    await writer.drain()
+                    writer.transport.abort()
+                    return
+                if fault == 3:
+                    await asyncio.sleep(0.2)  # a slow upstream on purpose
+                writer.write(ok)
+                if fault == 4:
+                    writer.write_eof()  # answered, then half-closed: no more on this one
+                    await writer.drain()
+                    writer.close()
+                    return
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+    async def aclose(self) -> None:
+        if self.server is not None:
+            self.server.close()
+
+
+async def test_upstream_faults_under_load_are_all_accounted_for(
+    proxy_factory: ProxyFactory
+) -> None:
+    up = await FaultyUpstream().start()
+    try:
+        proxy = proxy_factory({"version": "faults", "services": [
+            {"name": "svc", "endpoints": [f"127.0.0.1:{up.port}"]}]})
+        ledger = await Load(proxy.url(), "svc", RATE, SECONDS).run()
+    finally:
+        await up.aclose()
+    assert ledger.balanced(), ledger.unaccounted
+    assert set(ledger.answered) <= {200, 502}, ledger.answered
+    assert ledger.reasons == {"upstream-reset": ledger.answered[502]}
+    # Both fault kinds really happened, and the proxy counted each as the client saw it.
+    assert ledger.answered[502] > 0 and ledger.resets > 0
+    assert await metric(proxy, "forklane_upstream_errors_total",
+                        'reason="upstream-reset"') == ledger.answered[502]
+    assert await metric(proxy, "forklane_upstream_errors_total",
+                        'reason="upstream-reset-during-body"') == ledger.resets
+    report("upstream-faults", sent=ledger.sent, answered=dict(ledger.answered),
+           resets=ledger.resets, unaccounted=len(ledger.unaccounted))
+
+
+async def test_rules_pushed_ten_times_a_second_under_load_fail_nothing(
+    upstreams: Upstreams, proxy_factory: ProxyFactory
+) -> None:
+    a, b = await upstreams("a"), await upstreams("b")
+
+    def rules(n: int) -> dict[str, Any]:
+        doc: dict[str, Any] = {"version": f"rules-{n}", "services": [
+            {"name": "svc", "endpoints": [a.address],
+             "circuit_breakers": {"max_requests": 500 + n}},
+            {"name": f"other-{n % 3}", "endpoints": [b.address]}]}
+        if n % 2:
+            doc["splits"] = [{"name": "canary", "service": "svc", "destinations": [
+                {"name": "a", "weight": 50, "endpoints": [a.address]},
+                {"name": "b", "weight": 50, "endpoints": [b.address]}]}]
+        return doc
+
+    proxy = proxy_factory(rules(0))
+    path: Path = proxy.config  # type: ignore[attr-defined]
+    load = Load(proxy.url(), "svc", RATE, SECONDS)
+    pushed = 0
+
+    async def push() -> None:
+        nonlocal pushed
+        started = time.monotonic()
+        while time.monotonic() - started < SECONDS:
+            pushed += 1
+            write_config(path, rules(pushed))
+            os.kill(proxy.pid, signal.SIGHUP)
+            await asyncio.sleep(0.1)  # ten pushes a second: the scenario's pace
+
+    ledger, _ = await asyncio.gather(load.run(), push())
+    assert ledger.balanced(), ledger.unaccounted
+    assert ledger.failed() == 0, (ledger.answered, ledger.resets)
+    reloads = await metric(proxy, "forklane_config_reloads_total")
+    assert reloads >= pushed * 0.5  # SIGHUPs close together may coalesce into one reload
+    assert await metric(proxy, "forklane_config_reload_failures_total") == 0
+    report("rules-10-per-second", sent=ledger.sent, failed=ledger.failed(), pushed=pushed,
+           reloads=reloads)
+
+
+async def test_sigterm_under_load_answers_everything_in_flight(
+    upstreams: Upstreams, proxy_factory: ProxyFactory
+) -> None:
+    slow: RecordingUpstream = await upstreams("slow")
+    slow.behaviour.delay = 0.3
+    proxy = proxy_factory({"version": "drain", "services": [
+        {"name": "svc", "endpoints": [slow.address]}]}, "--drain-seconds", "5")
+    load = Load(proxy.url(), "svc", RATE, SECONDS)
+    running = asyncio.ensure_future(load.run())
+    await eventually(lambda: len(slow.requests) >= 5, within=10, what="load reaching the upstream")
+    proxy.popen.send_signal(signal.SIGTERM)
+    # What the upstream had received when the signal went: in flight in the proxy.
+    in_flight = {int(r.header("x-request-id") or -1) for r in slow.requests}
+    ledger: Ledger = await running
+    code = await asyncio.to_thread(proxy.popen.wait, 15)
+    assert code == 0
+    assert ledger.balanced(), ledger.unaccounted
+    # Nothing the proxy accepted failed: answers are 200s; the rest are requests that could
+    # not connect after the listener closed (client-visible, never half-answered).
+    assert set(ledger.answered) == {200}, ledger.answered
+    assert in_flight and all(ledger.answered_ids.get(rid) == 200 for rid in in_flight)
+    report("sigterm-under-load", sent=ledger.sent, answered=dict(ledger.answered),
+           refused_after_close=ledger.resets, upstream_had_at_sigterm=len(in_flight), exit=code)
+
+
+async def _slowloris(port: int, deadline: float) -> tuple[bytes, float]:
+    """A client that sends its head a few bytes at a time and never finishes it."""
+    started = time.monotonic()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET / HTTP/1.1\r\nhost: svc\r\n")
+
+    async def drip() -> None:
+        for i in itertools.count():
+            if writer.is_closing():
+                return
+            writer.write(b"x-slow-%d: 1\r\n" % i)
+            await asyncio.sleep(0.5)  # the attacker's pace
+
+    dripping = asyncio.ensure_future(drip())
+    try:
+        answer = await asyncio.wait_for(reader.read(), deadline)
+    except (ConnectionError, TimeoutError):
+        answer = b""
+    finally:
+        dripping.cancel()
+        writer.close()
+    return answer, time.monotonic() - started
+
+
+async def test_slowloris_beside_real_traffic(
+    upstreams: Upstreams, proxy_factory: ProxyFactory
+) -> None:
+    up: RecordingUpstream = await upstreams("up")
+    header_timeout = 2.0
+    proxy = proxy_factory({"version": "loris", "services": [
+        {"name": "svc", "endpoints": [up.address]}]}, "--header-timeout", str(header_timeout))
+    port = proxy.ports["outbound"]
+    unloaded = await Load(proxy.url(), "svc", RATE, 2.0).run()
+    loris = [asyncio.ensure_future(_slowloris(port, header_timeout + 10))
+             for _ in range(SLOWLORIS)]
+    loaded = await Load(proxy.url(), "svc", RATE, SECONDS).run()
+    results = await asyncio.gather(*loris)
+    assert unloaded.balanced() and loaded.balanced()
+    assert loaded.answered == {200: loaded.sent}
+    timely = [elapsed for answer, elapsed in results
+              if answer.startswith(b"HTTP/1.1 408 ") and elapsed <= header_timeout + 1.0]
+    assert len(timely) == SLOWLORIS, f"{len(timely)} of {SLOWLORIS} closed with 408 in time"
+    ratio = loaded.p99() / unloaded.p99()
+    report("slowloris", slow_connections=SLOWLORIS, legit_sent=loaded.sent,
+           legit_answered=loaded.answered[200], p99_unloaded_ms=round(unloaded.p99() * 1000, 2),
+           p99_loaded_ms=round(loaded.p99() * 1000, 2), ratio=round(ratio, 2),
+           slow_closed_by_s=round(max(e for _, e in results), 2))
+    # The issue's target is 2x; on a shared machine the suite allows more (the soak reports).
+    assert ratio <= (2.0 if SOAK else 4.0) or loaded.p99() < 0.05, ratio
