@@ -31,6 +31,7 @@ import logging
 import secrets
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Protocol
 
 from aiohttp import web
@@ -324,12 +325,13 @@ def _etag(record: Record) -> dict[str, str]:
 
 async def _audit(
     request: web.Request, principal: Principal, verb: str, plural: str, name: str,
-    before: int | None, after: int | None, revision: int | None,
+    before: int | None, after: int | None, revision: int | None, at: datetime | None = None,
 ) -> None:
+    """`at`: when the write happened (so the trail and `describe` order it before what the
+    reconciler did next); now when not given."""
     ctx = request.app[CTX]
-    await ctx.store.append_audit(
-        AuditEntry(ctx.clock(), principal.subject, verb, plural, name, before, after, revision)
-    )
+    await ctx.store.append_audit(AuditEntry(
+        at or ctx.clock(), principal.subject, verb, plural, name, before, after, revision))  # fmt: skip
 
 
 def _kind(request: web.Request) -> tuple[str, ResourceKind]:
@@ -373,7 +375,7 @@ async def create_resource(request: web.Request) -> web.Response:
         created_by=principal.subject, now=ctx.clock(),
     )
     await _audit(request, principal, "create", plural, name, None, record.generation,
-                 record.resource_version)
+                 record.resource_version, at=record.created_at)
     return _respond(
         _document(record), 201,
         _warning_headers(warnings, {"Location": f"/api/v1/{plural}/{name}", **_etag(record)}),
@@ -474,7 +476,7 @@ async def update_resource(request: web.Request) -> web.Response:
         expected_version=expected, now=ctx.clock(),
     )
     await _audit(request, principal, "update", plural, name, before.generation, after.generation,
-                 after.resource_version)
+                 after.resource_version, at=after.updated_at)
     return _respond(_document(after), headers=_warning_headers(warnings, _etag(after)))
 
 
