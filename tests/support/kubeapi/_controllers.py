@@ -17,7 +17,11 @@ Deployments, ReplicaSet and garbage-collection concept pages:
   (MinimumReplicasAvailable / MinimumReplicasUnavailable) and `Progressing`
   (NewReplicaSetCreated, NewReplicaSetAvailable, ReplicaSetUpdated);
 - deleting an owner deletes its dependents (background propagation): a Deployment's
-  ReplicaSets, then their Pods.
+  ReplicaSets, then their Pods;
+- the EndpointSlice controller keeps one slice per Service with a selector
+  (`<service>-fake`, label `kubernetes.io/service-name`, owned by the Service): the Pods the
+  selector matches that have an IP, `conditions.ready` from their `Ready` condition, ports
+  from the Service's `targetPort` (a name resolved against the Pod's containerPorts).
 
 Like the real ones, these controllers are asynchronous: they react to watch events on a task
 of their own, so a client sees the Deployment first and its Pods a moment later.
@@ -127,6 +131,8 @@ class Controllers:
             await self._sync_replicaset(ns, obj["metadata"]["name"])
         elif kind == "Pod":
             self._pods_changed(obj, ns)
+        elif kind == "Service":
+            self._sync_slice(ns, obj["metadata"]["name"])
 
     def _get(self, kind: str, ns: str, name: str) -> JSON | None:
         try:
@@ -143,7 +149,7 @@ class Controllers:
         uid = owner.get("metadata", {}).get("uid")
         if not uid:
             return
-        for kind in ("ReplicaSet", "Pod"):
+        for kind in ("ReplicaSet", "Pod", "EndpointSlice"):
             rt = self.store.kind(kind)
             for child in self.store.list(rt, ns):
                 refs = child["metadata"].get("ownerReferences") or ()
@@ -220,7 +226,55 @@ class Controllers:
             self.store.update(pod_rt, ns, made["metadata"]["name"], made, "status")
         self._replicaset_status(ns, name)
 
+    def _sync_slice(self, ns: str, name: str) -> None:
+        svc = self._get("Service", ns, name)
+        selector = ((svc or {}).get("spec") or {}).get("selector") or {}
+        if svc is None or not selector:
+            return
+        pods = [p for p in self.store.list(self.store.kind("Pod"), ns)
+                if all((p["metadata"].get("labels") or {}).get(k) == v
+                       for k, v in selector.items())
+                and (p.get("status") or {}).get("podIP")]
+        endpoints, ports = [], []
+        for pod in sorted(pods, key=lambda p: p["metadata"]["name"]):
+            terminating = bool(pod["metadata"].get("deletionTimestamp"))
+            ready = pod_ready(pod) and not terminating
+            endpoints.append({
+                "addresses": [pod["status"]["podIP"]],
+                "conditions": {"ready": ready, "serving": pod_ready(pod),
+                               "terminating": terminating},
+                "targetRef": {"kind": "Pod", "namespace": ns, "name": pod["metadata"]["name"],
+                              "uid": pod["metadata"]["uid"]},
+            })
+        for port in svc["spec"].get("ports") or ():
+            target = port.get("targetPort", port.get("port"))
+            if isinstance(target, str) and not target.isdigit():
+                target = next((cp["containerPort"] for p in pods
+                               for c in p["spec"].get("containers") or ()
+                               for cp in c.get("ports") or () if cp.get("name") == target),
+                              None)
+            if target is not None:
+                ports.append({"name": port.get("name", ""), "port": int(target),
+                              "protocol": port.get("protocol", "TCP")})
+        rt = self.store.kind("EndpointSlice")
+        body: JSON = {
+            "metadata": {"name": f"{name}-fake", "namespace": ns,
+                         "labels": {"kubernetes.io/service-name": name,
+                                    "endpointslice.kubernetes.io/managed-by":
+                                        "endpointslice-controller.k8s.io"},
+                         "ownerReferences": [_owner_ref(svc)]},
+            "addressType": "IPv4", "endpoints": endpoints, "ports": ports,
+        }
+        current = self._get("EndpointSlice", ns, f"{name}-fake")
+        if current is None:
+            self.store.create(rt, ns, body)
+        elif (current.get("endpoints"), current.get("ports")) != (endpoints, ports):
+            current["endpoints"], current["ports"] = endpoints, ports
+            self.store.update(rt, ns, f"{name}-fake", current)
+
     def _pods_changed(self, pod: JSON, ns: str) -> None:
+        for svc in self.store.list(self.store.kind("Service"), ns):
+            self._sync_slice(ns, svc["metadata"]["name"])
         for ref in pod["metadata"].get("ownerReferences") or ():
             if ref.get("kind") == "ReplicaSet":
                 self._replicaset_status(ns, ref["name"])
