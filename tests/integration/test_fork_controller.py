@@ -10,7 +10,6 @@ API server; the kubelet is scripted (no process per pod here; tests/e2e runs rea
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -24,48 +23,11 @@ from forklane.controlplane.kubernetes.workload import fork_name
 from forklane.controlplane.server import ControlPlane
 from forklane.controlplane.settings import Settings
 from forklane.controlplane.store.postgres import PostgresStore
-from tests.support.kubeapi import FakeKube, Kubelet, ScriptedRuntime, Started, Stuck
+from tests.support.forkfixtures import BASELINE, SERVICE, HeldRuntime, fork_body
+from tests.support.kubeapi import FakeKube, Kubelet
 from tests.support.polling import eventually
 
 ADMIN = "forks-admin-token-0123456789abcdef"
-BASELINE: dict[str, Any] = {
-    "apiVersion": "apps/v1", "kind": "Deployment",
-    "metadata": {"name": "pricing", "namespace": "shop", "labels": {"app": "pricing"}},
-    "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "pricing"}},
-             "template": {"metadata": {"labels": {"app": "pricing", "version": "v1"}},
-                          "spec": {"containers": [{
-                              "name": "app", "image": "pricing:v1",
-                              "ports": [{"name": "http", "containerPort": 8080}]}]}}},
-}
-SERVICE = {"metadata": {"name": "pricing", "namespace": "shop"},
-           "spec": {"selector": {"app": "pricing"}, "clusterIP": "10.96.0.20",
-                    "ports": [{"name": "http", "port": 80, "targetPort": "http"}]}}
-
-
-def fork_body(name: str, image: str = "pricing:v2", **spec: Any) -> dict[str, Any]:
-    return {"metadata": {"name": name}, "spec": {"forks": [{
-        "service": "pricing.shop",
-        "forkOf": {"kind": "Deployment", "namespace": "shop", "name": "pricing"},
-        "customizations": {"containers": [{"name": "app", "image": image,
-                                           "env": [{"name": "LOG_LEVEL", "value": "debug"}]}]},
-    }], **spec}}
-
-
-class HeldRuntime(ScriptedRuntime):
-    """Pods of `held` images stay ContainerCreating until `release` is set."""
-
-    def __init__(self) -> None:
-        super().__init__({"pricing:broken": Stuck("ImagePullBackOff"),
-                          "pricing:crash": Stuck("CrashLoopBackOff")})
-        self.release = asyncio.Event()
-        self.held = {"pricing:held"}
-
-    async def run(self, pod: dict[str, Any], ip: str) -> Started | Stuck:
-        if any(c.get("image") in self.held for c in pod["spec"]["containers"]):
-            await self.release.wait()
-        return await super().run(pod, ip)
-
-
 @pytest.fixture
 async def cluster() -> AsyncIterator[tuple[FakeKube, HeldRuntime]]:
     async with FakeKube(bookmark_interval=0.5) as kube:
