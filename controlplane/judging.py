@@ -223,5 +223,11 @@ JUDGES: Mapping[str, Judge] = {
 
 
 def judge(kind: str, model: Resource, facts: Facts, now: datetime) -> dict[str, Any]:
-    """The status document of `model` (a resource of plural `kind`) given `facts`."""
-    return wire.dump(JUDGES[kind](model, facts, now))
+    """The status document of `model` (a resource of plural `kind`) given `facts`. A
+    sandbox being deleted stays Terminating, with its deletionTimestamp."""
+    doc = wire.dump(JUDGES[kind](model, facts, now))
+    deletion = model.metadata.deletion_timestamp
+    if deletion is not None:
+        doc["phase"] = "Terminating"
+        doc["deletionTimestamp"] = deletion.isoformat().replace("+00:00", "Z")
+    return doc

@@ -58,6 +58,7 @@ from forklane.controlplane.store.base import (
     Store,
     StoreError,
 )
+from forklane.controlplane.termination import has_workloads, terminating, terminating_status
 from forklane.proxy.schema import Carrier, RoutingSnapshot
 
 __all__ = ["AckView", "Clock", "Probe", "Reconciler", "tcp_probe", "utcnow"]
@@ -237,7 +238,7 @@ class Reconciler:
         await self._write_statuses(compiled, now)
         next_expiry = min(
             (e for _, m in self._models.values() if isinstance(m, wire.Sandbox)
-             and (e := expires_at(m))),
+             and m.metadata.deletion_timestamp is None and (e := expires_at(m))),
             default=None,
         )
         if next_expiry is not None:
@@ -257,7 +258,7 @@ class Reconciler:
 
     def _expiry_due(self, now: datetime) -> bool:
         for _, model in self._models.values():
-            if isinstance(model, wire.Sandbox):
+            if isinstance(model, wire.Sandbox) and model.metadata.deletion_timestamp is None:
                 at = expires_at(model)
                 if at is not None and now >= at:
                     return True
@@ -327,12 +328,17 @@ class Reconciler:
                 sb = to_wire(record)
             assert isinstance(sb, wire.Sandbox)
             at = expires_at(sb)
-            if at is None or now < at:
+            if at is None or now < at or terminating(record.status):
                 continue
             try:
-                await self._store.delete(
-                    "sandboxes", record.name, expected_version=record.resource_version
-                )
+                if has_workloads(record.status):  # routes, then workloads, then the record
+                    await self._store.update_status(
+                        "sandboxes", record.name, status=terminating_status(record.status, now),
+                        expected_version=record.resource_version)
+                else:
+                    await self._store.delete(
+                        "sandboxes", record.name, expected_version=record.resource_version
+                    )
             except (NotFound, Conflict):
                 continue
             expired = True

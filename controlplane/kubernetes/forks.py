@@ -11,7 +11,9 @@ forklane manages from the API server, then:
    fork removed from the spec, an orphan left by a crash), but only once no published route
    points at its pods (`routed`), so traffic leaves a fork before the fork goes;
 3. writes each sandbox's `status.workloads` when it differs (with the resourceVersion read,
-   so a concurrent writer wins and the next pass retries).
+   so a concurrent writer wins and the next pass retries);
+4. for a Terminating sandbox (`termination`): its workloads are no longer wanted (2. removes
+   them once their routes are withdrawn), and once none is left, the record is deleted.
 
 Passes run when the store changes, when a managed Deployment or Pod changes (one watch per
 kind), and at least every `interval` seconds. With a `LeaseElector`, only the replica holding
@@ -48,6 +50,7 @@ from forklane.controlplane.kubernetes.workload import (
     MANAGED_BY,
     MANAGED_BY_LABEL,
     SPEC_HASH_ANNOTATION,
+    Owner,
     WorkloadError,
     fork_deployment,
     fork_name,
@@ -57,6 +60,7 @@ from forklane.controlplane.kubernetes.workload import (
 )
 from forklane.controlplane.resources import to_wire
 from forklane.controlplane.store.base import Conflict, NotFound, Record, Store, StoreError
+from forklane.controlplane.termination import terminating
 
 __all__ = ["ForkController"]
 
@@ -190,6 +194,9 @@ class ForkController:
             model = to_wire(record)
             assert isinstance(model, wire.Sandbox)
             forks = [f for f in model.spec.forks if f.fork_of is not None]
+            if terminating(record.status):
+                await self._finish(record, model, forks, existing, pods)
+                continue
             if not forks and not (record.status or {}).get("workloads"):
                 continue
             workloads = []
@@ -270,6 +277,35 @@ class ForkController:
         return observe(current, mine, fork=fork, sandbox=record.name,
                        generation=record.generation,
                        port=target_port(port_of, template) if port_of else None)
+
+    async def _finish(self, record: Record, sb: wire.Sandbox, forks: list[wire.ForkSpec],
+                      existing: Mapping[tuple[str, str], JSON], pods: list[JSON]) -> None:
+        """A Terminating sandbox: report what is left of its workloads (the pass's `_collect`
+        removes them once their routes are gone); with nothing left, delete the record."""
+        workloads = []
+        for fork in forks:
+            assert fork.fork_of is not None
+            key = (fork.fork_of.namespace, fork_name(fork.fork_of.name, record.name))
+            mine = [p for p in pods
+                    if (p["metadata"].get("labels") or {}).get(FORK_LABEL) == key[1]
+                    and p["metadata"].get("namespace") == key[0]]
+            current = existing.get(key)
+            if current is not None and owner_of(current) is not None and \
+                    owner_of(current) != Owner(record.name, record.uid, fork.service):
+                current = None  # not this sandbox's
+            if current is not None or mine:
+                workloads.append(observe(current, mine, fork=fork, sandbox=record.name,
+                                         generation=record.generation, port=None))
+        if workloads:
+            await self._write_workloads(record, workloads)
+            self.kick_later()
+            return
+        try:
+            await self._store.delete("sandboxes", record.name,
+                                     expected_version=record.resource_version)
+            log.info("sandbox %s: fork workloads gone, deleted", record.name)
+        except (Conflict, NotFound):
+            self.kick()
 
     async def _delete(self, deployment: JSON) -> None:
         meta = deployment["metadata"]

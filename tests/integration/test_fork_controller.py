@@ -25,6 +25,7 @@ from forklane.controlplane.settings import Settings
 from forklane.controlplane.store.postgres import PostgresStore
 from tests.support.forkfixtures import BASELINE, SERVICE, HeldRuntime, fork_body
 from tests.support.kubeapi import FakeKube, Kubelet
+from tests.support.kubeapi._objects import Event
 from tests.support.polling import eventually
 
 ADMIN = "forks-admin-token-0123456789abcdef"
@@ -152,11 +153,24 @@ async def test_fork_created_routed_and_removed_with_the_sandbox(
     assert workload["pods"][0]["name"] == pod["metadata"]["name"]
     assert workload["pods"][0]["ready"] and workload["endpoints"] == [f"{ip}:8080"]
 
-    status, _ = await plane.call("DELETE", "/sandboxes/pr-481")
-    assert status == 200
+    routed_when_deleted: list[tuple[str, ...] | None] = []
+
+    def on_event(event: Event) -> None:
+        if event.type == "DELETED" and event.object["metadata"]["name"] == name:
+            routed_when_deleted.append(plane.fork_route("pr-481"))
+
+    kube.store.listeners.append(on_event)
+    status, doc = await plane.call("DELETE", "/sandboxes/pr-481")
+    assert status == 202, doc
+    assert doc["status"]["phase"] == "Terminating" and doc["metadata"]["deletionTimestamp"]
     await eventually(lambda: not forks_in(kube) and not pods_of(kube, name), within=20,
                      what="fork Deployment and pods gone")
-    assert plane.fork_route("pr-481") is None
+    assert routed_when_deleted == [None], "routes were withdrawn before the workload went"
+
+    async def record_gone() -> bool:
+        return (await plane.call("GET", "/sandboxes/pr-481"))[0] == 404
+
+    await eventually(record_gone, within=20, what="the sandbox record deleted last")
 
 
 async def test_stuck_pod_and_missing_baseline_are_reasons_in_the_status(
