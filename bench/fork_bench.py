@@ -7,9 +7,10 @@ real processes (the demo service and its sidecar, `tests/support/podruntime.py`)
 figure includes starting two Python processes per fork pod; it reports the p50 of RUNS runs
 and splits it into: until the fork Deployment exists, the fake kubelet's share (Pod created
 → Pod Ready: process start), and the rest (status, routing, ACKs). `orphans` runs CYCLES
-create/delete cycles (scripted kubelet: no processes), replaces the control plane by a new
-one on the same store halfway through, then counts fork Deployments, ReplicaSets and Pods
-left once the last sandbox is gone (must be 0).
+create/delete cycles (scripted kubelet: no processes; every other sandbox is deleted
+before it is Ready), replaces the control plane by a new one on the same store halfway
+through, then counts fork Deployments, ReplicaSets and Pods, and sandbox records (a stuck
+Terminating one would be a leak too), once everything settled (must be 0).
 
     .venv/bin/python bench/fork_bench.py                 # both, 20 runs and 50 cycles
     .venv/bin/python bench/fork_bench.py ready --runs 5
@@ -177,18 +178,27 @@ async def bench_orphans(cycles: int) -> None:
                         await client.sandboxes.delete(f"cycle-{i}")
 
                 started = time.monotonic()
+
+                async def settled() -> bool:
+                    _, records = await plane.store.list_all()
+                    return not left_over(kube) and not any(r.kind == "sandboxes"
+                                                           for r in records)
+
                 try:
-                    await wait_for(lambda: not left_over(kube), 60, "fork objects collected")
+                    await wait_for(settled, 60, "fork objects and sandboxes gone")
                 except TimeoutError:
                     pass
                 settle = time.monotonic() - started
             finally:
-                remaining = left_over(kube)
+                _, records = await plane.store.list_all()
+                remaining = left_over(kube) + [f"sandbox/{r.name}" for r in records
+                                               if r.kind == "sandboxes"]
                 await plane.aclose()
                 await kubelet.aclose()
     print(f"orphaned fork objects after {cycles} create/delete cycles with a control-plane "
           f"restart at cycle {cycles // 2}: {len(remaining)} {remaining or ''}"
-          f"(settled {settle:.1f} s after the last delete)")
+          f"(Deployments, ReplicaSets, Pods and sandbox records; settled {settle:.1f} s after "
+          "the last delete)")
 
 
 def main() -> int:
