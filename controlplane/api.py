@@ -59,6 +59,7 @@ from forklane.controlplane.selector import parse_selector
 from forklane.controlplane.store.base import AuditEntry, Record, Store, StoreError
 from forklane.controlplane.tap import TapHub
 from forklane.controlplane.tap_api import post_deliveries, stream_tap
+from forklane.controlplane.termination import has_workloads, terminating_status
 from forklane.controlplane.watch import serve_watch
 from forklane.proxy.jsonlimits import JsonTooDeep, loads_bounded
 
@@ -488,6 +489,17 @@ async def delete_resource(request: web.Request) -> web.Response:
     current = await ctx.store.get(plural, name)
     principal = _check(request, "delete", plural, current.created_by)
     _refuse_discovered(plural, current, None)
+    if plural == "sandboxes" and has_workloads(current.status):
+        # fork workloads in the cluster: routes go first, then the workloads, then the record
+        if expected is not None and expected != current.resource_version:
+            raise ApiError(409, f"sandboxes/{name} is at resourceVersion "
+                                f"{current.resource_version}, not {expected}")
+        marked = await ctx.store.update_status(
+            plural, name, status=terminating_status(current.status, ctx.clock()),
+            expected_version=current.resource_version)
+        await _audit(request, principal, "delete", plural, name, current.generation,
+                     current.generation, marked.resource_version)
+        return _respond(_document(marked), 202)
     gone = await ctx.store.delete(plural, name, expected_version=expected)
     await _audit(request, principal, "delete", plural, name, gone.generation, None,
                  await ctx.store.revision())

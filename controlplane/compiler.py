@@ -9,6 +9,8 @@ Invariants:
   in `Compiled.problems[(plural, name)]`; it never breaks the snapshot for the others, so
   the result always validates;
 - forks of Terminating sandboxes are withdrawn; Pending and Ready ones are compiled;
+- a `forkOf` fork is routed to the ready pod endpoints in the sandbox's status, and not at
+  all while it has none;
 - splits of one service apply in split-name order (the proxy takes the first that matches).
 """
 
@@ -165,6 +167,18 @@ def split_to_schema(
     return split, mirrors
 
 
+def fork_endpoints(sb: wire.Sandbox, fork: wire.ForkSpec) -> tuple[str, ...]:
+    """Where a fork's requests go: its `endpoints`, or for a `forkOf` workload the ready pod
+    endpoints the fork controller reported in the status (none yet: no route, so keyed
+    requests keep reaching the baseline until the fork can answer)."""
+    if fork.fork_of is None:
+        return tuple(fork.endpoints)
+    for workload in sb.status.workloads if sb.status is not None else ():
+        if workload.service == fork.service:
+            return tuple(workload.endpoints)
+    return ()
+
+
 def _sandbox_key(sb: wire.Sandbox) -> str | None:
     if sb.spec.routing_key:
         return sb.spec.routing_key
@@ -261,7 +275,7 @@ def compile_snapshot(
                 schema.Fork(
                     routing_key=key,
                     service=f.service,
-                    endpoints=tuple(f.endpoints),
+                    endpoints=endpoints,
                     fallback=f.fallback or sb.spec.fallback,
                     sandbox=name,
                     lb=services[f.service].lb,
@@ -271,6 +285,7 @@ def compile_snapshot(
                     retry_policy=services[f.service].retry_policy,
                 )
                 for f in sorted(sb.spec.forks, key=lambda f: f.service)
+                if (endpoints := fork_endpoints(sb, f))
             ]
         except ValidationError as exc:
             problems[("sandboxes", name)] = _reason(exc)

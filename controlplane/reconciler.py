@@ -8,11 +8,10 @@ A pass has two steps, in this order:
 2. *status*: judge every resource from the compiled result, the last probe results and the
    proxies' ACKs, and write each status that differs from what is stored.
 
-Fork endpoints are probed off the pass: a sandbox whose forks are new or changed is probed
-at once, a Pending one again after a backoff (`fast_interval`, doubling up to `interval`), a
-Ready one every `interval`; at most `probe_concurrency` connects run at a time. In the
-background loop probes run in their own task, so a slow probe never delays a publish;
-`run_once()` (tests, start-up) awaits the due probes before judging.
+This module is the loop only: what a status says is decided by `judging` (pure, one judge
+per kind, from the `Facts` gathered here), and when fork endpoints are probed by `probes`
+(`ProbeScheduler`). In the background loop probes run in their own task, so a slow probe
+never delays a publish; `run_once()` (tests, start-up) awaits the due probes before judging.
 
 Invariants:
 - a pass runs promptly after any write (the store's change listener wakes it, including
@@ -41,14 +40,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
-from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from collections.abc import Callable, Iterable, Mapping
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from forklane.controlplane import wire
 from forklane.controlplane.compiler import Compiled, Inputs, ServiceCache, compile_snapshot
+from forklane.controlplane.judging import Facts, expires_at, judge, routed_in
+from forklane.controlplane.probes import Probe, ProbeScheduler, tcp_probe
 from forklane.controlplane.publisher import SnapshotPublisher
 from forklane.controlplane.resources import Resource, to_wire
 from forklane.controlplane.store.base import (
@@ -59,7 +58,8 @@ from forklane.controlplane.store.base import (
     Store,
     StoreError,
 )
-from forklane.proxy.schema import Carrier, RoutingSnapshot, parse_endpoint
+from forklane.controlplane.termination import has_workloads, terminating, terminating_status
+from forklane.proxy.schema import Carrier, RoutingSnapshot
 
 __all__ = ["AckView", "Clock", "Probe", "Reconciler", "StatusListener", "tcp_probe", "utcnow"]
 
@@ -68,7 +68,6 @@ log = logging.getLogger("forklane.controlplane.reconciler")
 Clock = Callable[[], datetime]
 _SETTLE_FROM = 0.02  # a pass longer than this (s) lets the next wake-up gather writes ...
 _SETTLE_MAX = 0.1  # ... for as long as the pass took, at most this long
-Probe = Callable[[str, float], Awaitable[str | None]]
 # (kind, name, status before, status written, when): called after each status write
 StatusListener = Callable[[str, str, Mapping[str, Any] | None, Mapping[str, Any], datetime], None]
 SYSTEM = "system:reconciler"
@@ -82,97 +81,16 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-NO_SUCH_HOST = "no such host"  # a probe's answer for a name the resolver says does not exist
-
-
-async def tcp_probe(endpoint: str, within: float) -> str | None:
-    """None when `endpoint` accepts a TCP connection `within` seconds, else the reason."""
-    try:
-        host, port = parse_endpoint(endpoint)
-        async with asyncio.timeout(within):
-            _, writer = await asyncio.open_connection(host, port)
-    except socket.gaierror as exc:
-        if exc.errno == socket.EAI_NONAME:  # an answer, not a failure to get one
-            return f"{endpoint}: {NO_SUCH_HOST}"
-        return f"{endpoint}: {exc.strerror or exc}"
-    except TimeoutError:
-        return f"{endpoint}: no answer within {within:g}s"
-    except (OSError, ValueError) as exc:
-        return f"{endpoint}: {exc.strerror if isinstance(exc, OSError) and exc.strerror else exc}"
-    writer.close()
-    with contextlib.suppress(OSError):
-        await writer.wait_closed()
-    return None
-
-
-def _unreachable_reason(unreachable: Iterable[wire.ForkStatus]) -> str:
-    """`ForkUnresolvable` when some fork names a host that does not exist (waiting will not
-    help: `forklane sandbox create --wait` stops on it), else `ForkUnreachable`."""
-    if any(one.endswith(NO_SUCH_HOST) for f in unreachable for one in f.message.split("; ")):
-        return "ForkUnresolvable"
-    return "ForkUnreachable"
-
-
-def expires_at(sb: wire.Sandbox) -> datetime | None:
-    ttl = sb.spec.ttl
-    meta = sb.metadata
-    if ttl is None or meta.creation_timestamp is None:
-        return None
-    since = meta.update_timestamp if ttl.since == "update" else meta.creation_timestamp
-    return (since or meta.creation_timestamp) + timedelta(seconds=ttl.seconds)
-
-
-def _conditions(
-    old: Iterable[wire.Condition], new: Mapping[str, tuple[bool, str, str]], now: datetime
-) -> list[wire.Condition]:
-    """New conditions, keeping `lastTransitionTime` where the status did not change."""
-    before = {c.type: c for c in old}
-    out = []
-    for type_, (ok, reason, message) in new.items():
-        status = "True" if ok else "False"
-        prev = before.get(type_)
-        at = prev.last_transition_time if prev is not None and prev.status == status else now
-        out.append(
-            wire.Condition(
-                type=type_, status=status, reason=reason, message=message,
-                last_transition_time=at,
-            )
-        )
-    return out
-
-
-def _dump(model: Any) -> dict[str, Any]:
-    return wire.dump(model)
-
-
 Key = tuple[str, str]  # (plural, name)
+Included = tuple[str, int, tuple[str, ...]]
 
 
-@dataclass(slots=True)
-class _Probed:
-    """What the last probe of one sandbox's forks found, and when to probe again."""
-
-    target: tuple[tuple[str, tuple[str, ...]], ...]  # (service, endpoints) per fork
-    forks: list[wire.ForkStatus] | None = None  # None: not probed yet
-    due: float = 0.0  # loop time
-    failures: int = 0
-    seq: int = 0  # bumped whenever `forks` changes: part of the status inputs
-
-
-def _routed_in(status: dict[str, Any] | None, generation: int) -> bool:
-    """The stored status already says Routed for this generation."""
-    return (
-        status is not None
-        and status.get("observedGeneration") == generation
-        and any(
-            c.get("type") == "Routed" and c.get("status") == "True"
-            for c in status.get("conditions", ())
-        )
-    )
-
-
-def _probe_target(sb: wire.Sandbox) -> tuple[tuple[str, tuple[str, ...]], ...]:
-    return tuple((f.service, tuple(f.endpoints)) for f in sb.spec.forks)
+def _included(sb: wire.Sandbox) -> Included:
+    """What a published snapshot must hold for the sandbox to count as Routed: its current
+    generation, and the endpoints of its fork workloads (they change without a new one)."""
+    endpoints = tuple(sorted(
+        ep for w in (sb.status.workloads if sb.status else ()) for ep in w.endpoints))
+    return (sb.metadata.name, sb.metadata.generation or 0, endpoints)
 
 
 class Reconciler:
@@ -196,11 +114,11 @@ class Reconciler:
         self._publisher = publisher
         self._acks = acks
         self._clock = clock
-        self._probe = probe
-        self._probe_timeout = probe_timeout
+        self._probes = ProbeScheduler(
+            probe, timeout=probe_timeout, interval=interval, fast_interval=fast_interval,
+            concurrency=probe_concurrency,
+        )
         self._interval = interval
-        self._fast = min(fast_interval, interval)
-        self._probe_slots = asyncio.Semaphore(max(1, probe_concurrency))
         self._carriers = carriers
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -215,8 +133,8 @@ class Reconciler:
         self._own: set[int] = set()  # revisions written by us since `_read_at`
         self._records: dict[Key, Record] = {}
         self._models: dict[Key, tuple[int, Resource]] = {}  # key -> (resourceVersion, model)
-        self._included_at: dict[tuple[str, int], int] = {}  # (sandbox, generation) -> version
-        self._probed: dict[str, _Probed] = {}
+        # (sandbox, generation, fork workload endpoints) -> first published version holding it
+        self._included_at: dict[Included, int] = {}
         self._judged: dict[Key, tuple[Any, ...]] = {}  # status inputs last judged
         self._awaiting_ack: int | None = None  # lowest version a non-Routed sandbox waits on
         self._service_cache: ServiceCache = {}  # per-service validation, kept across passes
@@ -313,7 +231,7 @@ class Reconciler:
         if not probing:  # (a batch in flight wakes us when it ends)
             due, next_due = self._due_probes()
             if due and inline_probes:
-                await self._probe_sandboxes(due)
+                await self._probes.run(due)
                 _, next_due = self._due_probes()
             elif due:
                 self._probing = asyncio.create_task(
@@ -324,7 +242,7 @@ class Reconciler:
         await self._write_statuses(compiled, now)
         next_expiry = min(
             (e for _, m in self._models.values() if isinstance(m, wire.Sandbox)
-             and (e := expires_at(m))),
+             and m.metadata.deletion_timestamp is None and (e := expires_at(m))),
             default=None,
         )
         if next_expiry is not None:
@@ -344,7 +262,7 @@ class Reconciler:
 
     def _expiry_due(self, now: datetime) -> bool:
         for _, model in self._models.values():
-            if isinstance(model, wire.Sandbox):
+            if isinstance(model, wire.Sandbox) and model.metadata.deletion_timestamp is None:
                 at = expires_at(model)
                 if at is not None and now >= at:
                     return True
@@ -385,14 +303,13 @@ class Reconciler:
             self._published_content = content
         assert self._published is not None
         version = int(self._published.version)
-        live: dict[tuple[str, int], int] = {}
+        live: dict[Included, int] = {}
         for rec in by_kind["sandboxes"]:
-            at = (rec.metadata.name, rec.metadata.generation)
+            at = _included(rec)
             live[at] = self._included_at.get(at, version)
         self._included_at = live
         names = {m.metadata.name for m in by_kind["sandboxes"]}
-        for gone in self._probed.keys() - names:
-            del self._probed[gone]
+        self._probes.forget_except(names)
         for key in self._judged.keys() - self._records.keys():
             del self._judged[key]
 
@@ -415,12 +332,17 @@ class Reconciler:
                 sb = to_wire(record)
             assert isinstance(sb, wire.Sandbox)
             at = expires_at(sb)
-            if at is None or now < at:
+            if at is None or now < at or terminating(record.status):
                 continue
             try:
-                await self._store.delete(
-                    "sandboxes", record.name, expected_version=record.resource_version
-                )
+                if has_workloads(record.status):  # routes, then workloads, then the record
+                    await self._store.update_status(
+                        "sandboxes", record.name, status=terminating_status(record.status, now),
+                        expected_version=record.resource_version)
+                else:
+                    await self._store.delete(
+                        "sandboxes", record.name, expected_version=record.resource_version
+                    )
             except (NotFound, Conflict):
                 continue
             expired = True
@@ -431,73 +353,55 @@ class Reconciler:
         return expired
 
     # -- probes -----------------------------------------------------------------------------
-    def _due_probes(self) -> tuple[list[tuple[str, wire.Sandbox]], float | None]:
-        """Sandboxes whose forks are new, changed, or due for another look; and when the
-        next one not yet due will be (loop time)."""
+    def _due_probes(self) -> tuple[list[wire.Sandbox], float | None]:
+        """Compiled sandboxes whose forks are due for a probe, and when the next one is."""
         assert self._compiled is not None
-        now = asyncio.get_running_loop().time()
-        due: list[tuple[str, wire.Sandbox]] = []
-        next_due: float | None = None
-        for (kind, name), (_, model) in self._models.items():
-            if not isinstance(model, wire.Sandbox) or (kind, name) in self._compiled.problems:
-                continue
-            target = _probe_target(model)
-            probed = self._probed.get(name)
-            if probed is None or probed.target != target:
-                probed = self._probed[name] = _Probed(target)
-            if probed.due <= now:
-                due.append((name, model))
-            elif next_due is None or probed.due < next_due:
-                next_due = probed.due
-        return due, next_due
+        problems = self._compiled.problems
+        return self._probes.due(
+            model for (kind, name), (_, model) in self._models.items()
+            if isinstance(model, wire.Sandbox) and (kind, name) not in problems
+        )
 
-    async def _probe_then_wake(self, due: list[tuple[str, wire.Sandbox]]) -> None:
+    async def _probe_then_wake(self, due: list[wire.Sandbox]) -> None:
         """Background batch: always wake the loop after, to judge and reschedule."""
         try:
-            await self._probe_sandboxes(due)
+            await self._probes.run(due)
         finally:
             self._wake.set()
 
-    async def _probe_sandboxes(self, due: list[tuple[str, wire.Sandbox]]) -> bool:
-        """Probe in parallel (bounded); True when some result changed."""
-        results = await asyncio.gather(*(self._probe_forks(sb) for _, sb in due))
-        now = asyncio.get_running_loop().time()
-        changed = False
-        for (name, sb), forks in zip(due, results, strict=True):
-            probed = self._probed.get(name)
-            if probed is None or probed.target != _probe_target(sb):
-                continue  # deleted or changed while probing: probed again later
-            ok = all(f.ready for f in forks)
-            probed.failures = 0 if ok else probed.failures + 1
-            backoff = self._fast * 2 ** min(probed.failures - 1, 16)
-            probed.due = now + (self._interval if ok else min(self._interval, backoff))
-            if forks != probed.forks:
-                probed.forks = forks
-                probed.seq += 1
-                changed = True
-        return changed
-
-    async def _probe_one(self, endpoint: str) -> str | None:
-        async with self._probe_slots:
-            return await self._probe(endpoint, self._probe_timeout)
-
-    async def _probe_forks(self, sb: wire.Sandbox) -> list[wire.ForkStatus]:
-        endpoints = [(fork.service, ep) for fork in sb.spec.forks for ep in fork.endpoints]
-        answers = await asyncio.gather(*(self._probe_one(ep) for _, ep in endpoints))
-        errors: dict[str, list[str]] = {fork.service: [] for fork in sb.spec.forks}
-        for (service, _), error in zip(endpoints, answers, strict=True):
-            if error is not None:
-                errors[service].append(error)
-        return [
-            wire.ForkStatus(
-                service=fork.service,
-                ready=not errors[fork.service],
-                message="; ".join(errors[fork.service]),
-            )
-            for fork in sb.spec.forks
-        ]
-
     # -- statuses ---------------------------------------------------------------------------
+    def _facts(self, key: Key, record: Record, compiled: Compiled,
+               all_acked: Callable[[int], bool]) -> tuple[Facts, int | None]:
+        """What is known about one resource now; and, for a sandbox still waiting to be
+        Routed, the snapshot version whose ACKs it waits on."""
+        kind, name = key
+        problem = compiled.problems.get(key)
+        facts = Facts(generation=record.generation, problem=problem,
+                      routing_key=compiled.routing_keys.get(key))
+        if kind == "routegroups":
+            return Facts(generation=record.generation, problem=problem,
+                         routing_key=facts.routing_key,
+                         members=tuple(compiled.group_members.get(name, ()))), None
+        if kind != "sandboxes":
+            return facts, None
+        probed = self._probes.result(name)
+        _, model = self._models[key]
+        assert isinstance(model, wire.Sandbox)
+        included = self._included_at.get(_included(model))
+        routed_now = included is not None and all_acked(included)
+        waits = (
+            included
+            if not routed_now and included is not None and not problem
+            and not routed_in(record.status, record.generation)
+            else None
+        )
+        return Facts(generation=record.generation, problem=problem,
+                     routing_key=facts.routing_key,
+                     forks=probed.forks if probed is not None else None,
+                     routed_now=routed_now,
+                     workload_forks=tuple(f.service for f in model.spec.forks if f.fork_of),
+                     workloads=tuple(model.status.workloads) if model.status else ()), waits
+
     async def _write_statuses(self, compiled: Compiled, now: datetime) -> None:
         """Judge what changed and write the statuses that differ from the stored ones."""
         routed_cache: dict[int, bool] = {}
@@ -511,65 +415,13 @@ class Reconciler:
         for key, record in sorted(self._records.items()):
             kind, name = key
             _, model = self._models[key]
-            problem = compiled.problems.get(key)
-            compiled_cond = (
-                (False, "CompileFailed", problem) if problem else (True, "Compiled", "")
-            )
-            status: Any
-            if isinstance(model, wire.Sandbox):
-                probed = self._probed.get(name)
-                included = self._included_at.get((name, record.generation))
-                routed_now = included is not None and all_acked(included)
-                if (
-                    not routed_now and included is not None and not problem
-                    and not _routed_in(record.status, record.generation)
-                ):
-                    awaiting = included if awaiting is None else min(awaiting, included)
-                inputs: tuple[Any, ...] = (
-                    record.resource_version, problem, compiled.routing_keys.get(key),
-                    probed.seq if probed else -1, routed_now,
-                )
-                if self._judged.get(key) == inputs:
-                    continue
-                status = self._sandbox_status(
-                    model, compiled, compiled_cond, probed.forks if probed else None,
-                    routed_now, now,
-                )
-            elif isinstance(model, wire.RouteGroup):
-                members = compiled.group_members.get(name, ())
-                inputs = (record.resource_version, problem, compiled.routing_keys.get(key),
-                          members)
-                if self._judged.get(key) == inputs:
-                    continue
-                phase = "Failed" if problem else ("Ready" if members else "Pending")
-                status = wire.RouteGroupStatus(
-                    phase=phase,
-                    routing_key=compiled.routing_keys.get(key),
-                    observed_generation=record.generation,
-                    sandboxes=list(members),
-                    conditions=_conditions(
-                        model.status.conditions if model.status else (),
-                        {"Compiled": compiled_cond},
-                        now,
-                    ),
-                )
-            else:
-                inputs = (record.resource_version, problem)
-                if self._judged.get(key) == inputs:
-                    continue
-                status_model = (
-                    wire.SplitStatus if isinstance(model, wire.Split) else wire.ServiceStatus
-                )
-                status = status_model(
-                    phase="Failed" if problem else "Ready",
-                    observed_generation=record.generation,
-                    conditions=_conditions(
-                        model.status.conditions if model.status else (),
-                        {"Compiled": compiled_cond},
-                        now,
-                    ),
-                )
-            doc = _dump(status)
+            facts, waits = self._facts(key, record, compiled, all_acked)
+            if waits is not None:
+                awaiting = waits if awaiting is None else min(awaiting, waits)
+            inputs: tuple[Any, ...] = (record.resource_version, facts)
+            if self._judged.get(key) == inputs:
+                continue
+            doc = judge(kind, model, facts, now)
             if doc == record.status:
                 self._judged[key] = inputs
                 continue
@@ -585,54 +437,8 @@ class Reconciler:
                 self._on_status(kind, name, record.status, doc, now)
             self._records[key] = written
             # judging the record we just wrote gives the same document again: skip that
-            self._judged[key] = (written.resource_version, *inputs[1:])
+            self._judged[key] = (written.resource_version, facts)
             self._models[key] = (written.resource_version, to_wire(written))
         self._awaiting_ack = awaiting
         if awaiting is not None and self._acks.all_acked(awaiting):
             self.kick()  # the ACKs came while we were writing: judge them now
-
-    def _sandbox_status(
-        self,
-        sb: wire.Sandbox,
-        compiled: Compiled,
-        compiled_cond: tuple[bool, str, str],
-        forks: list[wire.ForkStatus] | None,
-        routed_now: bool,
-        now: datetime,
-    ) -> wire.SandboxStatus:
-        old = sb.status
-        generation = sb.metadata.generation
-        ok = compiled_cond[0]
-        reachable = ok and forks is not None and all(f.ready for f in forks)
-        was_routed = (
-            old is not None
-            and old.observed_generation == generation
-            and any(c.type == "Routed" and c.status == "True" for c in old.conditions)
-        )
-        routed = ok and (routed_now or was_routed)
-        unreachable = [f for f in forks or () if not f.ready]
-        conds = {
-            "Compiled": compiled_cond,
-            "Reachable": (
-                (True, "ForksReachable", "")
-                if reachable
-                else (False, _unreachable_reason(unreachable),
-                      "; ".join(f.message for f in unreachable))
-            ),
-            "Routed": (
-                (True, "Acked", "every connected proxy runs the snapshot")
-                if routed
-                else (False, "WaitingForAck", "proxies have not acknowledged the snapshot yet")
-            ),
-        }
-        ready = ok and reachable and routed
-        conds["Ready"] = (ready, "Ready" if ready else "NotReady", "")
-        phase = "Failed" if not ok else ("Ready" if ready else "Pending")
-        return wire.SandboxStatus(
-            phase=phase,
-            routing_key=compiled.routing_keys.get(("sandboxes", sb.metadata.name)),
-            observed_generation=generation,
-            expires_at=expires_at(sb),
-            forks=forks or [],
-            conditions=_conditions(old.conditions if old else (), conds, now),
-        )

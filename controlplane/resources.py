@@ -15,6 +15,7 @@ from pydantic import BaseModel
 
 from forklane.controlplane import wire
 from forklane.controlplane.store.base import Record
+from forklane.controlplane.termination import DELETION_KEY
 
 __all__ = ["KINDS", "Resource", "ResourceKind", "parse_selector", "to_wire"]
 
@@ -64,7 +65,11 @@ def to_document(record: Record) -> dict[str, Any]:
         "spec": record.spec,
     }
     if record.status is not None:
-        doc["status"] = record.status
+        status = dict(record.status)
+        deletion = status.pop(DELETION_KEY, None)  # the Terminating phase keeps it there
+        if deletion is not None:
+            meta["deletionTimestamp"] = deletion
+        doc["status"] = status
     return doc
 
 

@@ -131,6 +131,14 @@ class ControlPlane:
                 return Grant(account.username, namespace=account.namespace)
         return None
 
+    def _fork_routes(self) -> frozenset[str]:
+        """Every endpoint a fork route of the published snapshot points at (a fork workload
+        is removed only once no route points at its pods)."""
+        snap = self.reconciler.published
+        if snap is None:
+            return frozenset()
+        return frozenset(ep for fork in snap.forks for ep in fork.endpoints)
+
     def _group_members(self) -> dict[str, tuple[str, ...]]:
         compiled = self.reconciler.compiled
         return {} if compiled is None else dict(compiled.group_members)
@@ -188,7 +196,7 @@ class ControlPlane:
             if self.settings.kubernetes:
                 from forklane.controlplane.kubernetes.adapters import KubeAdapters
 
-                self.kube = KubeAdapters(self.settings, self.store)
+                self.kube = KubeAdapters(self.settings, self.store, routed=self._fork_routes)
                 await self.kube.start()
         except BaseException:
             await self.aclose()

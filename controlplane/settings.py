@@ -137,6 +137,18 @@ class Settings(BaseSettings):
         None, description="kubeconfig file; unset: the pod's in-cluster ServiceAccount"
     )
     namespace: str = Field("forklane", description="the control plane's own namespace")
+    forks: bool = Field(
+        True, description="with kubernetes: create, route and remove forkOf fork workloads"
+    )
+    fork_lease: str = Field(
+        "forklane-forks", description="Lease (own namespace) electing the replica that acts"
+    )
+    fork_lease_seconds: int = Field(
+        15, ge=2, le=300, description="how long the Lease holds without a renewal"
+    )
+    fork_resync_interval: float = Field(
+        5.0, gt=0, le=600, description="fork workloads are looked at at least this often (s)"
+    )
     cluster_domain: str = Field("cluster.local", description="the cluster's DNS domain")
     discovery_namespaces: str = Field(
         "",

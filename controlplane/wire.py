@@ -29,7 +29,11 @@ __all__ = [
     "AuditRecord",
     "CircuitBreakersSpec",
     "Condition",
+    "ContainerCustomization",
+    "Customizations",
     "DiscoveredFrom",
+    "EnvValueFrom",
+    "EnvVar",
     "ErrorBody",
     "ErrorDetail",
     "Event",
@@ -43,6 +47,7 @@ __all__ = [
     "Metadata",
     "MirrorSpec",
     "OutlierDetectionSpec",
+    "PodSummary",
     "ProxyInfo",
     "ProxyList",
     "ResourceList",
@@ -76,6 +81,8 @@ __all__ = [
     "TtlSpec",
     "VersionInfo",
     "WatchEvent",
+    "WorkloadRef",
+    "WorkloadStatus",
 ]
 
 API_VERSION: Final = "forklane.dev/v1"
@@ -161,14 +168,121 @@ class TimeoutsSpec(_Model):
 # --- sandboxes -------------------------------------------------------------------------------
 
 
+K8S_NAME_PATTERN = r"^[a-z0-9]([a-z0-9\-]{0,61}[a-z0-9])?$"  # DNS label (namespaces, containers)
+K8S_SUBDOMAIN_PATTERN = r"^[a-z0-9]([a-z0-9.\-]{0,251}[a-z0-9])?$"  # Deployment, ConfigMap names
+ENV_NAME_PATTERN = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"  # what the API server accepts for env names
+QUANTITY_PATTERN = r"^([0-9]+(\.[0-9]+)?|\.[0-9]+)([eE][0-9]+|m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$"
+
+
+class WorkloadRef(_Model):
+    """The baseline workload a fork copies. Deployments only (StatefulSets and Argo Rollouts
+    are not supported yet: their pods have identities a copy must not take)."""
+
+    kind: Literal["Deployment"] = "Deployment"
+    namespace: str = Field(pattern=K8S_NAME_PATTERN)
+    name: str = Field(pattern=K8S_SUBDOMAIN_PATTERN, max_length=253)
+
+
+class KeyRef(_Model):
+    name: str = Field(pattern=K8S_SUBDOMAIN_PATTERN, max_length=253)
+    key: str = Field(min_length=1, max_length=253, pattern=r"^[-._a-zA-Z0-9]+$")
+    optional: bool | None = None
+
+
+class EnvValueFrom(_Model):
+    """A value read from a ConfigMap or a Secret in the workload's namespace."""
+
+    config_map_key_ref: KeyRef | None = Field(None, alias="configMapKeyRef")
+    secret_key_ref: KeyRef | None = Field(None, alias="secretKeyRef")
+
+    @model_validator(mode="after")
+    def _one(self) -> EnvValueFrom:
+        if (self.config_map_key_ref is None) == (self.secret_key_ref is None):
+            raise ValueError("exactly one of configMapKeyRef or secretKeyRef")
+        return self
+
+
+class EnvVar(_Model):
+    name: str = Field(pattern=ENV_NAME_PATTERN, max_length=256)
+    value: str | None = None
+    value_from: EnvValueFrom | None = Field(None, alias="valueFrom")
+
+    @model_validator(mode="after")
+    def _one(self) -> EnvVar:
+        if self.value is not None and self.value_from is not None:
+            raise ValueError("value and valueFrom are exclusive")
+        return self
+
+
+Quantity = Annotated[str, Field(pattern=QUANTITY_PATTERN, examples=["100m", "128Mi"])]
+ResourceName = Literal["cpu", "memory", "ephemeral-storage"]
+
+
+class ResourcesSpec(_Model):
+    requests: dict[ResourceName, Quantity] | None = None
+    limits: dict[ResourceName, Quantity] | None = None
+
+
+class ContainerCustomization(_Model):
+    """Changes to one container of the baseline's pod template (named as in the template)."""
+
+    name: str = Field(pattern=K8S_NAME_PATTERN)
+    image: str | None = Field(None, min_length=1, max_length=1024, pattern=r"^\S+$")
+    env: list[EnvVar] = Field(default_factory=list, description="set or override variables")
+    args: list[str] | None = Field(None, description="replaces the container's args")
+    resources: ResourcesSpec | None = Field(None, description="replaces the requests/limits given")
+
+    @field_validator("env")
+    @classmethod
+    def _unique_env(cls, v: list[EnvVar]) -> list[EnvVar]:
+        seen: dict[str, int] = {}
+        for i, var in enumerate(v):
+            if var.name in seen:
+                raise ValueError(f"env[{i}]: {var.name!r} is set twice (also env[{seen[var.name]}])")
+            seen[var.name] = i
+        return v
+
+
+class Customizations(_Model):
+    replicas: int = Field(1, ge=1, le=20)
+    containers: list[ContainerCustomization] = Field(default_factory=list)
+
+    @field_validator("containers")
+    @classmethod
+    def _unique_containers(
+        cls, v: list[ContainerCustomization]
+    ) -> list[ContainerCustomization]:
+        seen: dict[str, int] = {}
+        for i, c in enumerate(v):
+            if c.name in seen:
+                raise ValueError(
+                    f"containers[{i}]: container {c.name!r} is customized twice "
+                    f"(also containers[{seen[c.name]}])")
+            seen[c.name] = i
+        return v
+
+
 class ForkSpec(_Model):
-    """One forked service: where the fork runs. (Kubernetes workload overrides come later.)"""
+    """One forked service: where the fork runs. Either `endpoints` someone runs, or `forkOf`
+    a baseline workload that forklane copies (with `customizations`) in the cluster."""
 
     service: str = Field(pattern=SERVICE_NAME_PATTERN)
-    endpoints: list[Endpoint] = Field(min_length=1)
+    endpoints: list[Endpoint] = Field(default_factory=list)
+    fork_of: WorkloadRef | None = Field(None, alias="forkOf")
+    customizations: Customizations | None = None
     fallback: Literal["baseline", "fail"] | None = Field(
         None, description="overrides the sandbox's fallback for this fork"
     )
+
+    @model_validator(mode="after")
+    def _where(self) -> ForkSpec:
+        if self.fork_of is None and not self.endpoints:
+            raise ValueError("give endpoints, or forkOf naming a Deployment")
+        if self.fork_of is not None and self.endpoints:
+            raise ValueError("endpoints and forkOf are exclusive")
+        if self.fork_of is None and self.customizations is not None:
+            raise ValueError("customizations apply to a forkOf workload only")
+        return self
 
 
 class TtlSpec(_Model):
@@ -196,6 +310,16 @@ class SandboxSpec(_Model):
         services = [f.service for f in v]
         if len(set(services)) != len(services):
             raise ValueError("a service may be forked once per sandbox")
+        baselines: dict[tuple[str, str, str], int] = {}
+        for i, f in enumerate(v):
+            if f.fork_of is None:
+                continue
+            ref = (f.fork_of.kind, f.fork_of.namespace, f.fork_of.name)
+            if ref in baselines:
+                raise ValueError(
+                    f"forks[{i}].forkOf: {ref[0]} {ref[1]}/{ref[2]} is forked twice "
+                    f"(also forks[{baselines[ref]}])")
+            baselines[ref] = i
         return v
 
 
@@ -205,12 +329,43 @@ class ForkStatus(_Model):
     message: str = ""
 
 
+class PodSummary(_Model):
+    name: str
+    phase: str = ""
+    ready: bool = False
+    ip: str | None = None
+    reason: str = Field("", description="why it is not ready (ImagePullBackOff, …)")
+    message: str = ""
+    restarts: int = 0
+
+
+class WorkloadStatus(_Model):
+    """What the fork controller last saw of one fork workload in the cluster."""
+
+    service: str
+    kind: Literal["Deployment"] = "Deployment"
+    namespace: str
+    name: str = Field(description="the fork workload's name (`<baseline>-fl-<hash>`)")
+    fork_of: str = Field(alias="forkOf", description="NAMESPACE/NAME of the baseline")
+    generation: int = Field(description="the sandbox generation it was made from")
+    created: bool = False
+    available: bool = False
+    replicas: int = 0
+    ready_replicas: int = Field(0, alias="readyReplicas")
+    endpoints: list[str] = Field(default_factory=list, description="ready pods, IP:port")
+    pods: list[PodSummary] = Field(default_factory=list)
+    reason: str = ""
+    message: str = ""
+
+
 class SandboxStatus(_Model):
     phase: Literal["Pending", "Ready", "Failed", "Terminating"] = "Pending"
     routing_key: str | None = Field(None, alias="routingKey")
     observed_generation: int | None = Field(None, alias="observedGeneration")
     expires_at: datetime | None = Field(None, alias="expiresAt")
     forks: list[ForkStatus] = Field(default_factory=list)
+    workloads: list[WorkloadStatus] = Field(
+        default_factory=list, description="fork workloads in the cluster (forkOf forks)")
     conditions: list[Condition] = Field(default_factory=list)
 
 

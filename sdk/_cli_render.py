@@ -204,7 +204,9 @@ SANDBOX_COLUMNS: tuple[Column, ...] = (
     Column("ROUTING KEY", _sandbox_key, wrap=False),
     Column(
         "FORKS",
-        lambda sb: " ".join(f"{f.service}={','.join(f.endpoints)}" for f in sb.spec.forks),
+        lambda sb: " ".join(
+            f"{f.service}={','.join(f.endpoints)}" if f.fork_of is None
+            else f"{f.service}<{f.fork_of.namespace}/{f.fork_of.name}" for f in sb.spec.forks),
     ),
     Column("EXPIRES", lambda sb: _until(sb.status.expires_at if sb.status else None)),
     Column("AGE", lambda sb: _since(sb.metadata.creation_timestamp)),

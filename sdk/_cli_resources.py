@@ -8,10 +8,11 @@ Each command parses its flags into a wire model, makes one SDK call and shows th
 from __future__ import annotations
 
 from functools import partial
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from pydantic import ValidationError
+from rich.table import Table
 
 from forklane._cli_common import (
     FileOpt,
@@ -25,6 +26,7 @@ from forklane._cli_common import (
     load_resource,
     model_from_flags,
     open_client,
+    out_console,
     parse_flag,
     parse_pairs,
     show,
@@ -46,6 +48,7 @@ from forklane._core import (
     parse_duration,
     parse_endpoints,
 )
+from forklane._forks import parse_images, workload_fork, workload_lines
 from forklane.controlplane.wire import (
     RouteGroup,
     Sandbox,
@@ -74,9 +77,25 @@ def sandbox_create(
         list[str] | None,
         typer.Option(
             "--fork",
-            metavar="SERVICE=HOST:PORT",
-            help="repeatable; HOST:PORT,HOST:PORT for several",
+            metavar="SERVICE=HOST:PORT|NAME.NAMESPACE",
+            help="repeatable; HOST:PORT,HOST:PORT for several; NAME.NAMESPACE alone forks "
+            "that service's Deployment in the cluster (with --image/--env/--replicas)",
         ),
+    ] = None,
+    image: Annotated[
+        list[str] | None,
+        typer.Option("--image", metavar="CONTAINER=IMAGE",
+                     help="a Deployment fork's image for one container (repeatable)"),
+    ] = None,
+    env: Annotated[
+        list[str] | None,
+        typer.Option("--env", metavar="[CONTAINER:]K=V",
+                     help="a Deployment fork's environment variable (repeatable)"),
+    ] = None,
+    replicas: Annotated[
+        int | None,
+        typer.Option("--replicas", metavar="N", min=1, max=20,
+                     help="a Deployment fork's replicas (default 1)"),
     ] = None,
     name: Annotated[
         str | None, typer.Option("--name", metavar="NAME", help="default: generated")
@@ -112,9 +131,11 @@ def sandbox_create(
             ),
         )
     else:
+        forks = fork_flags(fork or [], image or [], env or [], replicas)
         wanted = parse_flag(
             "--fork/--ttl",
-            lambda: build_sandbox(fork, name=name, ttl=ttl, labels=labels, routing_key=routing_key),
+            lambda: build_sandbox(forks, name=name, ttl=ttl, labels=labels,
+                                  routing_key=routing_key),
         )
     with open_client(ctx) as client:
         created = client.sandboxes.create(wanted)
@@ -124,6 +145,28 @@ def sandbox_create(
     key = created.status.routing_key if created.status else created.spec.routing_key
     if output is Format.table and key:
         err_console().print(f"send requests with -H '{ROUTING_KEY_HEADER}: {key}'", highlight=False)
+
+
+def fork_flags(forks: list[str], images: list[str], env: list[str],
+               replicas: int | None) -> list[str | dict[str, Any]]:
+    """--fork values: SERVICE=HOST:PORT as given; NAME.NAMESPACE as a Deployment fork that
+    --image, --env and --replicas customize (they need exactly one such fork)."""
+    workloads = [f for f in forks if "=" not in f]
+    customized = bool(images or env or replicas is not None)
+    if customized and len(workloads) != 1:
+        raise UsageProblem("--image, --env and --replicas customize one Deployment fork: give "
+                           "exactly one --fork NAME.NAMESPACE with them")
+    out: list[str | dict[str, Any]] = []
+    for value in forks:
+        if "=" in value:
+            out.append(value)
+            continue
+        try:
+            out.append(workload_fork(value, images=parse_images(images), env=env,
+                                     replicas=replicas))
+        except ValueError as exc:
+            raise UsageProblem(str(exc)) from None
+    return out
 
 
 @sandbox_app.command("wait")
@@ -287,6 +330,21 @@ def service_create(
     show(output, SERVICE_COLUMNS, [item], "Service", single=True)
 
 
+def show_workloads(sb: Sandbox) -> None:
+    """A Deployment fork's workload and its pods, under the sandbox's row."""
+    rows = workload_lines(sb)
+    if not rows:
+        return
+    table = Table(box=None, pad_edge=False)
+    for title in ("WORKLOAD", "READY", "POD", "POD READY", "IP", "REASON"):
+        table.add_column(title, overflow="fold")
+    for row in rows:
+        table.add_row(*row)
+    console = out_console()
+    console.print()
+    console.print(table)
+
+
 def add_read_delete_commands(
     app: typer.Typer,
     attr: str,
@@ -310,6 +368,8 @@ def add_read_delete_commands(
         with open_client(ctx) as client:
             item = getattr(client, attr).get(name)
         show(output, columns, [item], kind, single=True)
+        if isinstance(item, Sandbox) and output in (Format.table, Format.wide):
+            show_workloads(item)
 
     def delete_command(
         ctx: typer.Context,

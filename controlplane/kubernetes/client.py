@@ -57,6 +57,9 @@ NAMESPACES = Kind("/api/v1", "namespaces", namespaced=False)
 SERVICES = Kind("/api/v1", "services")
 SECRETS = Kind("/api/v1", "secrets")
 ENDPOINT_SLICES = Kind("/apis/discovery.k8s.io/v1", "endpointslices")
+PODS = Kind("/api/v1", "pods")
+DEPLOYMENTS = Kind("/apis/apps/v1", "deployments")
+LEASES = Kind("/apis/coordination.k8s.io/v1", "leases")
 TOKEN_REVIEWS = Kind("/apis/authentication.k8s.io/v1", "tokenreviews", namespaced=False)
 MUTATING_WEBHOOKS = Kind("/apis/admissionregistration.k8s.io/v1",
                          "mutatingwebhookconfigurations", namespaced=False)
@@ -134,10 +137,22 @@ class KubeClient:
     async def replace(self, kind: Kind, body: JSON, namespace: str | None = None) -> JSON:
         return await self.call("PUT", kind.path(namespace, body["metadata"]["name"]), body=body)
 
+    async def delete(self, kind: Kind, name: str, namespace: str | None = None,
+                     *, propagation: str = "Background",
+                     resource_version: str | None = None) -> JSON:
+        """Delete `name`; dependents go as `propagation` says (Background, Foreground)."""
+        body: JSON = {"apiVersion": "v1", "kind": "DeleteOptions",
+                      "propagationPolicy": propagation}
+        if resource_version is not None:
+            body["preconditions"] = {"resourceVersion": resource_version}
+        return await self.call("DELETE", kind.path(namespace, name), body=body)
+
     async def watch(self, kind: Kind, resource_version: str,
-                    timeout_seconds: int = 300) -> AsyncIterator[JSON]:
+                    timeout_seconds: int = 300,
+                    label_selector: str | None = None) -> AsyncIterator[JSON]:
         query = {"watch": "true", "resourceVersion": resource_version,
-                 "allowWatchBookmarks": "true", "timeoutSeconds": str(timeout_seconds)}
+                 "allowWatchBookmarks": "true", "timeoutSeconds": str(timeout_seconds),
+                 "labelSelector": label_selector}
         resp = await self._request("GET", kind.path(), query,
                                    request_timeout=timeout_seconds + 30)
         try:

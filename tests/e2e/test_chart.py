@@ -79,18 +79,26 @@ def test_renders_lints_and_validates(variant: str) -> None:
     (role,) = by_kind(objs, "ClusterRole")
     for rule in role["rules"]:
         assert "*" not in rule["verbs"] and "*" not in rule["resources"]
-        assert set(rule["verbs"]) <= {"get", "list", "watch", "create", "update"}
+        allowed = {"get", "list", "watch", "create", "update"}
+        if rule["resources"] == ["deployments"]:  # fork Deployments are ours to remove
+            allowed.add("delete")
+        assert set(rule["verbs"]) <= allowed
     granted = {r for rule in role["rules"] for r in rule["resources"]}
+    forks = {"deployments", "pods"}
+    roles = {r["metadata"]["name"]: r for r in by_kind(objs, "Role")}
+    lease_role = roles.pop("demo-forklane-forks")
+    assert lease_role["rules"] == [{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+                                    "verbs": ["get", "create", "update"]}]
     if variant == "cert-manager":
-        assert granted == {"services", "namespaces", "endpointslices", "tokenreviews"}
-        assert not by_kind(objs, "Role"), "cert-manager: no Secret access at all"
+        assert granted == {"services", "namespaces", "endpointslices", "tokenreviews", *forks}
+        assert not roles, "cert-manager: no Secret access at all"
         assert "cert-manager.io/inject-ca-from" in config["metadata"]["annotations"]
         assert env["FORKLANE_WEBHOOK_CERT_DIR"]["value"] == "/etc/forklane/webhook"
         assert by_kind(objs, "ServiceMonitor")
     else:
         assert granted == {"services", "namespaces", "endpointslices", "tokenreviews",
-                           "mutatingwebhookconfigurations"}
-        (ns_role,) = by_kind(objs, "Role")
+                           "mutatingwebhookconfigurations", *forks}
+        (ns_role,) = roles.values()
         assert ns_role["rules"] == [{"apiGroups": [""], "resources": ["secrets"],
                                      "resourceNames": ["demo-forklane-webhook-tls"],
                                      "verbs": ["get", "update"]}]

@@ -15,6 +15,9 @@ Paths, verbs, status codes and bodies follow the API reference and the API conce
   `details`); an unknown path is a 404 Status, an unsupported verb a 405 Status;
 - TokenReview (`authentication.k8s.io/v1`) answers from `tokens`, with audiences;
 - creating a Pod runs the mutating webhooks registered in the fake (see `_admission`);
+- Deployments and ReplicaSets (apps/v1) are served and, unless `controllers=False`, driven by
+  the fake controllers of `_controllers` (ReplicaSets, Pods, statuses, garbage collection);
+  Pods then wait for a kubelet (`_kubelet`) to run them;
 - with `require_token` set, a request without that bearer token gets 401 Unauthorized.
 
 Extend it with `register(ResourceType(...))` and the store's `on_create`/`on_delete` hooks
@@ -36,6 +39,7 @@ import yaml
 from aiohttp import web
 
 from tests.support.kubeapi._admission import Admission
+from tests.support.kubeapi._controllers import APPS_TYPES, Controllers
 from tests.support.kubeapi._objects import (
     BUILTIN_TYPES,
     JSON,
@@ -73,11 +77,12 @@ def _status_response(err: ApiStatus) -> web.Response:
 
 
 class FakeKube:
-    def __init__(self, *, bookmark_interval: float = 60.0) -> None:
+    def __init__(self, *, bookmark_interval: float = 60.0, controllers: bool = True) -> None:
         self.store = ObjectStore()
-        for rt in BUILTIN_TYPES:
+        for rt in (*BUILTIN_TYPES, *APPS_TYPES):
             self.store.register(rt)
         self.admission = Admission(self.store)
+        self.controllers = Controllers(self.store, self.admission) if controllers else None
         self.tokens: dict[str, TokenIdentity] = {}
         self.token_reviews: list[JSON] = []  # every TokenReview spec asked, for tests
         self.require_token: str | None = None
@@ -100,9 +105,13 @@ class FakeKube:
         await site.start()
         self.port = int(self._runner.addresses[0][1])
         self.store.listeners.append(self._fan_out)
+        if self.controllers is not None:
+            self.controllers.start()
         return self
 
     async def aclose(self) -> None:
+        if self.controllers is not None:
+            await self.controllers.aclose()
         for queue in tuple(self._watchers):
             queue.put_nowait(None)
         if self._runner is not None:
