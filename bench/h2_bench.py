@@ -17,7 +17,7 @@ call (1,000 messages of 1 KiB in one response) and a unary call answered with on
 message, reported as messages/s and MiB/s. Added latency is measured open-loop at `--rate`
 calls/s (an h2load timing script, one call per interval) and reported as p50/p99 minus the
 direct path's; the proxy's CPU time during that run (its process and children, from /proc)
-gives the cores it uses at that rate. `--profile` samples forklane with py-spy during a second
+gives the cores it uses at that rate, and its CPU time per call (user + kernel). `--profile` samples forklane with py-spy during a second
 throughput run and prints where the time goes.
 
 Needs: nginx with the HTTP/2 and gRPC modules, h2load (Debian: nginx-light, nghttp2-client);
@@ -294,10 +294,11 @@ def main() -> int:
           f"streams, median of {args.repeat}; latency and cores open loop at {args.rate}/s "
           f"for {args.seconds:g}s")
     print(f"{'path':<17}{'calls/s':>10}{'vs nginx':>10}{'non-2xx':>9}{'p50 µs':>9}"
-          f"{'p99 µs':>9}{'+p50 µs':>9}{'+p99 µs':>9}{'cores':>8}")
+          f"{'p99 µs':>9}{'+p50 µs':>9}{'+p99 µs':>9}{'cores':>8}{'CPU µs':>8}")
     for name, (rps, failed, p50, p99, cores, _, _) in results.items():
         print(f"{name:<17}{rps:>10.0f}{rps / ref[0]:>10.2f}{failed:>9}{p50:>9.0f}"
-              f"{p99:>9.0f}{p50 - d50:>9.0f}{p99 - d99:>9.0f}{cores:>8.3f}")
+              f"{p99:>9.0f}{p50 - d50:>9.0f}{p99 - d99:>9.0f}{cores:>8.3f}"
+              f"{cores / args.rate * 1e6:>8.0f}")
     mib = 1024 * 1024
     print(f"\nserver streaming ({STREAM_MESSAGES} x 1 KiB per call, 2 connections x 2 streams) "
           "and 10 MiB unary responses (1 connection x 2 streams), median of "
