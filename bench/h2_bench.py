@@ -17,7 +17,7 @@ call (1,000 messages of 1 KiB in one response) and a unary call answered with on
 message, reported as messages/s and MiB/s. Added latency is measured open-loop at `--rate`
 calls/s (an h2load timing script, one call per interval) and reported as p50/p99 minus the
 direct path's; the proxy's CPU time during that run (its process and children, from /proc)
-gives the cores it uses at that rate. `--profile` samples forklane with py-spy during a second
+gives the cores it uses at that rate, and its CPU time per call (user + kernel). `--profile` samples forklane with py-spy during a second
 throughput run and prints where the time goes.
 
 Needs: nginx with the HTTP/2 and gRPC modules, h2load (Debian: nginx-light, nghttp2-client);
@@ -138,23 +138,45 @@ def cpu_seconds(pid: int | None) -> float:
     return total
 
 
+def runqueue_wait(pid: int | None) -> float:
+    """Seconds `pid` (and its children) spent runnable but waiting for a CPU
+    (/proc/PID/schedstat): how much of a latency tail is the machine's other load."""
+    if pid is None:
+        return 0.0
+    pids = [pid]
+    try:
+        pids += [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        pass
+    total = 0
+    for p in pids:
+        try:
+            total += int(Path(f"/proc/{p}/schedstat").read_text().split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+    return total / 1e9
+
+
 def latency(port: int, args: argparse.Namespace, run: Path, name: str,
-            pid: int | None) -> tuple[float, float, float]:
-    """Open loop at args.rate calls/s: p50 and p99 in microseconds, and the cores `pid` used."""
+            pid: int | None) -> tuple[float, float, float, float]:
+    """Open loop at args.rate calls/s: p50 and p99 in microseconds, the cores `pid` used and
+    the share of the run it spent waiting for a CPU."""
     n = int(args.rate * args.seconds)
     interval = 1000.0 / args.rate
     script = run / "timing.txt"
     uri = f"http://127.0.0.1:{port}/bench.Echo/Unary"
     script.write_text("".join(f"{i * interval:.3f}\t{uri}\n" for i in range(n)))
     log = run / f"latency-{name}.log"
-    cpu0, wall0 = cpu_seconds(pid), time.monotonic()
+    cpu0, wait0, wall0 = cpu_seconds(pid), runqueue_wait(pid), time.monotonic()
     h2load(port, ["-c", "1", "-m", "100", "--timing-script-file", str(script),
                   "--log-file", str(log)], run)
-    cores = (cpu_seconds(pid) - cpu0) / (time.monotonic() - wall0)
+    wall = time.monotonic() - wall0
+    cores = (cpu_seconds(pid) - cpu0) / wall
+    waited = (runqueue_wait(pid) - wait0) / wall
     samples = sorted(int(line.split("\t")[2]) for line in log.read_text().splitlines() if line)
     if len(samples) != n:
         raise SystemExit(f"{name}: {len(samples)} of {n} calls logged")
-    return samples[len(samples) // 2] / 1.0, samples[int(len(samples) * 0.99)] / 1.0, cores
+    return samples[len(samples) // 2] / 1.0, samples[int(len(samples) * 0.99)] / 1.0, cores, waited
 
 
 def median(values: list[float]) -> float:
@@ -266,8 +288,9 @@ def main() -> int:
                 runs[name]["stream"].append(srps)
                 runs[name]["big"].append(brps)
         results: dict[str, tuple[float, int, float, float, float, float, float]] = {}
+        waits: dict[str, float] = {}
         for name, port in targets.items():
-            p50, p99, cores = latency(port, args, run, name.split()[0], pids[name])
+            p50, p99, cores, waits[name] = latency(port, args, run, name.split()[0], pids[name])
             r = runs[name]
             results[name] = (median(r["rps"]), int(max(r["failed"])), p50, p99, cores,
                              median(r["stream"]), median(r["big"]))
@@ -294,10 +317,13 @@ def main() -> int:
           f"streams, median of {args.repeat}; latency and cores open loop at {args.rate}/s "
           f"for {args.seconds:g}s")
     print(f"{'path':<17}{'calls/s':>10}{'vs nginx':>10}{'non-2xx':>9}{'p50 µs':>9}"
-          f"{'p99 µs':>9}{'+p50 µs':>9}{'+p99 µs':>9}{'cores':>8}")
+          f"{'p99 µs':>9}{'+p50 µs':>9}{'+p99 µs':>9}{'cores':>8}{'CPU µs':>8}{'waited':>8}")
     for name, (rps, failed, p50, p99, cores, _, _) in results.items():
         print(f"{name:<17}{rps:>10.0f}{rps / ref[0]:>10.2f}{failed:>9}{p50:>9.0f}"
-              f"{p99:>9.0f}{p50 - d50:>9.0f}{p99 - d99:>9.0f}{cores:>8.3f}")
+              f"{p99:>9.0f}{p50 - d50:>9.0f}{p99 - d99:>9.0f}{cores:>8.3f}"
+              f"{cores / args.rate * 1e6:>8.0f}{100 * waits[name]:>7.1f}%")
+    print("(CPU µs: the proxy's CPU time per call; waited: share of the latency run it was "
+          "runnable but had no CPU, the machine's other load)")
     mib = 1024 * 1024
     print(f"\nserver streaming ({STREAM_MESSAGES} x 1 KiB per call, 2 connections x 2 streams) "
           "and 10 MiB unary responses (1 connection x 2 streams), median of "

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import random
 import signal
@@ -343,6 +344,10 @@ async def serve(settings: ProxySettings, hot_path: str, ready_line: bool = True)
     proxy = Proxy(settings, hot_path)
     loop = proxy.loop
     bound = await proxy.start()
+    # Everything alive now (modules, settings, the first table) lives as long as the process:
+    # out of the collector's sight, a full collection scans only what requests allocate
+    # instead of the whole heap (tens of ms on a loaded machine, the HTTP/2 p99 before this).
+    gc.freeze()
     if ready_line:
         print(f"forklane proxy listening: {bound} (routing {proxy.holder.source}, "
               f"version {proxy.holder.table.version if proxy.holder.table else '-'}, "

@@ -16,14 +16,20 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from forklane.proxy.http2.conn import H2Conn, H2Error
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-__all__ = ["Hub", "Peer", "Pipe"]
+__all__ = ["Hub", "Peer", "Pipe", "Waiter"]
+
+
+class Waiter(Protocol):
+    """Something that sends on a peer and waits for its window or socket (a pipe, a mirror)."""
+
+    def pump(self) -> None: ...
 
 
 class Peer:
@@ -37,7 +43,7 @@ class Peer:
 
     def __init__(self, hub: Hub) -> None:
         self.hub = hub
-        self.blocked: set[Pipe] = set()  # pipes waiting for this peer's window or socket
+        self.blocked: set[Waiter] = set()  # pipes waiting for this peer's window or socket
 
     def mark(self) -> None:
         """This connection has frames to write: at the latest when this iteration ends."""

@@ -15,7 +15,8 @@ Invariants:
   `oversized` says so;
 - the encoder never indexes a field larger than a quarter of its table or a sensitive one
   (authorization, cookies): those go out as never-indexed literals;
-- any malformed input is an `HPACKError`, never an IndexError or a hang.
+- any malformed input is an `HPACKError`, never an IndexError or a hang (an invalid
+  Huffman string is never cached).
 
 Pure: no sockets, no clocks.
 """
@@ -109,6 +110,13 @@ for _i, _entry in enumerate(STATIC_TABLE, 1):
     _STATIC_NAME.setdefault(_entry[0], _i)
 _SENSITIVE = frozenset({b"authorization", b"proxy-authorization", b"cookie", b"set-cookie"})
 _MAX_INT = 1 << 28  # no honest integer in a header block is larger
+# Huffman-coded strings decoded before, process-wide: servers that never index their
+# response fields (nginx sends `server`, `date`, `content-type`, `grpc-status` as literals
+# every time) cost a dict lookup instead of a decode. Bounded: short strings only, and the
+# whole cache goes when it is full (junk sent to fill it buys an attacker nothing).
+_CACHED_LENGTH = 64
+_CACHE_ENTRIES = 4096
+_DECODED: dict[bytes, bytes] = {}
 _EOS = 256
 
 
@@ -307,7 +315,17 @@ def _read_string(block: bytes, pos: int) -> tuple[bytes, int]:
     if stop > len(block):
         raise HPACKError("a string runs past the end of its header block")
     raw = block[pos:stop]
-    return (huffman_decode(raw) if huffman else raw), stop
+    if not huffman:
+        return raw, stop
+    if length > _CACHED_LENGTH:
+        return huffman_decode(raw), stop
+    value = _DECODED.get(raw)
+    if value is None:
+        value = huffman_decode(raw)
+        if len(_DECODED) >= _CACHE_ENTRIES:
+            _DECODED.clear()
+        _DECODED[raw] = value
+    return value, stop
 
 
 class Encoder:

@@ -74,6 +74,7 @@ from forklane.proxy.http2.conn import (
     H2Error,
     code_name,
 )
+from forklane.proxy.http2.mirror import H2MirrorCopy
 from forklane.proxy.http2.upstream import CONNECTION_WINDOW, H2Pools, H2Upstream
 from forklane.proxy.listener.context import ListenerContext
 from forklane.proxy.routing import Decision
@@ -164,6 +165,7 @@ class H2Stream:
     method = b""
     path = b""
     authority = b""
+    mirrors: list[H2MirrorCopy] | None = None
 
     def __init__(self, down: H2Downstream, sid: int, started: float) -> None:
         self.down = down
@@ -305,12 +307,24 @@ class H2Stream:
 
     def client_data(self, data: bytes, flow_len: int) -> None:
         self.req.push(data, flow_len)
+        mirrors = self.mirrors
+        if mirrors is not None:
+            for mirror in mirrors:
+                mirror.send_body(data)
 
     def client_end(self, trailers: list[tuple[bytes, bytes]] | None) -> None:
         self.req_ended = True
         self.req.finish(trailers)
+        mirrors = self.mirrors
+        if mirrors is not None:
+            for mirror in mirrors:
+                mirror.send_end(trailers)
 
     def client_reset(self) -> None:
+        mirrors = self.mirrors
+        if mirrors is not None and not self.req_ended:
+            for mirror in mirrors:
+                mirror.abandon("failed")  # the copy of a request that never completed
         if self.phase >= DONE:
             return
         self.req.discard()
@@ -742,6 +756,12 @@ class H2Downstream(asyncio.Protocol, Peer):
                 if stream.phase < DONE:
                     assert stream.route is not None and stream.route.destination is not None
                     stream.dispatch(stream.route.destination, None, fresh=False)
+                    if stream.mirrors is not None:
+                        for mirror in stream.mirrors:
+                            mirror.start()
+                elif stream.mirrors is not None:
+                    for mirror in stream.mirrors:
+                        mirror.abandon("failed")  # reset before it went anywhere
         self.mark()
         self.hub.flush()  # now rather than at the end of the iteration: lower latency
         if self.closing and not self.streams and self.transport is not None:
@@ -913,6 +933,13 @@ class H2Downstream(asyncio.Protocol, Peer):
             stream.fail(errors.error_for(route.error or "no-route"), route.reason,
                         status=route.status)
             return
+        if decision.mirrors:
+            shared = self.shared
+            stream.mirrors = [H2MirrorCopy(ctx, shared.pools, dest, out, route.service or "")
+                              for dest in decision.mirrors]
+            if stream.req_ended:
+                for mirror in stream.mirrors:
+                    mirror.send_end(None)
         self.starting.append(stream)  # dispatched once the whole read is processed
 
     def _refuse(self, stream: H2Stream, error: ProxyError, message: str) -> None:

@@ -28,6 +28,7 @@ import pytest
 
 from tests.integration.test_routing import KEY_CATALOG, KEY_PRICING, MATRIX
 from tests.support.h2graceful import GracefulH2Connection
+from tests.support.polling import eventually
 
 pytestmark = pytest.mark.asyncio
 
@@ -630,3 +631,44 @@ async def test_a_malformed_head_is_400_for_that_stream_and_the_connection_lives(
     assert head[b"x-forklane-error"] == b"malformed-request"
     assert dict(good[0].headers)[b":status"] == b"200"
     assert len(mesh["ups"]["pricing"].seen) == 1
+
+
+async def test_mirrors_get_a_copy_over_http2_and_never_fail_the_caller(
+    h2_upstreams: Any, proxy_factory: Any
+) -> None:
+    main, shadow = await h2_upstreams("main"), await h2_upstreams("shadow")
+    doc = {
+        "version": "mi2",
+        "services": [{"name": "a", "endpoints": [main.address]},
+                     {"name": "c", "endpoints": [main.address]}],
+        "mirrors": [
+            {"name": "copy", "service": "a", "percent": 100, "endpoints": [shadow.address]},
+            {"name": "dead", "service": "c", "percent": 100, "endpoints": ["127.0.0.1:1"]},
+        ],
+    }
+    proc = proxy_factory(doc)
+    body = bytes(range(256)) * 400  # 102,400 bytes: more than the copy's stream window
+    async with _client() as client:
+        r = await client.post(proc.url() + "/orders", headers={"host": "a"}, content=body)
+        assert r.status_code == 200 and r.headers["x-upstream"] == "main"
+        assert r.content == body
+        for _ in range(3):
+            r = await client.post(proc.url(), headers={"host": "c"}, content=b"payload")
+            assert r.status_code == 200 and r.headers["x-upstream"] == "main"
+    await eventually(lambda: bool(shadow.seen), within=5, what="the mirror's copy")
+    copy = shadow.seen[0]
+    fields = dict(copy["headers"])
+    assert fields[":method"] == "POST" and fields[":path"] == "/orders"
+    assert fields["x-forklane-mirror"] == "1"
+    assert bytes(copy["body"]) == body
+    assert len(main.seen) == 4 and all("x-forklane-mirror" not in dict(s["headers"])
+                                       for s in main.seen)
+    async with httpx.AsyncClient() as client:
+        async def counted() -> bool:
+            text = (await client.get(proc.url("admin") + "/metrics")).text
+            return ('kind="mirror",listener="outbound",service="a",status_class="2xx"} 1.0'
+                    in text and
+                    'kind="mirror",listener="outbound",service="c",status_class="reset"} 3.0'
+                    in text)
+
+        await eventually(counted, what="mirror rows in /metrics")

@@ -178,3 +178,13 @@ def test_the_decoder_never_fails_otherwise_than_with_hpack_error(block: bytes) -
         Decoder().decode(block)
     except HPACKError:
         pass
+
+
+def test_cached_huffman_strings_decode_the_same_and_invalid_ones_still_fail() -> None:
+    block = bytes.fromhex(C4[0])
+    for _ in range(3):  # the second and third decodes come from the cache
+        assert Decoder().decode(block) == REQUESTS[0]
+    bad = bytes.fromhex("4187ffffffffffffff")  # EOS inside the value
+    for _ in range(2):
+        with pytest.raises(HPACKError):
+            Decoder().decode(bad)
