@@ -111,14 +111,19 @@ async def test_upstream_faults_under_load_are_all_accounted_for(
     finally:
         await up.aclose()
     assert ledger.balanced(), ledger.unaccounted
-    assert set(ledger.answered) <= {200, 502}, ledger.answered
-    assert ledger.reasons == {"upstream-reset": ledger.answered[502]}
+    # 504: on an overloaded machine the slow answers can pass the request timeout; each is
+    # still the proxy's own answer with its reason, and counted.
+    assert set(ledger.answered) <= {200, 502, 504}, ledger.answered
+    expected = {"upstream-reset": ledger.answered[502], "upstream-timeout": ledger.answered[504]}
+    assert ledger.reasons == {k: v for k, v in expected.items() if v}
     # Both fault kinds really happened, and the proxy counted each as the client saw it.
     assert ledger.answered[502] > 0 and ledger.resets > 0
     assert await metric(proxy, "forklane_upstream_errors_total",
                         'reason="upstream-reset"') == ledger.answered[502]
     assert await metric(proxy, "forklane_upstream_errors_total",
                         'reason="upstream-reset-during-body"') == ledger.resets
+    assert await metric(proxy, "forklane_upstream_errors_total",
+                        'reason="upstream-timeout"') == ledger.answered[504]
     report("upstream-faults", sent=ledger.sent, answered=dict(ledger.answered),
            resets=ledger.resets, unaccounted=len(ledger.unaccounted))
 
