@@ -152,7 +152,7 @@ class ProxySettings(BaseSettings):
     memory_watermark_mb: int | None = Field(
         None, ge=0, le=1_048_576,
         description="resident memory above which new requests get 503 `overloaded` and new "
-        "connections are reset; unset: 90 % of the container's memory limit (none: off); 0: off",
+        "connections are reset; unset: 90 percent of the container's memory limit (none: off); 0: off",
     )
 
     # --- HTTP/2 and TLS (h2c with prior knowledge is always on; TLS+ALPN when a cert is set) ---

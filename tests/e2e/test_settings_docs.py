@@ -27,6 +27,7 @@ CLIENT_VARIABLES = {"FORKLANE_URL", "FORKLANE_TOKEN", "FORKLANE_CONTEXT", CONFIG
 NOT_VARIABLES = {
     "FORKLANE_ROUTES": "the JetStream stream of the routes view",
     "FORKLANE_SANDBOX": "a variable of the example consumer app, read by the app itself",
+    "FORKLANE_FUZZ_EXAMPLES": "read by the fuzzing harnesses (tests/fuzz), not by forklane",
 }
 
 

@@ -14,10 +14,8 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
-import h2.config
-import h2.events
+import hpack
 
-from forklane.proxy.http2._flow import GracefulH2Connection
 from tests.integration.test_http2 import H2Upstream, _UpConn
 from tests.support.polling import eventually
 from tests.support.processes import Proc
@@ -27,9 +25,16 @@ Upstreams = Callable[[str], Any]
 ProxyFactory = Callable[..., Proc]
 
 
+def _frame(kind: int, flags: int, sid: int, payload: bytes) -> bytes:
+    return len(payload).to_bytes(3, "big") + bytes([kind, flags]) + sid.to_bytes(4, "big") + \
+        payload
+
+
 async def test_sigterm_sends_goaway_and_streams_in_flight_finish(
     proxy_factory: ProxyFactory,
 ) -> None:
+    """A raw HTTP/2 client (frames by hand, HPACK by the hpack package), so that nothing
+    between the test and the wire decides what a GOAWAY means."""
     up = await H2Upstream("slow").start()
     release = asyncio.Event()
 
@@ -42,43 +47,42 @@ async def test_sigterm_sends_goaway_and_streams_in_flight_finish(
     loop = asyncio.get_running_loop()
     sock = socket.create_connection(("127.0.0.1", proxy.ports["outbound"]))
     sock.setblocking(False)
-    # A client that, as RFC 9113 §6.8 allows, reads the streams at or below a graceful
-    # GOAWAY's last stream id to their end (h2 alone would close at the GOAWAY).
-    conn = GracefulH2Connection(h2.config.H2Configuration(client_side=True))
-    conn.initiate_connection()
-    sids = []
-    for _ in range(3):
-        sid = conn.get_next_available_stream_id()
-        conn.send_headers(sid, [(":method", "GET"), (":path", "/"), (":scheme", "http"),
-                                (":authority", "svc")], end_stream=True)
-        sids.append(sid)
-    await loop.sock_sendall(sock, conn.data_to_send())
+    encoder, decoder = hpack.Encoder(), hpack.Decoder()
+    out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + _frame(0x4, 0, 0, b"")
+    sids = [1, 3, 5]
+    for sid in sids:
+        block = encoder.encode([(":method", "GET"), (":path", "/"), (":scheme", "http"),
+                                (":authority", "svc")])
+        out += _frame(0x1, 0x4 | 0x1, sid, block)  # END_HEADERS | END_STREAM
+    await loop.sock_sendall(sock, out)
     try:
         await eventually(lambda: len(up.seen) == 3, within=10, what="three streams upstream")
         proxy.popen.send_signal(signal.SIGTERM)
-        goaway: h2.events.ConnectionTerminated | None = None
+        goaway: tuple[int, int] | None = None  # (last stream id, error code)
         statuses: dict[int, str] = {}
         ended: set[int] = set()
-        released = False
+        buffer = b""
         while len(ended) < 3:
             data = await asyncio.wait_for(loop.sock_recv(sock, 65536), 10)
             assert data, f"closed early: goaway={goaway}, ended={ended}"
-            for event in conn.receive_data(data):
-                if isinstance(event, h2.events.ConnectionTerminated):
-                    goaway = event
-                elif isinstance(event, h2.events.ResponseReceived):
-                    statuses[event.stream_id] = dict(event.headers)[b":status"].decode()
-                elif isinstance(event, h2.events.StreamEnded):
-                    ended.add(event.stream_id)
-                elif isinstance(event, h2.events.DataReceived):
-                    conn.acknowledge_received_data(event.flow_controlled_length,
-                                                   event.stream_id)
-            await loop.sock_sendall(sock, conn.data_to_send())
-            if goaway is not None and not released:
-                released = True
-                release.set()  # the answers come only after the GOAWAY went out
-        assert goaway is not None and goaway.error_code == 0
-        assert goaway.last_stream_id == max(sids)
+            buffer += data
+            while len(buffer) >= 9 and len(buffer) >= 9 + int.from_bytes(buffer[:3], "big"):
+                length = int.from_bytes(buffer[:3], "big")
+                kind, flags = buffer[3], buffer[4]
+                sid = int.from_bytes(buffer[5:9], "big") & 0x7FFFFFFF
+                payload, buffer = buffer[9:9 + length], buffer[9 + length:]
+                if kind == 0x7:
+                    goaway = (int.from_bytes(payload[:4], "big") & 0x7FFFFFFF,
+                              int.from_bytes(payload[4:8], "big"))
+                    release.set()  # the answers come only after the GOAWAY went out
+                elif kind == 0x4 and not flags & 0x1:
+                    await loop.sock_sendall(sock, _frame(0x4, 0x1, 0, b""))  # SETTINGS ACK
+                elif kind == 0x1:
+                    fields = dict(decoder.decode(payload))
+                    statuses[sid] = fields[":status"]
+                if kind in (0x0, 0x1) and flags & 0x1:
+                    ended.add(sid)
+        assert goaway == (max(sids), 0)  # NO_ERROR, naming the last stream taken
         assert statuses == {sid: "200" for sid in sids}
         assert await asyncio.to_thread(proxy.popen.wait, 15) == 0
     finally:
