@@ -176,6 +176,11 @@ class H2Stream:
         else:
             ctx.spawn(self._open(dest, endpoint))
 
+    async def dispatch_later(self, dest: Destination, delay: float) -> None:
+        await asyncio.sleep(delay)  # the fault's delay, not synchronisation
+        if self.phase < DONE:
+            self.dispatch(dest, None, fresh=False)
+
     async def _open(self, dest: Destination, endpoint: Endpoint) -> None:
         try:
             async with asyncio.timeout(dest.timeouts.connect):
@@ -364,14 +369,14 @@ class H2Stream:
 
     # -- answers the proxy makes itself ----------------------------------------------------------
 
-    def fail(self, err: ProxyError, message: str, status: int = 0) -> None:
+    def fail(self, err: ProxyError, message: str, status: int = 0, grpc_status: int = 0) -> None:
         """End the stream with an error of the table: a gRPC status for gRPC, else an HTTP
         error answer (or a stream reset when the response head already went out). `status`
-        overrides the table's HTTP status (a route's own reject status)."""
+        and `grpc_status` override the table's (a route's own reject status)."""
         if self.phase >= DONE:
             return
         error = err.reason
-        grpc_status = err.grpc_status
+        grpc_status = grpc_status or err.grpc_status
         status = status or err.status
         self.error = error
         down = self.down
@@ -635,8 +640,12 @@ class H2Downstream(asyncio.Protocol, Peer):
             self.starting = []
             for stream in starting:
                 if stream.phase < DONE:
-                    assert stream.route is not None and stream.route.destination is not None
-                    stream.dispatch(stream.route.destination, None, fresh=False)
+                    route = stream.route
+                    assert route is not None and route.destination is not None
+                    if route.delay:  # an injected fault: hold the stream, then forward it
+                        self.ctx.spawn(stream.dispatch_later(route.destination, route.delay))
+                    else:
+                        stream.dispatch(route.destination, None, fresh=False)
         self.mark()
         self.hub.flush()  # now rather than at the end of the iteration: lower latency
         if self.closing and not self.streams and self.transport is not None:
@@ -804,7 +813,7 @@ class H2Downstream(asyncio.Protocol, Peer):
                 stream.dispatch(passthrough.destination, None, fresh=False)
                 return
             stream.fail(errors.error_for(route.error or "no-route"), route.reason,
-                        status=route.status)
+                        status=route.status, grpc_status=route.grpc_status)
             return
         self.starting.append(stream)  # dispatched once the whole read is processed
 
