@@ -111,13 +111,34 @@ def _unreachable_reason(unreachable: Iterable[wire.ForkStatus]) -> str:
     return "ForkUnreachable"
 
 
-def expires_at(sb: wire.Sandbox) -> datetime | None:
+def expires_at(sb: wire.Sandbox, seen: datetime | None = None) -> datetime | None:
+    """When the sandbox's TTL ends. For `since: lastActivity`, from the latest of its
+    creation, the activity recorded in its status and `seen` (this replica's own report)."""
     ttl = sb.spec.ttl
     meta = sb.metadata
     if ttl is None or meta.creation_timestamp is None:
         return None
-    since = meta.update_timestamp if ttl.since == "update" else meta.creation_timestamp
+    since: datetime | None
+    if ttl.since == "lastActivity":
+        recorded = sb.status.last_activity if sb.status else None
+        since = max(t for t in (meta.creation_timestamp, recorded, seen) if t is not None)
+    else:
+        since = meta.update_timestamp if ttl.since == "update" else meta.creation_timestamp
     return (since or meta.creation_timestamp) + timedelta(seconds=ttl.seconds)
+
+
+def last_activity(sb: wire.Sandbox, seen: datetime | None) -> datetime | None:
+    """The activity to record in the status: this replica's report when it moves the
+    recorded one by a tenth of the TTL (at least a second), so an active sandbox costs a
+    status write per tenth of its TTL, not one per report."""
+    recorded = sb.status.last_activity if sb.status else None
+    ttl = sb.spec.ttl
+    if seen is None or ttl is None or ttl.since != "lastActivity":
+        return recorded
+    step = timedelta(seconds=max(1.0, ttl.seconds / 10))
+    if recorded is None or seen - recorded >= step:
+        return seen
+    return recorded
 
 
 def _conditions(
@@ -187,7 +208,9 @@ class Reconciler:
         fast_interval: float = 0.25,
         probe_concurrency: int = 64,
         carriers: tuple[Carrier, ...] | None = None,
+        activity: Callable[[str], datetime | None] | None = None,
     ) -> None:
+        self._activity = activity or (lambda key: None)
         self._store = store
         self._publisher = publisher
         self._acks = acks
@@ -216,6 +239,14 @@ class Reconciler:
         self._judged: dict[Key, tuple[Any, ...]] = {}  # status inputs last judged
         self._awaiting_ack: int | None = None  # lowest version a non-Routed sandbox waits on
         self._service_cache: ServiceCache = {}  # per-service validation, kept across passes
+
+    def _seen(self, sb: wire.Sandbox) -> datetime | None:
+        """When a proxy connected to this replica last reported the sandbox's key."""
+        ttl = sb.spec.ttl
+        if ttl is None or ttl.since != "lastActivity":
+            return None
+        key = sb.spec.routing_key or (sb.status.routing_key if sb.status else None)
+        return self._activity(key) if key else None
 
     # -- life cycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -320,7 +351,7 @@ class Reconciler:
         await self._write_statuses(compiled, now)
         next_expiry = min(
             (e for _, m in self._models.values() if isinstance(m, wire.Sandbox)
-             and (e := expires_at(m))),
+             and (e := expires_at(m, self._seen(m)))),
             default=None,
         )
         if next_expiry is not None:
@@ -341,7 +372,7 @@ class Reconciler:
     def _expiry_due(self, now: datetime) -> bool:
         for _, model in self._models.values():
             if isinstance(model, wire.Sandbox):
-                at = expires_at(model)
+                at = expires_at(model, self._seen(model))
                 if at is not None and now >= at:
                     return True
         return False
@@ -410,7 +441,7 @@ class Reconciler:
             else:
                 sb = to_wire(record)
             assert isinstance(sb, wire.Sandbox)
-            at = expires_at(sb)
+            at = expires_at(sb, self._seen(sb))
             if at is None or now < at:
                 continue
             try:
@@ -524,6 +555,7 @@ class Reconciler:
                 inputs: tuple[Any, ...] = (
                     record.resource_version, problem, compiled.routing_keys.get(key),
                     probed.seq if probed else -1, routed_now,
+                    last_activity(model, self._seen(model)),
                 )
                 if self._judged.get(key) == inputs:
                     continue
@@ -626,7 +658,8 @@ class Reconciler:
             phase=phase,
             routing_key=compiled.routing_keys.get(("sandboxes", sb.metadata.name)),
             observed_generation=generation,
-            expires_at=expires_at(sb),
+            expires_at=expires_at(sb, self._seen(sb)),
+            last_activity=last_activity(sb, self._seen(sb)),
             forks=forks or [],
             conditions=_conditions(old.conditions if old else (), conds, now),
         )

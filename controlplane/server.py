@@ -16,6 +16,7 @@ from typing import Any, Protocol, TextIO
 from aiohttp import web
 
 from forklane.controlplane import wire
+from forklane.controlplane.activity import ActivityLog
 from forklane.controlplane.api import ApiContext, build_app
 from forklane.controlplane.auth import Authenticator, Grant, new_token
 from forklane.controlplane.publisher import SnapshotPublisher
@@ -77,6 +78,7 @@ class ControlPlane:
         self.registry: ProxyView = NoProxies()
         self.push: Any = None
         self.taps = TapHub()
+        self.activity = ActivityLog(clock)
         if with_push:
             from forklane.controlplane.push.registry import ProxyRegistry
             from forklane.controlplane.push.server import PushServer
@@ -89,11 +91,13 @@ class ControlPlane:
                 keepalive=settings.grpc_keepalive,
                 recheck_interval=settings.token_recheck_interval,
                 taps=self.taps,
+                on_activity=self.activity.saw,
             )
         self.reconciler = Reconciler(
             self.store, self.publisher, self.registry, clock=clock, probe=probe,
             probe_timeout=settings.probe_timeout, interval=settings.reconcile_interval,
             carriers=settings.carrier_list(),
+            activity=self.activity.last,
         )
         if with_push:
             # an ACK may make a sandbox Ready: judge it now (the reconciler wakes only when

@@ -132,8 +132,11 @@ class ForkSpec(_Model):
 
 
 class TtlSpec(_Model):
+    """`since: lastActivity`: the sandbox ends `seconds` after its key was last seen by a
+    proxy (or after its creation, if never)."""
+
     seconds: int = Field(gt=0, le=30 * 24 * 3600)
-    since: Literal["creation", "update"] = "creation"
+    since: Literal["creation", "update", "lastActivity"] = "creation"
 
 
 class FaultSpec(_Model):
@@ -201,6 +204,9 @@ class SandboxStatus(_Model):
     routing_key: str | None = Field(None, alias="routingKey")
     observed_generation: int | None = Field(None, alias="observedGeneration")
     expires_at: datetime | None = Field(None, alias="expiresAt")
+    last_activity: datetime | None = Field(
+        None, alias="lastActivity", description="when a proxy last reported the key (ttl since)"
+    )
     forks: list[ForkStatus] = Field(default_factory=list)
     conditions: list[Condition] = Field(default_factory=list)
 

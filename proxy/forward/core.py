@@ -23,6 +23,8 @@ Invariants:
   never forwarded (Envoy's `headers_with_underscores_action`); counted;
 - repeated fields join with `,` in the view, except `cookie`, which joins with `; `
   (RFC 9113 §8.2.3, RFC 6265 §5.4): the same on both protocols;
+- every routing key decided is added to `stats.seen_keys` (a set add per keyed request),
+  which the subscriber reports as activity;
 - nothing here does I/O or reads a clock.
 """
 
@@ -206,6 +208,8 @@ def route(
             decision = hit[0]
             if decision.key.conflict:
                 stats.key_conflicts += 1
+            elif decision.key.key is not None:
+                stats.seen_keys.add(decision.key.key)  # activity (ttl since lastActivity)
             if table.faults:
                 decision = _fault(listener, table, decision, view, draw)
             return decision, hit[1], None
@@ -217,6 +221,8 @@ def route(
         decision, span = hooks.after_decide(request_view, table, decision, draw)
     if decision.key.conflict:
         stats.key_conflicts += 1
+    elif decision.key.key is not None:
+        stats.seen_keys.add(decision.key.key)
     injection = _injection(table, decision, view)
     if key is not None and _cacheable(listener, table, auth, decision.route):
         cache = fields.cache
