@@ -25,6 +25,7 @@ from forklane.controlplane.settings import Settings, parse_hostport
 from forklane.controlplane.store import make_store
 from forklane.controlplane.store.base import Store
 from forklane.controlplane.tap import TapHub
+from forklane.controlplane.webhooks.sender import WebhookSender
 
 __all__ = ["ControlPlane", "NoProxies", "ProxyView"]
 
@@ -78,6 +79,12 @@ class ControlPlane:
         self.registry: ProxyView = NoProxies()
         self.push: Any = None
         self.taps = TapHub()
+        self.webhooks: WebhookSender | None = None
+        if settings.notify_url_list():
+            self.webhooks = WebhookSender(
+                self.store, settings.notify_url_list(), settings.notify_secret, clock,
+                max_attempts=settings.notify_max_attempts,
+            )
         self.activity = ActivityLog(clock)
         if with_push:
             from forklane.controlplane.push.registry import ProxyRegistry
@@ -154,6 +161,8 @@ class ControlPlane:
             await self.reconciler.run_once()
             await self.reconciler.start()
             self._reconciling = True
+            if self.webhooks is not None:
+                await self.webhooks.start()
             app = build_app(
                 ApiContext(
                     store=self.store, publisher=self.publisher, proxies=self.registry,
@@ -163,6 +172,7 @@ class ControlPlane:
                     bookmark_interval=self.settings.watch_bookmark_interval,
                     replica=self.settings.replica, group_members=self._group_members,
                     taps=self.taps,
+                    webhooks=self.webhooks,
                 )
             )
             self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
@@ -212,6 +222,8 @@ class ControlPlane:
         if self._reconciling:
             self._reconciling = False
             await self.reconciler.aclose()
+            if self.webhooks is not None:
+                await self.webhooks.aclose()
         if self._opened:
             self._opened = False
             await self.store.aclose()
