@@ -72,6 +72,12 @@ MAX_BODY = 1 << 20
 MAX_LIMIT = 1000
 
 
+class DeliveryLister(Protocol):
+    urls: tuple[str, ...]
+
+    def deliveries(self) -> list[dict[str, Any]]: ...
+
+
 class ProxyLister(Protocol):
     def list(self) -> Sequence[wire.ProxyInfo]: ...
 
@@ -94,6 +100,7 @@ class ApiContext:
     # route group -> member sandboxes, as last compiled (the routes view names the member)
     group_members: GroupMembers = dict
     taps: TapHub = field(default_factory=TapHub)
+    webhooks: DeliveryLister | None = None
 
 
 CTX = web.AppKey("ctx", ApiContext)
@@ -684,6 +691,14 @@ async def tap_deliveries(request: web.Request) -> web.Response:
     return _respond(post_deliveries(await _body(request), ctx.taps, principal.subject))
 
 
+async def webhook_deliveries(request: web.Request) -> web.Response:
+    """The last webhook deliveries and their state (admins): pending, delivered, failed."""
+    _check(request, "list", "webhooks")
+    hooks = request.app[CTX].webhooks
+    return _respond({"urls": list(hooks.urls) if hooks else [],
+                     "items": hooks.deliveries() if hooks else []})
+
+
 def _routing_key_of(record: Record) -> str | None:
     spec_key = record.spec.get("routingKey")
     if isinstance(spec_key, str) and spec_key:
@@ -757,6 +772,7 @@ def build_app(ctx: ApiContext) -> web.Application:
     app.router.add_get("/api/v1/tap", tap)
     app.router.add_post("/api/v1/tap/deliveries", tap_deliveries)
     app.router.add_get("/api/v1/tap/requests/{line_id}", tap_request_line)
+    app.router.add_get("/api/v1/webhooks/deliveries", webhook_deliveries)
     app.router.add_get(f"/api/v1/{{plural:{kinds}}}", list_resources)
     app.router.add_post(f"/api/v1/{{plural:{kinds}}}", create_resource)
     app.router.add_get(f"/api/v1/{{plural:{kinds}}}/{{name}}", get_resource)

@@ -251,6 +251,7 @@ def compile_snapshot(
 
     # sandboxes
     forks: list[schema.Fork] = []
+    faults: list[schema.Fault] = []
     taken: dict[str, str] = {}  # routing key -> "sandboxes/x" or "routegroups/y"
     sandbox_forks: dict[str, list[schema.Fork]] = {}
     sandboxes = sorted(inputs.sandboxes, key=lambda r: r.metadata.name)
@@ -263,7 +264,10 @@ def compile_snapshot(
             problems[("sandboxes", name)] = "no routing key assigned yet"
             continue
         keys[("sandboxes", name)] = key
-        missing = sorted({f.service for f in sb.spec.forks} - services.keys())
+        missing = sorted(
+            ({f.service for f in sb.spec.forks} | {f.service for f in sb.spec.faults or ()})
+            - services.keys()
+        )
         if missing:
             problems[("sandboxes", name)] = f"unknown service {missing[0]!r}"
             continue
@@ -293,6 +297,14 @@ def compile_snapshot(
         taken[key] = f"sandboxes/{name}"
         sandbox_forks[name] = mine
         forks.extend(mine)
+        faults.extend(
+            schema.Fault(
+                routing_key=key, service=f.service, percent=f.percent,
+                abort_status=f.abort_status, grpc_status=f.grpc_status, delay_ms=f.delay_ms,
+                sandbox=name,
+            )
+            for f in sorted(sb.spec.faults or (), key=lambda f: f.service)
+        )
 
     # route groups: the group's key joins the forks of every matching compiled sandbox
     members: dict[str, tuple[str, ...]] = {}
@@ -364,5 +376,6 @@ def compile_snapshot(
         forks=tuple(forks),
         splits=tuple(splits),
         mirrors=tuple(mirrors),
+        faults=tuple(faults),
     )
     return Compiled(snapshot=snapshot, problems=problems, group_members=members, routing_keys=keys)

@@ -30,7 +30,9 @@ from forklane.controlplane import wire
 if TYPE_CHECKING:
     from forklane.controlplane.resources import Resource
 
-__all__ = ["JUDGES", "NO_SUCH_HOST", "Facts", "conditions", "expires_at", "judge", "routed_in"]
+__all__ = [
+    "JUDGES", "NO_SUCH_HOST", "Facts", "conditions", "expires_at", "judge", "last_activity", "routed_in",
+]
 
 Verdict = tuple[bool, str, str]  # (ok, reason, message)
 
@@ -47,6 +49,7 @@ class Facts:
     routed_now: bool = False  # every connected proxy ACKed a snapshot holding this generation
     workload_forks: tuple[str, ...] = ()  # services forked from a cluster workload (forkOf)
     workloads: tuple[wire.WorkloadStatus, ...] = ()  # what the fork controller reported
+    seen: datetime | None = None  # the key's last activity reported to this replica
 
     @property
     def compiled(self) -> Verdict:
@@ -55,13 +58,34 @@ class Facts:
         return (True, "Compiled", "")
 
 
-def expires_at(sb: wire.Sandbox) -> datetime | None:
+def expires_at(sb: wire.Sandbox, seen: datetime | None = None) -> datetime | None:
+    """When the sandbox's TTL ends. For `since: lastActivity`, from the latest of its
+    creation, the activity recorded in its status and `seen` (this replica's own report)."""
     ttl = sb.spec.ttl
     meta = sb.metadata
     if ttl is None or meta.creation_timestamp is None:
         return None
-    since = meta.update_timestamp if ttl.since == "update" else meta.creation_timestamp
+    since: datetime | None
+    if ttl.since == "lastActivity":
+        recorded = sb.status.last_activity if sb.status else None
+        since = max(t for t in (meta.creation_timestamp, recorded, seen) if t is not None)
+    else:
+        since = meta.update_timestamp if ttl.since == "update" else meta.creation_timestamp
     return (since or meta.creation_timestamp) + timedelta(seconds=ttl.seconds)
+
+
+def last_activity(sb: wire.Sandbox, seen: datetime | None) -> datetime | None:
+    """The activity to record in the status: this replica's report when it moves the
+    recorded one by a tenth of the TTL (at least a second), so an active sandbox costs a
+    status write per tenth of its TTL, not one per report."""
+    recorded = sb.status.last_activity if sb.status else None
+    ttl = sb.spec.ttl
+    if seen is None or ttl is None or ttl.since != "lastActivity":
+        return recorded
+    step = timedelta(seconds=max(1.0, ttl.seconds / 10))
+    if recorded is None or seen - recorded >= step:
+        return seen
+    return recorded
 
 
 def conditions(
@@ -179,7 +203,8 @@ def judge_sandbox(sb: wire.Sandbox, facts: Facts, now: datetime) -> wire.Sandbox
         phase=phase,
         routing_key=facts.routing_key,
         observed_generation=generation,
-        expires_at=expires_at(sb),
+        expires_at=expires_at(sb, facts.seen),
+        last_activity=last_activity(sb, facts.seen),
         forks=forks or [],
         workloads=list(facts.workloads),
         conditions=conditions(old.conditions if old else (), conds, now),

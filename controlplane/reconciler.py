@@ -108,7 +108,9 @@ class Reconciler:
         probe_concurrency: int = 64,
         carriers: tuple[Carrier, ...] | None = None,
         on_status: StatusListener | None = None,
+        activity: Callable[[str], datetime | None] | None = None,
     ) -> None:
+        self._activity = activity or (lambda key: None)
         self._store = store
         self._on_status = on_status  # told of each status we write (the events of `describe`)
         self._publisher = publisher
@@ -138,6 +140,14 @@ class Reconciler:
         self._judged: dict[Key, tuple[Any, ...]] = {}  # status inputs last judged
         self._awaiting_ack: int | None = None  # lowest version a non-Routed sandbox waits on
         self._service_cache: ServiceCache = {}  # per-service validation, kept across passes
+
+    def _seen(self, sb: wire.Sandbox) -> datetime | None:
+        """When a proxy connected to this replica last reported the sandbox's key."""
+        ttl = sb.spec.ttl
+        if ttl is None or ttl.since != "lastActivity":
+            return None
+        key = sb.spec.routing_key or (sb.status.routing_key if sb.status else None)
+        return self._activity(key) if key else None
 
     # -- life cycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -242,7 +252,7 @@ class Reconciler:
         await self._write_statuses(compiled, now)
         next_expiry = min(
             (e for _, m in self._models.values() if isinstance(m, wire.Sandbox)
-             and m.metadata.deletion_timestamp is None and (e := expires_at(m))),
+             and m.metadata.deletion_timestamp is None and (e := expires_at(m, self._seen(m)))),
             default=None,
         )
         if next_expiry is not None:
@@ -263,7 +273,7 @@ class Reconciler:
     def _expiry_due(self, now: datetime) -> bool:
         for _, model in self._models.values():
             if isinstance(model, wire.Sandbox) and model.metadata.deletion_timestamp is None:
-                at = expires_at(model)
+                at = expires_at(model, self._seen(model))
                 if at is not None and now >= at:
                     return True
         return False
@@ -331,7 +341,7 @@ class Reconciler:
             else:
                 sb = to_wire(record)
             assert isinstance(sb, wire.Sandbox)
-            at = expires_at(sb)
+            at = expires_at(sb, self._seen(sb))
             if at is None or now < at or terminating(record.status):
                 continue
             try:
@@ -400,7 +410,8 @@ class Reconciler:
                      forks=probed.forks if probed is not None else None,
                      routed_now=routed_now,
                      workload_forks=tuple(f.service for f in model.spec.forks if f.fork_of),
-                     workloads=tuple(model.status.workloads) if model.status else ()), waits
+                     workloads=tuple(model.status.workloads) if model.status else (),
+                     seen=self._seen(model)), waits
 
     async def _write_statuses(self, compiled: Compiled, now: datetime) -> None:
         """Judge what changed and write the statuses that differ from the stored ones."""

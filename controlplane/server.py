@@ -16,6 +16,7 @@ from typing import Any, Protocol, TextIO
 from aiohttp import web
 
 from forklane.controlplane import wire
+from forklane.controlplane.activity import ActivityLog
 from forklane.controlplane.api import ApiContext, build_app
 from forklane.controlplane.auth import Authenticator, Grant, new_token
 from forklane.controlplane.events import EventRecorder, condition_events, proxy_event
@@ -25,6 +26,7 @@ from forklane.controlplane.settings import Settings, parse_hostport
 from forklane.controlplane.store import make_store
 from forklane.controlplane.store.base import Store
 from forklane.controlplane.tap import TapHub
+from forklane.controlplane.webhooks.sender import WebhookSender
 
 __all__ = ["ControlPlane", "NoProxies", "ProxyView"]
 
@@ -79,6 +81,13 @@ class ControlPlane:
         self.registry: ProxyView = NoProxies()
         self.push: Any = None
         self.taps = TapHub()
+        self.webhooks: WebhookSender | None = None
+        if settings.notify_url_list():
+            self.webhooks = WebhookSender(
+                self.store, settings.notify_url_list(), settings.notify_secret, clock,
+                max_attempts=settings.notify_max_attempts,
+            )
+        self.activity = ActivityLog(clock)
         if with_push:
             from forklane.controlplane.push.registry import ProxyRegistry
             from forklane.controlplane.push.server import PushServer
@@ -94,6 +103,7 @@ class ControlPlane:
                 keepalive=settings.grpc_keepalive,
                 recheck_interval=settings.token_recheck_interval,
                 taps=self.taps,
+                on_activity=self.activity.saw,
             )
         self.reconciler = Reconciler(
             self.store, self.publisher, self.registry, clock=clock, probe=probe,
@@ -102,6 +112,7 @@ class ControlPlane:
             on_status=lambda kind, name, before, after, now: self.events.record(
                 condition_events(kind, name, before, after, now)
             ),
+            activity=self.activity.last,
         )
         if with_push:
             # an ACK may make a sandbox Ready: judge it now (the reconciler wakes only when
@@ -167,6 +178,8 @@ class ControlPlane:
             await self.reconciler.run_once()
             await self.reconciler.start()
             self._reconciling = True
+            if self.webhooks is not None:
+                await self.webhooks.start()
             app = build_app(
                 ApiContext(
                     store=self.store, publisher=self.publisher, proxies=self.registry,
@@ -176,6 +189,7 @@ class ControlPlane:
                     bookmark_interval=self.settings.watch_bookmark_interval,
                     replica=self.settings.replica, group_members=self._group_members,
                     taps=self.taps,
+                    webhooks=self.webhooks,
                 )
             )
             self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
@@ -225,6 +239,8 @@ class ControlPlane:
         if self._reconciling:
             self._reconciling = False
             await self.reconciler.aclose()
+            if self.webhooks is not None:
+                await self.webhooks.aclose()
         if self._opened:
             self._opened = False
             await self.events.aclose()

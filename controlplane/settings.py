@@ -15,7 +15,7 @@ import re
 import socket
 from pathlib import Path
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from forklane.proxy.schema import Carrier
@@ -123,6 +123,15 @@ class Settings(BaseSettings):
         description="how often a connected proxy's token is checked again (a revoked token's "
         "stream ends within this)",
     )
+    notify_urls: str = Field(
+        "", description="comma-separated URLs that get sandbox events (created, ready, failed, "
+        "expired, deleted) as signed POSTs; set it on one replica only"
+    )
+    notify_secret: str = Field(
+        "", description="HMAC-SHA256 key of the X-Forklane-Signature header (needed with "
+        "notify_urls)"
+    )
+    notify_max_attempts: int = Field(10, ge=1, le=100, description="tries per delivery")
     carriers: str = Field(
         "header:x-forklane-routing-key,baggage:forklane-routing-key",
         description="where proxies read the key, in priority order: KIND:NAME[:noemit],… "
@@ -209,6 +218,18 @@ class Settings(BaseSettings):
 
     def carrier_list(self) -> tuple[Carrier, ...]:
         return parse_carriers(self.carriers)
+
+    def notify_url_list(self) -> tuple[str, ...]:
+        return tuple(u.strip() for u in self.notify_urls.split(",") if u.strip())
+
+    @model_validator(mode="after")
+    def _notifications_signed(self) -> Settings:
+        for url in self.notify_url_list():
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"notify_urls: {url!r} is not an http(s) URL")
+        if self.notify_url_list() and not self.notify_secret:
+            raise ValueError("notify_urls needs notify_secret (deliveries are signed)")
+        return self
 
     @field_validator("listen", "grpc")
     @classmethod

@@ -286,12 +286,38 @@ class ForkSpec(_Model):
 
 
 class TtlSpec(_Model):
+    """`since: lastActivity`: the sandbox ends `seconds` after its key was last seen by a
+    proxy (or after its creation, if never)."""
+
     seconds: int = Field(gt=0, le=30 * 24 * 3600)
-    since: Literal["creation", "update"] = "creation"
+    since: Literal["creation", "update", "lastActivity"] = "creation"
+
+
+class FaultSpec(_Model):
+    """A fault for this sandbox's own requests to `service` (requests without its key are
+    never touched): abort with `abortStatus` (gRPC calls get `grpcStatus` when set), or hold
+    them `delayMs`, for `percent` % of them."""
+
+    service: str = Field(pattern=SERVICE_NAME_PATTERN)
+    percent: float = Field(100.0, gt=0, le=100)
+    abort_status: int | None = Field(None, alias="abortStatus", ge=400, le=599)
+    grpc_status: int | None = Field(None, alias="grpcStatus", ge=1, le=16)
+    delay_ms: int | None = Field(None, alias="delayMs", ge=1, le=60_000)
+
+    @model_validator(mode="after")
+    def _one_effect(self) -> FaultSpec:
+        aborts = self.abort_status is not None or self.grpc_status is not None
+        if aborts == (self.delay_ms is not None):
+            raise ValueError("a fault either aborts (abortStatus / grpcStatus) or delays "
+                             "(delayMs)")
+        return self
 
 
 class SandboxSpec(_Model):
     forks: list[ForkSpec] = Field(min_length=1)
+    faults: list[FaultSpec] | None = Field(
+        None, description="faults injected into this sandbox's own requests"
+    )
     routing_key: str | None = Field(
         None,
         alias="routingKey",
@@ -320,6 +346,14 @@ class SandboxSpec(_Model):
                     f"forks[{i}].forkOf: {ref[0]} {ref[1]}/{ref[2]} is forked twice "
                     f"(also forks[{baselines[ref]}])")
             baselines[ref] = i
+        return v
+
+    @field_validator("faults")
+    @classmethod
+    def _one_fault_per_service(cls, v: list[FaultSpec] | None) -> list[FaultSpec] | None:
+        services = [f.service for f in v or ()]
+        if len(set(services)) != len(services):
+            raise ValueError("one fault per service per sandbox")
         return v
 
 
@@ -363,6 +397,9 @@ class SandboxStatus(_Model):
     routing_key: str | None = Field(None, alias="routingKey")
     observed_generation: int | None = Field(None, alias="observedGeneration")
     expires_at: datetime | None = Field(None, alias="expiresAt")
+    last_activity: datetime | None = Field(
+        None, alias="lastActivity", description="when a proxy last reported the key (ttl since)"
+    )
     forks: list[ForkStatus] = Field(default_factory=list)
     workloads: list[WorkloadStatus] = Field(
         default_factory=list, description="fork workloads in the cluster (forkOf forks)")

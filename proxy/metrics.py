@@ -58,6 +58,7 @@ class Stats:
         self.mirror: defaultdict[str, int] = defaultdict(int)  # sent / failed / dropped
         self.keys_restored: defaultdict[str, int] = defaultdict(int)
         self.propagation_gaps: defaultdict[str, int] = defaultdict(int)
+        self.seen_keys: set[str] = set()  # routing keys routed since the last activity report
         self.taps: list[Any] = []  # TapSinks of live-tap readers (admin /tap, control plane)
         self.config_reloads = 0
         self.config_version = ""

@@ -13,6 +13,8 @@ follows xDS:
   `kind="delta"` is reserved: a delta will name the version it applies to and the changes, and
   a server sends it only to a node that lists `"delta"` in `capabilities` (today every node
   says `("full",)`; a proxy that gets a delta it did not ask for NACKs it).
+- activity: a proxy that routed keyed requests sends `SubscribeRequest.activity`, the keys
+  seen since its last report (every few seconds; not an answer to a push);
 - live tap (only to a node that lists `"tap"` in `capabilities`): the control plane sends
   `kind="tap"` with `taps`, the whole set of filters somebody watches now (replacing the
   previous set; empty: nobody); it is not a snapshot and is never answered. The proxy sends
@@ -37,6 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from forklane.proxy.schema import RoutingSnapshot
 
 __all__ = [
+    "MAX_ACTIVITY_KEYS",
     "METHOD",
     "REPLICA_METADATA",
     "SERVICE",
@@ -83,6 +86,7 @@ class Node(_Msg):
 
 
 MAX_TAP_FILTERS = 64
+MAX_ACTIVITY_KEYS = 10_000
 MAX_TAP_RECORDS = 200  # with targets cut at 2 KiB, a batch stays well under 1 MiB
 
 
@@ -112,6 +116,10 @@ class SubscribeRequest(_Msg):
         default=None, max_length=MAX_ERROR_DETAIL, description="NACK reason"
     )
     tap: TapBatch | None = Field(default=None, description="live-tap records, not an answer")
+    activity: tuple[str, ...] | None = Field(
+        default=None, max_length=MAX_ACTIVITY_KEYS,
+        description="routing keys seen since the last report (not an answer)",
+    )
 
     @property
     def is_nack(self) -> bool:

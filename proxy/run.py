@@ -142,6 +142,8 @@ class Proxy:
                 keepalive=s.controlplane_keepalive,
                 version=_version(),
                 taps=self.stats.taps,
+                seen_keys=self.stats.seen_keys,
+                activity_interval=s.activity_interval,
             )
             # Serve the persisted snapshot before the listeners open (a cold start during an
             # outage); run() would do it too, but only once its task gets to run.

@@ -28,6 +28,7 @@ __all__ = [
     "DEFAULT_CARRIERS",
     "Carrier",
     "CircuitBreakers",
+    "Fault",
     "Fork",
     "HeaderMatch",
     "Match",
@@ -419,6 +420,36 @@ class Mirror(_Frozen):
         return _check_endpoints(v)
 
 
+class Fault(_Frozen):
+    """For `percent` % of requests carrying `routing_key` to `service`: answer with an HTTP
+    status (`abort_status`) or, for gRPC calls, a gRPC status (`grpc_status`; HTTP requests
+    get `abort_status`, 503 by default), or hold the request `delay_ms` before forwarding.
+    Requests without the key are never touched."""
+
+    routing_key: str
+    service: str
+    percent: float = Field(100.0, gt=0, le=100)
+    abort_status: int | None = Field(None, ge=400, le=599)
+    grpc_status: int | None = Field(None, ge=1, le=16)
+    delay_ms: int | None = Field(None, ge=1, le=60_000)
+    sandbox: str = Field("", description="the sandbox it comes from; for reasons")
+
+    @field_validator("routing_key")
+    @classmethod
+    def _key(cls, v: str) -> str:
+        if not ROUTING_KEY_RE.fullmatch(v):
+            raise ValueError("1-128 of [A-Za-z0-9._-], starting alphanumeric")
+        return v
+
+    @model_validator(mode="after")
+    def _one_effect(self) -> Fault:
+        aborts = self.abort_status is not None or self.grpc_status is not None
+        if aborts == (self.delay_ms is not None):
+            raise ValueError("a fault either aborts (abort_status / grpc_status) or delays "
+                             "(delay_ms)")
+        return self
+
+
 class RoutingSnapshot(_Frozen):
     """One complete, versioned routing configuration. Replaced whole, never patched."""
 
@@ -428,6 +459,7 @@ class RoutingSnapshot(_Frozen):
     forks: tuple[Fork, ...] = ()
     splits: tuple[Split, ...] = ()
     mirrors: tuple[Mirror, ...] = ()
+    faults: tuple[Fault, ...] = ()
 
     @field_validator("version", mode="before")
     @classmethod
@@ -471,6 +503,17 @@ class RoutingSnapshot(_Frozen):
                     f"forks[{i}]: key {fork.routing_key!r} already forks {fork.service!r}"
                 )
             seen_forks.add(pair)
+        seen_faults: set[tuple[str, str]] = set()
+        for i, fault in enumerate(self.faults):
+            if fault.service not in names:
+                raise ValueError(f"faults[{i}]: unknown service {fault.service!r}")
+            pair = (fault.routing_key, fault.service)
+            if pair in seen_faults:
+                raise ValueError(
+                    f"faults[{i}]: key {fault.routing_key!r} already has a fault for "
+                    f"{fault.service!r}"
+                )
+            seen_faults.add(pair)
         policies = (
             ("splits", [(x.service, x.name) for x in self.splits]),
             ("mirrors", [(x.service, x.name) for x in self.mirrors]),

@@ -97,6 +97,11 @@ class ProxySettings(BaseSettings):
         description="seconds between keepalive pings to the control plane; keep it above the "
         "control plane's grpc_min_ping_interval",
     )
+    activity_interval: float = Field(
+        5.0, gt=0, le=3600,
+        description="seconds between reports of the routing keys seen (sandboxes with "
+        "ttl since lastActivity end after that long unseen)",
+    )
     state_dir: Path | None = Field(
         None, description="where the last ACKed snapshot is kept for a cold start"
     )

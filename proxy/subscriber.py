@@ -19,6 +19,9 @@ Invariants:
   `TapBuffer` among `taps` (the request path's sinks) while non-empty and while the stream
   lasts; a flusher sends what matched every `tap_interval` seconds in batches. The request
   path never waits for the stream: a full buffer drops and counts;
+- activity: the keys the request path saw (`seen_keys`) are reported every
+  `activity_interval` seconds while connected, then forgotten (a report lost with a
+  stream only delays a TTL by one interval);
 - writes to the stream are serialised (ACKs and tap batches come from two tasks);
 - with `token_file` (a projected ServiceAccount token that kubelet rotates), the file is read
   again for every stream, so a reconnect always presents the current token; an unreadable
@@ -39,6 +42,7 @@ import grpc.aio
 
 from forklane.proxy.persist import load_snapshot, save_snapshot
 from forklane.proxy.push_messages import (
+    MAX_ACTIVITY_KEYS,
     MAX_ERROR_DETAIL,
     MAX_TAP_RECORDS,
     METHOD,
@@ -128,7 +132,11 @@ class Subscriber:
         version: str | None = None,
         taps: list[Any] | None = None,
         tap_interval: float = 0.1,
+        seen_keys: set[str] | None = None,
+        activity_interval: float = 5.0,
     ) -> None:
+        self.seen_keys = seen_keys
+        self.activity_interval = activity_interval
         self.address = address
         self.holder = holder
         self.node = Node(
@@ -326,9 +334,18 @@ class Subscriber:
             taps.remove(self.tap)
 
     async def _flush_taps(self, call: Any) -> None:
-        """Send what matched, in batches, until the stream ends (its owner cancels it)."""
+        """Send what matched, in batches, and the keys seen every `activity_interval`,
+        until the stream ends (its owner cancels it)."""
+        loop = asyncio.get_running_loop()
+        report_at = loop.time() + self.activity_interval
         while True:
-            await asyncio.sleep(self.tap_interval)
+            await asyncio.sleep(self.tap_interval)  # the flush period
+            seen = self.seen_keys
+            if seen and loop.time() >= report_at:
+                report_at = loop.time() + self.activity_interval
+                keys = tuple(seen)[:MAX_ACTIVITY_KEYS]
+                seen.clear()
+                await self._write(call, SubscribeRequest(activity=keys))
             while len(self.tap) or self.tap.dropped:
                 records, dropped = self.tap.take(MAX_TAP_RECORDS)
                 await self._write(

@@ -165,6 +165,8 @@ class Route:
     fallback: Destination | None = None  # fork with `fallback: baseline`
     status: int = 0  # for kind == "reject": the status to answer with
     error: str = ""  # for kind == "reject": the x-forklane-error reason
+    grpc_status: int = 0  # for kind == "reject": the gRPC status for gRPC calls (0: the error's)
+    delay: float = 0.0  # seconds to hold the request before forwarding (an injected fault)
     # The metrics row key "service<US>kind": a str, because str hashes are cached.
     stat_key: str = field(init=False, compare=False)
 
@@ -281,6 +283,18 @@ class LocalIdentity:
 
 
 @dataclass(frozen=True, slots=True)
+class FaultRule:
+    """A sandbox's fault for one service: for `fraction` of its keyed requests, answer with
+    `abort` (a prebuilt reject route) or hold them `delay` seconds."""
+
+    rule: str  # "faults[i]"
+    fraction: float
+    abort: Route | None
+    delay: float
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class RoutingTable:
     version: str
     snapshot: schema.RoutingSnapshot
@@ -293,6 +307,7 @@ class RoutingTable:
     local: LocalIdentity | None = None
     inbound_local: Route | None = None
     inbound_forks: dict[str, Route] = field(default_factory=dict)
+    faults: dict[tuple[str, str], FaultRule] = field(default_factory=dict)  # (key, service)
 
 
 def _cookie_value(header: str | None, name: str) -> str | None:
@@ -303,6 +318,22 @@ def _cookie_value(header: str | None, name: str) -> str | None:
         if sep and key == name:
             return value
     return None
+
+
+def _fault_rule(i: int, fault: schema.Fault) -> FaultRule:
+    rule = f"faults[{i}]"
+    who = f"sandbox {fault.sandbox}" if fault.sandbox else f"key {fault.routing_key}"
+    share = f"{fault.percent:g} % of requests"
+    if fault.delay_ms is not None:
+        reason = f"fault injected for {who}: {share} to {fault.service} held {fault.delay_ms} ms"
+        return FaultRule(rule, fault.percent / 100.0, None, fault.delay_ms / 1000.0, reason)
+    status = fault.abort_status or 503
+    effect = f"HTTP {status}" + (f", gRPC status {fault.grpc_status}" if fault.grpc_status else "")
+    reason = f"fault injected for {who}: {share} to {fault.service} answered {effect}"
+    abort = Route(kind="reject", service=fault.service, destination=None, rule=rule,
+                  reason=reason, status=status, error="fault-injected",
+                  grpc_status=fault.grpc_status or 0)
+    return FaultRule(rule, fault.percent / 100.0, abort, 0.0, reason)
 
 
 def _endpoints(addresses: tuple[str, ...]) -> tuple[Endpoint, ...]:
@@ -581,7 +612,11 @@ def build_table(
         own = services.get(local.service)
         if own is not None:
             inbound_forks = own.forks
+    faults: dict[tuple[str, str], FaultRule] = {}
+    for i, fault in enumerate(snapshot.faults):
+        faults[(fault.routing_key, fault.service)] = _fault_rule(i, fault)
     return RoutingTable(
+        faults=faults,
         version=snapshot.version,
         snapshot=snapshot,
         carriers=carriers,

@@ -198,6 +198,51 @@ def sandbox_extend(
     show(output, SANDBOX_COLUMNS, [item], "Sandbox", single=True)
 
 
+@sandbox_app.command("fault")
+def sandbox_fault(
+    ctx: typer.Context,
+    name: NameArg,
+    service: Annotated[str, typer.Option("--service", metavar="SERVICE", help="the callee")],
+    abort: Annotated[
+        int | None, typer.Option("--abort", metavar="STATUS", help="answer this HTTP status")
+    ] = None,
+    grpc_status: Annotated[
+        int | None,
+        typer.Option("--grpc-status", metavar="CODE", help="gRPC calls get this status"),
+    ] = None,
+    delay_ms: Annotated[
+        int | None, typer.Option("--delay-ms", metavar="MS", help="hold requests this long")
+    ] = None,
+    percent: Annotated[
+        float, typer.Option("--percent", metavar="P", help="share of the sandbox's requests")
+    ] = 100.0,
+    clear: Annotated[bool, typer.Option("--clear", help="remove the fault for SERVICE")] = False,
+    output: OutputOpt = Format.table,
+) -> None:
+    """Inject a fault into this sandbox's own requests to SERVICE (never anyone else's)."""
+    effects = [x is not None for x in (abort, grpc_status, delay_ms)]
+    if clear == any(effects):
+        raise UsageProblem("give --abort, --grpc-status or --delay-ms, or --clear")
+    with open_client(ctx) as client:
+        current = client.sandboxes.get(name)
+        doc = dump(current)
+        faults = [f for f in doc["spec"].get("faults", []) if f.get("service") != service]
+        if not clear:
+            fault: dict[str, object] = {"service": service, "percent": percent}
+            for field, value in (("abortStatus", abort), ("grpcStatus", grpc_status),
+                                 ("delayMs", delay_ms)):  # fmt: skip
+                if value is not None:
+                    fault[field] = value
+            faults.append(fault)
+        doc["spec"]["faults"] = faults
+        try:
+            wanted = Sandbox.model_validate(doc)
+        except ValidationError as exc:
+            raise validation_problem("--abort/--grpc-status/--delay-ms/--percent", exc) from None
+        item = client.sandboxes.update(wanted)
+    show(output, SANDBOX_COLUMNS, [item], "Sandbox", single=True)
+
+
 # --- route groups --------------------------------------------------------------------------------
 
 

@@ -115,8 +115,10 @@ class PushServer:
         keepalive: float = 30.0,
         recheck_interval: float = 30.0,
         taps: TapHub | None = None,
+        on_activity: Callable[[tuple[str, ...]], None] | None = None,
     ) -> None:
         self._taps = taps
+        self._on_activity = on_activity
         self._write_locks: dict[StreamId, asyncio.Lock] = {}
         self._publisher = publisher
         self._registry = registry
@@ -268,9 +270,11 @@ class PushServer:
     ) -> None:
         while True:
             answer = await self._read(context)
-            if answer.tap is not None:  # live-tap records, not an answer to a push
-                if self._taps is not None:
+            if answer.tap is not None or answer.activity is not None:  # not answers
+                if answer.tap is not None and self._taps is not None:
                     self._taps.received(node_id, answer.tap.records, answer.tap.dropped)
+                if answer.activity and self._on_activity is not None:
+                    self._on_activity(answer.activity)
                 continue
             if pending.nonce is None or answer.response_nonce != pending.nonce:
                 log.debug(

@@ -23,12 +23,15 @@ Invariants:
   never forwarded (Envoy's `headers_with_underscores_action`); counted;
 - repeated fields join with `,` in the view, except `cookie`, which joins with `; `
   (RFC 9113 §8.2.3, RFC 6265 §5.4): the same on both protocols;
+- every routing key decided is added to `stats.seen_keys` (a set add per keyed request),
+  which the subscriber reports as activity;
 - nothing here does I/O or reads a clock.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from forklane.proxy.context.carriers import TRACEPARENT, inject_routing_key
@@ -205,6 +208,10 @@ def route(
             decision = hit[0]
             if decision.key.conflict:
                 stats.key_conflicts += 1
+            elif decision.key.key is not None:
+                stats.seen_keys.add(decision.key.key)  # activity (ttl since lastActivity)
+            if table.faults:
+                decision = _fault(listener, table, decision, view, draw)
             return decision, hit[1], None
     request_view = RequestView(listener, method.decode("latin-1"), path.decode("latin-1"),
                                auth, view)
@@ -214,13 +221,43 @@ def route(
         decision, span = hooks.after_decide(request_view, table, decision, draw)
     if decision.key.conflict:
         stats.key_conflicts += 1
+    elif decision.key.key is not None:
+        stats.seen_keys.add(decision.key.key)
     injection = _injection(table, decision, view)
     if key is not None and _cacheable(listener, table, auth, decision.route):
         cache = fields.cache
         if len(cache) >= CACHE_SIZE:
             cache.clear()
         cache[key] = (decision, injection)
+    if table.faults:  # after caching: a fault is drawn for every request
+        decision = _fault(listener, table, decision, view, draw)
     return decision, injection, span
+
+
+def _fault(
+    listener: ListenerKind,
+    table: RoutingTable,
+    decision: Decision,
+    view: dict[str, str],
+    draw: Callable[[], float],
+) -> Decision:
+    """The decision with the key's fault for the routed service applied, if one is drawn.
+
+    Keyless requests are never touched. A request another sidecar already routed (its Via)
+    had its fault drawn there, so an inbound listener draws only for requests that came
+    straight from outside the mesh."""
+    key = decision.key.key
+    if key is None or (listener == "inbound" and ROUTED_MARKER in view):
+        return decision
+    route_ = decision.route
+    fault = table.faults.get((key, route_.service or ""))
+    if fault is None or route_.kind == "reject" or draw() >= fault.fraction:
+        return decision
+    if fault.abort is not None:
+        return Decision(fault.abort, decision.key, ())
+    delayed = replace(route_, delay=fault.delay, rule=f"{route_.rule}+{fault.rule}",
+                      reason=f"{route_.reason}; {fault.reason}")
+    return Decision(delayed, decision.key, decision.mirrors)
 
 
 class Hop:

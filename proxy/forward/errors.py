@@ -26,6 +26,7 @@ __all__ = [
     "DEADLINE_EXCEEDED",
     "DUPLICATE_HOST",
     "ERRORS",
+    "FAULT_INJECTED",
     "FORK_UNAVAILABLE",
     "HEADERS_TOO_LARGE",
     "HEADER_TIMEOUT",
@@ -83,6 +84,8 @@ NO_ROUTE = _e("no-route", 404, GRPC_UNAVAILABLE, "none", "no service has this au
 NO_CONFIG = _e("no-config", 503, GRPC_UNAVAILABLE, "none", "no routing table is loaded yet")
 NO_ENDPOINTS = _e("no-endpoints", 503, GRPC_UNAVAILABLE, "none",
                   "the service has no ready endpoints (discovered, scaled to zero)")
+FAULT_INJECTED = _e("fault-injected", 503, GRPC_UNAVAILABLE, "none",
+                    "a fault the sandbox asked for (`faults`); status as configured")
 # -- upstream failures (counted per failed attempt, with the attempt's reason) ----------------
 FORK_UNAVAILABLE = _e("fork-unavailable", 503, GRPC_UNAVAILABLE, "attempts",
                       "the fork is not reachable and its fallback is `fail`", "connect-failed")
@@ -135,9 +138,9 @@ CONNECT_UNSUPPORTED = _e("connect-unsupported", 405, GRPC_UNIMPLEMENTED, "reject
 ERRORS: dict[str, ProxyError] = {
     e.reason: e
     for e in (
-        NO_ROUTE, NO_CONFIG, NO_ENDPOINTS, FORK_UNAVAILABLE, UPSTREAM_CONNECT_FAILED, UPSTREAM_CONNECT_TIMEOUT,
-        UPSTREAM_RESET, UPSTREAM_NO_RESPONSE, UPSTREAM_TIMEOUT, DEADLINE_EXCEEDED, CIRCUIT_OPEN,
-        HEADER_TIMEOUT,
+        NO_ROUTE, NO_CONFIG, NO_ENDPOINTS, FAULT_INJECTED, FORK_UNAVAILABLE,
+        UPSTREAM_CONNECT_FAILED, UPSTREAM_CONNECT_TIMEOUT, UPSTREAM_RESET, UPSTREAM_NO_RESPONSE,
+        UPSTREAM_TIMEOUT, DEADLINE_EXCEEDED, CIRCUIT_OPEN, HEADER_TIMEOUT,
         HEADERS_TOO_LARGE, MALFORMED_REQUEST, DUPLICATE_HOST, MISSING_HOST, BAD_HOST, BAD_TARGET,
         BAD_TRANSFER_ENCODING, UNSUPPORTED_TRANSFER_CODING, BAD_CONNECTION_HEADER,
         UNSUPPORTED_VERSION, CONNECT_UNSUPPORTED, OVERLOADED, BODY_TIMEOUT,

@@ -903,7 +903,16 @@ class Downstream(asyncio.Protocol):
             self.reply(ex, LocalReply(route.status or error.status, error.reason, route.reason,
                                       close=not ex.req_done and ex.has_body))
             return
+        if route.delay:  # an injected fault: hold the request, then forward it
+            self.ctx.spawn(self._dispatch_later(ex, route.destination, route.delay))
+            return
         self.dispatch(ex, route.destination, None, fresh=False)
+
+    async def _dispatch_later(self, ex: Exchange, dest: Destination, delay: float) -> None:
+        await asyncio.sleep(delay)  # the fault's delay, not synchronisation
+        self.ctx.clock.tick()
+        if ex.phase < DONE and self.transport is not None:
+            self.dispatch(ex, dest, None, fresh=False)
 
     def dispatch(
         self, ex: Exchange, dest: Destination, exclude: Endpoint | None, fresh: bool

@@ -211,6 +211,11 @@ class H2Stream:
             circuit.pending += 1
             ctx.spawn(self._open(dest, endpoint, circuit))
 
+    async def dispatch_later(self, dest: Destination, delay: float) -> None:
+        await asyncio.sleep(delay)  # the fault's delay, not synchronisation
+        if self.phase < DONE:
+            self.dispatch(dest, None, fresh=False)
+
     def overloaded(self) -> None:
         error = errors.OVERLOADED
         self.down.ctx.stats.rejected[error.label] += 1
@@ -443,14 +448,14 @@ class H2Stream:
 
     # -- answers the proxy makes itself ----------------------------------------------------------
 
-    def fail(self, err: ProxyError, message: str, status: int = 0) -> None:
+    def fail(self, err: ProxyError, message: str, status: int = 0, grpc_status: int = 0) -> None:
         """End the stream with an error of the table: a gRPC status for gRPC, else an HTTP
         error answer (or a stream reset when the response head already went out). `status`
-        overrides the table's HTTP status (a route's own reject status)."""
+        and `grpc_status` override the table's (a route's own reject status)."""
         if self.phase >= DONE:
             return
         error = err.reason
-        grpc_status = err.grpc_status
+        grpc_status = grpc_status or err.grpc_status
         status = status or err.status
         self.error = error
         down = self.down
@@ -754,8 +759,12 @@ class H2Downstream(asyncio.Protocol, Peer):
             self.starting = []
             for stream in starting:
                 if stream.phase < DONE:
-                    assert stream.route is not None and stream.route.destination is not None
-                    stream.dispatch(stream.route.destination, None, fresh=False)
+                    route = stream.route
+                    assert route is not None and route.destination is not None
+                    if route.delay:  # an injected fault: hold the stream, then forward it
+                        self.ctx.spawn(stream.dispatch_later(route.destination, route.delay))
+                    else:
+                        stream.dispatch(route.destination, None, fresh=False)
                     if stream.mirrors is not None:
                         for mirror in stream.mirrors:
                             mirror.start()
@@ -931,7 +940,7 @@ class H2Downstream(asyncio.Protocol, Peer):
                 stream.dispatch(passthrough.destination, None, fresh=False)
                 return
             stream.fail(errors.error_for(route.error or "no-route"), route.reason,
-                        status=route.status)
+                        status=route.status, grpc_status=route.grpc_status)
             return
         if decision.mirrors:
             shared = self.shared

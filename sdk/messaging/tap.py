@@ -36,7 +36,7 @@ class TapReporter:
         self._size = size
         self._interval = interval
         self._task: asyncio.Task[None] | None = None
-        self._wake = asyncio.Event()
+        self._stop = asyncio.Event()
         self.sent = 0
         self.dropped = 0
         self.failures = 0
@@ -53,17 +53,18 @@ class TapReporter:
             self._task = asyncio.create_task(self._run(), name="forklane-tap-reporter")
 
     async def aclose(self) -> None:
-        """Stop, after one last attempt to send what is queued."""
+        """Stop, after one last attempt to send what is queued (a post in flight finishes)."""
         task, self._task = self._task, None
+        self._stop.set()
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        await self._flush()
+            await task
+        else:
+            await self._flush()
 
     async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self._interval)  # batching period, not synchronisation
+        while not self._stop.is_set():
+            with contextlib.suppress(TimeoutError):  # the batching period
+                await asyncio.wait_for(self._stop.wait(), self._interval)
             await self._flush()
 
     async def _flush(self) -> None:

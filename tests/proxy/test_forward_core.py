@@ -167,3 +167,50 @@ def test_the_cache_is_bounded() -> None:
     for i in range(core.CACHE_SIZE + 10):
         route(fields, t, "catalog", {"x-forklane-routing-key": f"k{i}"})
     assert len(fields.cache) <= core.CACHE_SIZE
+
+
+FAULTS = [{"routing_key": KEY, "service": "catalog", "percent": 30, "abort_status": 503},
+          {"routing_key": KEY, "service": "cart", "delay_ms": 250}]
+
+
+def test_faults_never_touch_keyless_requests() -> None:
+    t = table(faults=FAULTS)
+    fields = core.TableFields(t, None)
+    for authority, split_draws in (("catalog", 0), ("cart", 1)):
+        for _ in range(3):  # decided, then from the cache
+            draws = Draws(0.0, 0.0)  # a draw for the fault would always hit
+            decision = route(fields, t, authority, {}, draws)[0]
+            assert decision.route.kind != "reject" and decision.route.delay == 0
+            assert draws.calls <= split_draws  # not even a draw for the fault
+
+
+def test_a_fault_is_drawn_per_request_behind_the_cache() -> None:
+    t = table(faults=FAULTS)
+    fields = core.TableFields(t, None)
+    view = {"x-forklane-routing-key": KEY}
+    hit = route(fields, t, "catalog", dict(view), Draws(0.1))[0]
+    assert hit.route.kind == "reject" and hit.route.error == "fault-injected"
+    assert hit.route.status == 503 and hit.route.rule == "faults[0]"
+    miss = route(fields, t, "catalog", dict(view), Draws(0.9))[0]  # from the cache this time
+    assert miss.route.kind == "fork"
+    assert len(fields.cache) == 1 and next(iter(fields.cache.values()))[0].route.kind == "fork"
+
+
+def test_a_delay_keeps_the_route_and_holds_it() -> None:
+    t = table(faults=FAULTS)
+    fields = core.TableFields(t, None)
+    decision = route(fields, t, "cart", {"x-forklane-routing-key": KEY}, Draws(0.99, 0.5))[0]
+    assert decision.route.kind == "split" and decision.route.delay == 0.25
+    assert decision.route.rule.endswith("+faults[1]")
+
+
+def test_an_inbound_listener_leaves_a_routed_request_alone() -> None:
+    t = table(faults=[{"routing_key": KEY, "service": "catalog", "abort_status": 500}])
+    fields = core.TableFields(t, None)
+    routed = route(fields, t, "catalog", {"x-forklane-routing-key": KEY},
+                   listener="inbound")
+    assert routed[0].route.kind == "reject"  # straight from outside the mesh: drawn here
+    via_sidecar = core.route("inbound", fields, t, b"GET", b"/", b"catalog",
+                             {"x-forklane-routing-key": KEY}, Draws(), None, Stats(),
+                             b"1.1 forklane")
+    assert via_sidecar[0].route.kind != "reject"
