@@ -35,6 +35,7 @@ HOT_MODULES = (
     "forklane.proxy.http1.server",
     "forklane.proxy.http1.upstream",
     "forklane.proxy.http1.messages",
+    "forklane.proxy.http1.head",
     "forklane.proxy.routing",
     "forklane.proxy.context.carriers",
     "forklane.proxy.balancer",
@@ -67,6 +68,24 @@ def _source(module: str) -> str:
     raise ValueError(module)
 
 
+def _stage_pxd(root: str = "build/pxd") -> str:
+    """Copy each hot module's augmenting `.pxd` (C types for the compiled build, next to its
+    source) to where Cython looks for it: under the module's import name, which differs from
+    the folder the source sits in (`proxy/` is `forklane.proxy`)."""
+    for name in HOT_MODULES:
+        pxd = _source(name)[: -len(".py")] + ".pxd"
+        if not os.path.exists(pxd):
+            continue
+        parts = name.split(".")
+        for depth in range(1, len(parts)):  # Cython wants each level to be a package
+            folder = os.path.join(root, *parts[:depth])
+            os.makedirs(folder, exist_ok=True)
+            open(os.path.join(folder, "__init__.pxd"), "a").close()
+        with open(pxd, "rb") as src, open(os.path.join(root, *parts) + ".pxd", "wb") as dst:
+            dst.write(src.read())
+    return root
+
+
 def _extensions() -> list[Extension]:
     if os.environ.get("FORKLANE_NO_COMPILE"):
         print("forklane: FORKLANE_NO_COMPILE is set: installing the interpreted hot path",
@@ -84,6 +103,7 @@ def _extensions() -> list[Extension]:
         language_level=3,
         quiet=True,
         build_dir="build/cython",  # the generated C stays out of the source tree
+        include_path=[_stage_pxd()],
         compiler_directives={
             # Annotations are for mypy; typing C variables from them would change behaviour
             # (a `float` annotation becomes a C double, `int` rejects bools...).

@@ -22,7 +22,8 @@ from collections.abc import Sequence
 from types import ModuleType
 from typing import Literal
 
-__all__ = ["MODULES", "HotPathError", "Mode", "compiled_available", "mode", "select"]
+__all__ = ["MODULES", "HotPathError", "Mode", "compiled_available", "is_compiled", "mode",
+           "select"]
 
 Mode = Literal["auto", "compiled", "interpreted"]
 
@@ -32,6 +33,7 @@ MODULES: tuple[str, ...] = (
     "forklane.proxy.http1.server",
     "forklane.proxy.http1.upstream",
     "forklane.proxy.http1.messages",
+    "forklane.proxy.http1.head",
     "forklane.proxy.routing",
     "forklane.proxy.context.carriers",
     "forklane.proxy.balancer",
@@ -102,6 +104,13 @@ def select(wanted: Mode) -> str:
         raise HotPathError("the compiled hot path is not installed (no C compiler at build "
                            "time?); run with hot_path=auto or interpreted")
     return "compiled" if available else "interpreted"
+
+
+def is_compiled(name: str) -> bool:
+    """Whether module `name` (imported or importable) runs compiled in this process."""
+    if any(isinstance(f, _SourceFinder) for f in sys.meta_path):
+        return False
+    return _is_extension(name)
 
 
 def mode() -> str:

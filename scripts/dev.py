@@ -84,8 +84,9 @@ def _fingerprint() -> str:
             if "__pycache__" not in path.parts and path.suffix in (".py", ".typed", ".pyx", ".pxd"):
                 h.update(str(path.relative_to(ROOT)).encode() + b"\n")
     for path in _hot_sources():
-        if path.exists():
-            h.update(path.read_bytes())
+        for source in (path, path.with_suffix(".pxd")):  # an augmenting .pxd types the build
+            if source.exists():
+                h.update(source.read_bytes())
     return h.hexdigest()
 
 

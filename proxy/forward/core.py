@@ -107,7 +107,7 @@ _Outcome = tuple[Decision, Injection]
 class TableFields:
     """Field classification and the routing-outcome cache of one table, for one listener."""
 
-    __slots__ = ("cache", "h1", "h2", "interesting_raw", "table", "tp_matters")
+    __slots__ = ("cache", "h1", "h2", "interesting_raw", "names", "table", "tp_matters")
 
     def __init__(self, table: RoutingTable | None, explain: bytes | None) -> None:
         self.table = table
@@ -129,6 +129,9 @@ class TableFields:
         # traceparent's validity changes a decision only through tracestate carriers.
         self.tp_matters = plan is not None and bool(plan.tracestate_sources or plan.emit_tracestate)
         self.cache: dict[object, _Outcome] = {}
+        # HTTP/1.1 field names as clients send them -> (action, lowercase name); filled by
+        # the head reader (`http1.head`), so a name seen before costs one look-up.
+        self.names: dict[bytes, tuple[int, str]] = {}
 
 
 def lookalike(name: bytes, interesting_raw: frozenset[bytes]) -> bool:
@@ -264,7 +267,8 @@ class Hop:
     """What one client connection adds to every request it forwards: its peer address and
     scheme, and this proxy's Via token for the protocol. Built once per connection."""
 
-    __slots__ = ("forwarded", "peer", "proto", "proto_field", "via_field", "via_hop")
+    __slots__ = ("forwarded", "forwarded_raw", "peer", "proto", "proto_field", "via_field",
+                 "via_hop", "via_raw")
 
     def __init__(self, peer: bytes, proto: bytes, via_hop: bytes) -> None:
         self.peer = peer
@@ -274,6 +278,9 @@ class Hop:
         self.via_field = (b"via", via_hop)
         # The common case: no X-Forwarded-For/-Proto from the client.
         self.forwarded = ((b"x-forwarded-for", peer), self.proto_field)
+        # The same as raw lines, and Via with the blank line that ends a head.
+        self.forwarded_raw = b"x-forwarded-for: " + peer + b"\r\nx-forwarded-proto: " + proto + b"\r\n"
+        self.via_raw = b"via: " + via_hop + b"\r\n\r\n"
 
 
 def forwarded_fields(

@@ -13,6 +13,7 @@ deadline is enforced by the listener's sweep (`ListenerContext.watch`), not a ti
 from __future__ import annotations
 
 from forklane.proxy.forward.accounting import count_row
+from forklane.proxy.http1.head import ResponseHead
 from forklane.proxy.http1.upstream import UpstreamConnection
 from forklane.proxy.listener.context import ListenerContext
 from forklane.proxy.table import Destination, Endpoint
@@ -139,6 +140,10 @@ class MirrorCopy:
     ) -> None:
         self.ctx.stats.mirror["answered"] += 1
         count_row(self.ctx.rows, self.stat_key, status)
+
+    def response_head_raw(self, conn: UpstreamConnection, head: ResponseHead) -> None:
+        self.ctx.stats.mirror["answered"] += 1
+        count_row(self.ctx.rows, self.stat_key, head.status)
 
     def response_body(self, data: bytes) -> None:
         pass

@@ -18,11 +18,15 @@ from typing import Protocol, cast
 
 import httptools
 
+from forklane.proxy import hotpath
+from forklane.proxy.http1.head import ResponseHead, parse_response
 from forklane.proxy.listener.context import Clock
 from forklane.proxy.sockets import tune_transport
 from forklane.proxy.table import Endpoint
 
 __all__ = ["Pools", "ResponseSink", "UpstreamConnection"]
+
+FAST_HEADS = hotpath.is_compiled("forklane.proxy.http1.head")  # see http1.server.FAST_HEADS
 
 
 class ResponseSink(Protocol):
@@ -37,6 +41,7 @@ class ResponseSink(Protocol):
     def upstream_lost(self, conn: UpstreamConnection, exc: Exception | None) -> None: ...
     def upstream_pause(self, paused: bool) -> None: ...
     def upgraded(self, conn: UpstreamConnection, rest: bytes) -> None: ...
+    def response_head_raw(self, conn: UpstreamConnection, head: ResponseHead) -> None: ...
     def cork(self) -> None: ...
     def uncork(self) -> None: ...
 
@@ -44,6 +49,8 @@ class ResponseSink(Protocol):
 class UpstreamConnection(asyncio.Protocol):
     __slots__ = (
         "address",
+        "body_left",
+        "busy",
         "head_request",
         "headers",
         "in_trailers",
@@ -80,6 +87,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.last_used = 0.0
         self.tunnel = False
         self.upgrade_expected = False
+        self.busy = False  # the full parser is inside a message
+        self.body_left = 0  # Content-Length body bytes still due to a response `_fast_head` read
 
     # -- asyncio.Protocol --------------------------------------------------------------------
 
@@ -100,7 +109,12 @@ class UpstreamConnection(asyncio.Protocol):
         if sink is not None:
             sink.cork()
         try:
-            self.parser.feed_data(data)
+            if self.body_left:
+                data = self._fast_body(data)
+            if FAST_HEADS and data and not self.busy and sink is not None and not self.head_request:
+                data = self._fast_head(data, sink)
+            if data:
+                self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
             offset = exc.args[0] if exc.args and isinstance(exc.args[0], int) else len(data)
             self.tunnel = True
@@ -115,7 +129,47 @@ class UpstreamConnection(asyncio.Protocol):
                 sink.uncork()
         if self.reset_parser:
             self.reset_parser = False
+            self.busy = False
             self.parser = httptools.HttpResponseParser(self)
+
+    def _fast_head(self, data: bytes, sink: ResponseSink) -> bytes:
+        """A response `parse_response` reads whole, with its Content-Length body as far as it
+        came; returns what the full parser must see (everything, when it is unsure)."""
+        head = parse_response(data, 0)
+        if head is None:
+            return data
+        self.status = head.status
+        self.keep_alive = head.keep_alive
+        self.interim = False
+        self.in_trailers = True
+        sink.response_head_raw(self, head)
+        pos = head.end
+        length = head.content_length
+        rest = len(data) - pos
+        if rest < length:
+            if rest and self.sink is not None:
+                self.sink.response_body(data[pos:])
+            self.body_left = length - rest
+            return b""
+        if length and self.sink is not None:
+            self.sink.response_body(data[pos : pos + length])
+        self._finish()
+        return data[pos + length :]
+
+    def _fast_body(self, data: bytes) -> bytes:
+        """More of a Content-Length body `_fast_head` started; returns the bytes after it."""
+        left = self.body_left
+        sink = self.sink
+        if len(data) < left:
+            self.body_left = left - len(data)
+            if sink is not None:
+                sink.response_body(data)
+            return b""
+        self.body_left = 0
+        if sink is not None:
+            sink.response_body(data if len(data) == left else data[:left])
+        self._finish()
+        return data[left:]
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.pools.closed(self)
@@ -135,6 +189,7 @@ class UpstreamConnection(asyncio.Protocol):
     # -- httptools callbacks -----------------------------------------------------------------
 
     def on_message_begin(self) -> None:
+        self.busy = True
         self.headers = []
         self.in_trailers = False
         self.reason = b""
@@ -171,6 +226,7 @@ class UpstreamConnection(asyncio.Protocol):
             self.sink.response_body(body)
 
     def on_message_complete(self) -> None:
+        self.busy = False
         if self.status == 101:
             return  # the tunnel takes over (HttpParserUpgrade follows)
         if self.interim:

@@ -26,3 +26,15 @@ def test_dockerfile_promises() -> None:
         assert needed in TEXT.split("FROM ${PYTHON_IMAGE} AS build", 1)[1].split("\nFROM")[0]
     assert '".[all]"' in TEXT
     assert ".tools" in (ROOT / ".dockerignore").read_text().split()
+
+
+def test_the_image_builds_the_compiled_hot_path() -> None:
+    """A C compiler in the build stage, the constraints file for the isolated build too, and
+    a build that fails unless `hotpath.mode()` says compiled; no local build products copied."""
+    build = TEXT.split("FROM ${PYTHON_IMAGE} AS build", 1)[1].split("\nFROM")[0]
+    assert "gcc" in build and "libc6-dev" in build
+    assert "PIP_CONSTRAINT=/src/constraints.txt" in build
+    assert "hotpath.mode()" in build and "'compiled'" in build
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    for pattern in ("*.so", "*.c", "**/*.so", "**/*.c", "build"):
+        assert pattern in ignored, pattern

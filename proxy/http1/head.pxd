@@ -1,0 +1,55 @@
+# Types for the compiled build of head.py (Cython reads this next to the source; the
+# interpreted build never sees it). Offsets are C integers; the heads are C structs.
+import cython
+
+cdef class RequestHead:
+    cdef public Py_ssize_t end
+    cdef public bytes method
+    cdef public bytes target
+    cdef public bytes host
+    cdef public bytes kept
+    cdef public dict view
+    cdef public Py_ssize_t content_length
+    cdef public bint keep_alive
+    cdef public object xff
+    cdef public bint xfp
+    cdef public bint xfh
+    cdef public object via
+    cdef public bint explain
+    cdef public Py_ssize_t header_bytes
+
+cdef class ResponseHead:
+    cdef public Py_ssize_t end
+    cdef public int status
+    cdef public bytes line
+    cdef public bytes kept
+    cdef public bytes length
+    cdef public Py_ssize_t content_length
+    cdef public bint keep_alive
+    cdef public object via
+
+@cython.locals(raw=bytes, lines=list)
+cpdef list _lines(bytes data, Py_ssize_t start, Py_ssize_t end)
+
+@cython.locals(lname=bytes, entry=tuple)
+cpdef tuple _field_action(dict names, dict actions, bytes name)
+
+@cython.locals(end=Py_ssize_t, count=Py_ssize_t, host_count=Py_ssize_t, run=Py_ssize_t,
+               pos=Py_ssize_t, index=Py_ssize_t, first=int, last=int, action=int,
+               lines=list, line=bytes, block=bytes, name=bytes, sep=bytes, value=bytes,
+               method=bytes, target=bytes, rest=bytes, version=bytes, head=RequestHead,
+               parts=list, view=dict, entry=tuple)
+cpdef RequestHead parse_request(bytes data, Py_ssize_t start, dict actions, dict names,
+                                Py_ssize_t max_bytes, Py_ssize_t max_count)
+
+@cython.locals(lowered=bytes, out=list, line=bytes)
+cpdef bytes drop_fields(bytes block, frozenset names)
+
+@cython.locals(lname=bytes)
+cpdef int _response_action(bytes name)
+
+@cython.locals(end=Py_ssize_t, count=Py_ssize_t, status=int, run=Py_ssize_t,
+               pos=Py_ssize_t, index=Py_ssize_t, first=int, last=int, action=int,
+               lines=list, line=bytes, block=bytes, name=bytes, sep=bytes, value=bytes,
+               head=ResponseHead, parts=list)
+cpdef ResponseHead parse_response(bytes data, Py_ssize_t start)
