@@ -119,10 +119,14 @@ async def _errors_and_auth(request: web.Request, handler: Handler) -> web.Stream
         return _error_response(err)
     except StoreError as exc:
         return _error_response(from_store_error(exc))
+    except web.HTTPMethodNotAllowed as exc:
+        response = _error_response(ApiError(405, f"method {request.method} not allowed"))
+        response.headers["Allow"] = ", ".join(sorted(exc.allowed_methods))  # RFC 9110 §15.5.6
+        return response
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        message = {404: "no such resource or path", 405: f"method {request.method} not allowed"}
+        message = {404: "no such resource or path"}
         return _error_response(ApiError(exc.status, message.get(exc.status, exc.reason)))
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
@@ -173,18 +177,27 @@ async def _body(request: web.Request) -> dict[str, Any]:
 
 
 def _validate(model: type[BaseModel], data: dict[str, Any]) -> Any:
+    """Strict, as JSON: no coercion at the boundary ("3600" is not a number, `true` is not a
+    weight), unknown fields rejected (every wire model forbids extras)."""
     try:
-        return model.model_validate(data)
+        return model.model_validate_json(json.dumps(data), strict=True)
     except ValidationError as exc:
         raise from_validation_error(exc) from exc
 
 
+_CLIENT_METADATA = ("name", "labels")
+
+
 def _resource_input(kind: ResourceKind, data: dict[str, Any]) -> Any:
-    """Validate a create/update body; server-managed metadata and status are ignored."""
+    """Validate a create/update body. The whole document is checked first, so an unknown or
+    mistyped `metadata` field is a 422 rather than silently dropped; then what the server
+    manages (uid, generation, timestamps, status) is set aside, as a document read back and
+    sent again carries it."""
+    _validate(kind.model, data)
+    data = {k: v for k, v in data.items() if k != "status"}
     meta = data.get("metadata")
     if isinstance(meta, dict):
-        data = {**data, "metadata": {k: meta[k] for k in ("name", "labels") if k in meta}}
-    data.pop("status", None)
+        data["metadata"] = {k: meta[k] for k in _CLIENT_METADATA if k in meta}
     return _validate(kind.model, data)
 
 
@@ -268,6 +281,16 @@ def _warning_headers(warnings: list[str], base: dict[str, str]) -> CIMultiDict[s
     return headers
 
 
+def _flag(request: web.Request, name: str) -> bool:
+    """A boolean query parameter, given at most once: true/1 or false/0, nothing else."""
+    values = request.query.getall(name, [])
+    if not values:
+        return False
+    if len(values) > 1 or values[0].lower() not in ("true", "1", "false", "0"):
+        raise ApiError(400, f"{name} must be given once, as true or false")
+    return values[0].lower() in ("true", "1")
+
+
 def _dry_run(request: web.Request) -> bool:
     value = request.query.get("dryRun")
     if value is None:
@@ -298,7 +321,10 @@ def _expected_version(request: web.Request, body_version: str | None) -> int | N
     header = request.headers.get("If-Match")
     values = []
     if header is not None:
-        values.append(header.strip().removeprefix("W/").strip('"'))
+        value = header.strip().removeprefix("W/").strip('"')
+        if not value:
+            raise ApiError(400, "If-Match is empty: name a resourceVersion, or omit the header")
+        values.append(value)
     if body_version is not None:
         values.append(body_version)
     if not values:
@@ -391,7 +417,7 @@ async def list_resources(request: web.Request) -> web.StreamResponse:
         selector = parse_selector(query.get("labelSelector", ""))
     except ValueError as exc:
         raise ApiError(400, f"labelSelector: {exc}") from exc
-    if query.get("watch", "").lower() in ("true", "1"):
+    if _flag(request, "watch"):
         ctx = request.app[CTX]
         watched: web.StreamResponse = await serve_watch(
             request, store=ctx.store, plural=plural, kind=kind.kind, selector=selector,
@@ -432,10 +458,8 @@ async def update_resource(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     data = await _body(request)
     meta = data.get("metadata")
+    obj = _resource_input(kind, data)  # strict: a resourceVersion is a string or absent
     body_version = meta.get("resourceVersion") if isinstance(meta, dict) else None
-    if body_version is not None and not isinstance(body_version, str):
-        body_version = str(body_version)
-    obj = _resource_input(kind, data)
     if obj.metadata.name != name:
         raise ApiError(400, f"metadata.name {obj.metadata.name!r} does not match the URL {name!r}")
     dry_run = _dry_run(request)
@@ -616,6 +640,12 @@ async def get_snapshot(request: web.Request) -> web.Response:
 async def list_routes(request: web.Request) -> web.StreamResponse:
     """The routes view (see `controlplane.routes`): readable with a `consumer` token."""
     _check(request, "list", "routes")
+    # malformed watch parameters are a 400 even on a plain list, before the view reads them
+    _flag(request, "watch")
+    _flag(request, "allowWatchBookmarks")
+    timeouts = request.query.getall("timeoutSeconds", [])
+    if len(timeouts) > 1 or (timeouts and not timeouts[0].isdigit()):
+        raise ApiError(400, "timeoutSeconds must be given once, as a non-negative integer")
     ctx = request.app[CTX]
     try:
         selector = parse_selector(request.query.get("labelSelector", ""))
