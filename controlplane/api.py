@@ -634,7 +634,11 @@ async def get_snapshot(request: web.Request) -> web.Response:
     latest = request.app[CTX].publisher.latest
     if latest is None:
         raise ApiError(503, "no snapshot compiled yet")
-    return _respond(latest.model_dump(mode="json"))
+    doc = latest.model_dump(mode="json")
+    if doc.get("signing"):
+        # the signing secrets go to proxies over the push stream only, never to a reader here
+        doc["signing"] = {"secrets": ["<redacted>"] * len(doc["signing"]["secrets"])}
+    return _respond(doc)
 
 
 async def list_routes(request: web.Request) -> web.StreamResponse:

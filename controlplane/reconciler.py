@@ -171,8 +171,10 @@ class Reconciler:
         fast_interval: float = 0.25,
         probe_concurrency: int = 64,
         carriers: tuple[Carrier, ...] | None = None,
+        signing_secrets: tuple[str, ...] = (),
     ) -> None:
         self._store = store
+        self._signing = signing_secrets  # newest first; empty: routing keys are not signed
         self._publisher = publisher
         self._acks = acks
         self._clock = clock
@@ -353,6 +355,7 @@ class Reconciler:
             ),
             self._carriers,
             self._service_cache,
+            signing_secrets=self._signing,
         )
         held = {id(m) for m in by_kind["services"]}
         for stale in self._service_cache.keys() - held:
@@ -507,7 +510,7 @@ class Reconciler:
                     awaiting = included if awaiting is None else min(awaiting, included)
                 inputs: tuple[Any, ...] = (
                     record.resource_version, problem, compiled.routing_keys.get(key),
-                    probed.seq if probed else -1, routed_now,
+                    probed.seq if probed else -1, routed_now, compiled.signed_keys.get(key),
                 )
                 if self._judged.get(key) == inputs:
                     continue
@@ -518,13 +521,13 @@ class Reconciler:
             elif isinstance(model, wire.RouteGroup):
                 members = compiled.group_members.get(name, ())
                 inputs = (record.resource_version, problem, compiled.routing_keys.get(key),
-                          members)
+                          members, compiled.signed_keys.get(key))
                 if self._judged.get(key) == inputs:
                     continue
                 phase = "Failed" if problem else ("Ready" if members else "Pending")
                 status = wire.RouteGroupStatus(
                     phase=phase,
-                    routing_key=compiled.routing_keys.get(key),
+                    routing_key=compiled.signed_keys.get(key) or compiled.routing_keys.get(key),
                     observed_generation=record.generation,
                     sandboxes=list(members),
                     conditions=_conditions(
@@ -607,7 +610,8 @@ class Reconciler:
         phase = "Failed" if not ok else ("Ready" if ready else "Pending")
         return wire.SandboxStatus(
             phase=phase,
-            routing_key=compiled.routing_keys.get(("sandboxes", sb.metadata.name)),
+            routing_key=compiled.signed_keys.get(("sandboxes", sb.metadata.name))
+            or compiled.routing_keys.get(("sandboxes", sb.metadata.name)),
             observed_generation=generation,
             expires_at=expires_at(sb),
             forks=forks or [],

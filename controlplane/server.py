@@ -90,7 +90,7 @@ class ControlPlane:
         self.reconciler = Reconciler(
             self.store, self.publisher, self.registry, clock=clock, probe=probe,
             probe_timeout=settings.probe_timeout, interval=settings.reconcile_interval,
-            carriers=settings.carrier_list(),
+            carriers=settings.carrier_list(), signing_secrets=settings.routing_key_secrets,
         )
         if with_push:
             # an ACK may make a sandbox Ready: judge it now (the reconciler wakes only when

@@ -53,6 +53,8 @@ class Stats:
         self.capture_loops = 0
         self.mirror: defaultdict[str, int] = defaultdict(int)  # sent / failed / dropped
         self.keys_restored: defaultdict[str, int] = defaultdict(int)
+        # Signed routing keys that did not verify, by reason (unsigned/bad-signature/expired).
+        self.keys_rejected: defaultdict[str, int] = defaultdict(int)
         self.propagation_gaps: defaultdict[str, int] = defaultdict(int)
         self.taps: list[Any] = []  # asyncio queues of live-tap readers (admin /tap)
         self.config_reloads = 0
@@ -128,6 +130,9 @@ class _Collector:
             ("forklane_mirror_requests", "Mirrored copies by result", s.mirror, "result"),
             ("forklane_routing_keys_restored", "Keys restored from the trace memory",
              s.keys_restored, "service"),
+            ("forklane_routing_keys_rejected",
+             "Requests whose routing key failed signature checks (sent to the baseline)",
+             s.keys_rejected, "reason"),
             ("forklane_propagation_gap", "Outbound requests of a keyed trace that lost the key",
              s.propagation_gaps, "service"),
         ):

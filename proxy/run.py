@@ -51,7 +51,7 @@ class Proxy:
         local = None
         if settings.service and settings.local_app:
             local = LocalIdentity(service=settings.service, app=settings.local_app)
-        self.holder = TableHolder(local, settings.namespace or "")
+        self.holder = TableHolder(local, settings.namespace or "", edge=settings.edge)
         self.stats = Stats()
         self.stats.reload_failures = lambda: self.holder.reload_failures
         self.holder.on_swap(self._swapped)

@@ -185,6 +185,13 @@ class ProxySettings(BaseSettings):
         10.0, gt=0, le=3600, description="how long an ejected endpoint is left out"
     )
 
+    # --- routing security ---
+    edge: bool = Field(
+        False, description="this proxy takes requests from outside the mesh (an ingress "
+        "sidecar): a routing key it cannot verify as signed is removed before forwarding, and "
+        "without signing in the snapshot no outside key reaches a fork",
+    )
+
     # --- behaviour switches ---
     access_log: bool = Field(False, description="one JSON line per request on stdout")
     explain_header: str | None = Field(

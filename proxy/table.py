@@ -20,11 +20,14 @@ from __future__ import annotations
 
 import hashlib
 import math
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from forklane.proxy import schema
 from forklane.proxy.context.carriers import CarrierPlan, build_carrier_plan
+from forklane.proxy.context.signing import KeyClaims, KeyVerifier
 
 __all__ = [
     "ConfigError",
@@ -230,6 +233,9 @@ class RoutingTable:
     local: LocalIdentity | None = None
     inbound_local: Route | None = None
     inbound_forks: dict[str, Route] = field(default_factory=dict)
+    # Signed routing keys (None: any key reaches its fork); edge: strip keys that fail it.
+    verifier: KeyVerifier | None = None
+    edge: bool = False
 
 
 def _cookie_value(header: str | None, name: str) -> str | None:
@@ -314,11 +320,16 @@ def build_table(
     snapshot: schema.RoutingSnapshot,
     local: LocalIdentity | None = None,
     namespace: str = "",
+    *,
+    edge: bool = False,
+    clock: Callable[[], float] = time.time,
 ) -> RoutingTable:
     """Compile a validated snapshot into the table. A local service the snapshot does not know
     is not an error: the inbound listener then simply delivers everything to the local app.
     `namespace` is the proxy's Kubernetes namespace ('' outside a cluster): it decides which
-    namespace authorities (bare Service names) this proxy resolves."""
+    namespace authorities (bare Service names) this proxy resolves. `edge`: this proxy takes
+    requests from outside (an ingress sidecar), so a routing key it cannot verify is removed
+    before forwarding. `clock` (epoch seconds) judges signed keys' expiry."""
     carriers = build_carrier_plan(snapshot.carriers)
     interesting: set[str] = set(carriers.header_names) | {ROUTED_MARKER}
     services: dict[str, ServiceRoutes] = {}
@@ -477,6 +488,12 @@ def build_table(
         own = services.get(local.service)
         if own is not None:
             inbound_forks = own.forks
+    verifier = None
+    if snapshot.signing is not None:
+        claims = {
+            f.routing_key: KeyClaims(f.sandbox, f.tenant, f.expires_at) for f in snapshot.forks
+        }
+        verifier = KeyVerifier.build(snapshot.signing.secrets, claims, clock)
     return RoutingTable(
         version=snapshot.version,
         snapshot=snapshot,
@@ -489,4 +506,6 @@ def build_table(
         local=local,
         inbound_local=inbound_local,
         inbound_forks=inbound_forks,
+        verifier=verifier,
+        edge=edge,
     )
