@@ -29,6 +29,7 @@ import binascii
 import json
 import logging
 import secrets
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -50,6 +51,7 @@ from forklane.controlplane.compiler import service_to_schema, split_to_schema
 from forklane.controlplane.errors import ApiError, from_store_error, from_validation_error
 from forklane.controlplane.openapi import OPENAPI
 from forklane.controlplane.publisher import SnapshotPublisher
+from forklane.controlplane.ratelimit import RateLimiter
 from forklane.controlplane.reconciler import Clock, Probe, tcp_probe, utcnow
 from forklane.controlplane.resources import KINDS, ResourceKind, to_wire
 from forklane.controlplane.routes import GroupMembers, list_or_watch_routes
@@ -88,6 +90,12 @@ class ApiContext:
     closing: asyncio.Event = field(default_factory=asyncio.Event)
     # route group -> member sandboxes, as last compiled (the routes view names the member)
     group_members: GroupMembers = dict
+    # per-token request budget (rate 0: off), and the budget of audit entries for calls
+    # without a valid token (so a flood of bad tokens cannot fill the audit log)
+    limiter: RateLimiter = field(default_factory=lambda: RateLimiter(rate=0, burst=0))
+    unauthenticated_audits: RateLimiter = field(
+        default_factory=lambda: RateLimiter(rate=1.0, burst=60, max_keys=1)
+    )
 
 
 CTX = web.AppKey("ctx", ApiContext)
@@ -113,9 +121,22 @@ def _error_response(err: ApiError) -> web.Response:
 async def _errors_and_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         if request.path not in _PUBLIC:
-            request[PRINCIPAL] = await _authenticate(request)
+            principal = request[PRINCIPAL] = await _authenticate(request)
+            ctx = request.app[CTX]
+            # admins are not limited (the operator's own tools); every other token is
+            wait = 0.0 if principal.role == "admin" else ctx.limiter.take(
+                principal.subject, time.monotonic())
+            if wait > 0:
+                err = ApiError(429, f"too many requests for {principal.subject!r}; retry in "
+                                    f"{wait:.1f} s")
+                await _audit_denied(request, err)
+                response = _error_response(err)
+                response.headers["Retry-After"] = RateLimiter.retry_after(wait)
+                return response
         return await handler(request)
     except ApiError as err:
+        if err.status in (401, 403):
+            await _audit_denied(request, err)
         return _error_response(err)
     except StoreError as exc:
         return _error_response(from_store_error(exc))
@@ -131,6 +152,26 @@ async def _errors_and_auth(request: web.Request, handler: Handler) -> web.Stream
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         return _error_response(ApiError(500, "internal error; see the control-plane log"))
+
+
+async def _audit_denied(request: web.Request, err: ApiError) -> None:
+    """Every refused call leaves an audit entry: who, what, and why (the reason as `name`).
+    Calls without a valid token are audited within a small budget of their own."""
+    ctx = request.app[CTX]
+    principal = request.get(PRINCIPAL)
+    if principal is None:
+        if ctx.unauthenticated_audits.take("", time.monotonic()) > 0:
+            return
+        subject = "(no valid token)"
+    else:
+        subject = principal.subject
+    resource = request.path.removeprefix("/api/v1/").split("/", 1)[0] or request.path
+    entry = AuditEntry(ctx.clock(), subject, f"denied-{request.method.lower()}", resource,
+                       f"{request.path}: {err.status} {err.message}"[:500], None, None)
+    try:
+        await ctx.store.append_audit(entry)
+    except StoreError:
+        log.warning("could not audit a denied call: %s", entry)
 
 
 async def _authenticate(request: web.Request) -> Principal:
@@ -300,20 +341,28 @@ def _dry_run(request: web.Request) -> bool:
     return True
 
 
-async def _routing_key(store: Store, plural: str, name: str, wanted: str | None) -> str:
-    """The key to store: `wanted` if free, else a new one. Unique across sandboxes and groups."""
+async def _routing_key(
+    store: Store, plural: str, name: str, wanted: str | None, principal: Principal | None = None
+) -> str:
+    """The key to store: `wanted` if free, else a new one. Unique across sandboxes and groups.
+    A taken key is named to its owner's peers only: an admin, or the creator of the object
+    holding it; anyone else learns only that it is taken (keys are not for browsing)."""
     used: dict[str, str] = {}
+    owners: dict[str, str] = {}
     for other in ("sandboxes", "routegroups"):
         for rec in (await store.list(other)).items:
             key = rec.spec.get("routingKey")
             if isinstance(key, str) and (other, rec.name) != (plural, name):
                 used[key] = f"{other}/{rec.name}"
+                owners[key] = rec.created_by
     if wanted is None:
         wanted = secrets.token_hex(16)
         while wanted in used:  # 2**-128; kept so the invariant holds by construction
             wanted = secrets.token_hex(16)
     elif wanted in used:
-        raise ApiError(409, f"routing key {wanted!r} is already used by {used[wanted]}")
+        if principal is None or principal.role == "admin" or owners[wanted] == principal.subject:
+            raise ApiError(409, f"routing key {wanted!r} is already used by {used[wanted]}")
+        raise ApiError(409, "this routing key is already in use; choose another or omit it")
     return wanted
 
 
@@ -376,7 +425,7 @@ async def create_resource(request: web.Request) -> web.Response:
     if plural == "sandboxes" and obj.spec.ttl is None:
         obj.spec.ttl = wire.TtlSpec(seconds=ctx.default_ttl_seconds)
     if plural in ("sandboxes", "routegroups"):
-        key = await _routing_key(ctx.store, plural, name, obj.spec.routing_key)
+        key = await _routing_key(ctx.store, plural, name, obj.spec.routing_key, principal)
         obj.spec.routing_key = key
         status = {"phase": "Pending", "routingKey": key}
     warnings = await _fork_warnings(ctx, plural, obj.spec)
@@ -473,7 +522,7 @@ async def update_resource(request: web.Request) -> web.Response:
         obj.spec.ttl = wire.TtlSpec.model_validate(current.spec["ttl"])
     if plural in ("sandboxes", "routegroups"):
         wanted = obj.spec.routing_key or current.spec.get("routingKey")
-        obj.spec.routing_key = await _routing_key(ctx.store, plural, name, wanted)
+        obj.spec.routing_key = await _routing_key(ctx.store, plural, name, wanted, principal)
     if expected is not None and expected != current.resource_version:
         raise ApiError(
             409, f"{plural}/{name} is at resourceVersion {current.resource_version}, "
@@ -630,11 +679,19 @@ async def list_audit(request: web.Request) -> web.Response:
 
 
 async def get_snapshot(request: web.Request) -> web.Response:
-    _check(request, "get", "snapshot")
-    latest = request.app[CTX].publisher.latest
+    """The published snapshot. A developer sees only the forks (so the routing keys) of the
+    sandboxes and route groups it created; admins and proxies see all of it."""
+    principal = _check(request, "get", "snapshot")
+    ctx = request.app[CTX]
+    latest = ctx.publisher.latest
     if latest is None:
         raise ApiError(503, "no snapshot compiled yet")
     doc = latest.model_dump(mode="json")
+    if principal.role == "developer":
+        own = {rec.name for kind in ("sandboxes", "routegroups")
+               for rec in (await ctx.store.list(kind)).items
+               if rec.created_by == principal.subject}
+        doc["forks"] = [f for f in doc["forks"] if f.get("sandbox") in own]
     if doc.get("signing"):
         # the signing secrets go to proxies over the push stream only, never to a reader here
         doc["signing"] = {"secrets": ["<redacted>"] * len(doc["signing"]["secrets"])}

@@ -19,6 +19,7 @@ from forklane.controlplane import wire
 from forklane.controlplane.api import ApiContext, build_app
 from forklane.controlplane.auth import Authenticator, Grant, new_token
 from forklane.controlplane.publisher import SnapshotPublisher
+from forklane.controlplane.ratelimit import RateLimiter
 from forklane.controlplane.reconciler import Clock, Probe, Reconciler, tcp_probe, utcnow
 from forklane.controlplane.settings import Settings, parse_hostport
 from forklane.controlplane.store import make_store
@@ -155,6 +156,8 @@ class ControlPlane:
                     probe=self._probe, probe_timeout=self.settings.probe_timeout,
                     bookmark_interval=self.settings.watch_bookmark_interval,
                     replica=self.settings.replica, group_members=self._group_members,
+                    limiter=RateLimiter(self.settings.api_rate_limit,
+                                        self.settings.api_rate_burst),
                 )
             )
             self._runner = web.AppRunner(app, access_log=None, handle_signals=False)

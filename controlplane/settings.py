@@ -130,6 +130,12 @@ class Settings(BaseSettings):
         "(kind header|baggage|tracestate); e.g. add baggage:sd-routing-key while migrating",
     )
 
+    api_rate_limit: float = Field(
+        50.0, ge=0, le=100_000,
+        description="REST requests per second each non-admin token may make (0: no limit); "
+        "over it: 429 with Retry-After, audited",
+    )
+    api_rate_burst: int = Field(200, ge=1, le=1_000_000, description="requests in a burst")
     routing_key_secrets: Annotated[tuple[str, ...], NoDecode] = Field(
         (),
         description="signed routing keys: HMAC secrets, comma-separated, newest first (it "

@@ -432,6 +432,7 @@ class ErrorDetail(_Model):
         "PreconditionFailed",
         "UnsupportedMediaType",
         "Unavailable",
+        "TooManyRequests",
         "Internal",
     ]
     message: str
