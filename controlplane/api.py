@@ -227,17 +227,30 @@ def _validate(model: type[BaseModel], data: dict[str, Any]) -> Any:
 
 
 _CLIENT_METADATA = ("name", "labels")
+# what `metadata` may hold: what the server hands out (set aside on input), nothing else
+_METADATA_FIELDS = frozenset(
+    f.alias or n for n, f in wire.ServiceMetadata.model_fields.items()
+)
 
 
 def _resource_input(kind: ResourceKind, data: dict[str, Any]) -> Any:
-    """Validate a create/update body. The whole document is checked first, so an unknown or
-    mistyped `metadata` field is a 422 rather than silently dropped; then what the server
-    manages (uid, generation, timestamps, status) is set aside, as a document read back and
-    sent again carries it."""
-    _validate(kind.model, data)
+    """Validate a create/update body. An unknown `metadata` field (or a `status` that is not
+    an object) is a 422 rather than silently dropped; what the server manages (uid,
+    generation, timestamps, status) is set aside, as a document read back and sent again
+    carries it; the rest is validated strictly."""
+    status = data.get("status")
+    if status is not None and not isinstance(status, dict):
+        raise ApiError(422, "invalid resource: status: must be an object (it is ignored)",
+                       [wire.FieldError(field="status", message="must be an object")])
     data = {k: v for k, v in data.items() if k != "status"}
     meta = data.get("metadata")
     if isinstance(meta, dict):
+        unknown = sorted(set(meta) - _METADATA_FIELDS)
+        if unknown:
+            details = [wire.FieldError(field=f"metadata.{k}", message="Extra inputs are not "
+                                       "permitted") for k in unknown]
+            raise ApiError(422, f"invalid resource: metadata.{unknown[0]}: unknown field",
+                           details)
         data["metadata"] = {k: meta[k] for k in _CLIENT_METADATA if k in meta}
     return _validate(kind.model, data)
 
