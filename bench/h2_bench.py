@@ -1,6 +1,6 @@
-"""HTTP/2 / gRPC unary benchmark: forklane against direct calls and nginx `grpc_pass`.
+"""HTTP/2 / gRPC benchmark: forklane against direct calls and nginx `grpc_pass`.
 
-    .venv/bin/python bench/h2_bench.py [--requests 40000] [--profile]
+    .venv/bin/python bench/h2_bench.py [--requests 40000] [--repeat 3] [--profile]
 
 Not a test: it prints a table from one run. Every path carries the same request (a gRPC
 unary POST with a routing key that forks the service) to the same fast upstream (nginx, h2c,
@@ -10,10 +10,15 @@ one worker, a fixed answer with a `grpc-status: 0` trailer), driven by `h2load`:
     nginx      h2load -> nginx grpc_pass, routing on the key header (1 worker) -> upstream
     forklane   h2load -> forklane (1 process) -> upstream
 
-Throughput is closed-loop (`--conns` connections x `--streams` streams each). Added latency
-is measured open-loop at `--rate` calls/s (an h2load timing script, one call per interval)
-and reported as p50/p99 minus the direct path's. `--profile` samples forklane with py-spy
-during a second throughput run and prints where the time goes.
+Throughput is closed-loop (`--conns` connections x `--streams` streams each), the median of
+`--repeat` runs, the paths interleaved within each repetition so a change in the machine's
+other load hits them alike. Two more calls put flow control in the figures: a server-streaming
+call (1,000 messages of 1 KiB in one response) and a unary call answered with one 10 MiB
+message, reported as messages/s and MiB/s. Added latency is measured open-loop at `--rate`
+calls/s (an h2load timing script, one call per interval) and reported as p50/p99 minus the
+direct path's; the proxy's CPU time during that run (its process and children, from /proc)
+gives the cores it uses at that rate. `--profile` samples forklane with py-spy during a second
+throughput run and prints where the time goes.
 
 Needs: nginx with the HTTP/2 and gRPC modules, h2load (Debian: nginx-light, nghttp2-client);
 py-spy (PyPI) for --profile.
@@ -36,6 +41,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 KEY = "bench-1"
 PAYLOAD = b"\x00\x00\x00\x00\x0c" + b"hello-bench!"  # one length-prefixed gRPC message
+STREAM_MESSAGES = 1000
+MESSAGE = b"\x00" + (1024).to_bytes(4, "big") + b"m" * 1024  # 1 KiB, length-prefixed
+BIG = 10 * 1024 * 1024
 
 
 def free_port() -> int:
@@ -83,12 +91,12 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait()
 
 
-def h2load(port: int, extra: list[str], run: Path) -> str:
+def h2load(port: int, extra: list[str], run: Path, path: str = "/bench.Echo/Unary") -> str:
     cmd = [
         "h2load", *extra, "-d", str(run / "payload.bin"),
         "-H", "content-type: application/grpc", "-H", "te: trailers",
         "-H", f"x-forklane-routing-key: {KEY}", "-H", ":authority: greeter",
-        f"http://127.0.0.1:{port}/bench.Echo/Unary",
+        f"http://127.0.0.1:{port}{path}",
     ]
     out = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if out.returncode != 0:
@@ -96,31 +104,62 @@ def h2load(port: int, extra: list[str], run: Path) -> str:
     return out.stdout
 
 
-def throughput(port: int, args: argparse.Namespace, run: Path) -> tuple[float, int]:
+def throughput(port: int, args: argparse.Namespace, run: Path, path: str = "/bench.Echo/Unary",
+               requests: int = 0, conns: int = 0, streams: int = 0) -> tuple[float, int]:
     """Closed loop: calls/s and how many calls did not end in a 2xx."""
-    text = h2load(port, ["-n", str(args.requests), "-c", str(args.conns),
-                         "-m", str(args.streams)], run)
+    n = requests or args.requests
+    text = h2load(port, ["-n", str(n), "-c", str(conns or args.conns),
+                         "-m", str(streams or args.streams)], run, path)
     rps = re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", text)
     status = re.search(r"status codes: (\d+) 2xx", text)
     if rps is None or status is None:
         raise SystemExit(f"unexpected h2load output for port {port}:\n{text}")
-    return float(rps.group(1)), args.requests - int(status.group(1))
+    return float(rps.group(1)), n - int(status.group(1))
 
 
-def latency(port: int, args: argparse.Namespace, run: Path, name: str) -> tuple[float, float]:
-    """Open loop at args.rate calls/s: p50 and p99 in microseconds."""
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU time of `pid` and its children (nginx: the master and its worker)."""
+    if pid is None:
+        return 0.0
+    total = 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    pids = [pid]
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        children = []
+    pids += [int(c) for c in children]
+    for p in pids:
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+    return total
+
+
+def latency(port: int, args: argparse.Namespace, run: Path, name: str,
+            pid: int | None) -> tuple[float, float, float]:
+    """Open loop at args.rate calls/s: p50 and p99 in microseconds, and the cores `pid` used."""
     n = int(args.rate * args.seconds)
     interval = 1000.0 / args.rate
     script = run / "timing.txt"
     uri = f"http://127.0.0.1:{port}/bench.Echo/Unary"
     script.write_text("".join(f"{i * interval:.3f}\t{uri}\n" for i in range(n)))
     log = run / f"latency-{name}.log"
+    cpu0, wall0 = cpu_seconds(pid), time.monotonic()
     h2load(port, ["-c", "1", "-m", "100", "--timing-script-file", str(script),
                   "--log-file", str(log)], run)
+    cores = (cpu_seconds(pid) - cpu0) / (time.monotonic() - wall0)
     samples = sorted(int(line.split("\t")[2]) for line in log.read_text().splitlines() if line)
     if len(samples) != n:
         raise SystemExit(f"{name}: {len(samples)} of {n} calls logged")
-    return samples[len(samples) // 2] / 1.0, samples[int(len(samples) * 0.99)] / 1.0
+    return samples[len(samples) // 2] / 1.0, samples[int(len(samples) * 0.99)] / 1.0, cores
+
+
+def median(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[len(ordered) // 2]
 
 
 def print_profile(collapsed: Path, top: int = 30) -> None:
@@ -149,6 +188,11 @@ def main() -> int:
     p.add_argument("--requests", type=int, default=40_000)
     p.add_argument("--conns", type=int, default=4)
     p.add_argument("--streams", type=int, default=16)
+    p.add_argument("--repeat", type=int, default=3, help="throughput runs per path (median)")
+    p.add_argument("--stream-calls", type=int, default=200,
+                   help="server-streaming calls per throughput run (1,000 x 1 KiB each)")
+    p.add_argument("--big-calls", type=int, default=30,
+                   help="10 MiB unary calls per throughput run")
     p.add_argument("--rate", type=int, default=1000, help="calls/s of the latency run")
     p.add_argument("--seconds", type=float, default=5.0, help="length of the latency run")
     p.add_argument("--profile", action="store_true", help="cProfile forklane under load")
@@ -162,6 +206,8 @@ def main() -> int:
     run = Path(tempfile.mkdtemp(prefix="forklane-h2bench-"))
     (run / "tmp").mkdir()
     (run / "payload.bin").write_bytes(PAYLOAD)
+    (run / "stream.bin").write_bytes(MESSAGE * STREAM_MESSAGES)
+    (run / "big.bin").write_bytes(b"\x00" + BIG.to_bytes(4, "big") + b"b" * BIG)
     base_port, fork_port, nginx_port, fl_port = (free_port() for _ in range(4))
     ports = {"BASELINE_PORT": base_port, "FORK_PORT": fork_port, "NGINX_PORT": nginx_port,
              "KEY": KEY}
@@ -199,15 +245,32 @@ def main() -> int:
         fl = forklane(None)
         procs.append(fl)
         targets = {"direct": fork_port, "nginx grpc_pass": nginx_port, "forklane": fl_port}
+        pids: dict[str, int | None] = {"direct": None, "nginx grpc_pass": ng.pid,
+                                       "forklane": fl.pid}
         wanted = set(args.paths.split(",")) | {"direct"}
         targets = {k: v for k, v in targets.items() if k.split()[0] in wanted}
         for port in targets.values():  # warm-up: connections, pools, caches
             throughput(port, argparse.Namespace(**{**vars(args), "requests": 2000}), run)
-        results: dict[str, tuple[float, int, float, float]] = {}
+            throughput(port, args, run, "/bench.Echo/Stream", 4, 1, 1)
+        runs: dict[str, dict[str, list[float]]] = {
+            name: {"rps": [], "failed": [], "stream": [], "big": []} for name in targets}
+        for _ in range(args.repeat):
+            for name, port in targets.items():
+                rps, failed = throughput(port, args, run)
+                srps, sfailed = throughput(port, args, run, "/bench.Echo/Stream",
+                                           args.stream_calls, 2, 2)
+                brps, bfailed = throughput(port, args, run, "/bench.Echo/Big",
+                                           args.big_calls, 1, 2)
+                runs[name]["rps"].append(rps)
+                runs[name]["failed"].append(failed + sfailed + bfailed)
+                runs[name]["stream"].append(srps)
+                runs[name]["big"].append(brps)
+        results: dict[str, tuple[float, int, float, float, float, float, float]] = {}
         for name, port in targets.items():
-            rps, failed = throughput(port, args, run)
-            p50, p99 = latency(port, args, run, name.split()[0])
-            results[name] = (rps, failed, p50, p99)
+            p50, p99, cores = latency(port, args, run, name.split()[0], pids[name])
+            r = runs[name]
+            results[name] = (median(r["rps"]), int(max(r["failed"])), p50, p99, cores,
+                             median(r["stream"]), median(r["big"]))
         stop(fl)
         procs.remove(fl)
         prof = None
@@ -225,15 +288,27 @@ def main() -> int:
     finally:
         for proc in procs:
             stop(proc)
-    nginx_rps = results.get("nginx grpc_pass", results["direct"])[0]
+    ref = results.get("nginx grpc_pass", results["direct"])
     d50, d99 = results["direct"][2], results["direct"][3]
     print(f"\ngRPC unary, {args.requests} calls, {args.conns} connections x {args.streams} "
-          f"streams; latency open loop at {args.rate}/s for {args.seconds:g}s")
+          f"streams, median of {args.repeat}; latency and cores open loop at {args.rate}/s "
+          f"for {args.seconds:g}s")
     print(f"{'path':<17}{'calls/s':>10}{'vs nginx':>10}{'non-2xx':>9}{'p50 µs':>9}"
-          f"{'p99 µs':>9}{'+p50 µs':>9}{'+p99 µs':>9}")
-    for name, (rps, failed, p50, p99) in results.items():
-        print(f"{name:<17}{rps:>10.0f}{rps / nginx_rps:>10.2f}{failed:>9}{p50:>9.0f}"
-              f"{p99:>9.0f}{p50 - d50:>9.0f}{p99 - d99:>9.0f}")
+          f"{'p99 µs':>9}{'+p50 µs':>9}{'+p99 µs':>9}{'cores':>8}")
+    for name, (rps, failed, p50, p99, cores, _, _) in results.items():
+        print(f"{name:<17}{rps:>10.0f}{rps / ref[0]:>10.2f}{failed:>9}{p50:>9.0f}"
+              f"{p99:>9.0f}{p50 - d50:>9.0f}{p99 - d99:>9.0f}{cores:>8.3f}")
+    mib = 1024 * 1024
+    print(f"\nserver streaming ({STREAM_MESSAGES} x 1 KiB per call, 2 connections x 2 streams) "
+          "and 10 MiB unary responses (1 connection x 2 streams), median of "
+          f"{args.repeat}")
+    print(f"{'path':<17}{'msgs/s':>10}{'MiB/s':>9}{'vs nginx':>10}{'10MiB/s':>9}"
+          f"{'MiB/s':>9}{'vs nginx':>10}")
+    for name, (_, _, _, _, _, srps, brps) in results.items():
+        smib = srps * len(MESSAGE) * STREAM_MESSAGES / mib
+        bmib = brps * (BIG + 5) / mib
+        print(f"{name:<17}{srps * STREAM_MESSAGES:>10.0f}{smib:>9.1f}{srps / ref[5]:>10.2f}"
+              f"{brps:>9.2f}{bmib:>9.1f}{brps / ref[6]:>10.2f}")
     if prof is not None:
         print_profile(prof)
     print(f"(files in {run})")

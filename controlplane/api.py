@@ -57,6 +57,8 @@ from forklane.controlplane.resources import KINDS, ResourceKind, to_wire
 from forklane.controlplane.routes import GroupMembers, list_or_watch_routes
 from forklane.controlplane.selector import parse_selector
 from forklane.controlplane.store.base import AuditEntry, Record, Store, StoreError
+from forklane.controlplane.tap import TapHub
+from forklane.controlplane.tap_api import post_deliveries, stream_tap
 from forklane.controlplane.watch import serve_watch
 from forklane.proxy.jsonlimits import JsonTooDeep, loads_bounded
 
@@ -96,6 +98,7 @@ class ApiContext:
     unauthenticated_audits: RateLimiter = field(
         default_factory=lambda: RateLimiter(rate=1.0, burst=60, max_keys=1)
     )
+    taps: TapHub = field(default_factory=TapHub)
 
 
 CTX = web.AppKey("ctx", ApiContext)
@@ -731,6 +734,54 @@ async def list_routes(request: web.Request) -> web.StreamResponse:
     )
 
 
+async def tap(request: web.Request) -> web.StreamResponse:
+    """A live stream of routing decisions (see `controlplane.tap_api`)."""
+    ctx = request.app[CTX]
+    query = request.query
+    sandbox = query.get("sandbox")
+    keys: tuple[str, ...] = ()
+    if sandbox:
+        record = await ctx.store.get("sandboxes", sandbox)
+        _check(request, "get", "sandboxes", record.created_by)
+        key = _routing_key_of(record)
+        if key is None:
+            raise ApiError(409, f"sandboxes/{sandbox} has no routing key yet")
+        if query.get("key") and query["key"] != key:
+            raise ApiError(400, f"key {query['key']!r} is not the routing key of {sandbox}")
+        keys = (key,)
+    else:
+        _check(request, "get", "tap")  # any key, or every request: admins only
+        keys = (query["key"],) if query.get("key") else ()
+    principal: Principal = request[PRINCIPAL]
+    return await stream_tap(request, ctx.taps, keys, ctx.closing, principal.subject)
+
+
+async def tap_request_line(request: web.Request) -> web.Response:
+    """One request line a tap showed lately (`forklane explain --from-tap ID`)."""
+    principal: Principal = request[PRINCIPAL]
+    line_id = request.match_info["line_id"]
+    found = request.app[CTX].taps.recent(line_id)
+    if found is None or (principal.role != "admin" and principal.subject not in found[1]):
+        raise ApiError(404, f"no tap line {line_id} (only the last ones shown are kept)")
+    return _respond(found[0])
+
+
+async def tap_deliveries(request: web.Request) -> web.Response:
+    """Message deliveries judged by forklane consumers, shown to matching taps."""
+    _check(request, "list", "routes")  # the consumer role may report what it reads
+    principal: Principal = request[PRINCIPAL]
+    ctx = request.app[CTX]
+    return _respond(post_deliveries(await _body(request), ctx.taps, principal.subject))
+
+
+def _routing_key_of(record: Record) -> str | None:
+    spec_key = record.spec.get("routingKey")
+    if isinstance(spec_key, str) and spec_key:
+        return spec_key
+    status_key = (record.status or {}).get("routingKey")
+    return status_key if isinstance(status_key, str) and status_key else None
+
+
 async def get_openapi(request: web.Request) -> web.Response:
     return _respond(OPENAPI)
 
@@ -793,6 +844,9 @@ def build_app(ctx: ApiContext) -> web.Application:
     app.router.add_get("/api/v1/audit", list_audit)
     app.router.add_get("/api/v1/snapshot", get_snapshot)
     app.router.add_get("/api/v1/routes", list_routes)
+    app.router.add_get("/api/v1/tap", tap)
+    app.router.add_post("/api/v1/tap/deliveries", tap_deliveries)
+    app.router.add_get("/api/v1/tap/requests/{line_id}", tap_request_line)
     app.router.add_get(f"/api/v1/{{plural:{kinds}}}", list_resources)
     app.router.add_post(f"/api/v1/{{plural:{kinds}}}", create_resource)
     app.router.add_get(f"/api/v1/{{plural:{kinds}}}/{{name}}", get_resource)

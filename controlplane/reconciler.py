@@ -41,6 +41,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -79,12 +80,19 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+NO_SUCH_HOST = "no such host"  # a probe's answer for a name the resolver says does not exist
+
+
 async def tcp_probe(endpoint: str, within: float) -> str | None:
     """None when `endpoint` accepts a TCP connection `within` seconds, else the reason."""
     try:
         host, port = parse_endpoint(endpoint)
         async with asyncio.timeout(within):
             _, writer = await asyncio.open_connection(host, port)
+    except socket.gaierror as exc:
+        if exc.errno == socket.EAI_NONAME:  # an answer, not a failure to get one
+            return f"{endpoint}: {NO_SUCH_HOST}"
+        return f"{endpoint}: {exc.strerror or exc}"
     except TimeoutError:
         return f"{endpoint}: no answer within {within:g}s"
     except (OSError, ValueError) as exc:
@@ -93,6 +101,14 @@ async def tcp_probe(endpoint: str, within: float) -> str | None:
     with contextlib.suppress(OSError):
         await writer.wait_closed()
     return None
+
+
+def _unreachable_reason(unreachable: Iterable[wire.ForkStatus]) -> str:
+    """`ForkUnresolvable` when some fork names a host that does not exist (waiting will not
+    help: `forklane sandbox create --wait` stops on it), else `ForkUnreachable`."""
+    if any(one.endswith(NO_SUCH_HOST) for f in unreachable for one in f.message.split("; ")):
+        return "ForkUnresolvable"
+    return "ForkUnreachable"
 
 
 def expires_at(sb: wire.Sandbox) -> datetime | None:
@@ -597,7 +613,8 @@ class Reconciler:
             "Reachable": (
                 (True, "ForksReachable", "")
                 if reachable
-                else (False, "ForkUnreachable", "; ".join(f.message for f in unreachable))
+                else (False, _unreachable_reason(unreachable),
+                      "; ".join(f.message for f in unreachable))
             ),
             "Routed": (
                 (True, "Acked", "every connected proxy runs the snapshot")

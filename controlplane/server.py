@@ -24,6 +24,7 @@ from forklane.controlplane.reconciler import Clock, Probe, Reconciler, tcp_probe
 from forklane.controlplane.settings import Settings, parse_hostport
 from forklane.controlplane.store import make_store
 from forklane.controlplane.store.base import Store
+from forklane.controlplane.tap import TapHub
 
 __all__ = ["ControlPlane", "NoProxies", "ProxyView"]
 
@@ -76,6 +77,7 @@ class ControlPlane:
         self._stderr = stderr or sys.stderr
         self.registry: ProxyView = NoProxies()
         self.push: Any = None
+        self.taps = TapHub()
         if with_push:
             from forklane.controlplane.push.registry import ProxyRegistry
             from forklane.controlplane.push.server import PushServer
@@ -87,6 +89,7 @@ class ControlPlane:
                 min_ping_interval=settings.grpc_min_ping_interval,
                 keepalive=settings.grpc_keepalive,
                 recheck_interval=settings.token_recheck_interval,
+                taps=self.taps,
             )
         self.reconciler = Reconciler(
             self.store, self.publisher, self.registry, clock=clock, probe=probe,
@@ -158,6 +161,7 @@ class ControlPlane:
                     replica=self.settings.replica, group_members=self._group_members,
                     limiter=RateLimiter(self.settings.api_rate_limit,
                                         self.settings.api_rate_burst),
+                    taps=self.taps,
                 )
             )
             self._runner = web.AppRunner(app, access_log=None, handle_signals=False)

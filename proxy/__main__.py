@@ -138,13 +138,14 @@ def _explain(args: argparse.Namespace) -> int:
     from forklane.proxy.state import TableHolder
     from forklane.proxy.table import ConfigError, LocalIdentity
 
-    headers: dict[str, str] = {}
+    headers: list[list[str]] = []  # repeated fields stay repeated, as on the wire
     for item in args.header:
         name, sep, value = item.partition(":")
         if not sep or not name.strip():
             print(f"forklane proxy explain: header {item!r}: expected 'NAME: VALUE'", file=sys.stderr)
             return 2
-        headers[name.strip().lower()] = value.strip()
+        headers.append([name.strip().lower(), value.strip()])
+    hosts = [v for n, v in headers if n == "host"]
     local = LocalIdentity(args.service, args.local_app) if args.service else None
     holder = TableHolder(local)
     try:
@@ -153,7 +154,7 @@ def _explain(args: argparse.Namespace) -> int:
         print(f"forklane proxy explain: {exc}", file=sys.stderr)
         return 2
     spec = {"listener": args.listener, "method": args.method, "path": args.path,
-            "host": args.host or headers.get("host", ""), "headers": headers}
+            "host": args.host or (hosts[0] if hosts else ""), "headers": headers}
     status, body = explain_request(holder, spec, random.Random(0).random)
     if status != 200:
         print(f"forklane proxy explain: {body.get('error')}", file=sys.stderr)

@@ -10,8 +10,12 @@ Endpoints:
   `interpreted`) and the loaded snapshot (JSON);
 - `GET /metrics`: Prometheus text;
 - `GET /explain?listener=&method=&host=&path=&header=name:value…` or `POST /explain` with
-  `{"listener", "method", "host", "path", "headers": {…}}`: the decision for that request;
-- `GET /tap?seconds=N`: one JSON line per routed request for N seconds (max 300).
+  `{"listener", "method", "host", "path", "headers": [[name, value], …]}` (repeated fields
+  stay repeated, as on the wire; an object of strings is accepted too): the decision the
+  forwarding core would make for that request (the same view, the same `decide`);
+- `GET /tap?seconds=N[&key=K][&service=S][&status=5xx]`: one JSON line per finished request
+  that matches, for N seconds (max 300); the reader's queue is bounded, and a last line
+  `{"type": "dropped", "count": n}` says how many did not fit (the request path never waits).
 """
 
 from __future__ import annotations
@@ -25,15 +29,55 @@ from urllib.parse import parse_qs, urlsplit
 
 import httptools
 
+from forklane.proxy.forward.core import join_view
 from forklane.proxy.jsonlimits import loads_bounded
 from forklane.proxy.metrics import Stats, render_prometheus
 from forklane.proxy.routing import RequestView, decide, explain
 from forklane.proxy.state import TableHolder
+from forklane.proxy.table import ROUTED_MARKER, RoutingTable, routed_by_sidecar
+from forklane.proxy.tap import TapFilter, parse_status_class
 
-__all__ = ["AdminServer", "explain_request"]
+__all__ = ["AdminServer", "explain_request", "header_pairs", "wire_view"]
 
 _MAX_HEAD = 64 * 1024
 _MAX_BODY = 1024 * 1024
+
+
+def header_pairs(value: Any) -> list[tuple[str, str]] | None:
+    """Headers as sent: a list of `[name, value]` pairs (repeats kept, in order), or an
+    object of strings (one field per name). None when it is neither."""
+    if isinstance(value, dict):
+        if all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+            return list(value.items())
+        return None
+    if isinstance(value, list):
+        out = []
+        for item in value:
+            if not (isinstance(item, list | tuple) and len(item) == 2
+                    and isinstance(item[0], str) and isinstance(item[1], str)):
+                return None
+            out.append((item[0], item[1]))
+        return out
+    return None
+
+
+def wire_view(table: RoutingTable, pairs: list[tuple[str, str]]) -> dict[str, str]:
+    """The routing view the forwarding core builds from these fields: only the fields the
+    table routes on, repeats joined as both protocols join them, look-alikes spelled with
+    underscores left out, and a sidecar as the last Via hop marking the request routed."""
+    view: dict[str, str] = {}
+    interesting = table.interesting_raw
+    vias: list[str] = []
+    for name, value in pairs:
+        raw = name.strip().lower().encode("latin-1", "replace")
+        text = value.strip()
+        if raw == b"via":
+            vias.append(text)
+        elif raw in interesting:
+            join_view(view, raw.decode("latin-1"), text)
+    if vias and routed_by_sidecar(", ".join(vias).encode("latin-1", "replace")):
+        view[ROUTED_MARKER] = "1"
+    return view
 
 
 def explain_request(
@@ -46,21 +90,20 @@ def explain_request(
     listener = spec.get("listener", "outbound")
     if listener not in ("inbound", "outbound"):
         return 400, {"error": "listener must be inbound or outbound"}
-    headers_in = spec.get("headers", {})
-    if not isinstance(headers_in, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in headers_in.items()
-    ):
-        return 400, {"error": "headers must be an object of strings"}
-    headers = {k.lower(): v for k, v in headers_in.items() if k.lower() in table.interesting_headers}
-    host = str(spec.get("host") or headers_in.get("host") or headers_in.get("Host") or "")
+    pairs = header_pairs(spec.get("headers", []))
+    if pairs is None:
+        return 400, {"error": "headers must be a list of [name, value] pairs or an object of "
+                              "strings"}
+    hosts = [v for n, v in pairs if n.strip().lower() == "host"]
+    host = str(spec.get("host") or (hosts[0] if hosts else ""))
     if listener == "outbound" and not host:
         return 400, {"error": "outbound requests need a host"}
     view = RequestView(
         listener=listener,
         method=str(spec.get("method", "GET")).upper(),
-        path=str(spec.get("path", "/")),
-        authority=host.lower(),
-        headers=headers,
+        path=str(spec.get("path", "/")).partition("?")[0],
+        authority=host.strip().lower(),
+        headers=wire_view(table, pairs),
     )
     decision = decide(view, table, draw)
     body = explain(decision)
@@ -144,13 +187,13 @@ class AdminServer:
                     return
                 spec = loaded
             else:
-                headers: dict[str, str] = {}
+                headers: list[list[str]] = []
                 for item in query.get("header", []):
                     name, sep, value = item.partition(":")
                     if not sep:
                         await _respond(writer, 400, {"error": f"header {item!r}: name:value"})
                         return
-                    headers[name.strip()] = value.strip()
+                    headers.append([name.strip(), value.strip()])
                 spec = {
                     "listener": query.get("listener", ["outbound"])[0],
                     "method": query.get("method", ["GET"])[0],
@@ -166,7 +209,14 @@ class AdminServer:
             except ValueError:
                 await _respond(writer, 400, {"error": "seconds must be a number"})
                 return
-            await self._tap(writer, seconds)
+            try:
+                status_class = parse_status_class(query.get("status", [""])[0])
+            except ValueError as exc:
+                await _respond(writer, 400, {"error": str(exc)})
+                return
+            keys = frozenset(query.get("key", []))
+            service = query.get("service", [None])[0]
+            await self._tap(writer, seconds, TapFilter("admin", keys, service, status_class))
         else:
             await _respond(writer, 404, {"error": f"no admin endpoint {path}"})
 
@@ -179,12 +229,18 @@ class AdminServer:
             "reload_failures": self.holder.reload_failures,
             "last_error": self.holder.last_error or None,
             "hot_path": self.hot_path,
+            # the live taps this proxy serves now: pushed filter ids, "admin" for /tap readers
+            "taps": sorted(
+                {f.id for sink in self.stats.taps for f in getattr(sink, "filters", ())}
+                | {"admin" for sink in self.stats.taps if isinstance(sink, _QueueSink)}
+            ),
             "snapshot": table.snapshot.model_dump(mode="json") if table else None,
         }
 
-    async def _tap(self, writer: asyncio.StreamWriter, seconds: float) -> None:
-        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=1000)
-        self.stats.taps.append(queue)
+    async def _tap(self, writer: asyncio.StreamWriter, seconds: float, wanted: TapFilter) -> None:
+        sink = _QueueSink(wanted)
+        queue = sink.queue
+        self.stats.taps.append(sink)
         writer.write(
             b"HTTP/1.1 200 OK\r\ncontent-type: application/x-ndjson\r\n"
             b"transfer-encoding: chunked\r\nconnection: close\r\n\r\n"
@@ -199,10 +255,31 @@ class AdminServer:
                 line = json.dumps(record).encode() + b"\n"
                 writer.write(b"%x\r\n%s\r\n" % (len(line), line))
                 await writer.drain()
+            if sink.dropped:
+                line = json.dumps({"type": "dropped", "count": sink.dropped}).encode() + b"\n"
+                writer.write(b"%x\r\n%s\r\n" % (len(line), line))
             writer.write(b"0\r\n\r\n")
             await writer.drain()
         finally:
-            self.stats.taps.remove(queue)
+            self.stats.taps.remove(sink)
+
+
+class _QueueSink:
+    """One admin `/tap` reader: its filter and a bounded queue; what does not fit is counted."""
+
+    def __init__(self, wanted: TapFilter, size: int = 1000) -> None:
+        self.wanted = wanted
+        self.queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=size)
+        self.dropped = 0
+
+    def wants(self, key: str | None, service: str | None, status: int) -> bool:
+        return self.wanted.wants(key, service, status)
+
+    def offer(self, record: dict[str, Any]) -> None:
+        if self.queue.full():
+            self.dropped += 1
+        else:
+            self.queue.put_nowait(record)
 
 
 class _Request:

@@ -37,6 +37,14 @@ MODULES: tuple[str, ...] = (
     "forklane.proxy.balancer",
     "forklane.proxy.metrics",
     "forklane.proxy.listener.context",
+    "forklane.proxy.http2.frames",
+    "forklane.proxy.http2.hpack",
+    "forklane.proxy.http2.huffman",
+    "forklane.proxy.http2.conn",
+    "forklane.proxy.http2.checks",
+    "forklane.proxy.http2._flow",
+    "forklane.proxy.http2.server",
+    "forklane.proxy.http2.upstream",
 )
 _WANTED = frozenset(MODULES)
 

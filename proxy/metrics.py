@@ -56,7 +56,7 @@ class Stats:
         # Signed routing keys that did not verify, by reason (unsigned/bad-signature/expired).
         self.keys_rejected: defaultdict[str, int] = defaultdict(int)
         self.propagation_gaps: defaultdict[str, int] = defaultdict(int)
-        self.taps: list[Any] = []  # asyncio queues of live-tap readers (admin /tap)
+        self.taps: list[Any] = []  # TapSinks of live-tap readers (admin /tap, control plane)
         self.config_reloads = 0
         self.config_version = ""
         self.reload_failures: Callable[[], int] = lambda: 0

@@ -13,6 +13,11 @@ follows xDS:
   `kind="delta"` is reserved: a delta will name the version it applies to and the changes, and
   a server sends it only to a node that lists `"delta"` in `capabilities` (today every node
   says `("full",)`; a proxy that gets a delta it did not ask for NACKs it).
+- live tap (only to a node that lists `"tap"` in `capabilities`): the control plane sends
+  `kind="tap"` with `taps`, the whole set of filters somebody watches now (replacing the
+  previous set; empty: nobody); it is not a snapshot and is never answered. The proxy sends
+  what matched as `SubscribeRequest.tap` batches (records plus drops per filter), which are
+  not answers to any push either.
 
 Invariants:
 - a response is decoded in two steps, envelope then snapshot, so a snapshot this proxy cannot
@@ -40,12 +45,15 @@ __all__ = [
     "SnapshotRejected",
     "SnapshotResponse",
     "SubscribeRequest",
+    "TapBatch",
+    "TapFilterSpec",
     "decode_request",
     "decode_response",
     "describe_validation_error",
     "encode_full_response",
     "encode_request",
     "encode_response",
+    "encode_tap_filters",
 ]
 
 SERVICE = "forklane.push.v1.SnapshotService"
@@ -71,7 +79,27 @@ class Node(_Msg):
     version: str | None = Field(default=None, max_length=64)
     service: str | None = Field(default=None, max_length=253)
     listeners: tuple[str, ...] = Field(default=(), max_length=16)
-    capabilities: tuple[Literal["full", "delta"], ...] = ("full",)
+    capabilities: tuple[Literal["full", "delta", "tap"], ...] = ("full",)
+
+
+MAX_TAP_FILTERS = 64
+MAX_TAP_RECORDS = 200  # with targets cut at 2 KiB, a batch stays well under 1 MiB
+
+
+class TapFilterSpec(_Msg):
+    """One viewer's filter as pushed (see `forklane.proxy.tap.TapFilter`)."""
+
+    id: str = Field(min_length=1, max_length=64)
+    keys: tuple[str, ...] = Field(default=(), max_length=64)
+    service: str | None = Field(default=None, max_length=253)
+    status_class: int | None = Field(default=None, ge=0, le=5)
+
+
+class TapBatch(_Msg):
+    """Records that matched pushed filters, and per filter how many did not fit the buffer."""
+
+    records: tuple[dict[str, Any], ...] = Field(default=(), max_length=MAX_TAP_RECORDS)
+    dropped: dict[str, int] = Field(default_factory=dict, max_length=MAX_TAP_FILTERS)
 
 
 class SubscribeRequest(_Msg):
@@ -83,6 +111,7 @@ class SubscribeRequest(_Msg):
     error_detail: str | None = Field(
         default=None, max_length=MAX_ERROR_DETAIL, description="NACK reason"
     )
+    tap: TapBatch | None = Field(default=None, description="live-tap records, not an answer")
 
     @property
     def is_nack(self) -> bool:
@@ -92,8 +121,9 @@ class SubscribeRequest(_Msg):
 class SnapshotResponse(_Msg):
     version_info: str = Field(min_length=1, max_length=128)
     nonce: str = Field(min_length=1, max_length=64)
-    kind: Literal["full", "delta"] = "full"
+    kind: Literal["full", "delta", "tap"] = "full"
     snapshot: RoutingSnapshot | None = None
+    taps: tuple[TapFilterSpec, ...] | None = Field(default=None, max_length=MAX_TAP_FILTERS)
 
 
 class _Envelope(_Msg):
@@ -103,6 +133,7 @@ class _Envelope(_Msg):
     nonce: str = Field(min_length=1, max_length=64)
     kind: str
     snapshot: dict[str, Any] | None = None
+    taps: tuple[TapFilterSpec, ...] | None = Field(default=None, max_length=MAX_TAP_FILTERS)
 
 
 class MessageError(ValueError):
@@ -144,7 +175,9 @@ def decode_request(data: bytes) -> SubscribeRequest:
 
 
 def encode_response(response: SnapshotResponse) -> bytes:
-    return response.model_dump_json().encode()
+    # `taps` only in tap messages, so a snapshot push reads the same to an older proxy
+    exclude = {"taps"} if response.taps is None else None
+    return response.model_dump_json(exclude=exclude).encode()
 
 
 def encode_full_response(version_info: str, nonce: str, snapshot_json: bytes) -> bytes:
@@ -153,12 +186,22 @@ def encode_full_response(version_info: str, nonce: str, snapshot_json: bytes) ->
     return head[:-1].encode() + b', "snapshot": ' + snapshot_json + b"}"
 
 
+def encode_tap_filters(nonce: str, filters: tuple[TapFilterSpec, ...]) -> bytes:
+    """The `kind="tap"` message: the whole set of filters somebody watches now."""
+    message = SnapshotResponse(version_info="tap", nonce=nonce, kind="tap", taps=filters)
+    return message.model_dump_json(exclude={"snapshot"}).encode()
+
+
 def decode_response(data: bytes) -> SnapshotResponse:
     """Raises MessageError for garbage, SnapshotRejected for a push to NACK."""
     try:
         env = _Envelope.model_validate_json(data)
     except ValidationError as exc:
         raise MessageError(f"bad SnapshotResponse: {describe_validation_error(exc)}") from exc
+    if env.kind == "tap":
+        return SnapshotResponse(
+            version_info=env.version_info, nonce=env.nonce, kind="tap", taps=env.taps or ()
+        )
     if env.kind != "full":
         raise SnapshotRejected(
             env.version_info, env.nonce, f"{env.kind!r} responses are not supported (full only)"

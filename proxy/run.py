@@ -123,6 +123,7 @@ class Proxy:
                 state_dir=s.state_dir,
                 keepalive=s.controlplane_keepalive,
                 version=_version(),
+                taps=self.stats.taps,
             )
             # Serve the persisted snapshot before the listeners open (a cold start during an
             # outage); run() would do it too, but only once its task gets to run.

@@ -160,7 +160,8 @@ class ProxySettings(BaseSettings):
         "on its next connections",
     )
     h2_validate_headers: bool = Field(
-        True, description="let the h2 state machine validate inbound header blocks"
+        True, description="check inbound HTTP/2 request heads (lowercase names, pseudo-header "
+        "fields known, single and first, no NUL/CR/LF in values): a malformed one is a 400"
     )
 
     # --- traffic capture (connections redirected by `forklane proxy capture`) ---

@@ -16,6 +16,11 @@ Invariants:
   cold start with no table serves that file until the control plane answers;
 - `connected` is True exactly while a stream is open that the control plane has accepted
   (it sent its replica metadata), and `on_connected_change` is called on each transition;
+- live tap: the filters the control plane pushes (`kind="tap"`) are installed as one
+  `TapBuffer` among `taps` (the request path's sinks) while non-empty and while the stream
+  lasts; a flusher sends what matched every `tap_interval` seconds in batches. The request
+  path never waits for the stream: a full buffer drops and counts;
+- writes to the stream are serialised (ACKs and tap batches come from two tasks);
 - with `token_file` (a projected ServiceAccount token that kubelet rotates), the file is read
   again for every stream, so a reconnect always presents the current token; an unreadable
   or empty file is a stream error (retried), never a crash.
@@ -36,18 +41,22 @@ import grpc.aio
 from forklane.proxy.persist import load_snapshot, save_snapshot
 from forklane.proxy.push_messages import (
     MAX_ERROR_DETAIL,
+    MAX_TAP_RECORDS,
     METHOD,
     REPLICA_METADATA,
     MessageError,
     Node,
     SnapshotRejected,
+    SnapshotResponse,
     SubscribeRequest,
+    TapBatch,
     decode_response,
     encode_request,
 )
 from forklane.proxy.schema import RoutingSnapshot
 from forklane.proxy.state import TableHolder
 from forklane.proxy.table import ConfigError
+from forklane.proxy.tap import TapBuffer, filters_of
 
 __all__ = ["Subscriber", "backoff_delay", "channel_options"]
 
@@ -123,10 +132,20 @@ class Subscriber:
         backoff_cap: float = BACKOFF_CAP,
         keepalive: float = 20.0,
         version: str | None = None,
+        taps: list[Any] | None = None,
+        tap_interval: float = 0.1,
     ) -> None:
         self.address = address
         self.holder = holder
-        self.node = Node(id=node_id, service=service, listeners=tuple(listeners), version=version)
+        self.node = Node(
+            id=node_id, service=service, listeners=tuple(listeners), version=version,
+            capabilities=("full", "tap") if taps is not None else ("full",),
+        )
+        self.taps = taps
+        self.tap = TapBuffer()
+        self.tap_interval = tap_interval
+        self.tap_sent = 0
+        self._write_lock = asyncio.Lock()
         self._channel_options = channel_options(keepalive)
         self.state_dir = state_dir
         self._token = token
@@ -286,12 +305,18 @@ class Subscriber:
             self.last_error = ""
             self._set_connected(True)
             log.info("subscribed to control plane %s (replica %s)", self.address, replica)
-            while True:
-                data = await call.read()
-                if data is grpc.aio.EOF:
-                    error = await self._status_error(call)
-                    raise error or _StreamError("the control plane ended the stream")
-                await self._handle(call, data)
+            flusher = asyncio.create_task(self._flush_taps(call), name="forklane-tap-flush")
+            try:
+                while True:
+                    data = await call.read()
+                    if data is grpc.aio.EOF:
+                        error = await self._status_error(call)
+                        raise error or _StreamError("the control plane ended the stream")
+                    await self._handle(call, data)
+            finally:
+                flusher.cancel()
+                await asyncio.gather(flusher, return_exceptions=True)
+                self._set_tap_filters(())
         except grpc.aio.AioRpcError as exc:
             if not self._closing.is_set():
                 self._record(_error_of(exc))
@@ -326,13 +351,47 @@ class Subscriber:
         text = f"{code.name}: {await call.details()}"
         return _Refused(text) if code in _REFUSALS else _StreamError(text)
 
+    async def _write(self, call: Any, request: SubscribeRequest) -> None:
+        async with self._write_lock:
+            await call.write(encode_request(request))
+
+    def _set_tap_filters(self, specs: Any) -> None:
+        """Install the pushed filter set (whole); with none, the request path has no sink."""
+        taps = self.taps
+        if taps is None:
+            return
+        self.tap.replace(filters_of(spec.model_dump() for spec in specs))
+        installed = any(sink is self.tap for sink in taps)
+        if self.tap.filters and not installed:
+            taps.append(self.tap)
+        elif not self.tap.filters and installed:
+            taps.remove(self.tap)
+
+    async def _flush_taps(self, call: Any) -> None:
+        """Send what matched, in batches, until the stream ends (its owner cancels it)."""
+        while True:
+            await asyncio.sleep(self.tap_interval)
+            while len(self.tap) or self.tap.dropped:
+                records, dropped = self.tap.take(MAX_TAP_RECORDS)
+                await self._write(
+                    call, SubscribeRequest(tap=TapBatch(records=tuple(records), dropped=dropped))
+                )
+                self.tap_sent += len(records)
+
     async def _handle(self, call: Any, data: bytes) -> None:
-        self.pushes_received += 1
         try:
             response = decode_response(data)
         except SnapshotRejected as exc:
+            self.pushes_received += 1
             await self._nack(call, exc.version_info, exc.nonce, exc.reason)
             return
+        if response.kind == "tap":
+            self._set_tap_filters(response.taps or ())
+            return
+        self.pushes_received += 1
+        await self._apply(call, response)
+
+    async def _apply(self, call: Any, response: SnapshotResponse) -> None:
         snapshot = response.snapshot
         assert snapshot is not None  # decode_response guarantees a full snapshot
         table = self.holder.table
@@ -345,10 +404,8 @@ class Subscriber:
                 await self._nack(call, response.version_info, response.nonce, str(exc))
                 return
         self.version = snapshot.version
-        await call.write(
-            encode_request(
-                SubscribeRequest(version_info=snapshot.version, response_nonce=response.nonce)
-            )
+        await self._write(
+            call, SubscribeRequest(version_info=snapshot.version, response_nonce=response.nonce)
         )
         self.acks += 1
         log.info("applied and ACKed snapshot %s", snapshot.version)
@@ -358,12 +415,9 @@ class Subscriber:
         reason = reason[:MAX_ERROR_DETAIL] or "rejected"
         self.holder.reject(reason)
         log.error("NACK snapshot %s: %s", version, reason)
-        await call.write(
-            encode_request(
-                SubscribeRequest(
-                    version_info=self.version, response_nonce=nonce, error_detail=reason
-                )
-            )
+        await self._write(
+            call,
+            SubscribeRequest(version_info=self.version, response_nonce=nonce, error_detail=reason),
         )
         self.nacks += 1
 

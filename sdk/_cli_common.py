@@ -29,6 +29,7 @@ from forklane._cli_render import (
     list_document,
     parse_output,
 )
+from forklane._core import waiting_reason
 from forklane.client import Client, Resource
 from forklane.controlplane.wire import (
     API_VERSION,
@@ -205,10 +206,20 @@ def show(
 
 
 def wait_with_spinner(client: Client, name: str, timeout: float) -> Sandbox:
-    """Wait for Ready with a spinner and elapsed time on an interactive stderr."""
+    """Wait for Ready, saying what it waits for: on an interactive stderr a spinner with the
+    current condition's reason and the elapsed time; otherwise one line each time the
+    reason changes (so a log shows why it took long, or why it stopped)."""
     console = err_console()
     if not console.is_terminal:
-        return client.sandboxes.wait_ready(name, timeout)
+        said: list[str] = []
+
+        def on_change(sb: Sandbox) -> None:
+            reason = waiting_reason(sb)
+            if reason != "Ready" and (not said or said[-1] != reason):
+                said.append(reason)
+                console.print(f"waiting for sandbox {name}: {reason}", soft_wrap=True)
+
+        return client.sandboxes.wait_ready(name, timeout, on_change)
     with Progress(
         SpinnerColumn(),
         TextColumn("{task.description}"),
@@ -219,8 +230,7 @@ def wait_with_spinner(client: Client, name: str, timeout: float) -> Sandbox:
         task = progress.add_task(f"waiting for sandbox {name} to be Ready", total=None)
 
         def on_poll(sb: Sandbox) -> None:
-            phase = sb.status.phase if sb.status else "Pending"
-            progress.update(task, description=f"waiting for sandbox {name}: {phase}")
+            progress.update(task, description=f"waiting for sandbox {name}: {waiting_reason(sb)}")
 
         return client.sandboxes.wait_ready(name, timeout, on_poll)
 

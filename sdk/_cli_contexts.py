@@ -98,7 +98,10 @@ def login(
     url: Annotated[str, typer.Option("--url", metavar="URL", help="control-plane URL")],
     token: Annotated[
         str | None,
-        typer.Option("--token", metavar="TOKEN", help="bearer token (prompted when omitted)"),
+        typer.Option(
+            "--token", metavar="TOKEN",
+            help="bearer token; when omitted, read from stdin (one line) or prompted for",
+        ),
     ] = None,
     name: Annotated[
         str, typer.Option("--context", metavar="NAME", help="context name to save")
@@ -107,8 +110,13 @@ def login(
         bool, typer.Option("--verify/--no-verify", help="check the token first")
     ] = True,
 ) -> None:
-    """Save URL and token as a context, make it current (checking the token first)."""
+    """Save URL and token as a context, make it current (checking the token first).
+
+    Without --token the token comes from stdin when it is not a terminal (`forklane login
+    --url URL <<< "$TOKEN"`), so it never appears on a command line or in `ps`."""
     url = normalize_url(url)
+    if token is None:
+        token = _token_from_stdin() if sys.stdin and not sys.stdin.isatty() else None
     if token is None:
         token = typer.prompt("token", hide_input=True)
     if verify:
@@ -117,3 +125,11 @@ def login(
     cfg = _config().with_context(Context(name, url, token or None))
     save_config_file(cfg.with_current(name))
     err_console().print(f"logged in to {url} as context {name}")
+
+
+def _token_from_stdin() -> str:
+    """The first line of stdin, stripped; a usage error when there is none."""
+    line = sys.stdin.readline().strip()
+    if not line:
+        raise UsageProblem("no token on stdin: pipe one in, or give --token")
+    return line

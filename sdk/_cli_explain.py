@@ -16,6 +16,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import quote
 
 import httpx
 import typer
@@ -43,13 +44,15 @@ from forklane.errors import (
 __all__ = ["explain"]
 
 
-def _header_pairs(values: Sequence[str] | None) -> dict[str, str]:
-    out: dict[str, str] = {}
+def _header_pairs(values: Sequence[str] | None) -> list[list[str]]:
+    """`-H` values as `[name, value]` pairs: a repeated field stays repeated, as on the wire
+    (two `baggage` fields are not one)."""
+    out: list[list[str]] = []
     for value in values or ():
         name, sep, val = value.partition(":")
         if not sep or not name.strip():
             raise UsageProblem(f"-H {value!r}: expected 'NAME: VALUE'")
-        out[name.strip().lower()] = val.strip()
+        out.append([name.strip().lower(), val.strip()])
     return out
 
 
@@ -83,7 +86,7 @@ def _explain_via_snapshot(snapshot: dict[str, Any], request: dict[str, Any]) -> 
         argv = [sys.executable, "-P", "-m", "forklane.proxy", "explain", "--config", str(config),
                 "--listener", request["listener"], "--method", request["method"],
                 "--host", request["host"], "--path", request["path"], "-o", "json"]  # fmt: skip
-        for name, value in request["headers"].items():
+        for name, value in request["headers"]:
             argv += ["-H", f"{name}: {value}"]
         try:
             done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
@@ -101,11 +104,45 @@ def _explain_via_snapshot(snapshot: dict[str, Any], request: dict[str, Any]) -> 
     return result
 
 
+def carrier_fields(carrier: str | None, key: str | None) -> list[list[str]]:
+    """The field that carried `key` as the tap recorded it (`header:NAME`, `baggage:MEMBER`,
+    `tracestate:MEMBER`), rebuilt so the replayed request carries the key the same way."""
+    if not carrier or not key:
+        return []
+    kind, _, name = carrier.partition(":")
+    if kind == "header":
+        return [[name, key]]
+    if kind == "baggage":
+        return [["baggage", f"{name}={key}"]]
+    if kind == "tracestate":  # tracestate counts only beside a valid traceparent
+        return [["traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"],
+                ["tracestate", f"{name}={key}"]]
+    return []
+
+
+def _from_tap(line: dict[str, Any]) -> dict[str, Any]:
+    target = str(line.get("target") or "/")
+    return {
+        "listener": str(line.get("listener") or "outbound"),
+        "method": str(line.get("method") or "GET"),
+        "host": str(line.get("host") or ""),
+        "path": target.partition("?")[0] or "/",
+        "headers": carrier_fields(line.get("carrier"), line.get("routing_key")),
+    }
+
+
+def _recorded(line: dict[str, Any]) -> str:
+    return (f"tap {line.get('id')}: {line.get('method')} {line.get('target')} on "
+            f"{line.get('proxy')} went {line.get('kind')} via {line.get('rule')} to "
+            f"{line.get('destination')} ({line.get('status')})")
+
+
 def explain(
     ctx: typer.Context,
     host: Annotated[
-        str, typer.Option("--host", metavar="HOST", help="Host / :authority of the request")
-    ],
+        str | None,
+        typer.Option("--host", metavar="HOST", help="Host / :authority of the request"),
+    ] = None,
     path: Annotated[str, typer.Option("--path", metavar="PATH")] = "/",
     method: Annotated[str, typer.Option("--method", "-X", metavar="METHOD")] = "GET",
     header: Annotated[
@@ -126,33 +163,66 @@ def explain(
             help="ask this proxy's admin port instead, e.g. http://127.0.0.1:15000",
         ),
     ] = None,
+    from_tap: Annotated[
+        str | None,
+        typer.Option("--from-tap", metavar="ID",
+                     help="replay a request `forklane tap -o json` showed (its id)"),
+    ] = None,
     output: OutputOpt = Format.table,
 ) -> None:
     """Say where a request with these headers would go, and which rule decided it.
 
     Without --proxy-admin, the control plane's current snapshot is fetched and the proxy's
-    own decision function runs on it locally.
+    own decision function runs on it locally. Repeated -H fields stay repeated, as on the
+    wire. --from-tap ID replays a request a tap showed (method, host, path and the key in
+    the carrier it came in) and says whether today's answer is the one recorded.
     """
     if listener not in ("outbound", "inbound"):
         raise UsageProblem(f"--listener {listener!r}: expected outbound or inbound")
-    headers = _header_pairs(header)
-    if routing_key:
-        headers[ROUTING_KEY_HEADER] = routing_key
-    request: dict[str, Any] = {
-        "listener": listener,
-        "method": method.upper(),
-        "host": host,
-        "path": path,
-        "headers": headers,
-    }
+    recorded: dict[str, Any] | None = None
+    if from_tap:
+        with open_client(ctx) as client:
+            recorded = client.call("GET", f"/api/v1/tap/requests/{quote(from_tap, safe='')}")
+        if not isinstance(recorded, dict):
+            raise ForklaneError(f"tap line {from_tap}: the answer is not a JSON object")
+        request = _from_tap(recorded)
+        if request["listener"] not in ("outbound", "inbound"):
+            raise ForklaneError(f"tap line {from_tap}: listener {request['listener']!r}")
+    else:
+        if not host:
+            raise UsageProblem("--host is required (or --from-tap ID)")
+        headers = _header_pairs(header)
+        if routing_key:
+            headers.append([ROUTING_KEY_HEADER, routing_key])
+        request = {
+            "listener": listener,
+            "method": method.upper(),
+            "host": host,
+            "path": path,
+            "headers": headers,
+        }
     if proxy_admin:
         decision = _explain_via_admin(proxy_admin, request)
     else:
         with open_client(ctx) as client:
             snapshot = client.snapshot()
         decision = _explain_via_snapshot(snapshot, request)
+    if recorded is not None:
+        decision["recorded"] = {k: recorded.get(k) for k in (
+            "id", "proxy", "time", "kind", "rule", "destination", "status", "routing_key",
+            "carrier")}
+        decision["same_as_recorded"] = (
+            decision.get("kind") == recorded.get("kind")
+            and decision.get("destination") == recorded.get("destination")
+        )
     if output in (Format.table, Format.wide):
-        out_console().print(explanation_text(decision), highlight=False)
+        console = out_console()
+        if recorded is not None:
+            console.print(_recorded(recorded), highlight=False)
+            console.print("now: same answer" if decision["same_as_recorded"]
+                          else "now: a different answer (the routing changed since)",
+                          highlight=False)
+        console.print(explanation_text(decision), highlight=False)
     else:
         emit_document(camel_keys(decision), output, sys.stdout)
 

@@ -32,6 +32,7 @@ from pydantic import BaseModel, ValidationError
 from forklane.controlplane.wire import (
     API_VERSION,
     ENDPOINT_PATTERN,
+    Condition,
     ForkSpec,
     ProxyInfo,
     ProxyList,
@@ -57,6 +58,7 @@ from forklane.errors import (
 
 __all__ = [
     "API_PREFIX",
+    "HARD_REASONS",
     "ROUTEGROUPS",
     "ROUTING_KEY_HEADER",
     "SANDBOXES",
@@ -73,9 +75,13 @@ __all__ = [
     "TransportFailure",
     "WatchEvent",
     "build_sandbox",
+    "hard_failure",
     "parse_duration",
+    "parse_tap_line",
     "parse_watch_line",
     "routing_headers",
+    "tap_request",
+    "waiting_reason",
     "watch_request",
 ]
 
@@ -355,6 +361,36 @@ def parse_watch_line(line: str) -> WatchEvent:
     return WatchEvent(str(doc.get("type")), doc["object"])
 
 
+def tap_request(
+    sandbox: str | None,
+    service: str | None,
+    key: str | None,
+    status: str | None,
+    seconds: float | None,
+) -> tuple[Request, str]:
+    """`GET /api/v1/tap`: the live stream of routing decisions (see `controlplane.tap_api`)."""
+    params: list[tuple[str, str]] = []
+    for name, value in (("sandbox", sandbox), ("service", service), ("key", key),
+                        ("status", status)):  # fmt: skip
+        if value:
+            params.append((name, value))
+    if seconds is not None:
+        params.append(("seconds", f"{seconds:g}"))
+    what = f"tap of sandboxes/{sandbox}" if sandbox else "tap"
+    return Request("GET", f"{API_PREFIX}/tap", params=tuple(params)), what
+
+
+def parse_tap_line(line: str) -> dict[str, Any]:
+    """One NDJSON line of a tap: `type` is started | request | delivery | dropped."""
+    try:
+        doc = json.loads(line)
+    except ValueError:
+        raise ForklaneError(f"tap: not a JSON line: {line[:100]!r}") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("type"), str):
+        raise ForklaneError(f"tap: not a tap line: {line[:100]!r}")
+    return doc
+
+
 @dataclass(frozen=True, slots=True)
 class SandboxHandle:
     """What `client.sandbox(...)` yields: the key to send and the headers that carry it."""
@@ -377,6 +413,36 @@ def handle_for(sandbox: Sandbox) -> SandboxHandle:
     return SandboxHandle(
         name=sandbox.metadata.name, routing_key=key, sandbox=sandbox, headers=routing_headers(key)
     )
+
+
+# Reasons the control plane gives for a condition that no amount of waiting changes: the
+# sandbox must be changed (or its fork started under a name that resolves).
+HARD_REASONS = frozenset({"CompileFailed", "ForkUnresolvable"})
+
+
+def hard_failure(sandbox: Sandbox) -> Condition | None:
+    """The first false condition whose reason is in `HARD_REASONS`, if any."""
+    status = sandbox.status
+    if status is None:
+        return None
+    return next(
+        (c for c in status.conditions if c.status == "False" and c.reason in HARD_REASONS), None
+    )
+
+
+def waiting_reason(sandbox: Sandbox) -> str:
+    """What a wait is waiting for, in a few words: `Pending: ForkUnreachable (host:port:
+    Connect call failed)`; the first false condition other than `Ready` itself."""
+    status = sandbox.status
+    if status is None:
+        return "Pending: no status yet"
+    blocking = next(
+        (c for c in status.conditions if c.status != "True" and c.type != "Ready"), None
+    )
+    if blocking is None:
+        return status.phase
+    detail = f" ({blocking.message})" if blocking.message else ""
+    return f"{status.phase}: {blocking.reason or blocking.type}{detail}"
 
 
 def describe_status(sandbox: Sandbox) -> str:
@@ -575,8 +641,9 @@ class Api:
     ) -> Op[Sandbox]:
         """Poll until the sandbox is Ready for its current generation.
 
-        Raises `SandboxFailed` on phase Failed and `WaitTimeout` (naming the last phase and
-        conditions) at the deadline; `NotFound` if it disappears.
+        Raises `SandboxFailed` on phase Failed, on a condition whose reason says waiting
+        cannot help (`HARD_REASONS`) and when the sandbox is being deleted; `WaitTimeout`
+        (naming the last phase and conditions) at the deadline; `NotFound` if it disappears.
         """
         deadline = self._clock() + timeout
         while True:
@@ -594,6 +661,12 @@ class Api:
                     return sandbox
                 if status.phase == "Failed" and current:
                     raise SandboxFailed(f"sandbox {name!r} failed: {describe_status(sandbox)}")
+                hard = hard_failure(sandbox) if current else None
+                if hard is not None:
+                    raise SandboxFailed(
+                        f"sandbox {name!r} cannot become Ready ({hard.reason}): "
+                        f"{describe_status(sandbox)}"
+                    )
                 if status.phase == "Terminating":
                     raise SandboxFailed(f"sandbox {name!r} is being deleted")
             remaining = deadline - self._clock()

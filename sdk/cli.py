@@ -51,6 +51,7 @@ from forklane._cli_render import (
     emit,
 )
 from forklane._cli_resources import routegroup_app, sandbox_app, service_app, split_app
+from forklane._cli_tap import tap
 from forklane._entry import exec_component
 from forklane.config import normalize_url
 from forklane.controlplane.wire import API_VERSION, dump
@@ -61,6 +62,7 @@ from forklane.errors import (
     ForklaneError,
     Invalid,
     NotFound,
+    SandboxFailed,
     Unauthorized,
     Unavailable,
     WaitTimeout,
@@ -77,6 +79,7 @@ EXIT_CODES: dict[type[ForklaneError], int] = {
     Invalid: 6,
     Unavailable: 7,
     WaitTimeout: 8,
+    SandboxFailed: 9,
 }
 
 EPILOG = """Exit codes:
@@ -86,11 +89,12 @@ EPILOG = """Exit codes:
   1  error                     6  invalid (e.g. an unknown service, a bad field)
   2  usage                     7  unavailable (control plane or proxy unreachable)
   3  not found                 8  timeout (waiting for Ready)
-  4  conflict                  130 interrupted
+  4  conflict                  9  failed while waiting (waiting cannot help)
+                               130 interrupted
 
 Configuration: --url/--token/--context, else FORKLANE_URL, FORKLANE_TOKEN, FORKLANE_CONTEXT,
-else the current context of ~/.config/forklane/config.yaml (path: FORKLANE_CONFIG); default
-URL http://127.0.0.1:8080.
+else the current context of ~/.config/forklane/config.yaml (its path: FORKLANE_CLIENT_CONFIG);
+default URL http://127.0.0.1:8080.
 """
 
 _HELP = {"help_option_names": ["-h", "--help"]}
@@ -123,6 +127,7 @@ for sub, short in ((sandbox_app, "sb"), (routegroup_app, "rg"), (split_app, "sp"
 register(app)
 
 app.command("explain")(explain)
+app.command("tap")(tap)
 app.command("login")(login)
 
 

@@ -43,7 +43,9 @@ from forklane._core import (
     WatchEvent,
     build_sandbox,
     handle_for,
+    parse_tap_line,
     parse_watch_line,
+    tap_request,
     watch_request,
 )
 from forklane._transport import run_async, run_sync
@@ -226,6 +228,29 @@ class Client:
         except httpx.TransportError as exc:
             raise Unavailable(f"watch {kind}: {exc}") from None
 
+    def tap(
+        self,
+        sandbox: str | None = None,
+        *,
+        service: str | None = None,
+        key: str | None = None,
+        status: str | None = None,
+        seconds: float | None = None,
+    ) -> Iterator[dict[str, Any]]:
+        """Routing decisions (and message deliveries) as proxies make them, filtered where
+        they are made; see `controlplane.tap_api` for the lines."""
+        request, what = tap_request(sandbox, service, key, status, seconds)
+        try:
+            with self._http.stream("GET", request.path, params=request.params,
+                                   timeout=None) as response:  # fmt: skip
+                if response.status_code != 200:
+                    raise error_from_response(response.status_code, response.read(), what)
+                for line in response.iter_lines():
+                    if line.strip():
+                        yield parse_tap_line(line)
+        except httpx.TransportError as exc:
+            raise Unavailable(f"{what}: {exc}") from None
+
     def snapshot(self) -> dict[str, Any]:
         """The routing snapshot the control plane currently pushes, as JSON."""
         return self._run(self._api.snapshot())
@@ -389,6 +414,29 @@ class AsyncClient:
                         yield parse_watch_line(line)
         except httpx.TransportError as exc:
             raise Unavailable(f"watch {kind}: {exc}") from None
+
+    async def tap(
+        self,
+        sandbox: str | None = None,
+        *,
+        service: str | None = None,
+        key: str | None = None,
+        status: str | None = None,
+        seconds: float | None = None,
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Routing decisions (and message deliveries) as proxies make them (see `Client.tap`)."""
+        request, what = tap_request(sandbox, service, key, status, seconds)
+        try:
+            async with self._http.stream("GET", request.path, params=request.params,
+                                         timeout=None) as response:  # fmt: skip
+                if response.status_code != 200:
+                    body = await response.aread()
+                    raise error_from_response(response.status_code, body, what)
+                async for line in response.aiter_lines():
+                    if line.strip():
+                        yield parse_tap_line(line)
+        except httpx.TransportError as exc:
+            raise Unavailable(f"{what}: {exc}") from None
 
     async def snapshot(self) -> dict[str, Any]:
         """The routing snapshot the control plane currently pushes, as JSON."""

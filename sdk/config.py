@@ -10,7 +10,7 @@ resolved on its own, first match wins:
 4. the default URL `http://127.0.0.1:8080`, no token.
 
 The config file (`~/.config/forklane/config.yaml`, or `$XDG_CONFIG_HOME/forklane/...`, or
-`FORKLANE_CONFIG`) holds named contexts like kubectl's::
+`FORKLANE_CLIENT_CONFIG`) holds named contexts like kubectl's::
 
     current-context: staging
     contexts:
@@ -38,6 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from forklane.errors import ConfigError
 
 __all__ = [
+    "CONFIG_ENV",
     "DEFAULT_URL",
     "ClientConfig",
     "ConfigFile",
@@ -50,6 +51,7 @@ __all__ = [
 ]
 
 DEFAULT_URL = "http://127.0.0.1:8080"
+CONFIG_ENV = "FORKLANE_CLIENT_CONFIG"
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,10 +118,13 @@ def normalize_url(url: str) -> str:
 
 
 def config_path(env: Mapping[str, str] | None = None) -> Path:
-    """Where the config file lives: `FORKLANE_CONFIG`, else the XDG config directory."""
+    """Where the config file lives: `FORKLANE_CLIENT_CONFIG`, else the XDG config directory.
+
+    Not `FORKLANE_CONFIG`: that is the proxy's static routing file, and a `forklane proxy run`
+    started from a shell that set it for the CLI would load the contexts as routes."""
     env = os.environ if env is None else env
-    if env.get("FORKLANE_CONFIG"):
-        return Path(env["FORKLANE_CONFIG"]).expanduser()
+    if env.get(CONFIG_ENV):
+        return Path(env[CONFIG_ENV]).expanduser()
     base = env.get("XDG_CONFIG_HOME") or str(Path(env.get("HOME") or Path.home()) / ".config")
     return Path(base) / "forklane" / "config.yaml"
 

@@ -98,7 +98,8 @@ class WaitTimeout(ForklaneError):
 
 
 class SandboxFailed(ForklaneError):
-    """The sandbox reached phase Failed while we waited for Ready."""
+    """While we waited for Ready, the sandbox reached phase Failed, got a condition that
+    waiting cannot change (a fork host that does not exist), or started being deleted."""
 
 
 class ConfigError(ForklaneError):

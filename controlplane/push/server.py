@@ -23,13 +23,16 @@ from forklane.controlplane.auth import Grant, subscription_refused
 from forklane.controlplane.errors import AddressInUse
 from forklane.controlplane.publisher import SnapshotPublisher
 from forklane.controlplane.push.registry import ProxyRegistry, StreamId
+from forklane.controlplane.tap import TapHub
 from forklane.proxy.push_messages import (
     REPLICA_METADATA,
     SERVICE,
     MessageError,
+    Node,
     SubscribeRequest,
     decode_request,
     encode_full_response,
+    encode_tap_filters,
 )
 from forklane.proxy.schema import RoutingSnapshot
 
@@ -111,7 +114,10 @@ class PushServer:
         min_ping_interval: float = 10.0,
         keepalive: float = 30.0,
         recheck_interval: float = 30.0,
+        taps: TapHub | None = None,
     ) -> None:
+        self._taps = taps
+        self._write_locks: dict[StreamId, asyncio.Lock] = {}
         self._publisher = publisher
         self._registry = registry
         self._authorize = authorize
@@ -200,7 +206,7 @@ class PushServer:
         )
         try:
             await context.send_initial_metadata(((REPLICA_METADATA, self._registry.replica),))
-            error = await self._serve(stream, context, token)
+            error = await self._serve(stream, context, token, node)
         finally:
             self._registry.disconnect(stream)
             log.info("push: proxy %s disconnected", node.id)
@@ -208,21 +214,25 @@ class PushServer:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, error)
 
     async def _serve(
-        self, stream: StreamId, context: grpc.aio.ServicerContext, token: str | None
+        self, stream: StreamId, context: grpc.aio.ServicerContext, token: str | None, node: Node
     ) -> str | None:
-        """Run reader, writer and the token re-check until one ends; returns an error to
+        """Run reader, writer(s) and the token re-check until one ends; returns an error to
         abort with, if any."""
         pending = _Pending()
-        reader = asyncio.create_task(self._read_answers(stream, context, pending))
+        self._write_locks[stream] = asyncio.Lock()
+        reader = asyncio.create_task(self._read_answers(stream, context, pending, node.id))
         writer = asyncio.create_task(self._push_latest(stream, context, pending))
         checker = asyncio.create_task(self._recheck_token(token))
-        tasks = (reader, writer, checker)
+        tasks: tuple[asyncio.Task[None], ...] = (reader, writer, checker)
+        if self._taps is not None and "tap" in node.capabilities:
+            tasks += (asyncio.create_task(self._push_taps(stream, context, self._taps)),)
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            self._write_locks.pop(stream, None)
         if checker in done and not checker.cancelled() and checker.exception() is None:
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "token revoked")
         for task in done:
@@ -254,10 +264,14 @@ class PushServer:
         return decode_request(data)
 
     async def _read_answers(
-        self, stream: StreamId, context: grpc.aio.ServicerContext, pending: _Pending
+        self, stream: StreamId, context: grpc.aio.ServicerContext, pending: _Pending, node_id: str
     ) -> None:
         while True:
             answer = await self._read(context)
+            if answer.tap is not None:  # live-tap records, not an answer to a push
+                if self._taps is not None:
+                    self._taps.received(node_id, answer.tap.records, answer.tap.dropped)
+                continue
             if pending.nonce is None or answer.response_nonce != pending.nonce:
                 log.debug(
                     "push: stream %d: stale answer (nonce %r) ignored",
@@ -289,11 +303,23 @@ class PushServer:
             pending.nonce, pending.version = nonce, snapshot.version
             pending.answered.clear()
             self._registry.sent(stream, snapshot.version)
-            await context.write(
-                encode_full_response(snapshot.version, nonce, self._encode(snapshot))
-            )
+            async with self._write_locks[stream]:
+                await context.write(
+                    encode_full_response(snapshot.version, nonce, self._encode(snapshot))
+                )
             await pending.answered.wait()
             than = snapshot.version
+
+    async def _push_taps(
+        self, stream: StreamId, context: grpc.aio.ServicerContext, taps: TapHub
+    ) -> None:
+        """Tell the proxy the whole filter set whenever it changes (nothing while nobody has
+        ever watched: a proxy starts with no filters)."""
+        seen = 0
+        while True:
+            seen = await taps.wait_changed(seen)
+            async with self._write_locks[stream]:
+                await context.write(encode_tap_filters(str(next(self._nonces)), taps.filters()))
 
     def _encode(self, snapshot: RoutingSnapshot) -> bytes:
         """Each version is encoded once and shared by every stream."""

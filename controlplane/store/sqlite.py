@@ -152,15 +152,10 @@ class SqliteStore(Store):
         for version, sql in MIGRATIONS:
             if version <= current:
                 continue
-            await db.execute("BEGIN IMMEDIATE")
-            try:
+            async with self._transaction():
                 for statement in filter(str.strip, sql.split(";")):
                     await db.execute(statement)
                 await db.execute("INSERT INTO schema_migrations (version) VALUES (?)", (version,))
-                await db.execute("COMMIT")
-            except BaseException:
-                await db.execute("ROLLBACK")
-                raise
 
     async def aclose(self) -> None:
         if self._db is not None:
@@ -200,16 +195,35 @@ class SqliteStore(Store):
         assert row is not None
         return int(row[0])
 
+    @contextlib.asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[None]:
+        """BEGIN IMMEDIATE ... COMMIT, rolled back on any exception, cancellation included.
+
+        A cancelled `await` does not stop its statement: aiosqlite's thread still runs it.
+        So a cancellation that lands on BEGIN leaves the connection inside a transaction
+        holding the file's write lock unless we roll back, and one that lands on COMMIT may
+        find the commit done. `rollback()` runs after every statement queued before it and is
+        a no-op outside a transaction, so it is right in both cases.
+        """
+        db = self._conn
+        try:
+            await db.execute("BEGIN IMMEDIATE")
+            yield
+            await db.execute("COMMIT")
+        except BaseException:
+            await db.rollback()
+            raise
+
     async def _write(self, body: Any) -> Any:
         """Run `body()` in an IMMEDIATE transaction; notify listeners after commit."""
         async with self._guard():
-            db = self._conn
-            await db.execute("BEGIN IMMEDIATE")
             try:
-                result, revision = await body()
-                await db.execute("COMMIT")
-            except BaseException:
-                await db.execute("ROLLBACK")
+                async with self._transaction():
+                    result, revision = await body()
+            except asyncio.CancelledError:
+                # the COMMIT may have gone through before the cancellation: tell listeners
+                # whatever revision the file is at now (a repeated one is dropped)
+                self._notify(await self._revision())
                 raise
         if revision is not None:
             self._notify(revision)

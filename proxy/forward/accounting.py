@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from typing import TYPE_CHECKING, Any
 
 from forklane.proxy.routing import Decision
@@ -57,8 +58,17 @@ def log_request(
     error: str | None,
     peer: bytes,
 ) -> None:
-    """One JSON record to the live-tap readers and, when enabled, the access log."""
+    """One JSON record to the live-tap readers that want it and, when enabled, the access log.
+
+    Each tap's filter is asked before the record is built, so a tap on one sandbox costs
+    the other requests one look-up per tap."""
+    key = decision.key.key if decision else None
+    service = route.service if route else None
+    sinks = [s for s in ctx.stats.taps if s.wants(key, service, status)]
+    if not sinks and not ctx.access_log:
+        return
     record: dict[str, Any] = {
+        "time": round(time.time(), 6),
         "listener": ctx.kind,
         "protocol": protocol,
         "method": method.decode("latin-1"),
@@ -66,18 +76,18 @@ def log_request(
         "host": host.decode("latin-1"),
         "status": status,
         "duration_ms": round(elapsed * 1000, 3),
+        "service": service,
         "kind": route.kind if route else "rejected",
         "rule": route.rule if route else None,
         "destination": dest.name if dest else None,
         "endpoint": endpoint.address if endpoint else None,
-        "routing_key": decision.key.key if decision else None,
+        "routing_key": key,
         "carrier": decision.key.carrier if decision else None,
         "fallback": fallback,
         "error": error,
         "peer": peer.decode("latin-1"),
     }
-    for queue in ctx.stats.taps:
-        if not queue.full():
-            queue.put_nowait(record)
+    for sink in sinks:
+        sink.offer(record)
     if ctx.access_log:
         sys.stdout.write(json.dumps(record, separators=(",", ":")) + "\n")

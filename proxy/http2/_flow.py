@@ -6,7 +6,7 @@ bytes to the source only once they left for the destination: the source can neve
 than one window of data in flight through the proxy, so buffers stay bounded without a
 separate byte limit.
 
-A `Hub` collects the connections whose `h2` state machine has bytes to write. Socket
+A `Hub` collects the connections whose protocol state (`conn.H2Conn`) has bytes to write. Socket
 callbacks flush it when they are done, so the frames one read produces on both sides leave in
 one syscall per socket; any other path that produces frames (timers, connect completions) is
 covered by a flush scheduled for the end of the loop iteration.
@@ -18,45 +18,18 @@ import asyncio
 from collections import deque
 from typing import TYPE_CHECKING
 
-from h2.connection import ConnectionState, H2Connection
-from h2.errors import ErrorCodes
-from h2.events import Event
-from h2.exceptions import ProtocolError
-from hyperframe.frame import Frame, GoAwayFrame
+from forklane.proxy.http2.conn import H2Conn, H2Error
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-__all__ = ["GracefulH2Connection", "Hub", "Peer", "Pipe"]
-
-
-class GracefulH2Connection(H2Connection):
-    """`H2Connection` that lets streams in flight finish after a GOAWAY with NO_ERROR.
-
-    h2 closes its whole state machine on any GOAWAY received, so a response frame that
-    follows a graceful GOAWAY (in the same read, even) becomes a protocol error, and it drops
-    the frames it had queued (a PING or SETTINGS acknowledgement among them). RFC 9113 §6.8
-    lets the streams at or below the announced last stream id complete; the owner refuses new
-    streams itself."""
-
-    def _receive_goaway_frame(
-        self, frame: GoAwayFrame
-    ) -> tuple[list[Frame], list[Event]]:
-        state = self.state_machine.state
-        queued = self.data_to_send()
-        frames, events = super()._receive_goaway_frame(frame)
-        if frame.error_code == ErrorCodes.NO_ERROR and state in (
-            ConnectionState.CLIENT_OPEN, ConnectionState.SERVER_OPEN
-        ):
-            self.state_machine.state = state
-            self._data_to_send[:0] = queued
-        return frames, events
+__all__ = ["Hub", "Peer", "Pipe"]
 
 
 class Peer:
     """One HTTP/2 connection (client- or server-facing) and its transport."""
 
-    h2: H2Connection
+    h2: H2Conn
     transport: asyncio.Transport | None = None
     write_paused = False
     dirty = False
@@ -152,10 +125,7 @@ class Pipe:
         src = self.src
         if src is None or size <= 0:
             return
-        try:
-            src.h2.acknowledge_received_data(size, self.src_sid)
-        except ProtocolError:
-            return  # the source connection is closing: nothing to give back
+        src.h2.ack(size, self.src_sid)
         src.mark()
 
     def discard(self) -> None:
@@ -179,7 +149,7 @@ class Pipe:
         chunks = self.chunks
         try:
             while chunks:
-                window = h2.local_flow_control_window(sid)
+                window = h2.window(sid)
                 if window <= 0:
                     dst.blocked.add(self)
                     dst.mark()
@@ -204,7 +174,7 @@ class Pipe:
                     h2.send_headers(sid, self.trailers, end_stream=True)
                 else:
                     h2.end_stream(sid)
-        except ProtocolError:
+        except H2Error:
             # The destination stream was reset or its connection is going: the owner hears
             # about that through its own event; here only the source's window matters.
             self.discard()

@@ -22,21 +22,6 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, cast
 
-from h2.config import H2Configuration
-from h2.errors import ErrorCodes
-from h2.events import (
-    ConnectionTerminated,
-    DataReceived,
-    RequestReceived,
-    StreamEnded,
-    StreamReset,
-    TrailersReceived,
-    WindowUpdated,
-)
-from h2.exceptions import ProtocolError
-from h2.settings import SettingCodes
-from hyperframe.frame import GoAwayFrame
-
 from forklane.proxy.balancer import NO_LEASE, Lease
 from forklane.proxy.forward import core, errors
 from forklane.proxy.forward.accounting import count_request, log_request
@@ -62,9 +47,25 @@ from forklane.proxy.forward.core import (
 )
 from forklane.proxy.forward.errors import ProxyError
 from forklane.proxy.forward.phases import ABORTED, CONNECTING, DONE, QUEUED, SENT, STREAMING
+from forklane.proxy.http2 import checks as conn_checks
 from forklane.proxy.http2 import grpc
-from forklane.proxy.http2._flow import GracefulH2Connection, Hub, Peer, Pipe
+from forklane.proxy.http2._flow import Hub, Peer, Pipe
 from forklane.proxy.http2._guard import AbuseMemory, FloodLimits, FrameGuard
+from forklane.proxy.http2.conn import (
+    EV_DATA,
+    EV_END,
+    EV_GOAWAY,
+    EV_HEADERS,
+    EV_RESET,
+    EV_TRAILERS,
+    EV_WINDOW,
+    S_MAX_CONCURRENT_STREAMS,
+    S_MAX_HEADER_LIST_SIZE,
+    ErrorCode,
+    H2Conn,
+    H2Error,
+    code_name,
+)
 from forklane.proxy.http2.upstream import CONNECTION_WINDOW, H2Pools, H2Upstream
 from forklane.proxy.listener.context import ListenerContext
 from forklane.proxy.routing import Decision
@@ -88,16 +89,13 @@ _RESPONSE_HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection",
 
 
 class H2Shared:
-    """The HTTP/2 state one listener's connections share, loaded with its first HTTP/2
-    connection: a sidecar that only ever sees HTTP/1.1 never loads h2, hpack or hyperframe."""
+    """The HTTP/2 state one listener's connections share, made with its first HTTP/2
+    connection."""
 
     def __init__(self, ctx: ListenerContext) -> None:
-        from forklane.proxy.http2 import _tuning
-
-        _tuning.apply()  # measured speedups of the HTTP/2 stack (idempotent)
         settings = ctx.settings
         self.hub = Hub(ctx.loop)
-        self.pools = H2Pools(ctx.loop, self.hub, settings.h2_validate_headers)
+        self.pools = H2Pools(ctx.loop, self.hub, 4 * settings.max_header_bytes)
         self.limits = FloodLimits(
             max_header_block=2 * settings.max_header_bytes + 16384,
             control_base=float(settings.h2_control_frame_budget),
@@ -182,7 +180,7 @@ class H2Stream:
         try:
             async with asyncio.timeout(dest.timeouts.connect):
                 conn = await self.down.shared.pools.connect(endpoint)
-        except (OSError, TimeoutError, ConnectionError, ProtocolError) as exc:
+        except (OSError, TimeoutError, ConnectionError, H2Error) as exc:
             failure = (Failure.CONNECT_TIMEOUT if isinstance(exc, TimeoutError)
                        else Failure.CONNECT_FAILED)
             self.connect_failed(dest, endpoint, failure)
@@ -221,7 +219,7 @@ class H2Stream:
         headers_only = req.ended and not req.chunks and req.trailers is None
         try:
             sid = conn.open_stream(self, self.headers, headers_only)
-        except ProtocolError:
+        except H2Error:
             assert self.dest is not None
             self.dispatch(self.dest, None, fresh=True)
             return
@@ -292,7 +290,7 @@ class H2Stream:
             self.deadline = 0.0
         try:
             down.h2.send_headers(self.sid, out, end_stream=ended)
-        except ProtocolError:
+        except H2Error:
             self.finish(0, reset=True)
             return
         down.mark()
@@ -301,6 +299,18 @@ class H2Stream:
             self.response_sent()
         else:
             self.resp.bind(down, self.sid)
+
+    def up_info(self, headers: list[tuple[bytes, bytes]]) -> None:
+        """A 1xx head (103 Early Hints, 100 Continue…): forwarded as it came, before the
+        final response (RFC 9113 §8.1)."""
+        if self.phase >= STREAMING or headers[0][1] == b"101":
+            return  # (101 has no meaning in HTTP/2)
+        out = [(n, v) for n, v in headers if n not in _RESPONSE_HOP]
+        try:
+            self.down.h2.send_headers(self.sid, out, end_stream=False)
+        except H2Error:
+            return
+        self.down.mark()
 
     def up_data(self, data: bytes, flow_len: int) -> None:
         self.resp.push(data, flow_len)
@@ -315,7 +325,7 @@ class H2Stream:
             conn, sid = self.resp.src, self.up_sid
             self.req.discard()
             if isinstance(conn, H2Upstream):
-                conn.cancel(sid, ErrorCodes.NO_ERROR)
+                conn.cancel(sid, ErrorCode.NO_ERROR)
         self.lease.release()
         if self.phase < STREAMING:
             error = errors.UPSTREAM_NO_RESPONSE
@@ -350,7 +360,7 @@ class H2Stream:
         ctx.stats.upstream_errors[step.error.label] += 1
         ctx.balancer.failed(endpoint)
         self.req.discard()
-        self.fail(step.error, f"the upstream reset the stream ({_code_name(code)})")
+        self.fail(step.error, f"the upstream reset the stream ({code_name(code)})")
 
     # -- answers the proxy makes itself ----------------------------------------------------------
 
@@ -382,8 +392,8 @@ class H2Stream:
                 return
             self.resp.discard()
             try:
-                down.h2.reset_stream(self.sid, ErrorCodes.INTERNAL_ERROR)
-            except ProtocolError:
+                down.h2.reset_stream(self.sid, ErrorCode.INTERNAL_ERROR)
+            except H2Error:
                 pass
             down.mark()
             self.finish(0, reset=True)
@@ -411,7 +421,7 @@ class H2Stream:
             if self.explain:
                 head.append(self.explanation())
             down.h2.send_headers(self.sid, head, end_stream=self.is_head)
-        except ProtocolError:
+        except H2Error:
             self.finish(0, reset=True)
             return
         down.mark()
@@ -453,8 +463,8 @@ class H2Stream:
             # RFC 9113 §8.1: a complete response may end the request early with NO_ERROR.
             self.req.discard()
             try:
-                down.h2.reset_stream(self.sid, ErrorCodes.NO_ERROR)
-            except ProtocolError:
+                down.h2.reset_stream(self.sid, ErrorCode.NO_ERROR)
+            except H2Error:
                 pass
             down.mark()
         now = ctx.clock.now
@@ -485,13 +495,6 @@ def _nothing() -> None:
     return None
 
 
-def _code_name(code: int) -> str:
-    try:
-        return ErrorCodes(code).name
-    except ValueError:
-        return str(code)
-
-
 class H2Downstream(asyncio.Protocol, Peer):
     """One client HTTP/2 connection on a listener."""
 
@@ -507,11 +510,10 @@ class H2Downstream(asyncio.Protocol, Peer):
         self.shared = state
         self.tls = tls
         settings = ctx.settings
-        self.h2 = GracefulH2Connection(H2Configuration(
-            client_side=False, header_encoding=None, validate_outbound_headers=False,
-            normalize_outbound_headers=False,
-            validate_inbound_headers=settings.h2_validate_headers,
-        ))
+        self.h2 = H2Conn(False, max_concurrent=MAX_CONCURRENT_STREAMS,
+                         connection_window=CONNECTION_WINDOW,
+                         max_list_decoded=2 * settings.max_header_bytes)
+        self.validate = settings.h2_validate_headers
         self.streams: dict[int, H2Stream] = {}
         self.peer = b""
         self.hop = Hop(b"", b"https" if tls else b"http", _VIA_HOP)
@@ -543,14 +545,10 @@ class H2Downstream(asyncio.Protocol, Peer):
             # Caught abusing recently: reconnecting does not buy a fresh budget.
             self.reset_threshold = max(1, self.reset_threshold // 10**strikes)
         self.guard = FrameGuard(self.shared.limits, now, strikes)
-        h2 = self.h2
-        h2.initiate_connection()
-        h2.update_settings({
-            SettingCodes.MAX_CONCURRENT_STREAMS: MAX_CONCURRENT_STREAMS,
-            SettingCodes.MAX_HEADER_LIST_SIZE: 2 * ctx.max_header_bytes,
-            SettingCodes.ENABLE_PUSH: 0,
-        })
-        h2.increment_flow_control_window(CONNECTION_WINDOW - 65535)
+        self.h2.initiate([
+            (S_MAX_CONCURRENT_STREAMS, MAX_CONCURRENT_STREAMS),
+            (S_MAX_HEADER_LIST_SIZE, 2 * ctx.max_header_bytes),
+        ])
         self.mark()
 
     def data_received(self, data: bytes) -> None:
@@ -590,9 +588,9 @@ class H2Downstream(asyncio.Protocol, Peer):
     def _receive(self, data: bytes) -> None:
         h2 = self.h2
         try:
-            events = h2.receive_data(data)
-        except ProtocolError:
-            # h2 queued a GOAWAY with the right error code: send it and close.
+            events = h2.receive(data)
+        except H2Error:
+            # A connection error: GOAWAY with its code is queued; send it and close.
             self.ctx.stats.rejected["h2-protocol-error"] += 1
             self.mark()
             self.hub.flush()
@@ -600,37 +598,35 @@ class H2Downstream(asyncio.Protocol, Peer):
                 self.transport.close()
             return
         streams = self.streams
-        for event in events:
+        for kind, sid, a, b in events:
             if self.abused:
                 return
-            if isinstance(event, DataReceived):
-                stream = streams.get(event.stream_id)
+            if kind == EV_DATA:
+                stream = streams.get(sid)
                 if stream is not None:
-                    stream.client_data(event.data, event.flow_controlled_length)
+                    stream.client_data(a, b)  # type: ignore[arg-type]
                 else:
-                    h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
-            elif isinstance(event, RequestReceived):
-                self.request_received(event.stream_id, event.headers,
-                                      event.stream_ended is not None)
-            elif isinstance(event, StreamEnded):
-                stream = streams.get(event.stream_id)
+                    h2.ack(b, sid)  # type: ignore[arg-type]
+            elif kind == EV_HEADERS:
+                self.request_received(sid, a, bool(b))  # type: ignore[arg-type]
+            elif kind == EV_END:
+                stream = streams.get(sid)
                 if stream is not None:
                     stream.client_end(None)
-            elif isinstance(event, TrailersReceived):
-                stream = streams.get(event.stream_id)
+            elif kind == EV_TRAILERS:
+                stream = streams.get(sid)
                 if stream is not None:
-                    stream.client_end(list(event.headers))
-            elif isinstance(event, StreamReset):
-                stream = streams.get(event.stream_id)
+                    stream.client_end(a)  # type: ignore[arg-type]
+            elif kind == EV_RESET:
+                stream = streams.get(sid)
                 if stream is not None:
                     self.client_reset(stream)
-            elif isinstance(event, WindowUpdated):
+            elif kind == EV_WINDOW:
                 self.unblock()
-            elif isinstance(event, ConnectionTerminated):
-                # The client opens no more streams; after NO_ERROR the ones in flight finish
-                # (GracefulH2Connection kept the state machine open for them).
+            elif kind == EV_GOAWAY:
+                # The client opens no more streams; after NO_ERROR the ones in flight finish.
                 self.closing = True
-                if event.error_code != ErrorCodes.NO_ERROR and self.transport is not None:
+                if a != ErrorCode.NO_ERROR and self.transport is not None:
                     self.transport.close()
         starting = self.starting
         if starting:
@@ -671,12 +667,12 @@ class H2Downstream(asyncio.Protocol, Peer):
     # -- requests ----------------------------------------------------------------------------
 
     def request_received(
-        self, sid: int, headers: list[tuple[bytes, bytes]], ended: bool
+        self, sid: int, headers: list[tuple[bytes, bytes]] | None, ended: bool
     ) -> None:
         ctx = self.ctx
         self.last_sid = sid
         if self.goaway_sent:
-            self.h2.reset_stream(sid, ErrorCodes.REFUSED_STREAM)
+            self.h2.reset_stream(sid, ErrorCode.REFUSED_STREAM)
             return
         stream = H2Stream(self, sid, ctx.clock.now)
         self.streams[sid] = stream
@@ -684,6 +680,14 @@ class H2Downstream(asyncio.Protocol, Peer):
         if ended:
             stream.req_ended = True
             stream.req.ended = True
+        if headers is None:  # the decoded list passed twice our header limit: not kept
+            self._refuse(stream, errors.HEADERS_TOO_LARGE, "too many or too large request headers")
+            return
+        if self.validate:
+            problem = conn_checks.request_problem(headers)
+            if problem is not None:
+                self._refuse(stream, errors.MALFORMED_REQUEST, problem)
+                return
         table = ctx.holder.table
         fields: TableFields | None = ctx.fields
         if fields is None or fields.table is not table:
@@ -817,7 +821,7 @@ class H2Downstream(asyncio.Protocol, Peer):
             self.premature_resets >= self.reset_threshold
             and self.premature_resets * 2 >= self.streams_total
         ):
-            self.abuse("h2-rapid-reset", ErrorCodes.ENHANCE_YOUR_CALM, "too many reset streams")
+            self.abuse("h2-rapid-reset", ErrorCode.ENHANCE_YOUR_CALM, "too many reset streams")
 
     def abuse(self, reason: str, error_code: int, detail: str) -> None:
         """The peer floods (control frames, resets, oversized frames or header blocks): count
@@ -832,11 +836,7 @@ class H2Downstream(asyncio.Protocol, Peer):
             other.req.discard()
             other.resp.discard()
             other.finish(0, reset=True)
-        try:
-            self.h2.close_connection(error_code, detail.encode("ascii", "replace"),
-                                     self.last_sid)
-        except ProtocolError:
-            pass
+        self.h2.goaway(error_code, self.last_sid, detail.encode("ascii", "replace"))
         self.closing = True
         self.mark()
         self.hub.flush()
@@ -865,19 +865,15 @@ class H2Downstream(asyncio.Protocol, Peer):
             self.drain()
 
     def drain(self) -> None:
-        """Graceful end: GOAWAY naming the last stream we took; streams in flight finish.
-
-        The GOAWAY frame is written directly: h2's state machine refuses to send anything
-        after its own GOAWAY, which would cut the streams RFC 9113 §6.8 lets finish."""
+        """Graceful end: GOAWAY naming the last stream we took; streams in flight finish
+        (RFC 9113 §6.8)."""
         if self.goaway_sent or self.transport is None:
             return
         self.goaway_sent = True
         self.closing = True
+        self.h2.goaway(ErrorCode.NO_ERROR, self.last_sid)
+        self.mark()
         self.hub.flush()
-        frame = GoAwayFrame(0)
-        frame.last_stream_id = self.last_sid
-        frame.error_code = 0
-        self.transport.write(frame.serialize())
         if not self.streams:
             self.transport.close()
 

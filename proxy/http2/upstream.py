@@ -17,29 +17,35 @@ from __future__ import annotations
 import asyncio
 from typing import Protocol, cast
 
-from h2.config import H2Configuration
-from h2.errors import ErrorCodes
-from h2.events import (
-    ConnectionTerminated,
-    DataReceived,
-    InformationalResponseReceived,
-    RemoteSettingsChanged,
-    ResponseReceived,
-    StreamEnded,
-    StreamReset,
-    TrailersReceived,
-    WindowUpdated,
+from forklane.proxy.http2._flow import Hub, Peer
+from forklane.proxy.http2.conn import (
+    EV_DATA,
+    EV_END,
+    EV_GOAWAY,
+    EV_HEADERS,
+    EV_INFO,
+    EV_RESET,
+    EV_SETTINGS,
+    EV_TRAILERS,
+    EV_WINDOW,
+    S_ENABLE_PUSH,
+    S_INITIAL_WINDOW_SIZE,
+    ErrorCode,
+    H2Conn,
+    H2Error,
 )
-from h2.exceptions import ProtocolError
-from h2.settings import SettingCodes
-
-from forklane.proxy.http2._flow import GracefulH2Connection, Hub, Peer
 from forklane.proxy.sockets import tune_transport
 from forklane.proxy.table import Endpoint
 
 __all__ = ["CONNECTION_WINDOW", "H2Pools", "H2Upstream", "UpstreamSink"]
 
-CONNECTION_WINDOW = 1024 * 1024
+CONNECTION_WINDOW = 1024 * 1024  # what a client may have in flight to us on one connection
+# What an upstream may have in flight to us: per stream and per connection. Larger than the
+# client-facing windows because a response's speed is window / round trip and responses are
+# where the bytes are; the connection window covers 64 stalled streams, so one slow client
+# cannot stall the other streams sharing its upstream connection.
+UPSTREAM_STREAM_WINDOW = 256 * 1024
+UPSTREAM_CONNECTION_WINDOW = 64 * UPSTREAM_STREAM_WINDOW
 _MAX_STREAMS_CAP = 1000  # even if an upstream allows more, spread further load over sockets
 
 
@@ -47,6 +53,7 @@ class UpstreamSink(Protocol):
     """The downstream side of one proxied stream, fed by its upstream stream."""
 
     def up_response(self, headers: list[tuple[bytes, bytes]], ended: bool) -> None: ...
+    def up_info(self, headers: list[tuple[bytes, bytes]]) -> None: ...
     def up_data(self, data: bytes, flow_len: int) -> None: ...
     def up_trailers(self, headers: list[tuple[bytes, bytes]]) -> None: ...
     def up_end(self) -> None: ...
@@ -60,10 +67,8 @@ class H2Upstream(asyncio.Protocol, Peer):
         Peer.__init__(self, pools.hub)
         self.pools = pools
         self.address = address
-        self.h2 = GracefulH2Connection(H2Configuration(
-            client_side=True, header_encoding=None, validate_outbound_headers=False,
-            normalize_outbound_headers=False, validate_inbound_headers=pools.validate,
-        ))
+        self.h2 = H2Conn(True, connection_window=UPSTREAM_CONNECTION_WINDOW,
+                         stream_window=UPSTREAM_STREAM_WINDOW, max_list_decoded=pools.max_list)
         self.streams: dict[int, UpstreamSink] = {}
         self.ready: asyncio.Future[None] = pools.loop.create_future()
         self.goaway = False
@@ -77,70 +82,71 @@ class H2Upstream(asyncio.Protocol, Peer):
         self.transport = transport
         tune_transport(transport)
         h2 = self.h2
-        h2.initiate_connection()
-        h2.update_settings({SettingCodes.ENABLE_PUSH: 0})
-        h2.increment_flow_control_window(CONNECTION_WINDOW - 65535)
+        h2.initiate([(S_ENABLE_PUSH, 0), (S_INITIAL_WINDOW_SIZE, UPSTREAM_STREAM_WINDOW)])
         transport.write(h2.data_to_send())
 
     def data_received(self, data: bytes) -> None:
         try:
-            events = self.h2.receive_data(data)
-        except ProtocolError:
+            events = self.h2.receive(data)
+        except H2Error:
             self.abort()
             self.hub.flush()
             return
         streams = self.streams
-        for event in events:
-            if isinstance(event, DataReceived):
-                sink = streams.get(event.stream_id)
+        for kind, sid, a, b in events:
+            if kind == EV_DATA:
+                sink = streams.get(sid)
                 if sink is not None:
-                    sink.up_data(event.data, event.flow_controlled_length)
+                    sink.up_data(a, b)  # type: ignore[arg-type]
                 else:
-                    self.h2.acknowledge_received_data(event.flow_controlled_length,
-                                                      event.stream_id)
-                    self.mark()
-            elif isinstance(event, ResponseReceived):
-                sink = streams.get(event.stream_id)
+                    self.h2.ack(b, sid)  # type: ignore[arg-type]
+            elif kind == EV_HEADERS:
+                sink = streams.get(sid)
                 if sink is not None:
-                    sink.up_response(event.headers, event.stream_ended is not None)
-            elif isinstance(event, StreamEnded):
-                sink = streams.pop(event.stream_id, None)
+                    if a is None:  # a response head over the list size limit
+                        streams.pop(sid)
+                        self.cancel(sid, ErrorCode.PROTOCOL_ERROR)
+                        sink.up_reset(ErrorCode.PROTOCOL_ERROR, False)
+                    else:
+                        sink.up_response(a, b)  # type: ignore[arg-type]
+            elif kind == EV_END:
+                sink = streams.pop(sid, None)
                 if sink is not None:
                     sink.up_end()
                 self._maybe_idle()
-            elif isinstance(event, TrailersReceived):
-                sink = streams.get(event.stream_id)
+            elif kind == EV_TRAILERS:
+                sink = streams.get(sid)
                 if sink is not None:
-                    sink.up_trailers(event.headers)
-            elif isinstance(event, StreamReset):
-                sink = streams.pop(event.stream_id, None)
+                    sink.up_trailers(a or [])  # type: ignore[arg-type]
+            elif kind == EV_RESET:
+                sink = streams.pop(sid, None)
                 if sink is not None:
-                    sink.up_reset(event.error_code,
-                                  event.error_code == ErrorCodes.REFUSED_STREAM)
+                    sink.up_reset(a, a == ErrorCode.REFUSED_STREAM)  # type: ignore[arg-type]
                 self._maybe_idle()
-            elif isinstance(event, WindowUpdated):
+            elif kind == EV_WINDOW:
                 self.unblock()
-            elif isinstance(event, RemoteSettingsChanged):
+            elif kind == EV_SETTINGS:
                 if not self.ready.done():
                     self.ready.set_result(None)
-            elif isinstance(event, ConnectionTerminated):
-                self._goaway(event.error_code, event.last_stream_id)
-            elif isinstance(event, InformationalResponseReceived):
-                pass  # 1xx: meaningless to forward over HTTP/2 streams we already answer
+            elif kind == EV_GOAWAY:
+                self._goaway(a, b)  # type: ignore[arg-type]
+            elif kind == EV_INFO:
+                sink = streams.get(sid)
+                if sink is not None:
+                    sink.up_info(a)  # type: ignore[arg-type]
         self.mark()
         self.hub.flush()  # now rather than at the end of the iteration: lower latency
 
-    def _goaway(self, code: int | None, last_stream_id: int | None) -> None:
+    def _goaway(self, code: int, last_stream_id: int) -> None:
         self.goaway = True
         self.pools.forget(self)
-        last = last_stream_id if last_stream_id is not None else 0
-        for sid in [s for s in self.streams if s > last]:
-            self.streams.pop(sid).up_reset(ErrorCodes.REFUSED_STREAM, True)
-        if code != ErrorCodes.NO_ERROR and self.streams:
+        for sid in [s for s in self.streams if s > last_stream_id]:
+            self.streams.pop(sid).up_reset(ErrorCode.REFUSED_STREAM, True)
+        if code != ErrorCode.NO_ERROR and self.streams:
             # An error GOAWAY ends the connection; after NO_ERROR the streams at or below the
-            # last stream id finish (GracefulH2Connection kept the state machine open).
+            # last stream id finish.
             for sid in tuple(self.streams):
-                self.streams.pop(sid).up_reset(ErrorCodes.INTERNAL_ERROR, False)
+                self.streams.pop(sid).up_reset(ErrorCode.INTERNAL_ERROR, False)
         if not self.streams:
             self.close()
 
@@ -152,7 +158,7 @@ class H2Upstream(asyncio.Protocol, Peer):
             self.ready.set_exception(ConnectionError("upstream closed before its settings"))
         streams, self.streams = self.streams, {}
         for sink in streams.values():
-            sink.up_reset(ErrorCodes.INTERNAL_ERROR, False)
+            sink.up_reset(ErrorCode.INTERNAL_ERROR, False)
         self.blocked.clear()
 
     def pause_writing(self) -> None:
@@ -168,27 +174,26 @@ class H2Upstream(asyncio.Protocol, Peer):
     def has_capacity(self) -> bool:
         if self.goaway or self.lost or self.transport is None:
             return False
-        limit = min(self.h2.remote_settings.max_concurrent_streams, _MAX_STREAMS_CAP)
-        return len(self.streams) < limit
+        h2 = self.h2
+        return (len(self.streams) < _MAX_STREAMS_CAP and h2.has_capacity())
 
     def open_stream(
         self, sink: UpstreamSink, headers: list[tuple[bytes, bytes]], end_stream: bool
     ) -> int:
-        """Send the request head on a new stream; raises ProtocolError if that is refused."""
-        sid = self.h2.get_next_available_stream_id()
-        self.h2.send_headers(sid, headers, end_stream=end_stream)
+        """Send the request head on a new stream; raises H2Error if that is refused."""
+        sid = self.h2.open_stream(headers, end_stream)
         self.streams[sid] = sink
         self.mark()
         return sid
 
-    def cancel(self, sid: int, code: int = ErrorCodes.CANCEL) -> None:
+    def cancel(self, sid: int, code: int = ErrorCode.CANCEL) -> None:
         """The downstream no longer wants this stream (client reset, timeout, local end)."""
         if self.streams.pop(sid, None) is None and self.lost:
             return
         try:
             self.h2.reset_stream(sid, code)
-        except ProtocolError:
-            pass  # already closed on the upstream's side
+        except H2Error:
+            pass  # already closed on both sides
         self.mark()
         self._maybe_idle()
 
@@ -201,12 +206,9 @@ class H2Upstream(asyncio.Protocol, Peer):
     def close(self) -> None:
         transport = self.transport
         if transport is not None and not transport.is_closing():
-            try:
-                self.h2.close_connection()
-                self.mark()
-                self.hub.flush()
-            except ProtocolError:
-                pass
+            self.h2.goaway(ErrorCode.NO_ERROR)
+            self.mark()
+            self.hub.flush()
             transport.close()
 
     def abort(self) -> None:
@@ -217,10 +219,10 @@ class H2Upstream(asyncio.Protocol, Peer):
 class H2Pools:
     """h2c connections per endpoint address, shared by every stream of one listener."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, hub: Hub, validate: bool = True) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, hub: Hub, max_list: int = 1 << 20) -> None:
         self.loop = loop
         self.hub = hub
-        self.validate = validate
+        self.max_list = max_list  # decoded response head size beyond which a stream fails
         self.conns: dict[str, list[H2Upstream]] = {}
         self.opening: dict[str, tuple[asyncio.Future[H2Upstream], list[int]]] = {}
         self.opened = 0

@@ -274,3 +274,36 @@ async def test_audit_of_one_object(store: Store) -> None:
         await store.append_audit(AuditEntry(T0, "alice", "create", kind, name, None, 1))
     mine = await store.list_audit(kind="sandboxes", name="a")
     assert [(e.kind, e.name) for e in mine] == [("sandboxes", "a")]
+
+
+async def test_a_write_cancelled_anywhere_leaves_the_store_usable(
+    store_factory: StoreFactory,
+) -> None:
+    """A request cancelled mid-transaction (client gone, shutdown, timeout) must end its
+    transaction: the write happened whole or not at all, and the next writes, from this
+    store and from another sharing the database, go through at once. Cancelled after 0, 1,
+    2, ... event-loop turns, the cancellation lands before, on BEGIN, inside, and on COMMIT."""
+    store, other = store_factory(), store_factory()
+    await store.open()
+    await other.open()
+    heard: list[int] = []
+    store.add_listener(heard.append)
+    for turns in range(16):
+        task = asyncio.get_running_loop().create_task(make(store, f"cancelled-{turns}"))
+        for _ in range(turns):
+            await asyncio.sleep(0)  # let the write run `turns` steps, then cancel it there
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass
+        async with asyncio.timeout(3):  # the store is not left locked
+            await make(store, f"after-{turns}")
+            await make(other, f"other-{turns}")
+        names = {r.name for r in (await store.list("sandboxes")).items}
+        assert {f"after-{turns}", f"other-{turns}"} <= names
+    # whole or nothing: every revision is one record, and listeners heard the latest write
+    revision = await store.revision()
+    assert revision == len((await store.list("sandboxes")).items)
+    assert heard and heard[-1] >= (await store.get("sandboxes", "after-15")).resource_version
+

@@ -4,7 +4,7 @@ Each test runs the CLI as a user would (`python -m sdk`, the same `sdk.cli:main`
 installed `forklane` script calls) and checks what a user or a script sees: output that
 parses (`-o json`, `-o yaml`), tables that fit, one-line errors, and the documented exit
 codes (0 ok, 1 error, 2 usage, 3 not found, 4 conflict, 5 unauthorized/forbidden,
-6 invalid, 7 unavailable, 8 timeout).
+6 invalid, 7 unavailable, 8 timeout, 9 failed while waiting).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,7 +68,7 @@ def run_cli(
 def base_env(home: Path) -> dict[str, str]:
     """No ambient forklane configuration leaks in from the machine running the tests."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("FORKLANE_")}
-    env.update(HOME=str(home), FORKLANE_CONFIG=str(home / "forklane.yaml"), COLUMNS="100",
+    env.update(HOME=str(home), FORKLANE_CLIENT_CONFIG=str(home / "forklane.yaml"), COLUMNS="100",
                PYTHONPATH=str(REPO))  # fmt: skip
     return env
 
@@ -288,10 +289,30 @@ def test_waiting_for_an_unreachable_fork_times_out_with_exit_8(
                      "--wait", "--timeout", "1", env=cp_env)  # fmt: skip
     try:
         assert result.code == 8
-        warning, line = result.err.strip().splitlines()
+        warning, *waiting, line = result.err.strip().splitlines()
         # the reason is known at once: the create answer carries it as a warning
         assert warning.startswith(f"Warning: fork {svc}: {closed_port}")
+        # while it waits, it says what it waits for (one line per change of reason)
+        assert waiting and waiting[-1].startswith(f"waiting for sandbox {name}: Pending: ")
+        assert "ForkUnreachable" in "".join(waiting) and closed_port in "".join(waiting)
         assert "not Ready after 1s" in line and "phase Pending" in line and closed_port in line
+    finally:
+        run_cli("sandbox", "delete", name, env=cp_env)
+
+
+def test_waiting_stops_at_once_on_a_fork_host_that_does_not_exist_with_exit_9(
+    cp_env: dict[str, str], svc: str
+) -> None:
+    name = unique("sb")
+    started = time.monotonic()
+    result = run_cli("sandbox", "create", "--fork", f"{svc}=no-such-host.invalid:80",
+                     "--name", name, "--wait", "--timeout", "60", env=cp_env)  # fmt: skip
+    try:
+        assert result.code == 9, result.err
+        assert time.monotonic() - started < 30, "it waited although waiting cannot help"
+        line = result.err.strip().splitlines()[-1]
+        assert line.startswith(f"error: sandbox '{name}' cannot become Ready (ForkUnresolvable)")
+        assert "no-such-host.invalid:80: no such host" in line
     finally:
         run_cli("sandbox", "delete", name, env=cp_env)
 
@@ -433,16 +454,32 @@ def test_login_saves_a_context_only_after_the_token_works(
 ) -> None:
     bad = run_cli("login", "--url", controlplane.url, "--token", "nope", env=env)
     assert bad.code == 5
-    assert not Path(env["FORKLANE_CONFIG"]).exists()
+    assert not Path(env["FORKLANE_CLIENT_CONFIG"]).exists()
 
     good = run_cli("login", "--url", controlplane.url, "--token", controlplane.token,
                    "--context", "local", env=env)  # fmt: skip
     assert good.code == 0, good.err
-    assert oct(Path(env["FORKLANE_CONFIG"]).stat().st_mode & 0o777) == "0o600"
+    assert oct(Path(env["FORKLANE_CLIENT_CONFIG"]).stat().st_mode & 0o777) == "0o600"
     # no FORKLANE_URL/TOKEN: the saved current context is used
     listed = run_cli("sandbox", "list", "-o", "json", env=env)
     assert listed.code == 0, listed.err
     assert listed.json()["kind"] == "SandboxList"
+
+
+def test_login_reads_the_token_from_stdin_so_it_is_never_on_a_command_line(
+    controlplane: ControlPlane, env: dict[str, str]
+) -> None:
+    empty = run_cli("login", "--url", controlplane.url, env=env, stdin="")
+    assert empty.code == 2 and "no token on stdin" in one_error_line(empty)
+    bad = run_cli("login", "--url", controlplane.url, env=env, stdin="nope\n")
+    assert bad.code == 5 and not Path(env["FORKLANE_CLIENT_CONFIG"]).exists()
+    good = run_cli("login", "--url", controlplane.url, env=env, stdin=controlplane.token + "\n")
+    assert good.code == 0, good.err
+    assert controlplane.token not in good.out + good.err
+    saved = yaml.safe_load(Path(env["FORKLANE_CLIENT_CONFIG"]).read_text())
+    assert saved["contexts"][0]["token"] == controlplane.token
+    status = run_cli("auth", "status", "-o", "json", env=env)
+    assert status.code == 0 and status.json()["role"] == "admin", status.out + status.err
 
 
 # --- kubectl habits ------------------------------------------------------------------------------

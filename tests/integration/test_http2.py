@@ -26,8 +26,8 @@ import h2.exceptions
 import httpx
 import pytest
 
-from forklane.proxy.http2._flow import GracefulH2Connection
 from tests.integration.test_routing import KEY_CATALOG, KEY_PRICING, MATRIX
+from tests.support.h2graceful import GracefulH2Connection
 
 pytestmark = pytest.mark.asyncio
 
@@ -569,3 +569,74 @@ async def test_an_extension_method_passes_over_http2(mesh: dict[str, Any]) -> No
     assert r.status_code == 200, r.text
     assert r.headers["x-upstream"] == "catalog"
     assert mesh["ups"]["catalog"].header(-1, ":method") == "PURGEX"
+
+
+async def _events_until_end(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                            conn: h2.connection.H2Connection, sid: int) -> list[Any]:
+    """Events of stream `sid` until it ends (or is reset), read with a deadline."""
+    seen: list[Any] = []
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        data = await asyncio.wait_for(reader.read(65536), 10)
+        if not data:
+            break
+        for event in conn.receive_data(data):
+            if getattr(event, "stream_id", None) == sid:
+                seen.append(event)
+                if isinstance(event, (h2.events.StreamEnded, h2.events.StreamReset)):
+                    return seen
+        writer.write(conn.data_to_send())
+    raise AssertionError(f"stream {sid} did not end: {seen}")
+
+
+async def test_informational_responses_are_forwarded_before_the_answer(
+    mesh: dict[str, Any],
+) -> None:
+    up = mesh["ups"]["pricing"]
+
+    async def hints(conn: _UpConn, sid: int, headers: dict[str, str]) -> None:
+        conn.h2.send_headers(sid, [(":status", "103"), ("link", "</app.css>; rel=preload")])
+        conn.write()
+
+    up.behaviour = hints
+    reader, writer, conn = await _raw_h2(mesh["proc"].ports["outbound"])
+    try:
+        conn.send_headers(1, [(":method", "GET"), (":scheme", "http"),
+                              (":authority", "pricing"), (":path", "/")], end_stream=True)
+        writer.write(conn.data_to_send())
+        events = await _events_until_end(reader, writer, conn, 1)
+    finally:
+        writer.close()
+    kinds = [type(e).__name__ for e in events]
+    assert kinds[:2] == ["InformationalResponseReceived", "ResponseReceived"], kinds
+    info = dict(events[0].headers)
+    assert info[b":status"] == b"103"
+    assert info[b"link"] == b"</app.css>; rel=preload"
+    assert dict(events[1].headers)[b":status"] == b"200"
+
+
+async def test_a_malformed_head_is_400_for_that_stream_and_the_connection_lives(
+    mesh: dict[str, Any],
+) -> None:
+    """An uppercase field name (RFC 9113 §8.2.1): that stream is answered 400 and never
+    forwarded; the next stream on the same connection is served."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", mesh["proc"].ports["outbound"])
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(
+        client_side=True, validate_outbound_headers=False, normalize_outbound_headers=False))
+    conn.initiate_connection()
+    try:
+        conn.send_headers(1, [(":method", "GET"), (":scheme", "http"), (":authority", "pricing"),
+                              (":path", "/"), ("X-Shouting", "1")], end_stream=True)
+        writer.write(conn.data_to_send())
+        bad = await _events_until_end(reader, writer, conn, 1)
+        conn.send_headers(3, [(":method", "GET"), (":scheme", "http"), (":authority", "pricing"),
+                              (":path", "/")], end_stream=True)
+        writer.write(conn.data_to_send())
+        good = await _events_until_end(reader, writer, conn, 3)
+    finally:
+        writer.close()
+    head = dict(bad[0].headers)
+    assert head[b":status"] == b"400"
+    assert head[b"x-forklane-error"] == b"malformed-request"
+    assert dict(good[0].headers)[b":status"] == b"200"
+    assert len(mesh["ups"]["pricing"].seen) == 1

@@ -383,6 +383,37 @@ async def test_admin_explain_and_tap(mesh: dict[str, Any]) -> None:
     assert records and records[0]["kind"] == "baseline" and records[0]["status"] == 200
 
 
+WIRE_CASES = [
+    # the key in the first of two baggage fields: joined, as the proxy joins them
+    [("baggage", f"forklane-routing-key={KEY_PRICING}"), ("baggage", "other=1")],
+    [("baggage", "other=1"), ("baggage", f"forklane-routing-key={KEY_PRICING}")],
+    # two keys in two fields of one carrier disagree: no key
+    [("baggage", f"forklane-routing-key={KEY_PRICING}"),
+     ("baggage", f"forklane-routing-key={KEY_CATALOG}")],
+    # a look-alike spelled with underscores never routes
+    [("x_forklane_routing_key", KEY_PRICING)],
+    [("X-Forklane-Routing-Key", KEY_PRICING), ("baggage", "a=1")],
+]
+
+
+@pytest.mark.parametrize("fields", WIRE_CASES)
+async def test_explain_answers_what_the_proxy_does_with_the_same_fields(
+    mesh: dict[str, Any], fields: list[tuple[str, str]]
+) -> None:
+    proc = mesh["proc"]
+    async with httpx.AsyncClient() as client:
+        explained = (await client.post(f"{proc.url('admin')}/explain", json={
+            "host": "pricing", "headers": [list(f) for f in fields]})).json()
+        query = "&".join(f"header={n}:{v}" for n, v in fields)
+        via_get = (await client.get(f"{proc.url('admin')}/explain?host=pricing&{query}")).json()
+        real = await client.get(proc.url(), headers=httpx.Headers([("host", "pricing"), *fields]))
+    expected = "pricing-fork" if explained["kind"] == "fork" else "pricing"
+    assert real.headers["x-upstream"] == expected, (fields, explained)
+    assert via_get["kind"] == explained["kind"]
+    if fields[0][0] == "baggage" and "other" in fields[1][1]:
+        assert explained["kind"] == "fork"  # collapsing the two fields would lose the key
+
+
 async def test_access_log_is_one_json_line_per_request(upstreams: Any, proxy_factory: Any) -> None:
     web, fork = await upstreams("web"), await upstreams("web-fork")
     doc = {"version": "log1", "services": [{"name": "web", "endpoints": [web.address]}],

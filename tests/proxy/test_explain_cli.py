@@ -306,3 +306,15 @@ def test_schema_prints_the_json_schema_of_the_routing_file() -> None:
     for name in ("Service", "Fork", "Split", "Mirror", "Carrier", "HeaderMatch", "Sticky"):
         assert name in defs
     assert defs["Carrier"]["properties"]["kind"]["enum"] == ["header", "baggage", "tracestate"]
+
+
+def test_repeated_fields_stay_repeated_as_on_the_wire(
+    config: Path, cli: Callable[..., Result]
+) -> None:
+    # The key is in the first of two baggage fields: a proxy joins them and finds it;
+    # collapsing them into one (the last) would say baseline.
+    result = cli("explain", "--config", config, "--host", "pricing", "-o", "json",
+                 "-H", "baggage: forklane-routing-key=alice-7f3a", "-H", "baggage: other=1")
+    assert result.returncode == 0, result.stderr
+    body = json.loads(result.stdout)
+    assert body["kind"] == "fork" and body["carrier"] == "baggage:forklane-routing-key"

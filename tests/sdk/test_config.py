@@ -33,7 +33,7 @@ contexts:
 def env(tmp_path: Path) -> dict[str, str]:
     path = tmp_path / "config.yaml"
     path.write_text(FILE)
-    return {"FORKLANE_CONFIG": str(path), "HOME": str(tmp_path)}
+    return {"FORKLANE_CLIENT_CONFIG": str(path), "HOME": str(tmp_path)}
 
 
 def test_default_without_anything(tmp_path: Path) -> None:
@@ -87,7 +87,7 @@ def test_a_broken_file_says_what_is_wrong(tmp_path: Path, text: str, message: st
     path = tmp_path / "config.yaml"
     path.write_text(text)
     with pytest.raises(ConfigError, match=message):
-        resolve_config(env={"FORKLANE_CONFIG": str(path)})
+        resolve_config(env={"FORKLANE_CLIENT_CONFIG": str(path)})
 
 
 def test_bad_url_argument(tmp_path: Path) -> None:
