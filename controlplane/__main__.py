@@ -32,7 +32,7 @@ __all__ = ["main"]
 
 
 # Settings that are not flags: a secret on a command line is visible to every user in ps.
-ENV_ONLY = ("admin_token",)
+ENV_ONLY = ("admin_token", "routing_key_secrets")
 
 
 def _parser() -> argparse.ArgumentParser:

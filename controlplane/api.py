@@ -29,6 +29,7 @@ import binascii
 import json
 import logging
 import secrets
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -52,6 +53,7 @@ from forklane.controlplane.errors import ApiError, from_store_error, from_valida
 from forklane.controlplane.events import PROXIES
 from forklane.controlplane.openapi import OPENAPI
 from forklane.controlplane.publisher import SnapshotPublisher
+from forklane.controlplane.ratelimit import RateLimiter
 from forklane.controlplane.reconciler import Clock, Probe, tcp_probe, utcnow
 from forklane.controlplane.resources import KINDS, ResourceKind, to_wire
 from forklane.controlplane.routes import GroupMembers, list_or_watch_routes
@@ -99,6 +101,12 @@ class ApiContext:
     closing: asyncio.Event = field(default_factory=asyncio.Event)
     # route group -> member sandboxes, as last compiled (the routes view names the member)
     group_members: GroupMembers = dict
+    # per-token request budget (rate 0: off), and the budget of audit entries for calls
+    # without a valid token (so a flood of bad tokens cannot fill the audit log)
+    limiter: RateLimiter = field(default_factory=lambda: RateLimiter(rate=0, burst=0))
+    unauthenticated_audits: RateLimiter = field(
+        default_factory=lambda: RateLimiter(rate=1.0, burst=60, max_keys=1)
+    )
     taps: TapHub = field(default_factory=TapHub)
     webhooks: DeliveryLister | None = None
 
@@ -126,20 +134,57 @@ def _error_response(err: ApiError) -> web.Response:
 async def _errors_and_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         if request.path not in _PUBLIC:
-            request[PRINCIPAL] = await _authenticate(request)
+            principal = request[PRINCIPAL] = await _authenticate(request)
+            ctx = request.app[CTX]
+            # admins are not limited (the operator's own tools); every other token is
+            wait = 0.0 if principal.role == "admin" else ctx.limiter.take(
+                principal.subject, time.monotonic())
+            if wait > 0:
+                err = ApiError(429, f"too many requests for {principal.subject!r}; retry in "
+                                    f"{wait:.1f} s")
+                await _audit_denied(request, err)
+                response = _error_response(err)
+                response.headers["Retry-After"] = RateLimiter.retry_after(wait)
+                return response
         return await handler(request)
     except ApiError as err:
+        if err.status in (401, 403):
+            await _audit_denied(request, err)
         return _error_response(err)
     except StoreError as exc:
         return _error_response(from_store_error(exc))
+    except web.HTTPMethodNotAllowed as exc:
+        response = _error_response(ApiError(405, f"method {request.method} not allowed"))
+        response.headers["Allow"] = ", ".join(sorted(exc.allowed_methods))  # RFC 9110 §15.5.6
+        return response
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        message = {404: "no such resource or path", 405: f"method {request.method} not allowed"}
+        message = {404: "no such resource or path"}
         return _error_response(ApiError(exc.status, message.get(exc.status, exc.reason)))
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         return _error_response(ApiError(500, "internal error; see the control-plane log"))
+
+
+async def _audit_denied(request: web.Request, err: ApiError) -> None:
+    """Every refused call leaves an audit entry: who, what, and why (the reason as `name`).
+    Calls without a valid token are audited within a small budget of their own."""
+    ctx = request.app[CTX]
+    principal = request.get(PRINCIPAL)
+    if principal is None:
+        if ctx.unauthenticated_audits.take("", time.monotonic()) > 0:
+            return
+        subject = "(no valid token)"
+    else:
+        subject = principal.subject
+    resource = request.path.removeprefix("/api/v1/").split("/", 1)[0] or request.path
+    entry = AuditEntry(ctx.clock(), subject, f"denied-{request.method.lower()}", resource,
+                       f"{request.path}: {err.status} {err.message}"[:500], None, None)
+    try:
+        await ctx.store.append_audit(entry)
+    except StoreError:
+        log.warning("could not audit a denied call: %s", entry)
 
 
 async def _authenticate(request: web.Request) -> Principal:
@@ -186,18 +231,40 @@ async def _body(request: web.Request) -> dict[str, Any]:
 
 
 def _validate(model: type[BaseModel], data: dict[str, Any]) -> Any:
+    """Strict, as JSON: no coercion at the boundary ("3600" is not a number, `true` is not a
+    weight), unknown fields rejected (every wire model forbids extras)."""
     try:
-        return model.model_validate(data)
+        return model.model_validate_json(json.dumps(data), strict=True)
     except ValidationError as exc:
         raise from_validation_error(exc) from exc
 
 
+_CLIENT_METADATA = ("name", "labels")
+# what `metadata` may hold: what the server hands out (set aside on input), nothing else
+_METADATA_FIELDS = frozenset(
+    f.alias or n for n, f in wire.ServiceMetadata.model_fields.items()
+)
+
+
 def _resource_input(kind: ResourceKind, data: dict[str, Any]) -> Any:
-    """Validate a create/update body; server-managed metadata and status are ignored."""
+    """Validate a create/update body. An unknown `metadata` field (or a `status` that is not
+    an object) is a 422 rather than silently dropped; what the server manages (uid,
+    generation, timestamps, status) is set aside, as a document read back and sent again
+    carries it; the rest is validated strictly."""
+    status = data.get("status")
+    if status is not None and not isinstance(status, dict):
+        raise ApiError(422, "invalid resource: status: must be an object (it is ignored)",
+                       [wire.FieldError(field="status", message="must be an object")])
+    data = {k: v for k, v in data.items() if k != "status"}
     meta = data.get("metadata")
     if isinstance(meta, dict):
-        data = {**data, "metadata": {k: meta[k] for k in ("name", "labels") if k in meta}}
-    data.pop("status", None)
+        unknown = sorted(set(meta) - _METADATA_FIELDS)
+        if unknown:
+            details = [wire.FieldError(field=f"metadata.{k}", message="Extra inputs are not "
+                                       "permitted") for k in unknown]
+            raise ApiError(422, f"invalid resource: metadata.{unknown[0]}: unknown field",
+                           details)
+        data["metadata"] = {k: meta[k] for k in _CLIENT_METADATA if k in meta}
     return _validate(kind.model, data)
 
 
@@ -281,6 +348,16 @@ def _warning_headers(warnings: list[str], base: dict[str, str]) -> CIMultiDict[s
     return headers
 
 
+def _flag(request: web.Request, name: str) -> bool:
+    """A boolean query parameter, given at most once: true/1 or false/0, nothing else."""
+    values = request.query.getall(name, [])
+    if not values:
+        return False
+    if len(values) > 1 or values[0].lower() not in ("true", "1", "false", "0"):
+        raise ApiError(400, f"{name} must be given once, as true or false")
+    return values[0].lower() in ("true", "1")
+
+
 def _dry_run(request: web.Request) -> bool:
     value = request.query.get("dryRun")
     if value is None:
@@ -290,20 +367,28 @@ def _dry_run(request: web.Request) -> bool:
     return True
 
 
-async def _routing_key(store: Store, plural: str, name: str, wanted: str | None) -> str:
-    """The key to store: `wanted` if free, else a new one. Unique across sandboxes and groups."""
+async def _routing_key(
+    store: Store, plural: str, name: str, wanted: str | None, principal: Principal | None = None
+) -> str:
+    """The key to store: `wanted` if free, else a new one. Unique across sandboxes and groups.
+    A taken key is named to its owner's peers only: an admin, or the creator of the object
+    holding it; anyone else learns only that it is taken (keys are not for browsing)."""
     used: dict[str, str] = {}
+    owners: dict[str, str] = {}
     for other in ("sandboxes", "routegroups"):
         for rec in (await store.list(other)).items:
             key = rec.spec.get("routingKey")
             if isinstance(key, str) and (other, rec.name) != (plural, name):
                 used[key] = f"{other}/{rec.name}"
+                owners[key] = rec.created_by
     if wanted is None:
         wanted = secrets.token_hex(16)
         while wanted in used:  # 2**-128; kept so the invariant holds by construction
             wanted = secrets.token_hex(16)
     elif wanted in used:
-        raise ApiError(409, f"routing key {wanted!r} is already used by {used[wanted]}")
+        if principal is None or principal.role == "admin" or owners[wanted] == principal.subject:
+            raise ApiError(409, f"routing key {wanted!r} is already used by {used[wanted]}")
+        raise ApiError(409, "this routing key is already in use; choose another or omit it")
     return wanted
 
 
@@ -311,7 +396,10 @@ def _expected_version(request: web.Request, body_version: str | None) -> int | N
     header = request.headers.get("If-Match")
     values = []
     if header is not None:
-        values.append(header.strip().removeprefix("W/").strip('"'))
+        value = header.strip().removeprefix("W/").strip('"')
+        if not value:
+            raise ApiError(400, "If-Match is empty: name a resourceVersion, or omit the header")
+        values.append(value)
     if body_version is not None:
         values.append(body_version)
     if not values:
@@ -364,7 +452,7 @@ async def create_resource(request: web.Request) -> web.Response:
     if plural == "sandboxes" and obj.spec.ttl is None:
         obj.spec.ttl = wire.TtlSpec(seconds=ctx.default_ttl_seconds)
     if plural in ("sandboxes", "routegroups"):
-        key = await _routing_key(ctx.store, plural, name, obj.spec.routing_key)
+        key = await _routing_key(ctx.store, plural, name, obj.spec.routing_key, principal)
         obj.spec.routing_key = key
         status = {"phase": "Pending", "routingKey": key}
     warnings = await _fork_warnings(ctx, plural, obj.spec)
@@ -405,7 +493,7 @@ async def list_resources(request: web.Request) -> web.StreamResponse:
         selector = parse_selector(query.get("labelSelector", ""))
     except ValueError as exc:
         raise ApiError(400, f"labelSelector: {exc}") from exc
-    if query.get("watch", "").lower() in ("true", "1"):
+    if _flag(request, "watch"):
         ctx = request.app[CTX]
         watched: web.StreamResponse = await serve_watch(
             request, store=ctx.store, plural=plural, kind=kind.kind, selector=selector,
@@ -446,10 +534,8 @@ async def update_resource(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     data = await _body(request)
     meta = data.get("metadata")
+    obj = _resource_input(kind, data)  # strict: a resourceVersion is a string or absent
     body_version = meta.get("resourceVersion") if isinstance(meta, dict) else None
-    if body_version is not None and not isinstance(body_version, str):
-        body_version = str(body_version)
-    obj = _resource_input(kind, data)
     if obj.metadata.name != name:
         raise ApiError(400, f"metadata.name {obj.metadata.name!r} does not match the URL {name!r}")
     dry_run = _dry_run(request)
@@ -463,7 +549,7 @@ async def update_resource(request: web.Request) -> web.Response:
         obj.spec.ttl = wire.TtlSpec.model_validate(current.spec["ttl"])
     if plural in ("sandboxes", "routegroups"):
         wanted = obj.spec.routing_key or current.spec.get("routingKey")
-        obj.spec.routing_key = await _routing_key(ctx.store, plural, name, wanted)
+        obj.spec.routing_key = await _routing_key(ctx.store, plural, name, wanted, principal)
     if expected is not None and expected != current.resource_version:
         raise ApiError(
             409, f"{plural}/{name} is at resourceVersion {current.resource_version}, "
@@ -630,16 +716,34 @@ async def list_audit(request: web.Request) -> web.Response:
 
 
 async def get_snapshot(request: web.Request) -> web.Response:
-    _check(request, "get", "snapshot")
-    latest = request.app[CTX].publisher.latest
+    """The published snapshot. A developer sees only the forks (so the routing keys) of the
+    sandboxes and route groups it created; admins and proxies see all of it."""
+    principal = _check(request, "get", "snapshot")
+    ctx = request.app[CTX]
+    latest = ctx.publisher.latest
     if latest is None:
         raise ApiError(503, "no snapshot compiled yet")
-    return _respond(latest.model_dump(mode="json"))
+    doc = latest.model_dump(mode="json")
+    if principal.role == "developer":
+        own = {rec.name for kind in ("sandboxes", "routegroups")
+               for rec in (await ctx.store.list(kind)).items
+               if rec.created_by == principal.subject}
+        doc["forks"] = [f for f in doc["forks"] if f.get("sandbox") in own]
+    if doc.get("signing"):
+        # the signing secrets go to proxies over the push stream only, never to a reader here
+        doc["signing"] = {"secrets": ["<redacted>"] * len(doc["signing"]["secrets"])}
+    return _respond(doc)
 
 
 async def list_routes(request: web.Request) -> web.StreamResponse:
     """The routes view (see `controlplane.routes`): readable with a `consumer` token."""
     _check(request, "list", "routes")
+    # malformed watch parameters are a 400 even on a plain list, before the view reads them
+    _flag(request, "watch")
+    _flag(request, "allowWatchBookmarks")
+    timeouts = request.query.getall("timeoutSeconds", [])
+    if len(timeouts) > 1 or (timeouts and not timeouts[0].isdigit()):
+        raise ApiError(400, "timeoutSeconds must be given once, as a non-negative integer")
     ctx = request.app[CTX]
     try:
         selector = parse_selector(request.query.get("labelSelector", ""))

@@ -23,6 +23,7 @@ from pydantic import ValidationError
 
 from forklane.controlplane import wire
 from forklane.proxy import schema
+from forklane.proxy.context.signing import sign_routing_key
 
 __all__ = [
     "Compiled",
@@ -49,6 +50,17 @@ class Compiled:
     problems: Mapping[tuple[str, str], str] = field(default_factory=dict)
     group_members: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     routing_keys: Mapping[tuple[str, str], str] = field(default_factory=dict)
+    # With signing on: (plural, name) -> `KEY.SIGNATURE`, the key its owner hands out.
+    signed_keys: Mapping[tuple[str, str], str] = field(default_factory=dict)
+
+
+def key_expiry(sb: wire.Sandbox) -> int | None:
+    """When a sandbox's key stops reaching its forks (epoch seconds): its TTL's end."""
+    ttl, meta = sb.spec.ttl, sb.metadata
+    if ttl is None or meta.creation_timestamp is None:
+        return None
+    since = meta.update_timestamp if ttl.since == "update" else meta.creation_timestamp
+    return int((since or meta.creation_timestamp).timestamp()) + ttl.seconds
 
 
 def error_paths(exc: ValidationError, prefix: str = "") -> list[tuple[str, str]]:
@@ -206,9 +218,12 @@ def compile_snapshot(
     inputs: Inputs,
     carriers: tuple[schema.Carrier, ...] | None = None,
     service_cache: ServiceCache | None = None,
+    signing_secrets: tuple[str, ...] = (),
 ) -> Compiled:
     """`service_cache` (optional, owned by the caller) memoises per-service validation; the
-    caller drops entries of resources it no longer holds."""
+    caller drops entries of resources it no longer holds. `signing_secrets` (newest first)
+    turn signed routing keys on: forks carry the claims the proxies verify, and
+    `signed_keys` holds each key's signed form under the newest secret."""
     problems: dict[tuple[str, str], str] = {}
     keys: dict[tuple[str, str], str] = {}
 
@@ -282,6 +297,7 @@ def compile_snapshot(
                     endpoints=endpoints,
                     fallback=f.fallback or sb.spec.fallback,
                     sandbox=name,
+                    expires_at=key_expiry(sb),
                     lb=services[f.service].lb,
                     timeouts=services[f.service].timeouts,
                     circuit_breakers=services[f.service].circuit_breakers,
@@ -339,7 +355,8 @@ def compile_snapshot(
                 by_service[fork.service] = sb_name
                 group_forks.append(
                     fork.model_copy(
-                        update={"routing_key": key, "sandbox": name, "fallback": rg.spec.fallback}
+                        update={"routing_key": key, "sandbox": name, "fallback": rg.spec.fallback,
+                                "expires_at": None}
                     )
                 )
             if problem:
@@ -369,6 +386,16 @@ def compile_snapshot(
             splits.append(split)
         mirrors.extend(its_mirrors)
 
+    signing = schema.Signing(secrets=signing_secrets) if signing_secrets else None
+    signed: dict[tuple[str, str], str] = {}
+    if signing_secrets:
+        claims = {f.routing_key: f for f in forks}
+        for where, key in keys.items():
+            claim = claims.get(key)
+            if claim is not None:
+                signed[where] = sign_routing_key(
+                    signing_secrets[0], key, claim.sandbox, claim.tenant, claim.expires_at
+                )
     snapshot = schema.RoutingSnapshot(
         version=str(inputs.revision),
         carriers=carriers if carriers is not None else schema.DEFAULT_CARRIERS,
@@ -377,5 +404,7 @@ def compile_snapshot(
         splits=tuple(splits),
         mirrors=tuple(mirrors),
         faults=tuple(faults),
+        signing=signing,
     )
-    return Compiled(snapshot=snapshot, problems=problems, group_members=members, routing_keys=keys)
+    return Compiled(snapshot=snapshot, problems=problems, group_members=members, routing_keys=keys,
+                    signed_keys=signed)

@@ -34,6 +34,7 @@ Reason = Literal[
     "PreconditionFailed",
     "UnsupportedMediaType",
     "Unavailable",
+    "TooManyRequests",
     "Internal",
 ]
 
@@ -48,6 +49,7 @@ _REASONS: dict[int, Reason] = {
     412: "PreconditionFailed",
     415: "UnsupportedMediaType",
     422: "Invalid",
+    429: "TooManyRequests",
     503: "Unavailable",
 }
 

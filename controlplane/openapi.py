@@ -41,6 +41,9 @@ def _build() -> dict[str, Any]:
         wire.AuditList,
         wire.ListMeta,
         wire.RouteList,
+        wire.TokenList,
+        wire.Identity,
+        wire.EventList,
     ]
     _, defs = models_json_schema(
         [(m, "validation") for m in models], ref_template=_REF, by_alias=True
@@ -49,7 +52,12 @@ def _build() -> dict[str, Any]:
     paths: dict[str, Any] = {}
     name_param = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
     if_match = {"name": "If-Match", "in": "header", "required": False,
-                "schema": {"type": "string"}, "description": "expected resourceVersion"}
+                "schema": {"type": "string", "minLength": 1},
+                "description": "expected resourceVersion (digits, optionally quoted); an empty "
+                "or malformed value answers 400, a stale one 409"}
+    dry_run = {"name": "dryRun", "in": "query", "required": False,
+               "schema": {"const": "All"},
+               "description": "run every check and answer what would be stored; store nothing"}
     for plural, kind in KINDS.items():
         list_schema = {
             "type": "object",
@@ -82,6 +90,7 @@ def _build() -> dict[str, Any]:
             "post": {
                 "tags": tag,
                 "summary": f"Create a {kind.kind}",
+                "parameters": [dry_run],
                 "requestBody": {"required": True, **_json(kind.model, kind.kind)},
                 "responses": {
                     "201": _json(kind.model, "created"),
@@ -97,14 +106,20 @@ def _build() -> dict[str, Any]:
             "put": {
                 "tags": tag,
                 "summary": f"Replace a {kind.kind} (optimistic: resourceVersion or If-Match)",
-                "parameters": [if_match],
+                "parameters": [if_match, dry_run],
                 "requestBody": {"required": True, **_json(kind.model, kind.kind)},
                 "responses": {"200": _json(kind.model, "updated"),
                               **_errors(400, 401, 403, 404, 409, 415, 422)},
             },
             "delete": {"tags": tag, "summary": f"Delete a {kind.kind}", "parameters": [if_match],
                        "responses": {"200": _json(kind.model, "deleted"),
-                                     **_errors(401, 403, 404, 409)}},
+                                     **_errors(400, 401, 403, 404, 409)}},
+        }
+        paths[f"/api/v1/{plural}/{{name}}/events"] = {
+            "parameters": [name_param],
+            "get": {"tags": tag, "summary": f"What happened to a {kind.kind}",
+                    "responses": {"200": _json(wire.EventList, "events"),
+                                  **_errors(401, 403, 404)}},
         }
     paths["/api/v1/proxies"] = {"get": {"summary": "Connected proxies and their versions",
                                         "responses": {"200": _json(wire.ProxyList, "proxies"),
@@ -113,11 +128,25 @@ def _build() -> dict[str, Any]:
         "summary": "Create a bearer token (admin); the raw token is returned once",
         "requestBody": {"required": True, **_json(wire.TokenRequest, "subject and role")},
         "responses": {"201": _json(wire.TokenResponse, "the token"),
-                      **_errors(400, 401, 403, 415, 422)}}}
+                      **_errors(400, 401, 403, 415, 422)}},
+        "get": {"summary": "List tokens (admin); never their secrets",
+                "responses": {"200": _json(wire.TokenList, "tokens"), **_errors(401, 403)}}}
+    paths["/api/v1/tokens/{token_id}"] = {
+        "parameters": [{"name": "token_id", "in": "path", "required": True,
+                        "schema": {"type": "string"}}],
+        "delete": {"summary": "Revoke a token (admin)",
+                   "responses": {"200": {"description": "revoked", "content": {
+                       "application/json": {"schema": {"type": "object"}}}},
+                       **_errors(401, 403, 404)}}}
+    paths["/api/v1/whoami"] = {"get": {
+        "summary": "Who the presented token is",
+        "responses": {"200": _json(wire.Identity, "the caller"), **_errors(401)}}}
     paths["/api/v1/audit"] = {"get": {
         "summary": "The audit log (admin)",
-        "parameters": [{"name": "after", "in": "query", "schema": {"type": "integer"}},
-                       {"name": "limit", "in": "query", "schema": {"type": "integer"}}],
+        "parameters": [{"name": "after", "in": "query",
+                        "schema": {"type": "integer", "minimum": 0}},
+                       {"name": "limit", "in": "query",
+                        "schema": {"type": "integer", "minimum": 0}}],
         "responses": {"200": _json(wire.AuditList, "entries"), **_errors(400, 401, 403)}}}
     paths["/api/v1/snapshot"] = {"get": {
         "summary": "The routing snapshot currently published to proxies",

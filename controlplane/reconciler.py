@@ -109,10 +109,12 @@ class Reconciler:
         carriers: tuple[Carrier, ...] | None = None,
         on_status: StatusListener | None = None,
         activity: Callable[[str], datetime | None] | None = None,
+        signing_secrets: tuple[str, ...] = (),
     ) -> None:
         self._activity = activity or (lambda key: None)
         self._store = store
         self._on_status = on_status  # told of each status we write (the events of `describe`)
+        self._signing = signing_secrets  # newest first; empty: routing keys are not signed
         self._publisher = publisher
         self._acks = acks
         self._clock = clock
@@ -146,8 +148,10 @@ class Reconciler:
         ttl = sb.spec.ttl
         if ttl is None or ttl.since != "lastActivity":
             return None
-        key = sb.spec.routing_key or (sb.status.routing_key if sb.status else None)
-        return self._activity(key) if key else None
+        shown = sb.status.routing_key if sb.status else None  # signed: KEY.SIGNATURE
+        keys = {sb.spec.routing_key, shown, shown.rpartition(".")[0] if shown else None}
+        seen = [at for k in keys if k and (at := self._activity(k)) is not None]
+        return max(seen, default=None)
 
     # -- life cycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -301,6 +305,7 @@ class Reconciler:
             ),
             self._carriers,
             self._service_cache,
+            signing_secrets=self._signing,
         )
         held = {id(m) for m in by_kind["services"]}
         for stale in self._service_cache.keys() - held:
@@ -387,7 +392,7 @@ class Reconciler:
         kind, name = key
         problem = compiled.problems.get(key)
         facts = Facts(generation=record.generation, problem=problem,
-                      routing_key=compiled.routing_keys.get(key))
+                      routing_key=compiled.signed_keys.get(key) or compiled.routing_keys.get(key))
         if kind == "routegroups":
             return Facts(generation=record.generation, problem=problem,
                          routing_key=facts.routing_key,

@@ -21,6 +21,7 @@ from forklane.controlplane.api import ApiContext, build_app
 from forklane.controlplane.auth import Authenticator, Grant, new_token
 from forklane.controlplane.events import EventRecorder, condition_events, proxy_event
 from forklane.controlplane.publisher import SnapshotPublisher
+from forklane.controlplane.ratelimit import RateLimiter
 from forklane.controlplane.reconciler import Clock, Probe, Reconciler, tcp_probe, utcnow
 from forklane.controlplane.settings import Settings, parse_hostport
 from forklane.controlplane.store import make_store
@@ -108,7 +109,7 @@ class ControlPlane:
         self.reconciler = Reconciler(
             self.store, self.publisher, self.registry, clock=clock, probe=probe,
             probe_timeout=settings.probe_timeout, interval=settings.reconcile_interval,
-            carriers=settings.carrier_list(),
+            carriers=settings.carrier_list(), signing_secrets=settings.routing_key_secrets,
             on_status=lambda kind, name, before, after, now: self.events.record(
                 condition_events(kind, name, before, after, now)
             ),
@@ -188,6 +189,8 @@ class ControlPlane:
                     probe=self._probe, probe_timeout=self.settings.probe_timeout,
                     bookmark_interval=self.settings.watch_bookmark_interval,
                     replica=self.settings.replica, group_members=self._group_members,
+                    limiter=RateLimiter(self.settings.api_rate_limit,
+                                        self.settings.api_rate_burst),
                     taps=self.taps,
                     webhooks=self.webhooks,
                 )

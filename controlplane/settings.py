@@ -1,8 +1,8 @@
 """Control-plane settings: parsed once (environment, then command-line overrides), frozen.
 
-Every option reads `FORKLANE_<NAME>` from the environment, and every option but the secret
-`admin_token` is also a flag of `forklane controlplane serve` (`--reconcile-interval`), which
-wins over the environment. Nothing else in the control plane reads the environment.
+Every option reads `FORKLANE_<NAME>` from the environment, and every option but the secrets
+`admin_token` and `routing_key_secrets` is also a flag of `forklane controlplane serve`
+(`--reconcile-interval`), which wins over the environment. Nothing else in the control plane reads the environment.
 
 `auth = False` (`FORKLANE_AUTH=false` or `--no-auth`) turns bearer-token checks off and makes
 every caller an admin named `anonymous`. It exists for the local demo on a laptop only: never
@@ -14,9 +14,10 @@ from __future__ import annotations
 import re
 import socket
 from pathlib import Path
+from typing import Annotated
 
 from pydantic import Field, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from forklane.proxy.schema import Carrier
 
@@ -138,6 +139,19 @@ class Settings(BaseSettings):
         "(kind header|baggage|tracestate); e.g. add baggage:sd-routing-key while migrating",
     )
 
+    api_rate_limit: float = Field(
+        50.0, ge=0, le=100_000,
+        description="REST requests per second each non-admin token may make (0: no limit); "
+        "over it: 429 with Retry-After, audited",
+    )
+    api_rate_burst: int = Field(200, ge=1, le=1_000_000, description="requests in a burst")
+    routing_key_secrets: Annotated[tuple[str, ...], NoDecode] = Field(
+        (),
+        description="signed routing keys: HMAC secrets, comma-separated, newest first (it "
+        "signs; every listed one is accepted, so rotate by prepending, then drop the old); "
+        "empty: keys are not signed. Each at least 16 characters",
+    )
+
     # --- Kubernetes (all off unless `kubernetes` is true) ---
     kubernetes: bool = Field(
         False, description="discover Services, check ServiceAccount tokens, serve the webhook"
@@ -209,6 +223,22 @@ class Settings(BaseSettings):
 
     def discovery_namespace_list(self) -> tuple[str, ...]:
         return tuple(n.strip() for n in self.discovery_namespaces.split(",") if n.strip())
+
+    @field_validator("routing_key_secrets", mode="before")
+    @classmethod
+    def _split_secrets(cls, v: object) -> object:
+        if isinstance(v, str):
+            return tuple(part.strip() for part in v.split(",") if part.strip())
+        return v
+
+    @field_validator("routing_key_secrets")
+    @classmethod
+    def _secrets(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if any(len(secret) < 16 for secret in v):
+            raise ValueError("each routing-key secret has at least 16 characters")
+        if len(v) > 8:
+            raise ValueError("at most 8 routing-key secrets at once")
+        return v
 
     @field_validator("carriers")
     @classmethod

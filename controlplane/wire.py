@@ -91,9 +91,35 @@ NAME_PATTERN = r"^[a-z0-9]([a-z0-9\-]{0,61}[a-z0-9])?$"
 # Service names may hold dots: a discovered one is NAME.NAMESPACE (a DNS subdomain).
 SERVICE_NAME_PATTERN = r"^[a-z0-9]([a-z0-9.\-]{0,251}[a-z0-9])?$"
 ROUTING_KEY_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,127}$"
-ENDPOINT_PATTERN = r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.\-_]+):[0-9]{1,5}$"
+# A TCP port, 1..65535, as the pattern itself states it (so the OpenAPI document and the
+# server agree without a hidden check).
+PORT_PATTERN = (
+    r"(?:6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3})"
+)
+HOST_PATTERN = r"(?:\[[0-9a-fA-F:.]{2,45}\]|[A-Za-z0-9.\-_]{1,253})"
+ENDPOINT_PATTERN = rf"^{HOST_PATTERN}:{PORT_PATTERN}$"
+AUTHORITY_PATTERN = rf"^{HOST_PATTERN}(?::{PORT_PATTERN})?$"
+# Longest `[v6]:port` or `host:port`: a 253-character DNS name, a colon, five digits.
+MAX_ENDPOINT = 253 + 1 + 5
+MAX_TEXT = 4096
+MAX_LABELS = 64
 
-Endpoint = Annotated[str, Field(pattern=ENDPOINT_PATTERN, examples=["127.0.0.1:8080"])]
+# The one rule for every endpoint the API takes (forks, services, ports, splits, mirrors,
+# draining): `host:port` or `[v6]:port`, port 1..65535, the proxy's `parse_endpoint` rule.
+Endpoint = Annotated[
+    str, Field(pattern=ENDPOINT_PATTERN, max_length=MAX_ENDPOINT, examples=["127.0.0.1:8080"])
+]
+Authority = Annotated[
+    str, Field(pattern=AUTHORITY_PATTERN, max_length=MAX_ENDPOINT, examples=["web.example:8080"])
+]
+LabelKey = Annotated[str, Field(min_length=1, max_length=317, pattern=r"^[A-Za-z0-9._/\-]+$")]
+LabelValue = Annotated[str, Field(max_length=253)]
+Labels = Annotated[dict[LabelKey, LabelValue], Field(max_length=MAX_LABELS)]
+Text = Annotated[str, Field(max_length=MAX_TEXT)]
+TOKEN_PATTERN = r"^[A-Za-z0-9!#$%&'*+.^_`|~\-]+$"  # RFC 9110 token: header names, methods
+HeaderName = Annotated[str, Field(min_length=1, max_length=256, pattern=TOKEN_PATTERN)]
+Method = Annotated[str, Field(min_length=1, max_length=32, pattern=TOKEN_PATTERN)]
+ShortName = Annotated[str, Field(min_length=1, max_length=253)]
 
 
 class _Model(BaseModel):
@@ -103,8 +129,10 @@ class _Model(BaseModel):
 class Metadata(_Model):
     """Set `name` and `labels`; the server fills in the rest."""
 
-    name: str = Field(pattern=NAME_PATTERN, description="DNS label, unique per resource kind")
-    labels: dict[str, str] = Field(default_factory=dict)
+    name: str = Field(
+        pattern=NAME_PATTERN, max_length=63, description="DNS label, unique per resource kind"
+    )
+    labels: Labels = Field(default_factory=dict)
     uid: str | None = None
     generation: int | None = None
     resource_version: str | None = Field(None, alias="resourceVersion")
@@ -266,7 +294,7 @@ class ForkSpec(_Model):
     """One forked service: where the fork runs. Either `endpoints` someone runs, or `forkOf`
     a baseline workload that forklane copies (with `customizations`) in the cluster."""
 
-    service: str = Field(pattern=SERVICE_NAME_PATTERN)
+    service: str = Field(pattern=SERVICE_NAME_PATTERN, max_length=253)
     endpoints: list[Endpoint] = Field(default_factory=list)
     fork_of: WorkloadRef | None = Field(None, alias="forkOf")
     customizations: Customizations | None = None
@@ -322,13 +350,14 @@ class SandboxSpec(_Model):
         None,
         alias="routingKey",
         pattern=ROUTING_KEY_PATTERN,
+        max_length=128,
         description="generated (128 bits, [a-z0-9]) when omitted",
     )
     ttl: TtlSpec | None = None
     fallback: Literal["baseline", "fail"] = Field(
         "fail", description="when a fork is unreachable: send to baseline, or answer 503"
     )
-    description: str = ""
+    description: Text = ""
 
     @field_validator("forks")
     @classmethod
@@ -420,8 +449,10 @@ class Sandbox(_Model):
 class RouteGroupSpec(_Model):
     """One routing key joining the forks of every sandbox whose labels match `selector`."""
 
-    selector: dict[str, str] = Field(min_length=1, description="sandbox labels to match")
-    routing_key: str | None = Field(None, alias="routingKey", pattern=ROUTING_KEY_PATTERN)
+    selector: Labels = Field(min_length=1, description="sandbox labels to match")
+    routing_key: str | None = Field(
+        None, alias="routingKey", pattern=ROUTING_KEY_PATTERN, max_length=128
+    )
     fallback: Literal["baseline", "fail"] = "baseline"
 
 
@@ -445,20 +476,20 @@ class RouteGroup(_Model):
 
 
 class HeaderMatchSpec(_Model):
-    name: str
-    exact: str | None = None
-    prefix: str | None = None
+    name: HeaderName
+    exact: Text | None = None
+    prefix: Text | None = None
     present: bool | None = None
 
 
 class MatchSpec(_Model):
-    headers: list[HeaderMatchSpec] = Field(default_factory=list)
-    path_prefix: str | None = Field(None, alias="pathPrefix")
-    methods: list[str] = Field(default_factory=list)
+    headers: list[HeaderMatchSpec] = Field(default_factory=list, max_length=64)
+    path_prefix: Text | None = Field(None, alias="pathPrefix")
+    methods: list[Method] = Field(default_factory=list, max_length=64)
 
 
 class SplitDestinationSpec(_Model):
-    name: str
+    name: ShortName
     weight: int = Field(ge=0, le=1_000_000)
     endpoints: list[Endpoint] = Field(min_length=1)
     circuit_breakers: CircuitBreakersSpec | None = Field(None, alias="circuitBreakers")
@@ -467,12 +498,12 @@ class SplitDestinationSpec(_Model):
 
 
 class StickySpec(_Model):
-    header: str | None = None
-    cookie: str | None = None
+    header: HeaderName | None = None
+    cookie: HeaderName | None = None
 
 
 class MirrorSpec(_Model):
-    name: str
+    name: ShortName
     percent: float = Field(ge=0, le=100)
     endpoints: list[Endpoint] = Field(min_length=1)
     match: MatchSpec | None = None
@@ -481,7 +512,7 @@ class MirrorSpec(_Model):
 class SplitSpec(_Model):
     """The traffic policy of one service: weighted destinations, stickiness, mirrors."""
 
-    service: str = Field(pattern=SERVICE_NAME_PATTERN)
+    service: str = Field(pattern=SERVICE_NAME_PATTERN, max_length=253)
     match: MatchSpec | None = None
     destinations: list[SplitDestinationSpec] = Field(default_factory=list)
     sticky: StickySpec | None = None
@@ -508,6 +539,7 @@ class Split(_Model):
 class ServiceMetadata(Metadata):
     name: str = Field(
         pattern=SERVICE_NAME_PATTERN,
+        max_length=253,
         description="lowercase DNS subdomain; a discovered service is NAME.NAMESPACE",
     )
 
@@ -516,7 +548,7 @@ class ServicePortSpec(_Model):
     """Where traffic dialled to one port of the service goes (a Service port's targets)."""
 
     port: int = Field(ge=1, le=65535)
-    name: str = ""
+    name: Annotated[str, Field(max_length=63)] = ""
     endpoints: list[Endpoint] = Field(default_factory=list)
 
 
@@ -524,8 +556,8 @@ class DiscoveredFrom(_Model):
     """The Kubernetes Service a discovered service mirrors. Set by the control plane only."""
 
     kind: Literal["Service"] = "Service"
-    namespace: str
-    name: str
+    namespace: Annotated[str, Field(max_length=63)]
+    name: Annotated[str, Field(max_length=253)]
     cluster_ips: list[str] = Field(default_factory=list, alias="clusterIPs")
     draining: list[Endpoint] = Field(
         default_factory=list,
@@ -537,7 +569,7 @@ class ServiceSpec(_Model):
     """A baseline service. Hand-made ones need at least one endpoint; a discovered one may
     have none (scaled to zero: proxies answer 503 `no-endpoints`)."""
 
-    authorities: list[str] = Field(default_factory=list)
+    authorities: list[Authority] = Field(default_factory=list)
     endpoints: list[Endpoint] = Field(default_factory=list)
     lb: Literal["round_robin", "least_request"] = "round_robin"
     timeouts: TimeoutsSpec | None = None
@@ -550,8 +582,10 @@ class ServiceSpec(_Model):
     retry_policy: RetryPolicySpec | None = Field(
         None, alias="retryPolicy", description="also what the service's forks get"
     )
-    namespace: str = Field("", description="Kubernetes namespace of a discovered service")
-    namespace_authorities: list[str] = Field(
+    namespace: str = Field(
+        "", max_length=63, description="Kubernetes namespace of a discovered service"
+    )
+    namespace_authorities: list[Authority] = Field(
         default_factory=list,
         alias="namespaceAuthorities",
         description="names only pods of `namespace` dial (the bare Service name)",
@@ -642,6 +676,7 @@ class ErrorDetail(_Model):
         "PreconditionFailed",
         "UnsupportedMediaType",
         "Unavailable",
+        "TooManyRequests",
         "Internal",
     ]
     message: str

@@ -154,4 +154,5 @@ class RequestHooks:
         if again.key.key != key:
             return decision
         self.stats.keys_restored[self.service] += 1
-        return Decision(again.route, KeyResult(key, RESTORED_CARRIER, False), again.mirrors)
+        restored = KeyResult(key, RESTORED_CARRIER, False)
+        return Decision(again.route, restored, again.mirrors, again.rejected)

@@ -57,6 +57,8 @@ class Stats:
         self.capture_loops = 0
         self.mirror: defaultdict[str, int] = defaultdict(int)  # sent / failed / dropped
         self.keys_restored: defaultdict[str, int] = defaultdict(int)
+        # Signed routing keys that did not verify, by reason (unsigned/bad-signature/expired).
+        self.keys_rejected: defaultdict[str, int] = defaultdict(int)
         self.propagation_gaps: defaultdict[str, int] = defaultdict(int)
         self.seen_keys: set[str] = set()  # routing keys routed since the last activity report
         self.taps: list[Any] = []  # TapSinks of live-tap readers (admin /tap, control plane)
@@ -137,6 +139,9 @@ class _Collector:
              s.retries, "status"),
             ("forklane_routing_keys_restored", "Keys restored from the trace memory",
              s.keys_restored, "service"),
+            ("forklane_routing_keys_rejected",
+             "Requests whose routing key failed signature checks (sent to the baseline)",
+             s.keys_rejected, "reason"),
             ("forklane_propagation_gap", "Outbound requests of a keyed trace that lost the key",
              s.propagation_gaps, "service"),
         ):

@@ -9,6 +9,8 @@ Order on the outbound listener, for the service named by the authority:
 2. the first split whose match holds → one of its destinations (sticky or weighted);
 3. otherwise → the baseline.
 Mirrors are added to non-fork decisions (a developer's sandbox traffic is never shadowed).
+With signed routing keys on (`table.verifier`), only a validly signed, unexpired key names a
+fork; any other key is as good as none, and the decision says why (`rejected`).
 On the inbound listener: a key that forks the local service → the fork, unless a sidecar
 already decided this hop (`x-forklane-routed`); everything else → the local app.
 """
@@ -20,6 +22,7 @@ from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
 from forklane.proxy.context.carriers import KeyResult, extract_routing_key
+from forklane.proxy.context.signing import Rejection
 from forklane.proxy.table import ROUTED_MARKER, Destination, Route, RoutingTable
 
 __all__ = [
@@ -53,6 +56,9 @@ class Decision(NamedTuple):
     route: Route
     key: KeyResult
     mirrors: tuple[Destination, ...]
+    # Set when signing is on and the key failed verification: the request did not reach a
+    # fork because of it (counted; an edge proxy also strips the key before forwarding).
+    rejected: Rejection | None = None
 
 
 def host_only(authority: str) -> str:
@@ -77,23 +83,32 @@ def decide(
     """Route one request. `draw()` returns a uniform [0, 1) float (splits, mirror sampling)."""
     key = extract_routing_key(table.carriers, view.headers)
     headers = view.headers
+    # The key that may name a fork: the presented one, or with signing on, the verified one.
+    fork_key = key.key
+    rejected: Rejection | None = None
+    verifier = table.verifier
+    if fork_key is not None:
+        if verifier is not None:
+            fork_key, rejected = verifier.verify(fork_key)
+        elif table.edge:  # an edge proxy without signing trusts no key from outside
+            fork_key, rejected = None, "unsigned"
     if view.listener == "inbound":
         local = table.inbound_local
         if local is None:
-            return Decision(table.no_route, key, NO_MIRRORS)
-        if key.key is not None and ROUTED_MARKER not in headers:
-            fork = table.inbound_forks.get(key.key)
+            return Decision(table.no_route, key, NO_MIRRORS, rejected)
+        if fork_key is not None and ROUTED_MARKER not in headers:
+            fork = table.inbound_forks.get(fork_key)
             if fork is not None:
                 return Decision(fork, key, NO_MIRRORS)
-        return Decision(local, key, NO_MIRRORS)
+        return Decision(local, key, NO_MIRRORS, rejected)
 
     svc = table.authorities.get(view.authority)
     if svc is None:
         svc = table.authorities.get(host_only(view.authority))
         if svc is None:
-            return Decision(table.no_route, key, NO_MIRRORS)
-    if key.key is not None:
-        fork = svc.forks.get(key.key)
+            return Decision(table.no_route, key, NO_MIRRORS, rejected)
+    if fork_key is not None:
+        fork = svc.forks.get(fork_key)
         if fork is not None:
             return Decision(fork, key, NO_MIRRORS)
     route = svc.baseline
@@ -103,13 +118,13 @@ def decide(
             route = split.pick(headers, draw())
             break
     if not svc.mirrors:
-        return Decision(route, key, NO_MIRRORS)
+        return Decision(route, key, NO_MIRRORS, rejected)
     mirrors = tuple(
         m.destination
         for m in svc.mirrors
         if m.condition.holds(method, path, headers) and draw() < m.fraction
     )
-    return Decision(route, key, mirrors)
+    return Decision(route, key, mirrors, rejected)
 
 
 def explain(decision: Decision) -> dict[str, object]:
@@ -130,4 +145,5 @@ def explain(decision: Decision) -> dict[str, object]:
         "mirrors": [m.name for m in decision.mirrors],
         "status": route.status or None,
         "error": route.error or None,
+        **({"key_rejected": decision.rejected} if decision.rejected else {}),
     }

@@ -60,7 +60,7 @@ class Proxy:
         local = None
         if settings.service and settings.local_app:
             local = LocalIdentity(service=settings.service, app=settings.local_app)
-        self.holder = TableHolder(local, settings.namespace or "")
+        self.holder = TableHolder(local, settings.namespace or "", edge=settings.edge)
         self.stats = Stats()
         self.stats.reload_failures = lambda: self.holder.reload_failures
         self.holder.on_swap(self._swapped)
@@ -94,7 +94,9 @@ class Proxy:
         self.subscriber: Any = None
         self.tasks: list[asyncio.Task[None]] = []
         self.tls = _tls_context(settings)
-        self.hosts = settings.listen_hosts(settings.capture and global_ipv6_present())
+        ipv6 = (settings.capture or settings.outbound_bind is not None) and global_ipv6_present()
+        self.hosts = settings.listen_hosts(settings.capture and ipv6)
+        self.outbound_hosts = settings.outbound_hosts(ipv6)
         self.wake = asyncio.Event()  # set when a listener that was idle gets a connection
 
     def _swapped(self, table: RoutingTable) -> None:
@@ -173,7 +175,7 @@ class Proxy:
         ctx.on_busy = self.wake.set
         server = await self.loop.create_server(
             gated(factory, ctx, self.overload, self.settings.listener_max_connections),
-            self.hosts,
+            self.outbound_hosts if kind == "outbound" else self.hosts,
             port,
             ssl=self.tls,
             reuse_port=self.settings.workers > 1 or None,
@@ -197,7 +199,8 @@ class Proxy:
         bound: list[str] = []
         host = self.hosts[0]
         if s.outbound_port is not None:
-            bound.append(f"outbound={host}:{await self.open_listener('outbound', s.outbound_port)}")
+            port = await self.open_listener("outbound", s.outbound_port)
+            bound.append(f"outbound={self.outbound_hosts[0]}:{port}")
         if s.inbound_port is not None:
             if self.holder.local is None:
                 raise UsageError("forklane proxy: the inbound listener needs --service and --local-app")

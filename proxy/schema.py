@@ -38,6 +38,7 @@ __all__ = [
     "RoutingSnapshot",
     "Service",
     "ServicePort",
+    "Signing",
     "Split",
     "SplitDestination",
     "Sticky",
@@ -294,6 +295,10 @@ class Fork(_Frozen):
         "fail", description="when every fork endpoint is unreachable: baseline, or 503"
     )
     sandbox: str = Field("", description="the sandbox (or route group) it comes from; for reasons")
+    tenant: str = Field("", max_length=253, description="the tenant the key belongs to (signed)")
+    expires_at: int | None = Field(
+        None, ge=0, description="epoch seconds after which the key no longer reaches the fork"
+    )
     lb: Literal["round_robin", "least_request"] = "round_robin"
     timeouts: Timeouts = Timeouts()
     circuit_breakers: CircuitBreakers = CircuitBreakers()
@@ -449,6 +454,21 @@ class Fault(_Frozen):
                              "(delay_ms)")
         return self
 
+class Signing(_Frozen):
+    """Signed routing keys (`proxy.context.signing`): with this set, only `KEY.SIGNATURE`
+    under one of `secrets` (newest first; during a rotation old and new) reaches a fork, and
+    only before the fork's `expires_at`. Everything else goes to the baseline, counted."""
+
+    secrets: tuple[str, ...] = Field(min_length=1, max_length=8)
+
+    @field_validator("secrets")
+    @classmethod
+    def _strong(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for secret in v:
+            if len(secret) < 16:
+                raise ValueError("a signing secret has at least 16 characters")
+        return v
+
 
 class RoutingSnapshot(_Frozen):
     """One complete, versioned routing configuration. Replaced whole, never patched."""
@@ -460,6 +480,7 @@ class RoutingSnapshot(_Frozen):
     splits: tuple[Split, ...] = ()
     mirrors: tuple[Mirror, ...] = ()
     faults: tuple[Fault, ...] = ()
+    signing: Signing | None = None
 
     @field_validator("version", mode="before")
     @classmethod
@@ -514,6 +535,14 @@ class RoutingSnapshot(_Frozen):
                     f"{fault.service!r}"
                 )
             seen_faults.add(pair)
+        claims: dict[str, tuple[str, str, int | None]] = {}
+        for i, fork in enumerate(self.forks):
+            claim = (fork.sandbox, fork.tenant, fork.expires_at)
+            if self.signing is not None and claims.setdefault(fork.routing_key, claim) != claim:
+                raise ValueError(
+                    f"forks[{i}]: key {fork.routing_key!r} is signed for one sandbox, tenant "
+                    "and expiry; its forks disagree"
+                )
         policies = (
             ("splits", [(x.service, x.name) for x in self.splits]),
             ("mirrors", [(x.service, x.name) for x in self.mirrors]),

@@ -119,6 +119,12 @@ class ProxySettings(BaseSettings):
         None, description="listen address, or several comma-separated (default 127.0.0.1; "
         "with capture 0.0.0.0, plus :: where the network namespace has a global IPv6 address)"
     )
+    outbound_bind: str | None = Field(
+        None, description="addresses of the outbound listener only, comma-separated, or "
+        "'loopback' (127.0.0.1, plus ::1 where the network namespace has a global IPv6 "
+        "address); default: 'loopback' with capture (redirected connections arrive on the "
+        "loopback address, so other pods cannot use the sidecar as an open proxy), else bind",
+    )
     outbound_port: int | None = Field(15001, ge=0, le=65535, description="'off' disables it")
     inbound_port: int | None = Field(
         15006, ge=0, le=65535, description="needs service and local_app; 'off' disables it"
@@ -210,6 +216,13 @@ class ProxySettings(BaseSettings):
     )
     outlier_ejection_seconds: float = Field(
         10.0, gt=0, le=3600, description="how long an ejected endpoint is left out"
+    )
+
+    # --- routing security ---
+    edge: bool = Field(
+        False, description="this proxy takes requests from outside the mesh (an ingress "
+        "sidecar): a routing key it cannot verify as signed is removed before forwarding, and "
+        "without signing in the snapshot no outside key reaches a fork",
     )
 
     # --- behaviour switches ---
@@ -323,6 +336,29 @@ class ProxySettings(BaseSettings):
         if self.capture:
             return ["0.0.0.0", "::"] if ipv6_present else ["0.0.0.0"]
         return ["127.0.0.1"]
+
+    @field_validator("outbound_bind")
+    @classmethod
+    def _outbound_bind(cls, v: str | None) -> str | None:
+        if v is not None and not [h for h in v.split(",") if h.strip()]:
+            raise ValueError("outbound_bind: give 'loopback' or at least one address")
+        return v
+
+    def outbound_hosts(self, ipv6_present: bool) -> list[str]:
+        """The addresses the outbound listener binds. Under capture, nat rules redirect the
+        app's own connections to the loopback address (REDIRECT maps locally made packets to
+        127.0.0.1 and ::1), so the outbound listener needs no other, and must have none: on
+        the pod's address any other pod could send requests into the mesh through it."""
+        wanted = self.outbound_bind or ("loopback" if self.capture else None)
+        if wanted is None:
+            return self.listen_hosts(ipv6_present)
+        hosts: list[str] = []
+        for h in (part.strip() for part in wanted.split(",")):
+            if h == "loopback":
+                hosts += ["127.0.0.1", "::1"] if ipv6_present else ["127.0.0.1"]
+            elif h:
+                hosts.append(h)
+        return hosts
 
     @field_validator("explain_header")
     @classmethod

@@ -19,9 +19,12 @@ Listener = Callable[[RoutingTable], None]
 
 
 class TableHolder:
-    def __init__(self, local: LocalIdentity | None = None, namespace: str = "") -> None:
+    def __init__(
+        self, local: LocalIdentity | None = None, namespace: str = "", *, edge: bool = False
+    ) -> None:
         self.local = local
         self.namespace = namespace  # the proxy's Kubernetes namespace ('' outside a cluster)
+        self.edge = edge  # an ingress sidecar: unverifiable routing keys are stripped
         self.table: RoutingTable | None = None
         self.source: str = ""  # "file:PATH" or "controlplane:ADDR"
         self.loaded_at: float = 0.0
@@ -35,7 +38,7 @@ class TableHolder:
     def apply(self, snapshot: schema.RoutingSnapshot, source: str = "") -> RoutingTable:
         """Build and install a table; on failure raise ConfigError and keep the old table."""
         try:
-            table = build_table(snapshot, self.local, self.namespace)
+            table = build_table(snapshot, self.local, self.namespace, edge=self.edge)
         except ConfigError as exc:
             self._fail(str(exc))
             raise

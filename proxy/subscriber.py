@@ -9,8 +9,9 @@ Invariants:
   validation or `apply` is NACKed with the reason and never applied, and the old table keeps
   serving;
 - while disconnected the last good table keeps serving; `run()` reconnects forever with
-  full-jitter exponential backoff (about 0.2 s at first, capped at 30 s), reset after a
-  stream that was established;
+  full-jitter exponential backoff (about 0.2 s at first, capped at 5 s), reset after a
+  stream that was established, and cut short (with the backoff reset) when the address, which
+  did not accept connections when the wait began, accepts one again;
 - after every ACK the snapshot is written to `state_dir/snapshot.json` (atomically), and a
   cold start with no table serves that file until the control plane answers;
 - `connected` is True exactly while a stream is open that the control plane has accepted
@@ -66,7 +67,12 @@ __all__ = ["Subscriber", "backoff_delay", "channel_options"]
 log = logging.getLogger("forklane.proxy.subscriber")
 
 BACKOFF_BASE = 0.2
-BACKOFF_CAP = 30.0
+# Low enough that a restarted control plane is found within seconds even without the
+# address probe below; a proxy retries at most every 5 s (jittered) while it is down.
+BACKOFF_CAP = 5.0
+# While waiting out a backoff after the address refused, check this often whether it accepts
+# a TCP connection again (a control plane that restarted): if so, retry at once.
+ANSWER_PROBE_INTERVAL = 0.25
 
 def channel_options(keepalive: float) -> tuple[tuple[str, Any], ...]:
     """Options of the channel to the control plane.
@@ -223,10 +229,8 @@ class Subscriber:
                     delay,
                     self.last_error or "stream ended",
                 )
-                try:
-                    await asyncio.wait_for(self._closing.wait(), timeout=delay)
-                except TimeoutError:
-                    pass
+                if await self._wait_retry(delay):
+                    attempt = 0  # the address answers again: a restarted control plane
         finally:
             leftover = self._session_task
             if leftover is not None and not leftover.done():
@@ -237,6 +241,44 @@ class Subscriber:
             self._set_connected(False)
             self._running = False
             self._stopped.set()
+
+    async def _wait_retry(self, delay: float) -> bool:
+        """Wait `delay` seconds or until closing; True when the wait was cut short because the
+        address, refusing connections at the start, accepts one again. An address that answers
+        from the start (a control plane that refuses the stream) is waited out in full, so a
+        refusal is never retried in a tight loop."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + delay
+        was_down = not await self._address_answers()
+        while not self._closing.is_set():
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return False
+            try:
+                await asyncio.wait_for(
+                    self._closing.wait(), timeout=min(remaining, ANSWER_PROBE_INTERVAL)
+                )
+            except TimeoutError:
+                pass
+            if was_down and not self._closing.is_set() and await self._address_answers():
+                log.info("control plane %s answers again: reconnecting now", self.address)
+                return True
+        return False
+
+    async def _address_answers(self) -> bool:
+        """Whether the control plane's address accepts a TCP connection (closed at once)."""
+        host, _, port = self.address.rpartition(":")
+        try:
+            async with asyncio.timeout(ANSWER_PROBE_INTERVAL):
+                _, writer = await asyncio.open_connection(host.strip("[]"), int(port))
+        except (OSError, TimeoutError, ValueError):
+            return False
+        writer.close()
+        try:
+            await writer.wait_closed()
+        except OSError:
+            pass
+        return True
 
     async def aclose(self) -> None:
         """Stop `run()` (if running) and close the stream; the table stays as it is."""

@@ -20,11 +20,14 @@ from __future__ import annotations
 
 import hashlib
 import math
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from forklane.proxy import schema
 from forklane.proxy.context.carriers import CarrierPlan, build_carrier_plan
+from forklane.proxy.context.signing import KeyClaims, KeyVerifier
 
 __all__ = [
     "DEFAULT_CIRCUIT",
@@ -308,6 +311,9 @@ class RoutingTable:
     inbound_local: Route | None = None
     inbound_forks: dict[str, Route] = field(default_factory=dict)
     faults: dict[tuple[str, str], FaultRule] = field(default_factory=dict)  # (key, service)
+    # Signed routing keys (None: any key reaches its fork); edge: strip keys that fail it.
+    verifier: KeyVerifier | None = None
+    edge: bool = False
 
 
 def _cookie_value(header: str | None, name: str) -> str | None:
@@ -435,11 +441,16 @@ def build_table(
     snapshot: schema.RoutingSnapshot,
     local: LocalIdentity | None = None,
     namespace: str = "",
+    *,
+    edge: bool = False,
+    clock: Callable[[], float] = time.time,
 ) -> RoutingTable:
     """Compile a validated snapshot into the table. A local service the snapshot does not know
     is not an error: the inbound listener then simply delivers everything to the local app.
     `namespace` is the proxy's Kubernetes namespace ('' outside a cluster): it decides which
-    namespace authorities (bare Service names) this proxy resolves."""
+    namespace authorities (bare Service names) this proxy resolves. `edge`: this proxy takes
+    requests from outside (an ingress sidecar), so a routing key it cannot verify is removed
+    before forwarding. `clock` (epoch seconds) judges signed keys' expiry."""
     carriers = build_carrier_plan(snapshot.carriers)
     interesting: set[str] = set(carriers.header_names) | {ROUTED_MARKER}
     policies = [svc.retry_policy for svc in snapshot.services]
@@ -615,6 +626,12 @@ def build_table(
     faults: dict[tuple[str, str], FaultRule] = {}
     for i, fault in enumerate(snapshot.faults):
         faults[(fault.routing_key, fault.service)] = _fault_rule(i, fault)
+    verifier = None
+    if snapshot.signing is not None:
+        claims = {
+            f.routing_key: KeyClaims(f.sandbox, f.tenant, f.expires_at) for f in snapshot.forks
+        }
+        verifier = KeyVerifier.build(snapshot.signing.secrets, claims, clock)
     return RoutingTable(
         faults=faults,
         version=snapshot.version,
@@ -628,6 +645,8 @@ def build_table(
         local=local,
         inbound_local=inbound_local,
         inbound_forks=inbound_forks,
+        verifier=verifier,
+        edge=edge,
     )
 
 

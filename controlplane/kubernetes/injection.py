@@ -193,6 +193,9 @@ def _sidecar(template: SidecarTemplate, namespace: str, service: str | None,
         {"name": "FORKLANE_NAMESPACE",
          "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
         {"name": "FORKLANE_BIND", "value": "0.0.0.0"},
+        # the app reaches the outbound listener on loopback (HTTP_PROXY, or nat REDIRECT):
+        # on the pod's address it would be an open proxy into the mesh for any other pod
+        {"name": "FORKLANE_OUTBOUND_BIND", "value": "loopback"},
         {"name": "FORKLANE_OUTBOUND_PORT", "value": str(template.outbound_port)},
         {"name": "FORKLANE_INBOUND_PORT", "value": str(template.inbound_port)},
         {"name": "FORKLANE_ADMIN_PORT", "value": str(template.admin_port)},

@@ -43,6 +43,7 @@ __all__ = [
     "extract_trace_id",
     "inject_routing_key",
     "is_routing_key",
+    "strip_routing_key",
 ]
 
 BAGGAGE = "baggage"
@@ -287,4 +288,25 @@ def inject_routing_key(plan: CarrierPlan, key: str, headers: Mapping[str, str]) 
         new = _rewrite_tracestate(headers.get(TRACESTATE), plan.emit_tracestate, key)
         if new is not None:
             out[TRACESTATE] = new
+    return out
+
+
+def strip_routing_key(plan: CarrierPlan, headers: Mapping[str, str]) -> dict[str, str]:
+    """Headers to replace so that no carrier of the plan holds a key any more: a header
+    carrier maps to '' (remove the field), `baggage` and `tracestate` to their value without
+    our members ('' when nothing else is left). Other members pass untouched."""
+    out: dict[str, str] = {}
+    for name, _, _ in plan.header_sources:
+        if name in headers:
+            out[name] = ""
+    value = headers.get(BAGGAGE)
+    if plan.baggage_sources and value is not None:
+        members = _baggage.parse_baggage(value)
+        kept = [m for m in members if m.key not in plan.baggage_names]
+        out[BAGGAGE] = _baggage.serialize_baggage(kept) if kept else ""
+    value = headers.get(TRACESTATE)
+    if plan.tracestate_sources and value is not None:
+        states = _tracestate.parse_tracestate(value)
+        rest = [m for m in states if m.key not in plan.tracestate_names]
+        out[TRACESTATE] = _tracestate.serialize_tracestate(rest) if rest else ""
     return out

@@ -34,7 +34,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from forklane.proxy.context.carriers import TRACEPARENT, inject_routing_key
+from forklane.proxy.context.carriers import TRACEPARENT, inject_routing_key, strip_routing_key
 from forklane.proxy.context.traceparent import parse_traceparent
 from forklane.proxy.routing import Decision, ListenerKind, RequestView, decide, host_only
 from forklane.proxy.table import (
@@ -174,6 +174,11 @@ def _cacheable(listener: ListenerKind, table: RoutingTable, authority: str, rout
 
 def _injection(table: RoutingTable, decision: Decision, view: dict[str, str]) -> Injection:
     key = decision.key.key
+    if table.edge and (decision.rejected is not None or decision.key.conflict):
+        # An edge proxy forwards no key it could not verify: outside callers reach no fork.
+        updates = strip_routing_key(table.carriers, view)
+        pairs = tuple((n.encode("latin-1"), v.encode("latin-1")) for n, v in updates.items() if v)
+        return frozenset(n.encode("latin-1") for n in updates), pairs
     if key is None:
         return _NO_INJECTION
     updates = inject_routing_key(table.carriers, key, view)
@@ -213,6 +218,8 @@ def route(
                 stats.key_conflicts += 1
             elif decision.key.key is not None:
                 stats.seen_keys.add(decision.key.key)  # activity (ttl since lastActivity)
+            if decision.rejected is not None:
+                stats.keys_rejected[decision.rejected] += 1
             if table.faults:
                 decision = _fault(listener, table, decision, view, draw)
             return decision, hit[1], None
@@ -226,7 +233,11 @@ def route(
         stats.key_conflicts += 1
     elif decision.key.key is not None:
         stats.seen_keys.add(decision.key.key)
+    if decision.rejected is not None:
+        stats.keys_rejected[decision.rejected] += 1
     injection = _injection(table, decision, view)
+    if table.verifier is not None and decision.key.key is not None:
+        key = None  # a signed key's verdict changes when it expires: judged every time
     if key is not None and _cacheable(listener, table, auth, decision.route):
         cache = fields.cache
         if len(cache) >= CACHE_SIZE:
@@ -299,7 +310,7 @@ def forwarded_fields(
     and -Host unless the client sent them, and Via with this hop appended (which is how the
     next sidecar knows this hop was routed)."""
     replaced, updates = injection
-    if updates:
+    if replaced:  # an edge's stripping replaces fields with nothing: `updates` may be empty
         for item in kept:
             if item[0].lower() not in replaced:
                 out.append(item)

@@ -36,6 +36,7 @@ __all__ = [
     "NO_ENDPOINTS",
     "NO_ROUTE",
     "OVERLOADED",
+    "UNKNOWN_METHOD",
     "UNSUPPORTED_TRANSFER_CODING",
     "UNSUPPORTED_VERSION",
     "UPSTREAM_CONNECT_FAILED",
@@ -134,6 +135,8 @@ UNSUPPORTED_VERSION = _e("unsupported-version", 505, GRPC_INTERNAL, "rejected",
                          "an HTTP version other than 1.0, 1.1 and 2")
 CONNECT_UNSUPPORTED = _e("connect-unsupported", 405, GRPC_UNIMPLEMENTED, "rejected",
                          "CONNECT tunnelling is not supported")
+UNKNOWN_METHOD = _e("unknown-method", 501, GRPC_UNIMPLEMENTED, "rejected",
+                    "an HTTP/1.1 method outside the parser's list (HTTP/2 takes any token)")
 
 ERRORS: dict[str, ProxyError] = {
     e.reason: e
@@ -143,7 +146,7 @@ ERRORS: dict[str, ProxyError] = {
         UPSTREAM_TIMEOUT, DEADLINE_EXCEEDED, CIRCUIT_OPEN, HEADER_TIMEOUT,
         HEADERS_TOO_LARGE, MALFORMED_REQUEST, DUPLICATE_HOST, MISSING_HOST, BAD_HOST, BAD_TARGET,
         BAD_TRANSFER_ENCODING, UNSUPPORTED_TRANSFER_CODING, BAD_CONNECTION_HEADER,
-        UNSUPPORTED_VERSION, CONNECT_UNSUPPORTED, OVERLOADED, BODY_TIMEOUT,
+        UNSUPPORTED_VERSION, CONNECT_UNSUPPORTED, OVERLOADED, BODY_TIMEOUT, UNKNOWN_METHOD,
     )
 }
 

@@ -23,6 +23,7 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import re
 from collections import deque
 from typing import TYPE_CHECKING, cast
 
@@ -113,6 +114,9 @@ mode-comparison test a comparison of the two readers on the malformed corpus and
 matrix."""
 _PENDING_LIMIT = 64 * 1024  # request body buffered while the upstream connection opens
 _REPLAYABLE = frozenset({b"GET", b"HEAD", b"OPTIONS", b"DELETE", b"TRACE"})
+# A request line that starts with an RFC 9110 token and a space: an extension method.
+_METHOD_TOKEN = re.compile(rb"([!#$%&'*+.^_`|~0-9A-Za-z\-]{1,64}) ")
+_COMMON_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "TRACE"})
 _PROTECTED_ACTIONS = (F_INTERESTING, F_MARKER, F_EXPLAIN)
 
 # Framing of the response towards the client.
@@ -667,6 +671,23 @@ class Downstream(asyncio.Protocol):
                 self.closing = True
             else:
                 raise
+        except httptools.HttpParserInvalidMethodError as exc:
+            # llhttp knows a fixed list of methods (RFC 9110's, WebDAV's, PURGE, QUERY …) and
+            # cannot parse another token there; RFC 9110 §9.1 answers an unrecognised method
+            # with 501. A request line that does not start with a token stays a 400.
+            first = _METHOD_TOKEN.match(data)
+            if first is None and not self.queue:
+                self.protocol_error(
+                    reply_for(errors.MALFORMED_REQUEST, f"malformed request: {exc}", close=True)
+                )
+                return
+            # A pipelined request's method is not at the start of this read: left unnamed.
+            name = first.group(1).decode("ascii") if first is not None else ""
+            name = "" if name in _COMMON_METHODS else f"{name} "
+            self.protocol_error(reply_for(
+                errors.UNKNOWN_METHOD, f"method {name}is not supported over HTTP/1.1 by this "
+                "proxy (its parser knows a fixed list of methods); HTTP/2 takes any", close=True,
+            ))
         except httptools.HttpParserError as exc:
             if self.closing:
                 # Bytes after a request that ended the connection (HTTP/1.0, `close`), read

@@ -355,6 +355,21 @@ def test_inbound_traffic_reaches_the_app_through_the_sidecar(lab: Lab,
     assert car.metric('forklane_requests_total{kind="local",listener="inbound",service="app",status_class="2xx"}') == 2
 
 
+def test_the_outbound_listener_is_not_reachable_from_other_pods(lab: Lab,
+                                                              sidecar_factory: Any) -> None:
+    """Under capture the outbound listener binds loopback only: the app's redirected
+    connections reach it, a client in another network namespace dialling the pod's address
+    and port 15001 is refused (it would otherwise be an open proxy into the mesh). The
+    inbound listener stays reachable there."""
+    sidecar_factory()
+    assert app_curl(lab, f"http://{SERVICE_V4}/")["server"] == "baseline"  # captured, routed
+    outside = lab.up.run("curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}",
+                         "--max-time", "5", "-H", "Host: catalog", f"http://{POD_V4}:15001/")
+    assert outside.returncode == 7, outside  # curl: failed to connect (refused)
+    inbound = lab.up.run("curl", "-sS", "--max-time", "10", f"http://{POD_V4}:15006/direct")
+    assert json.loads(inbound.stdout)["server"] == "app"
+
+
 def test_the_sidecars_own_connections_are_not_captured_again(lab: Lab,
                                                              sidecar_factory: Any) -> None:
     car = sidecar_factory()

@@ -443,6 +443,33 @@ def key_header(key: str) -> dict[str, str]:
     return {"x-forklane-routing-key": key}
 
 
+async def test_controlplane_restart_is_found_by_every_proxy_within_seconds(
+    world: World,
+) -> None:
+    """After an outage long enough for the backoff to grow, a restarted control plane has
+    every proxy ACK a new version within seconds: the backoff is capped at 5 s, and a proxy
+    whose control plane refused connections retries at once when the address answers."""
+    plane, api, token, baseline = await base_world(world)
+    nodes = [f"p-back-{i}" for i in range(4)]
+    sidecars = [world.sidecar(plane, token, n) for n in nodes]
+    await wait_acked(api, nodes, 1)
+    plane.kill()
+
+    async def backed_off() -> bool:  # each proxy has failed 7 attempts: its backoff is grown
+        return all(s.proc.output().count("retrying in") >= 7 for s in sidecars)
+
+    await until("every proxy to back off", backed_off, within=60)
+    started = time.monotonic()
+    plane.start()  # same ports and data; returns once it listens
+    version = await api.write("PUT", "services/web", {
+        "metadata": {"name": "web"},
+        "spec": {"endpoints": [endpoint(baseline)], "authorities": ["web.shop"]}})
+    await wait_acked(api, nodes, version)
+    elapsed = time.monotonic() - started
+    print(f"control plane restart -> {len(nodes)} proxies ACKed: {elapsed:.2f} s")
+    assert elapsed < 8.0, f"{elapsed:.2f} s"
+
+
 @pytest.mark.slow
 async def test_controlplane_down_for_a_minute_under_load(world: World) -> None:
     plane, api, token, baseline = await base_world(world)

@@ -215,8 +215,12 @@ def _corpus() -> list[Case]:
     # (The HTTP/2 preface itself is valid h2c now; see test_http2's preface-smuggling case.)
 
     # -- methods ----------------------------------------------------------------------------
-    add("method-lowercase", b"get / HTTP/1.1\r\nHost: svc\r\n\r\n")
-    add("method-unknown", b"FOO / HTTP/1.1\r\nHost: svc\r\n\r\n")
+    # Methods are case-sensitive tokens (RFC 9110 §9.1): `get` and `FOO` are extension methods
+    # this parser cannot read, answered 501 as §9.1 recommends; `G@T` is not a token (400).
+    add("method-lowercase", b"get / HTTP/1.1\r\nHost: svc\r\n\r\n", 501, "unknown-method")
+    add("method-unknown", b"FOO / HTTP/1.1\r\nHost: svc\r\n\r\n", 501, "unknown-method")
+    add("method-extension", b"PURGEX /x HTTP/1.1\r\nHost: svc\r\n\r\n", 501,
+        "unknown-method")
     add("method-separator", b"G@T / HTTP/1.1\r\nHost: svc\r\n\r\n")
     add("method-empty", b" / HTTP/1.1\r\nHost: svc\r\n\r\n")
     add("method-connect", b"CONNECT svc:80 HTTP/1.1\r\nHost: svc:80\r\n\r\n", 405,

@@ -562,6 +562,16 @@ async def test_inbound_listener_over_http2(h2_upstreams: Any, proxy_factory: Any
     assert fork.header(0, "x-forklane-routed") is None
 
 
+async def test_an_extension_method_passes_over_http2(mesh: dict[str, Any]) -> None:
+    """RFC 9110 §9.1: a method is any token. HTTP/2 carries it in `:method`, and the proxy
+    forwards it untouched (HTTP/1.1 answers 501 `unknown-method`: its parser's list is fixed)."""
+    async with _client() as client:
+        r = await client.request("PURGEX", f"{mesh['proc'].url()}/x", headers={"host": "catalog"})
+    assert r.status_code == 200, r.text
+    assert r.headers["x-upstream"] == "catalog"
+    assert mesh["ups"]["catalog"].header(-1, ":method") == "PURGEX"
+
+
 async def _events_until_end(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                             conn: h2.connection.H2Connection, sid: int) -> list[Any]:
     """Events of stream `sid` until it ends (or is reset), read with a deadline."""

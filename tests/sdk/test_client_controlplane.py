@@ -107,7 +107,10 @@ async def test_server_side_validation_names_the_field(
     bad = ServiceResource.model_validate(
         {
             "metadata": {"name": unique("svc")},
-            "spec": {"endpoints": [listener], "authorities": ["Not A Host!"]},
+            # valid by the wire schema (checked in the SDK); only the server knows a port
+            # may be listed once
+            "spec": {"endpoints": [listener], "ports": [
+                {"port": 80, "endpoints": [listener]}, {"port": 80, "endpoints": [listener]}]},
         }
     )
     with pytest.raises(Invalid) as info:

@@ -11,6 +11,7 @@ app.kubernetes.io/name: forklane
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 {{- define "forklane.postgres" -}}{{ or .Values.store.url .Values.store.existingSecret }}{{- end -}}
+{{- define "forklane.routingKeySecret" -}}{{ .Values.routingKeys.existingSecret | default (printf "%s-routing-keys" (include "forklane.name" .)) }}{{- end -}}
 {{- define "forklane.webhookSecret" -}}{{ include "forklane.name" . }}-webhook-tls{{- end -}}
 {{- define "forklane.image" -}}{{ .Values.image.repository }}:{{ .Values.image.tag }}{{- end -}}
 {{- define "forklane.sidecarImage" -}}
