@@ -8,6 +8,7 @@ Commands open their client through `open_client`, so `--url/--token/--context` a
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -36,7 +37,7 @@ from forklane.controlplane.wire import (
     Sandbox,
     dump,
 )
-from forklane.errors import NotFound
+from forklane.errors import NotFound, WaitTimeout
 
 __all__ = [
     "FileOpt",
@@ -235,7 +236,10 @@ def wait_with_spinner(client: Client, name: str, timeout: float) -> Sandbox:
         return client.sandboxes.wait_ready(name, timeout, on_poll)
 
 
-def delete_all(resource: Resource[Any], names: list[str], missing_ok: bool) -> None:
+def delete_all(
+    resource: Resource[Any], names: list[str], missing_ok: bool, wait: float | None = None
+) -> None:
+    """Delete each name; with `wait` (seconds), also watch each one until it is gone."""
     out = err_console()
     for name in names:
         try:
@@ -244,8 +248,51 @@ def delete_all(resource: Resource[Any], names: list[str], missing_ok: bool) -> N
             if not missing_ok:
                 raise
             out.print(f"{resource.kind.label} {name} not found (ignored)")
-        else:
+            continue
+        if wait is None:
             out.print(f"{resource.kind.label} {name} deleted")
+            continue
+        wait_gone(resource, name, wait, out)
+
+
+def wait_gone(resource: Resource[Any], name: str, timeout: float, out: Console) -> None:
+    """Poll until `name` is gone (404), printing each change of what its deletion waits for
+    (a sandbox with fork workloads is Terminating: routes withdrawn, then the workloads, then
+    the record). WaitTimeout (exit 8) at the deadline, naming what was left."""
+    label = resource.kind.label
+    deadline = time.monotonic() + timeout
+    interval = 0.1
+    shown = ""
+    while True:
+        try:
+            item = resource.get(name)
+        except NotFound:
+            out.print(f"{label} {name} deleted")
+            return
+        now = deletion_progress(item)
+        if now != shown:
+            out.print(f"{label} {name}: {now}")
+            shown = now
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise WaitTimeout(f"{label} {name} still there after {timeout:g}s: {shown}")
+        time.sleep(min(interval, remaining))  # polling the API, with a deadline
+        interval = min(1.0, interval * 1.5)
+
+
+def deletion_progress(item: Any) -> str:
+    """What a deletion in progress waits for, in a few words."""
+    status = getattr(item, "status", None)
+    phase = getattr(status, "phase", None) or "deleting"
+    if not isinstance(item, Sandbox) or status is None:
+        return phase
+    left = [w for w in status.workloads if w.created]
+    if phase == "Terminating" and left:
+        names = ", ".join(f"{w.namespace}/{w.name}" for w in left)
+        return f"Terminating: routes withdrawn, removing {len(left)} workload(s) ({names})"
+    if phase == "Terminating":
+        return "Terminating: workloads removed, removing the record"
+    return phase
 
 
 def model_from_flags(

@@ -420,9 +420,14 @@ def add_read_delete_commands(
         ctx: typer.Context,
         names: NamesArg,
         ignore_not_found: Annotated[bool, typer.Option("--ignore-not-found")] = False,
+        wait: Annotated[
+            bool, typer.Option("--wait", help="wait until each one is gone, showing progress")
+        ] = False,
+        timeout: Annotated[float, typer.Option("--timeout", metavar="SECONDS")] = 120.0,
     ) -> None:
         with open_client(ctx) as client:
-            delete_all(getattr(client, attr), names, ignore_not_found)
+            delete_all(getattr(client, attr), names, ignore_not_found,
+                       wait=timeout if wait else None)
 
     list_command.__doc__, get_command.__doc__, delete_command.__doc__ = (
         list_doc, get_doc, delete_doc

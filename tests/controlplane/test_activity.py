@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 from forklane.controlplane import wire
 from forklane.controlplane.activity import ActivityLog
-from forklane.controlplane.reconciler import expires_at, last_activity
+from forklane.controlplane.judging import expires_at, last_activity
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 

@@ -84,6 +84,15 @@ async def test_create_with_image_env_replicas_waits_condition_by_condition(
     assert got.stdout.count(fork_name("pricing", "pr-481") + "-") == 2, "both pods listed"
     assert "2/2" in got.stdout
 
+    gone = await cli(url, tmp_path, "sandbox", "delete", "pr-481", "--wait", "--timeout", "30")
+    assert gone.returncode == 0, gone.stderr
+    lines = gone.stderr.strip().splitlines()
+    assert any(line.startswith("sandbox pr-481: Terminating: routes withdrawn, removing 1 ")
+               for line in lines), lines
+    assert lines[-1] == "sandbox pr-481 deleted"
+    forks = kube.store.list(kube.store.kind("Deployment"), "shop", "forklane.io/sandbox=pr-481")
+    assert forks == [], "the fork Deployment goes before the sandbox's record"
+
 
 async def test_stuck_pod_exits_8_with_the_reason_and_bad_flags_exit_2(
         api_url: tuple[str, FakeKube], tmp_path: Path) -> None:
