@@ -85,7 +85,7 @@ from forklane.proxy.http1.messages import (
 from forklane.proxy.http1.mirror import MirrorCopy
 from forklane.proxy.http1.upstream import UpstreamConnection
 from forklane.proxy.listener.context import Deadline, ListenerContext
-from forklane.proxy.listener.handoff import alpn_is_h2, may_be_h2c
+from forklane.proxy.listener.handoff import alpn_is_h2, may_be_h2c, undecided
 from forklane.proxy.routing import Decision
 from forklane.proxy.sockets import tune_transport
 from forklane.proxy.table import (
@@ -590,6 +590,7 @@ class Downstream(asyncio.Protocol):
         self.tunnel: UpstreamConnection | None = None
         self.out: list[bytes] | None = None  # corked writes (see cork())
         self.first = True  # the first bytes may be an HTTP/2 preface
+        self.held = b""  # first bytes too few to tell HTTP/2 from HTTP/1.1
         self.client_eof = False
         self.body_left = 0  # Content-Length body bytes still due to a request `_fast_heads` read
 
@@ -626,6 +627,12 @@ class Downstream(asyncio.Protocol):
         clock = ctx.clock
         clock.now = clock.time()  # the one clock read of this read event (Clock.tick inlined)
         if self.first:
+            if self.held:
+                data = self.held + data
+                self.held = b""
+            if undecided(data):
+                self.held = data  # `P` or `PR`: HTTP/2's preface or an HTTP/1.1 method
+                return
             self.first = False
             if may_be_h2c(data):
                 self._to_http2(data)  # h2c with prior knowledge; h2 checks the whole preface

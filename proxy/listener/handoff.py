@@ -10,13 +10,19 @@ from __future__ import annotations
 
 from forklane.proxy.listener.detect import PREFACE
 
-__all__ = ["PREFACE", "alpn_is_h2", "may_be_h2c"]
+__all__ = ["PREFACE", "alpn_is_h2", "may_be_h2c", "undecided"]
 
 
 def may_be_h2c(first: bytes) -> bool:
-    """True when a connection's first read starts like the HTTP/2 preface. Three bytes
-    decide: no HTTP/1.1 method is `PRI`, and shorter reads are checked against the preface."""
-    return first[:3] == b"PRI" or (len(first) < 3 and PREFACE.startswith(first))
+    """True when a connection's first bytes start the HTTP/2 preface. Three bytes decide: no
+    HTTP/1.1 method is `PRI` (see `undecided` for fewer)."""
+    return first[:3] == b"PRI"
+
+
+def undecided(first: bytes) -> bool:
+    """True for first bytes too short to tell: `P` and `PR` begin `PRI` and also `POST`,
+    `PUT`, `PATCH`, `PROPFIND`, so the listener waits for the third byte."""
+    return len(first) < 3 and PREFACE.startswith(first)
 
 
 def alpn_is_h2(ssl_object: object | None) -> bool:

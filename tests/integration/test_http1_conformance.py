@@ -130,6 +130,23 @@ async def test_keep_alive_on_both_sides(rig: Rig) -> None:
 
 
 @in_module_loop
+async def test_a_request_whose_first_read_is_one_byte_stays_http1(rig: Rig) -> None:
+    """`P` alone could begin HTTP/2's preface (`PRI`) or `POST`/`PUT`/`PATCH`: the listener
+    waits for the third byte instead of handing the connection to HTTP/2."""
+    reader, writer = await open_conn(rig)
+    try:
+        writer.write(b"P")
+        await writer.drain()
+        await asyncio.sleep(0.05)  # pacing a slow client, so the proxy reads `P` alone
+        writer.write(b"OST /one-byte HTTP/1.1\r\nHost: ka\r\nContent-Length: 0\r\n\r\n")
+        resp, _ = await read_response(reader)
+    finally:
+        await close_conn(writer)
+    assert resp.status == 200
+    assert json.loads(resp.body)["target"] == "/one-byte"
+
+
+@in_module_loop
 async def test_aiohttp_client_reuses_its_connection(rig: Rig) -> None:
     """A pooling client (aiohttp, one connection) gets every answer on the same connection."""
     created: list[object] = []
