@@ -270,7 +270,7 @@ def write_request_head(
         block = drop_fields(block, _SPAN_DROPS if span.keeps_tracestate else _SPAN_DROPS_ALL)
         block += b"traceparent: " + span.traceparent + b"\r\n"
     replaced, updates = injection
-    if updates:
+    if replaced:  # an edge's stripping replaces fields with nothing: `updates` may be empty
         parts.append(drop_fields(block, replaced))
         for name, value in updates:
             parts.append(name + b": " + value + b"\r\n")
