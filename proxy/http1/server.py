@@ -370,11 +370,14 @@ class Exchange:
             return
         status = head.status
         endpoint = self.endpoint
+        dest = self.dest
         if endpoint is not None and self.track:
             if status >= 500:
-                down.ctx.balancer.failed(endpoint)
+                down.ctx.balancer.failed(endpoint, dest, status)
             else:
-                down.ctx.balancer.succeeded(endpoint)
+                down.ctx.balancer.succeeded(endpoint, dest)
+        if status >= 500 and dest is not None and dest.retry.attempts and self.retry(conn, status):
+            return
         self.phase = STREAMING
         self.status = status
         self._response_tail(down, status, [head.line, head.kept], head.length, None, head.via)

@@ -26,7 +26,9 @@ README = (ROOT / "README.md").read_text()
 CLIENT_VARIABLES = {"FORKLANE_URL", "FORKLANE_TOKEN", "FORKLANE_CONTEXT", CONFIG_ENV}
 NOT_VARIABLES = {
     "FORKLANE_ROUTES": "the JetStream stream of the routes view",
-    "FORKLANE_SANDBOX": "a variable of the example consumer app, read by the app itself",
+    "FORKLANE_SANDBOX": "set in a fork workload's containers (and read by the example "
+                        "consumer app), not a setting of forklane",
+    "FORKLANE_ROUTING_KEY": "set in a fork workload's containers for the app's own use",
     "FORKLANE_FUZZ_EXAMPLES": "read by the fuzzing harnesses (tests/fuzz), not by forklane",
 }
 
