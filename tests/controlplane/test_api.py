@@ -58,10 +58,16 @@ async def test_create_get_list_update_delete(api: Api) -> None:
     assert status == 200 and got["spec"]["routingKey"] == key
     assert headers["ETag"] == f'"{got["metadata"]["resourceVersion"]}"'
 
-    # update via metadata.resourceVersion keeps the key, bumps generation
+    # update via metadata.resourceVersion keeps the key, bumps generation. A status write
+    # (a probe result) may land between our read and our write: that is a 409, and a client
+    # reads again and retries, as a Kubernetes client does on a conflict.
     body = sandbox("sb1", {"team": "x"}, description="changed")
-    body["metadata"]["resourceVersion"] = got["metadata"]["resourceVersion"]
-    status, upd, _ = await api.call("PUT", "/api/v1/sandboxes/sb1", json_body=body)
+    for _ in range(20):
+        body["metadata"]["resourceVersion"] = got["metadata"]["resourceVersion"]
+        status, upd, _ = await api.call("PUT", "/api/v1/sandboxes/sb1", json_body=body)
+        if status != 409:
+            break
+        _, got, _ = await api.call("GET", "/api/v1/sandboxes/sb1")
     assert status == 200, upd
     assert upd["metadata"]["generation"] == 2 and upd["spec"]["routingKey"] == key
     assert upd["spec"]["description"] == "changed"
@@ -76,12 +82,15 @@ async def test_create_get_list_update_delete(api: Api) -> None:
         return bool(got["status"].get("observedGeneration") == 2)
 
     await eventually(generation_2_settled)
-    status, cur, _ = await api.call("GET", "/api/v1/sandboxes/sb1")
     del body["metadata"]["resourceVersion"]
-    status, upd, _ = await api.call(
-        "PUT", "/api/v1/sandboxes/sb1", json_body=body,
-        headers={"If-Match": f'"{cur["metadata"]["resourceVersion"]}"'},
-    )
+    for _ in range(20):  # read, then write with If-Match; again on a status write's 409
+        status, cur, _ = await api.call("GET", "/api/v1/sandboxes/sb1")
+        status, upd, _ = await api.call(
+            "PUT", "/api/v1/sandboxes/sb1", json_body=body,
+            headers={"If-Match": f'"{cur["metadata"]["resourceVersion"]}"'},
+        )
+        if status != 409:
+            break
     assert status == 200 and upd["spec"]["description"] == "lost"
 
     status, gone, _ = await api.call("DELETE", "/api/v1/sandboxes/sb1")
