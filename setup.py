@@ -20,36 +20,28 @@ the compiled modules land in that tree next to the links.
 
 from __future__ import annotations
 
+import ast
 import os
 import sys
+from pathlib import Path
 
 from setuptools import Extension, find_packages, setup
 from setuptools.command.build_ext import build_ext
 
 ROOTS = {"forklane": "sdk", "forklane.proxy": "proxy", "forklane.controlplane": "controlplane"}
 
-# Keep in step with proxy/hotpath.py's MODULES (a test checks they agree).
-HOT_MODULES = (
-    "forklane.proxy.forward.core",
-    "forklane.proxy.forward.accounting",
-    "forklane.proxy.http1.server",
-    "forklane.proxy.http1.upstream",
-    "forklane.proxy.http1.messages",
-    "forklane.proxy.http1.head",
-    "forklane.proxy.routing",
-    "forklane.proxy.context.carriers",
-    "forklane.proxy.balancer",
-    "forklane.proxy.metrics",
-    "forklane.proxy.listener.context",
-    "forklane.proxy.http2.frames",
-    "forklane.proxy.http2.hpack",
-    "forklane.proxy.http2.huffman",
-    "forklane.proxy.http2.conn",
-    "forklane.proxy.http2.checks",
-    "forklane.proxy.http2._flow",
-    "forklane.proxy.http2.server",
-    "forklane.proxy.http2.upstream",
-)
+def _hot_modules() -> tuple[str, ...]:
+    """proxy/hotpath.py's MODULES, read from its source: one list, and the build never
+    imports the package it is building."""
+    tree = ast.parse((Path(__file__).resolve().parent / "proxy" / "hotpath.py").read_text())
+    for node in tree.body:
+        if isinstance(node, ast.AnnAssign) and getattr(node.target, "id", "") == "MODULES":
+            assert node.value is not None
+            return tuple(ast.literal_eval(node.value))
+    raise RuntimeError("proxy/hotpath.py defines no MODULES")
+
+
+HOT_MODULES = _hot_modules()
 
 
 def _packages() -> list[str]:

@@ -58,9 +58,10 @@ _SBIN = ("/usr/sbin", "/sbin", "/usr/bin", "/bin")
 
 
 def _hot_sources() -> list[Path]:
-    """The sources setup.py compiles (its HOT_MODULES), so a change to one rebuilds it."""
-    text = (ROOT / "setup.py").read_text()
-    block = text.split("HOT_MODULES = (", 1)[1].split(")", 1)[0]
+    """The sources setup.py compiles (proxy/hotpath.py's MODULES), so a change to one
+    rebuilds it."""
+    text = (ROOT / "proxy" / "hotpath.py").read_text()
+    block = text.split("MODULES: tuple[str, ...] = (", 1)[1].split(")", 1)[0]
     roots = {"forklane.proxy.": "proxy/", "forklane.controlplane.": "controlplane/",
              "forklane.": "sdk/"}
     out = []
