@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import re
 import sys
 import time
@@ -470,8 +471,13 @@ async def test_controlplane_restart_is_found_by_every_proxy_within_seconds(
     assert elapsed < 8.0, f"{elapsed:.2f} s"
 
 
+# The suite holds the outage for 20 s (four reconnect attempts at the 5 s backoff cap);
+# FORKLANE_SOAK=1 holds it for the full minute.
+OUTAGE_SECONDS = 60 if os.environ.get("FORKLANE_SOAK") else 20
+
+
 @pytest.mark.slow
-async def test_controlplane_down_for_a_minute_under_load(world: World) -> None:
+async def test_controlplane_down_under_load_fails_nothing(world: World) -> None:
     plane, api, token, baseline = await base_world(world)
     sidecar = world.sidecar(plane, token, "p-outage")
     await wait_acked(api, ["p-outage"], 1)
@@ -485,8 +491,8 @@ async def test_controlplane_down_for_a_minute_under_load(world: World) -> None:
     async with load(sidecar) as running:
         plane.kill()
         await until("the gauge to drop to 0", await gauge(0))
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:  # a minute of outage, checked as it goes
+        deadline = time.monotonic() + OUTAGE_SECONDS
+        while time.monotonic() < deadline:  # the outage, checked as it goes
             assert running.ledger.failures == [], running.ledger.failures[:5]
             await running.answers_after(10)
         plane.start()
