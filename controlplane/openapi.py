@@ -150,10 +150,14 @@ def _build() -> dict[str, Any]:
         "responses": {"200": _json(wire.AuditList, "entries"), **_errors(400, 401, 403)}}}
     paths["/api/v1/snapshot"] = {"get": {
         "summary": "The routing snapshot currently published to proxies",
+        "description": "a developer token sees only the forks of its own keys; the signing "
+                       "secrets are always redacted",
         "responses": {"200": {"description": "forklane.proxy.schema.RoutingSnapshot"},
                       **_errors(401, 403, 503)}}}
     paths["/api/v1/routes"] = {"get": {
         "summary": "Which routing keys fork which service (for message consumers; role consumer)",
+        "description": "consumer and admin tokens see every key; a developer token only the "
+                       "keys of the sandboxes and route groups it created in its tenant",
         "parameters": [
             {"name": "labelSelector", "in": "query", "schema": {"type": "string"},
              "description": "service=NAME, sandbox=NAME, routeGroup=NAME"},

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import builtins
 import sys
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, Protocol, TextIO
 
@@ -155,6 +156,10 @@ class ControlPlane:
         compiled = self.reconciler.compiled
         return {} if compiled is None else dict(compiled.group_members)
 
+    def _key_owners(self) -> Mapping[str, tuple[str | None, str]]:
+        compiled = self.reconciler.compiled
+        return {} if compiled is None else compiled.key_owners
+
     async def _bootstrap_admin(self, now: datetime) -> None:
         """First start without FORKLANE_ADMIN_TOKEN: make one admin token, print it once."""
         if self.settings.admin_token is not None or await self.store.count_tokens("admin"):
@@ -189,6 +194,7 @@ class ControlPlane:
                     probe=self._probe, probe_timeout=self.settings.probe_timeout,
                     bookmark_interval=self.settings.watch_bookmark_interval,
                     replica=self.settings.replica, group_members=self._group_members,
+                    key_owners=self._key_owners,
                     limiter=RateLimiter(self.settings.api_rate_limit,
                                         self.settings.api_rate_burst),
                     taps=self.taps,
