@@ -12,7 +12,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from conftest import ADMIN_TOKEN, Api
+from conftest import ADMIN_TOKEN, Api, StoreFactory
 
 from forklane.controlplane.server import ControlPlane
 from forklane.controlplane.settings import Settings
@@ -50,10 +50,26 @@ async def forks_of(api: Api, who: str = ADMIN_TOKEN) -> set[str]:
 
 
 @pytest.fixture
-async def world(api: Api) -> dict[str, str]:
+async def api_on(store_factory: StoreFactory, tmp_path: Path) -> AsyncIterator[Api]:
+    """A control plane on each store backend (SQLite, and PostgreSQL when it answers)."""
+    settings = Settings(listen="127.0.0.1:0", data_dir=tmp_path, admin_token=ADMIN_TOKEN,
+                        reconcile_interval=2.0, probe_timeout=0.3, replica="test")
+    plane = ControlPlane(settings, store=store_factory(), with_push=False)
+    await plane.start()
+    assert plane.api_address is not None
+    try:
+        async with aiohttp.ClientSession() as session:
+            yield Api(session, f"http://127.0.0.1:{plane.api_address[1]}", plane)
+    finally:
+        await plane.aclose()
+
+
+@pytest.fixture
+async def world(api_on: Api) -> dict[str, str]:
     """alice and carol in team-a, bob in team-b; each has a sandbox with its own key, all
     labelled team=pay. alice and bob fork `web`, carol forks `api` (so a group may join
     alice's and carol's, and would fail if it ever took bob's beside alice's)."""
+    api = api_on
     for name in ("web", "api"):
         assert (await api.call("POST", "/api/v1/services", json_body={
             "metadata": {"name": name}, "spec": {"endpoints": ["127.0.0.1:9"]}}))[0] == 201
@@ -137,8 +153,9 @@ async def test_a_tenant_is_fixed_and_only_sandboxes_and_route_groups_have_one(ap
 
 
 async def test_another_tenants_objects_are_hidden_and_the_refusal_is_audited(
-    api: Api, world: dict[str, str]
+    api_on: Api, world: dict[str, str]
 ) -> None:
+    api = api_on
     bob, carol = world["bob"], world["carol"]
     await create(api, "routegroups", {"metadata": {"name": "alice-g"},
                                       "spec": {"selector": {"team": "pay"}}}, world["alice"])
@@ -178,8 +195,9 @@ async def test_another_tenants_objects_are_hidden_and_the_refusal_is_audited(
 
 
 async def test_a_hidden_404_reads_exactly_like_a_missing_object(
-    api: Api, world: dict[str, str]
+    api_on: Api, world: dict[str, str]
 ) -> None:
+    api = api_on
     bob = world["bob"]
     await api.call("DELETE", "/api/v1/sandboxes/carol-sb")  # now truly missing
     for verb in ("GET", "DELETE"):
@@ -189,7 +207,8 @@ async def test_a_hidden_404_reads_exactly_like_a_missing_object(
         assert h1.get("Content-Type") == h2.get("Content-Type")
 
 
-async def test_a_watch_shows_nothing_of_another_tenant(api: Api, world: dict[str, str]) -> None:
+async def test_a_watch_shows_nothing_of_another_tenant(api_on: Api, world: dict[str, str]) -> None:
+    api = api_on
     bob = world["bob"]
     _, listed, _ = await api.call("GET", "/api/v1/sandboxes", token=bob)
     since = listed["metadata"]["resourceVersion"]
@@ -212,7 +231,8 @@ async def test_a_watch_shows_nothing_of_another_tenant(api: Api, world: dict[str
     assert seen[-1] == "bob-2" and "alice-sb" not in seen, seen
 
 
-async def test_keys_are_shown_to_their_owners_only(api: Api, world: dict[str, str]) -> None:
+async def test_keys_are_shown_to_their_owners_only(api_on: Api, world: dict[str, str]) -> None:
+    api = api_on
     alice, bob = world["alice"], world["bob"]
     # a route group of alice named like bob's sandbox: forks are matched by key, not name
     await create(api, "routegroups", {"metadata": {"name": "bob-sb"},
@@ -269,8 +289,9 @@ async def _group_status(api: Api, name: str, check: Any) -> dict[str, Any]:
 
 
 async def test_a_route_group_selects_only_what_its_creator_may_use(
-    api: Api, world: dict[str, str]
+    api_on: Api, world: dict[str, str]
 ) -> None:
+    api = api_on
     alice, carol = world["alice"], world["carol"]
     await create(api, "routegroups", {"metadata": {"name": "pay"},
                                       "spec": {"selector": {"team": "pay"}, "routingKey": "pk"}},
