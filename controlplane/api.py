@@ -841,7 +841,14 @@ async def tap(request: web.Request) -> web.StreamResponse:
         _check(request, "get", "tap")  # any key, or every request: admins only
         keys = (query["key"],) if query.get("key") else ()
     principal: Principal = request[PRINCIPAL]
-    return await stream_tap(request, ctx.taps, keys, ctx.closing, principal.subject)
+    return await stream_tap(request, ctx.taps, keys, ctx.closing, _viewer(principal))
+
+
+def _viewer(principal: Principal) -> str:
+    """Whom a tap showed a line: a developer within its tenant (one name in two tenants is
+    two people; `/` is in neither a tenant nor a subject)."""
+    return f"{principal.tenant}/{principal.subject}" if principal.role == "developer" \
+        else principal.subject
 
 
 async def tap_request_line(request: web.Request) -> web.Response:
@@ -849,7 +856,7 @@ async def tap_request_line(request: web.Request) -> web.Response:
     principal: Principal = request[PRINCIPAL]
     line_id = request.match_info["line_id"]
     found = request.app[CTX].taps.recent(line_id)
-    if found is None or (principal.role != "admin" and principal.subject not in found[1]):
+    if found is None or (principal.role != "admin" and _viewer(principal) not in found[1]):
         raise ApiError(404, f"no tap line {line_id} (only the last ones shown are kept)")
     return _respond(found[0])
 

@@ -385,3 +385,25 @@ async def test_a_signed_key_covers_the_tenant(signing_api: Api) -> None:
     for tenant in ("team-b", "default", ""):
         forged = sign_routing_key(SECRETS[0], bare, "sb", tenant, fork.expires_at)
         assert verifier.verify(forged) == (None, "bad-signature"), tenant
+
+
+async def test_a_tap_line_is_read_back_only_by_whom_it_was_shown_to(api: Api) -> None:
+    """The same subject name in two tenants is two people: one's tap lines are not the
+    other's to read back."""
+    assert (await api.call("POST", "/api/v1/services", json_body=SERVICE))[0] == 201
+    alice_a = await token(api, "alice", "team-a")
+    alice_b = await token(api, "alice", "team-b")
+    await create(api, "sandboxes", sandbox("a-sb", "a-key"), alice_a)
+    url = f"{api.base}/api/v1/tap?sandbox=a-sb&seconds=30"
+    async with api.session.get(url, headers={"Authorization": f"Bearer {alice_a}"},
+                               timeout=aiohttp.ClientTimeout(total=20)) as resp:
+        assert resp.status == 200
+        started = json.loads(await resp.content.readline())
+        assert started["type"] == "started"
+        api.plane.taps.received("p1", [{"taps": [started["id"]], "service": "web"}], {})
+        while (line := json.loads(await resp.content.readline()))["type"] != "request":
+            pass
+    status, err, _ = await api.call("GET", f"/api/v1/tap/requests/{line['id']}", token=alice_b)
+    assert status == 404, err
+    status, shown, _ = await api.call("GET", f"/api/v1/tap/requests/{line['id']}", token=alice_a)
+    assert status == 200 and shown["id"] == line["id"], shown
