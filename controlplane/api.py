@@ -158,7 +158,7 @@ async def _errors_and_auth(request: web.Request, handler: Handler) -> web.Stream
             ctx = request.app[CTX]
             # admins are not limited (the operator's own tools); every other token is
             wait = 0.0 if principal.role == "admin" else ctx.limiter.take(
-                principal.subject, time.monotonic())
+                _viewer(principal), time.monotonic())
             if wait > 0:
                 err = ApiError(429, f"too many requests for {principal.subject!r}; retry in "
                                     f"{wait:.1f} s")
@@ -845,8 +845,9 @@ async def tap(request: web.Request) -> web.StreamResponse:
 
 
 def _viewer(principal: Principal) -> str:
-    """Whom a tap showed a line: a developer within its tenant (one name in two tenants is
-    two people; `/` is in neither a tenant nor a subject)."""
+    """Who a caller is for its request budget and its tap lines: a developer within its
+    tenant (one name in two tenants is two people; `/` is in neither a tenant nor a
+    subject)."""
     return f"{principal.tenant}/{principal.subject}" if principal.role == "developer" \
         else principal.subject
 
