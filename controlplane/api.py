@@ -109,7 +109,7 @@ class ApiContext:
     bookmark_interval: float = 15.0
     replica: str = ""
     closing: asyncio.Event = field(default_factory=asyncio.Event)
-    # route group -> member sandboxes, as last compiled (the routes view names the member)
+    # route group's key -> member sandboxes, as last compiled (the routes view names the member)
     group_members: GroupMembers = dict
     # routing key -> (creator, tenant) of the sandbox or route group holding it, as compiled
     key_owners: KeyOwners = dict

@@ -35,6 +35,8 @@ from forklane.proxy.schema import RoutingSnapshot
 
 __all__ = ["GroupMembers", "KeyOwners", "list_or_watch_routes", "route_events", "routes_of"]
 
+# a route group's routing key -> its member sandboxes (by key: a group and a sandbox may
+# share a name)
 GroupMembers = Callable[[], Mapping[str, tuple[str, ...]]]
 # routing key -> (creator, tenant) of the sandbox or route group that holds it
 KeyOwners = Callable[[], Mapping[str, tuple[str | None, str]]]
@@ -52,7 +54,7 @@ def routes_of(snapshot: RoutingSnapshot, groups: Mapping[str, tuple[str, ...]],
             continue
         group: str | None = None
         sandbox = fork.sandbox
-        members = groups.get(fork.sandbox)
+        members = groups.get(fork.routing_key)
         if members is not None:
             owner = next((m for m in members if (m, fork.service) in own), None)
             if owner is not None:

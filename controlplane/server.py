@@ -153,8 +153,14 @@ class ControlPlane:
         return frozenset(ep for fork in snap.forks for ep in fork.endpoints)
 
     def _group_members(self) -> dict[str, tuple[str, ...]]:
+        """Each route group's members by the group's routing key (the routes view)."""
         compiled = self.reconciler.compiled
-        return {} if compiled is None else dict(compiled.group_members)
+        if compiled is None:
+            return {}
+        keys = compiled.routing_keys
+        return {keys[("routegroups", name)]: members
+                for name, members in compiled.group_members.items()
+                if ("routegroups", name) in keys}  # fmt: skip
 
     def _key_owners(self) -> Mapping[str, tuple[str | None, str]]:
         compiled = self.reconciler.compiled

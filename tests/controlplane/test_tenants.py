@@ -260,6 +260,9 @@ async def test_keys_are_shown_to_their_owners_only(api_on: Api, world: dict[str,
     consumer = await token(api, "billing-worker", None, "consumer")
     _, routes, _ = await api.call("GET", "/api/v1/routes", token=consumer)
     assert keys(routes) == {"alice-key", "bob-key", "carol-key", "ag"}  # consumers need all
+    labels = {r["spec"]["routingKey"]: r["metadata"]["labels"] for r in routes["items"]}
+    assert labels["bob-key"] == {"service": "web", "sandbox": "bob-sb"}  # not the group "bob-sb"
+    assert labels["ag"] == {"service": "web", "sandbox": "alice-sb", "routeGroup": "bob-sb"}
 
     # a key taken in another tenant: 409, and nothing about who holds it
     status, err, _ = await api.call("POST", "/api/v1/sandboxes", token=bob,
