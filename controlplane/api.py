@@ -534,11 +534,16 @@ async def list_resources(request: web.Request) -> web.StreamResponse:
         selector = parse_selector(query.get("labelSelector", ""))
     except ValueError as exc:
         raise ApiError(400, f"labelSelector: {exc}") from exc
+    in_tenant = _tenant_filter(request, plural)
+
+    def shown(r: Record) -> bool:
+        return _visible(principal, plural, r) and in_tenant in (None, r.tenant)
+
     if _flag(request, "watch"):
         ctx = request.app[CTX]
         watched: web.StreamResponse = await serve_watch(
             request, store=ctx.store, plural=plural, kind=kind.kind, selector=selector,
-            visible=lambda r: _visible(principal, plural, r),
+            visible=shown,
             document=_document, bookmark_interval=ctx.bookmark_interval, closing=ctx.closing,
         )
         return watched
@@ -555,7 +560,7 @@ async def list_resources(request: web.Request) -> web.StreamResponse:
         except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
             raise ApiError(400, "continue: not a token this server issued") from exc
     page = await request.app[CTX].store.list(plural, selector=selector, limit=limit, after=after)
-    items = [_document(r) for r in page.items if _visible(principal, plural, r)]
+    items = [_document(r) for r in page.items if shown(r)]
     meta: dict[str, str] = {"resourceVersion": str(page.revision)}
     if page.continue_after is not None:
         meta["continue"] = base64.urlsafe_b64encode(page.continue_after.encode()).decode()
@@ -563,6 +568,18 @@ async def list_resources(request: web.Request) -> web.StreamResponse:
         {"apiVersion": wire.API_VERSION, "kind": f"{kind.kind}List", "items": items,
          "metadata": meta}
     )
+
+
+def _tenant_filter(request: web.Request, plural: str) -> str | None:
+    """`?tenant=T` lists one tenant's objects (an admin's view of one team)."""
+    values = request.query.getall("tenant", [])
+    if not values:
+        return None
+    if plural not in TENANTED:
+        raise ApiError(400, f"tenant: {plural} are shared by every tenant")
+    if len(values) > 1:
+        raise ApiError(400, "tenant must be given once")
+    return values[0]
 
 
 async def update_resource(request: web.Request) -> web.Response:

@@ -12,7 +12,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from forklane.controlplane import wire
-from forklane.controlplane.resources import KINDS
+from forklane.controlplane.resources import KINDS, TENANTED
 
 __all__ = ["OPENAPI"]
 
@@ -80,6 +80,9 @@ def _build() -> dict[str, Any]:
                     {"name": "limit", "in": "query",
                      "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
                     {"name": "continue", "in": "query", "schema": {"type": "string"}},
+                    *([{"name": "tenant", "in": "query", "schema": {"type": "string"},
+                        "description": "only this tenant's objects"}]
+                      if plural in TENANTED else []),
                 ],
                 "responses": {
                     "200": {"description": "the list", "content": {"application/json": {

@@ -104,9 +104,12 @@ def _selector(text: str | None) -> str | None:
         raise UsageProblem(f"-l {text!r}: {exc}") from None
 
 
-def _list(client: Client, kind: Kind[Any], selector: str | None) -> tuple[list[Any], str]:
-    params = {"labelSelector": selector} if selector else None
-    doc = client.call("GET", kind.collection(), params=params)
+def _list(client: Client, kind: Kind[Any], selector: str | None,
+          tenant: str | None = None) -> tuple[list[Any], str]:
+    params = {"labelSelector": selector} if selector else {}
+    if tenant:
+        params["tenant"] = tenant
+    doc = client.call("GET", kind.collection(), params=params or None)
     items = [kind.model.model_validate(i) for i in doc.get("items", [])]
     return items, str(doc.get("metadata", {}).get("resourceVersion", ""))
 
@@ -121,10 +124,17 @@ def get(
                      help="e.g. team=pay,env in (dev,test),!legacy"),
     ] = None,
     watch: Annotated[bool, typer.Option("--watch", "-w", help="then print every change")] = False,
+    tenant: Annotated[
+        str | None,
+        typer.Option("--tenant", metavar="NAME",
+                     help="sandboxes and route groups of this tenant only"),
+    ] = None,
     output: OutputOpt = Format.table,
 ) -> None:
     """List or show resources of one kind (kubectl get)."""
     which, one = kind_of(kind)
+    if tenant and which.plural not in ("sandboxes", "routegroups"):
+        raise UsageProblem(f"--tenant: {which.plural} are shared by every tenant")
     wanted = [n for n in ([one] if one else []) + list(names or [])]
     columns, wide = COLUMNS[which.plural]
     with open_client(ctx) as client:
@@ -137,18 +147,18 @@ def get(
                  wide=wide)  # fmt: skip
             version_seen = models[-1].metadata.resource_version if watch else None
         else:
-            models, version_seen = _list(client, which, _selector(selector))
+            models, version_seen = _list(client, which, _selector(selector), tenant)
             kind_name = which.model.__name__.removesuffix("Resource")
             emit(output, out_console(), sys.stdout, columns=columns, rows=models,
                  doc=list_document(kind_name, models), wide=wide,
                  empty=f"no {which.plural} found")  # fmt: skip
         if watch:
-            _watch(client, which, version_seen, _selector(selector), set(wanted), output)
+            _watch(client, which, version_seen, _selector(selector), set(wanted), output, tenant)
 
 
 def _watch(
     client: Client, kind: Kind[Any], since: str | None, selector: str | None,
-    names: set[str], output: Format | JsonPath,
+    names: set[str], output: Format | JsonPath, tenant: str | None = None,
 ) -> None:
     """Print each change as a row (tables, no header) or a document, until Ctrl-C."""
     columns, wide = COLUMNS[kind.plural]
@@ -158,6 +168,8 @@ def _watch(
             continue
         obj = event.object
         if names and obj.get("metadata", {}).get("name") not in names:
+            continue
+        if tenant and obj.get("metadata", {}).get("tenant") != tenant:
             continue
         if output in (Format.table, Format.wide):
             model = kind.model.model_validate(obj)

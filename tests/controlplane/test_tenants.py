@@ -101,6 +101,11 @@ async def test_a_developer_creates_in_its_own_tenant_and_admins_in_any(api: Api)
     assert (await create(api, "sandboxes", body, ADMIN_TOKEN))["metadata"]["tenant"] == "team-b"
     assert (await create(api, "sandboxes", sandbox("plain"), ADMIN_TOKEN)
             )["metadata"]["tenant"] == "default"
+    for tenant, names in (("team-a", ["a1", "a2"]), ("team-b", ["a3"]), ("nobody", [])):
+        _, listed, _ = await api.call("GET", f"/api/v1/sandboxes?tenant={tenant}")
+        assert [i["metadata"]["name"] for i in listed["items"]] == names, tenant
+    status, err, _ = await api.call("GET", "/api/v1/services?tenant=team-a")
+    assert status == 400 and "shared" in err["error"]["message"], err
     group = await create(api, "routegroups", {"metadata": {"name": "g"},
                                               "spec": {"selector": {"a": "b"}}}, alice)
     assert group["metadata"]["tenant"] == "team-a"

@@ -602,6 +602,10 @@ def test_a_developer_token_of_a_tenant_and_what_get_and_describe_show(
     assert "TENANT" in wide.out and "team-a" in wide.out, wide.out
     described = run_cli("describe", "sb", name, env=dev_env)
     assert "Tenant:       team-a" in described.out, described.out
+    mine = run_cli("get", "sb", "--tenant", "team-a", "-o", "json", env=cp_env).json()
+    assert [i["metadata"]["name"] for i in mine["items"]] == [name]  # an admin's view of one team
+    shared = run_cli("get", "svc", "--tenant", "team-a", env=cp_env)
+    assert shared.code == 2 and "shared" in one_error_line(shared)
     other = run_cli("token", "create", "--role", "developer", "--subject", unique("dev"),
                     "--tenant", "team-b", "-o", "jsonpath={.token}", env=cp_env).out.strip()
     hidden = run_cli("describe", "sb", name, env={**cp_env, "FORKLANE_TOKEN": other})
