@@ -18,7 +18,10 @@ Invariants:
   an update that omits the TTL or the routing key keeps the current one;
 - an update that changes nothing writes nothing (no new resourceVersion, no audit entry);
 - `?dryRun=All` on create and update runs every check and answers what would be stored,
-  storing nothing.
+  storing nothing;
+- a developer token acts in its tenant: another tenant's sandbox or route group answers the
+  404 a missing one does (the refusal is audited), a colleague's answers 403, and keys are
+  shown only to their owners and admins (snapshot view, routes view, a taken key's 409).
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from forklane.controlplane.auth import (
     Principal,
     Verb,
     authorize,
+    create_tenant,
     new_token,
 )
 from forklane.controlplane.compiler import service_to_schema, split_to_schema
@@ -55,10 +59,16 @@ from forklane.controlplane.openapi import OPENAPI
 from forklane.controlplane.publisher import SnapshotPublisher
 from forklane.controlplane.ratelimit import RateLimiter
 from forklane.controlplane.reconciler import Clock, Probe, tcp_probe, utcnow
-from forklane.controlplane.resources import KINDS, ResourceKind, to_wire
-from forklane.controlplane.routes import GroupMembers, list_or_watch_routes
+from forklane.controlplane.resources import KINDS, TENANTED, ResourceKind, to_wire
+from forklane.controlplane.routes import GroupMembers, KeyOwners, list_or_watch_routes
 from forklane.controlplane.selector import parse_selector
-from forklane.controlplane.store.base import AuditEntry, Record, Store, StoreError
+from forklane.controlplane.store.base import (
+    DEFAULT_TENANT,
+    AuditEntry,
+    Record,
+    Store,
+    StoreError,
+)
 from forklane.controlplane.tap import TapHub
 from forklane.controlplane.tap_api import post_deliveries, stream_tap
 from forklane.controlplane.termination import has_workloads, terminating_status
@@ -99,8 +109,10 @@ class ApiContext:
     bookmark_interval: float = 15.0
     replica: str = ""
     closing: asyncio.Event = field(default_factory=asyncio.Event)
-    # route group -> member sandboxes, as last compiled (the routes view names the member)
+    # route group's key -> member sandboxes, as last compiled (the routes view names the member)
     group_members: GroupMembers = dict
+    # routing key -> (creator, tenant) of the sandbox or route group holding it, as compiled
+    key_owners: KeyOwners = dict
     # per-token request budget (rate 0: off), and the budget of audit entries for calls
     # without a valid token (so a flood of bad tokens cannot fill the audit log)
     limiter: RateLimiter = field(default_factory=lambda: RateLimiter(rate=0, burst=0))
@@ -109,6 +121,14 @@ class ApiContext:
     )
     taps: TapHub = field(default_factory=TapHub)
     webhooks: DeliveryLister | None = None
+
+
+class Hidden(ApiError):
+    """Another tenant's object: answered as the 404 a missing one gets, audited with why."""
+
+    def __init__(self, message: str, why: str) -> None:
+        super().__init__(404, message)
+        self.why = why
 
 
 CTX = web.AppKey("ctx", ApiContext)
@@ -138,7 +158,7 @@ async def _errors_and_auth(request: web.Request, handler: Handler) -> web.Stream
             ctx = request.app[CTX]
             # admins are not limited (the operator's own tools); every other token is
             wait = 0.0 if principal.role == "admin" else ctx.limiter.take(
-                principal.subject, time.monotonic())
+                _viewer(principal), time.monotonic())
             if wait > 0:
                 err = ApiError(429, f"too many requests for {principal.subject!r}; retry in "
                                     f"{wait:.1f} s")
@@ -148,7 +168,7 @@ async def _errors_and_auth(request: web.Request, handler: Handler) -> web.Stream
                 return response
         return await handler(request)
     except ApiError as err:
-        if err.status in (401, 403):
+        if err.status in (401, 403) or isinstance(err, Hidden):
             await _audit_denied(request, err)
         return _error_response(err)
     except StoreError as exc:
@@ -179,8 +199,9 @@ async def _audit_denied(request: web.Request, err: ApiError) -> None:
     else:
         subject = principal.subject
     resource = request.path.removeprefix("/api/v1/").split("/", 1)[0] or request.path
+    why = err.why if isinstance(err, Hidden) else err.message
     entry = AuditEntry(ctx.clock(), subject, f"denied-{request.method.lower()}", resource,
-                       f"{request.path}: {err.status} {err.message}"[:500], None, None)
+                       f"{request.path}: {err.status} {why}"[:500], None, None)
     try:
         await ctx.store.append_audit(entry)
     except StoreError:
@@ -203,12 +224,21 @@ async def _authenticate(request: web.Request) -> Principal:
     return principal
 
 
-def _check(request: web.Request, verb: Verb, resource: str, owner: str | None = None) -> Principal:
+def _check(request: web.Request, verb: Verb, resource: str, record: Record | None = None
+           ) -> Principal:
+    """The principal, when the policy allows `verb` (on `record`, an existing object)."""
     principal: Principal = request[PRINCIPAL]
-    why = authorize(principal, verb, resource, owner)
-    if why is not None:
-        raise ApiError(403, why)
-    return principal
+    owner, tenant = (None, None) if record is None else (record.created_by, record.tenant)
+    refusal = authorize(principal, verb, resource, owner, tenant)
+    if refusal is None:
+        return principal
+    if refusal.hidden and record is not None:
+        raise Hidden(f"{resource}/{record.name} not found", refusal.reason)
+    raise ApiError(403, refusal.reason)
+
+
+def _visible(principal: Principal, plural: str, record: Record) -> bool:
+    return authorize(principal, "get", plural, record.created_by, record.tenant) is None
 
 
 async def _body(request: web.Request) -> dict[str, Any]:
@@ -239,7 +269,7 @@ def _validate(model: type[BaseModel], data: dict[str, Any]) -> Any:
         raise from_validation_error(exc) from exc
 
 
-_CLIENT_METADATA = ("name", "labels")
+_CLIENT_METADATA = ("name", "labels", "tenant")
 # what `metadata` may hold: what the server hands out (set aside on input), nothing else
 _METADATA_FIELDS = frozenset(
     f.alias or n for n, f in wire.ServiceMetadata.model_fields.items()
@@ -264,6 +294,11 @@ def _resource_input(kind: ResourceKind, data: dict[str, Any]) -> Any:
                                        "permitted") for k in unknown]
             raise ApiError(422, f"invalid resource: metadata.{unknown[0]}: unknown field",
                            details)
+        if "tenant" in meta and kind.plural not in TENANTED:
+            message = f"{kind.plural} are shared by every tenant; only sandboxes and route " \
+                      "groups belong to one"
+            raise ApiError(422, f"invalid resource: metadata.tenant: {message}",
+                           [wire.FieldError(field="metadata.tenant", message=message)])
         data["metadata"] = {k: meta[k] for k in _CLIENT_METADATA if k in meta}
     return _validate(kind.model, data)
 
@@ -374,19 +409,19 @@ async def _routing_key(
     A taken key is named to its owner's peers only: an admin, or the creator of the object
     holding it; anyone else learns only that it is taken (keys are not for browsing)."""
     used: dict[str, str] = {}
-    owners: dict[str, str] = {}
+    owners: dict[str, tuple[str, str]] = {}
     for other in ("sandboxes", "routegroups"):
         for rec in (await store.list(other)).items:
             key = rec.spec.get("routingKey")
             if isinstance(key, str) and (other, rec.name) != (plural, name):
                 used[key] = f"{other}/{rec.name}"
-                owners[key] = rec.created_by
+                owners[key] = (rec.created_by, rec.tenant)
     if wanted is None:
         wanted = secrets.token_hex(16)
         while wanted in used:  # 2**-128; kept so the invariant holds by construction
             wanted = secrets.token_hex(16)
     elif wanted in used:
-        if principal is None or principal.role == "admin" or owners[wanted] == principal.subject:
+        if principal is None or principal.role == "admin" or principal.owns(*owners[wanted]):
             raise ApiError(409, f"routing key {wanted!r} is already used by {used[wanted]}")
         raise ApiError(409, "this routing key is already in use; choose another or omit it")
     return wanted
@@ -445,6 +480,12 @@ async def create_resource(request: web.Request) -> web.Response:
     obj = _resource_input(kind, await _body(request))
     dry_run = _dry_run(request)
     name = obj.metadata.name
+    tenant = DEFAULT_TENANT
+    if plural in TENANTED:
+        tenant, refusal = create_tenant(principal, obj.metadata.tenant)
+        if refusal is not None:
+            raise ApiError(403, refusal.reason)
+        obj.metadata.tenant = tenant
     _refuse_discovered(plural, None, obj.spec)
     _static_checks(plural, name, obj.spec)
     await _reference_checks(ctx.store, plural, obj.spec)
@@ -468,7 +509,7 @@ async def create_resource(request: web.Request) -> web.Response:
         return _respond(doc, 201, _warning_headers(warnings, {}))
     record = await ctx.store.create(
         plural, name, labels=obj.metadata.labels, spec=wire.dump(obj.spec), status=status,
-        created_by=principal.subject, now=ctx.clock(),
+        created_by=principal.subject, now=ctx.clock(), tenant=tenant,
     )
     await _audit(request, principal, "create", plural, name, None, record.generation,
                  record.resource_version, at=record.created_at)
@@ -481,7 +522,7 @@ async def create_resource(request: web.Request) -> web.Response:
 async def get_resource(request: web.Request) -> web.Response:
     plural, _ = _kind(request)
     record = await request.app[CTX].store.get(plural, request.match_info["name"])
-    _check(request, "get", plural, record.created_by)
+    _check(request, "get", plural, record)
     return _respond(_document(record), headers=_etag(record))
 
 
@@ -493,11 +534,16 @@ async def list_resources(request: web.Request) -> web.StreamResponse:
         selector = parse_selector(query.get("labelSelector", ""))
     except ValueError as exc:
         raise ApiError(400, f"labelSelector: {exc}") from exc
+    in_tenant = _tenant_filter(request, plural)
+
+    def shown(r: Record) -> bool:
+        return _visible(principal, plural, r) and in_tenant in (None, r.tenant)
+
     if _flag(request, "watch"):
         ctx = request.app[CTX]
         watched: web.StreamResponse = await serve_watch(
             request, store=ctx.store, plural=plural, kind=kind.kind, selector=selector,
-            visible=lambda r: authorize(principal, "get", plural, r.created_by) is None,
+            visible=shown,
             document=_document, bookmark_interval=ctx.bookmark_interval, closing=ctx.closing,
         )
         return watched
@@ -514,11 +560,7 @@ async def list_resources(request: web.Request) -> web.StreamResponse:
         except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
             raise ApiError(400, "continue: not a token this server issued") from exc
     page = await request.app[CTX].store.list(plural, selector=selector, limit=limit, after=after)
-    items = [
-        _document(r)
-        for r in page.items
-        if authorize(principal, "get", plural, r.created_by) is None
-    ]
+    items = [_document(r) for r in page.items if shown(r)]
     meta: dict[str, str] = {"resourceVersion": str(page.revision)}
     if page.continue_after is not None:
         meta["continue"] = base64.urlsafe_b64encode(page.continue_after.encode()).decode()
@@ -526,6 +568,18 @@ async def list_resources(request: web.Request) -> web.StreamResponse:
         {"apiVersion": wire.API_VERSION, "kind": f"{kind.kind}List", "items": items,
          "metadata": meta}
     )
+
+
+def _tenant_filter(request: web.Request, plural: str) -> str | None:
+    """`?tenant=T` lists one tenant's objects (an admin's view of one team)."""
+    values = request.query.getall("tenant", [])
+    if not values:
+        return None
+    if plural not in TENANTED:
+        raise ApiError(400, f"tenant: {plural} are shared by every tenant")
+    if len(values) > 1:
+        raise ApiError(400, "tenant must be given once")
+    return values[0]
 
 
 async def update_resource(request: web.Request) -> web.Response:
@@ -541,7 +595,12 @@ async def update_resource(request: web.Request) -> web.Response:
     dry_run = _dry_run(request)
     expected = _expected_version(request, body_version)
     current = await ctx.store.get(plural, name)
-    principal = _check(request, "update", plural, current.created_by)
+    principal = _check(request, "update", plural, current)
+    if obj.metadata.tenant not in (None, current.tenant) and plural in TENANTED:
+        message = (f"cannot change (it is {current.tenant!r}); create the object again in the "
+                   "other tenant")
+        raise ApiError(422, f"invalid resource: metadata.tenant: {message}",
+                       [wire.FieldError(field="metadata.tenant", message=message)])
     _refuse_discovered(plural, current, obj.spec)
     _static_checks(plural, name, obj.spec)
     await _reference_checks(ctx.store, plural, obj.spec)
@@ -580,7 +639,7 @@ async def delete_resource(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     expected = _expected_version(request, None)
     current = await ctx.store.get(plural, name)
-    principal = _check(request, "delete", plural, current.created_by)
+    principal = _check(request, "delete", plural, current)
     _refuse_discovered(plural, current, None)
     if plural == "sandboxes" and has_workloads(current.status):
         # fork workloads in the cluster: routes go first, then the workloads, then the record
@@ -614,11 +673,18 @@ async def create_token(request: web.Request) -> web.Response:
     if ctx.authenticator is None:
         raise ApiError(400, "auth is disabled on this control plane; tokens would not be checked")
     req: wire.TokenRequest = _validate(wire.TokenRequest, await _body(request))
-    raw, record = new_token(req.subject, req.role, created_by=principal.subject, now=ctx.clock())
+    if req.tenant is not None and req.role != "developer":
+        message = f"only developer tokens act in one tenant; {req.role} tokens act in all"
+        raise ApiError(422, f"invalid resource: tenant: {message}",
+                       [wire.FieldError(field="tenant", message=message)])
+    tenant = (req.tenant or DEFAULT_TENANT) if req.role == "developer" else None
+    raw, record = new_token(req.subject, req.role, created_by=principal.subject, now=ctx.clock(),
+                            tenant=tenant)
     await ctx.store.add_token(record)
     await _audit(request, principal, "create", "tokens", f"{record.token_id}:{req.subject}",
                  None, None, None)
-    reply = wire.TokenResponse(id=record.token_id, subject=req.subject, role=req.role, token=raw)
+    reply = wire.TokenResponse(id=record.token_id, subject=req.subject, role=req.role,
+                               tenant=tenant, token=raw)
     return _respond(wire.dump(reply), 201)
 
 
@@ -627,10 +693,16 @@ async def list_tokens(request: web.Request) -> web.Response:
     tokens = await request.app[CTX].store.list_tokens()
     items = [
         wire.TokenInfo.model_validate({"id": t.token_id, "subject": t.subject, "role": t.role,
+                                       "tenant": _token_tenant(t.role, t.tenant),
                                        "createdAt": t.created_at, "createdBy": t.created_by})
         for t in tokens
     ]
     return _respond(wire.dump(wire.TokenList(items=items)))
+
+
+def _token_tenant(role: str, tenant: str | None) -> str | None:
+    """Developer tokens act in one tenant (older ones, named none: the default one)."""
+    return (tenant or DEFAULT_TENANT) if role == "developer" else None
 
 
 async def revoke_token(request: web.Request) -> web.Response:
@@ -646,7 +718,9 @@ async def revoke_token(request: web.Request) -> web.Response:
 
 async def whoami(request: web.Request) -> web.Response:
     principal: Principal = request[PRINCIPAL]
-    return _respond(wire.dump(wire.Identity(subject=principal.subject, role=principal.role)))
+    return _respond(wire.dump(wire.Identity(
+        subject=principal.subject, role=principal.role,
+        tenant=_token_tenant(principal.role, principal.tenant))))  # fmt: skip
 
 
 async def get_version(request: web.Request) -> web.Response:
@@ -671,7 +745,7 @@ async def list_events(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
     name = request.match_info["name"]
     record = await ctx.store.get(plural, name)
-    _check(request, "get", plural, record.created_by)
+    _check(request, "get", plural, record)
     events: list[wire.Event] = []
     for entry in await ctx.store.list_audit(kind=plural, name=name, limit=MAX_LIMIT):
         if entry.at < record.created_at:
@@ -717,7 +791,9 @@ async def list_audit(request: web.Request) -> web.Response:
 
 async def get_snapshot(request: web.Request) -> web.Response:
     """The published snapshot. A developer sees only the forks (so the routing keys) of the
-    sandboxes and route groups it created; admins and proxies see all of it."""
+    sandboxes and route groups it created in its tenant; admins and proxies see all of it.
+    Forks are matched by key, which is unique, not by name (a sandbox and a route group may
+    share one)."""
     principal = _check(request, "get", "snapshot")
     ctx = request.app[CTX]
     latest = ctx.publisher.latest
@@ -725,10 +801,10 @@ async def get_snapshot(request: web.Request) -> web.Response:
         raise ApiError(503, "no snapshot compiled yet")
     doc = latest.model_dump(mode="json")
     if principal.role == "developer":
-        own = {rec.name for kind in ("sandboxes", "routegroups")
+        own = {rec.spec.get("routingKey") for kind in TENANTED
                for rec in (await ctx.store.list(kind)).items
-               if rec.created_by == principal.subject}
-        doc["forks"] = [f for f in doc["forks"] if f.get("sandbox") in own]
+               if principal.owns(rec.created_by, rec.tenant)}
+        doc["forks"] = [f for f in doc["forks"] if f.get("routing_key") in own]
     if doc.get("signing"):
         # the signing secrets go to proxies over the push stream only, never to a reader here
         doc["signing"] = {"secrets": ["<redacted>"] * len(doc["signing"]["secrets"])}
@@ -736,8 +812,9 @@ async def get_snapshot(request: web.Request) -> web.Response:
 
 
 async def list_routes(request: web.Request) -> web.StreamResponse:
-    """The routes view (see `controlplane.routes`): readable with a `consumer` token."""
-    _check(request, "list", "routes")
+    """The routes view (see `controlplane.routes`): readable with a `consumer` token (every
+    key: a consumer judges messages of every tenant); a developer sees its own keys only."""
+    principal = _check(request, "list", "routes")
     # malformed watch parameters are a 400 even on a plain list, before the view reads them
     _flag(request, "watch")
     _flag(request, "allowWatchBookmarks")
@@ -749,9 +826,16 @@ async def list_routes(request: web.Request) -> web.StreamResponse:
         selector = parse_selector(request.query.get("labelSelector", ""))
     except ValueError as exc:
         raise ApiError(400, f"labelSelector: {exc}") from exc
+    owners = ctx.key_owners
+
+    def shown(key: str) -> bool:
+        owner = owners().get(key)
+        return owner is not None and principal.owns(*owner)
+
     return await list_or_watch_routes(
         request, publisher=ctx.publisher, groups=ctx.group_members, selector=selector,
         bookmark_interval=ctx.bookmark_interval, closing=ctx.closing,
+        shown=shown if principal.role == "developer" else None,
     )
 
 
@@ -763,7 +847,7 @@ async def tap(request: web.Request) -> web.StreamResponse:
     keys: tuple[str, ...] = ()
     if sandbox:
         record = await ctx.store.get("sandboxes", sandbox)
-        _check(request, "get", "sandboxes", record.created_by)
+        _check(request, "get", "sandboxes", record)
         key = _routing_key_of(record)
         if key is None:
             raise ApiError(409, f"sandboxes/{sandbox} has no routing key yet")
@@ -774,7 +858,15 @@ async def tap(request: web.Request) -> web.StreamResponse:
         _check(request, "get", "tap")  # any key, or every request: admins only
         keys = (query["key"],) if query.get("key") else ()
     principal: Principal = request[PRINCIPAL]
-    return await stream_tap(request, ctx.taps, keys, ctx.closing, principal.subject)
+    return await stream_tap(request, ctx.taps, keys, ctx.closing, _viewer(principal))
+
+
+def _viewer(principal: Principal) -> str:
+    """Who a caller is for its request budget and its tap lines: a developer within its
+    tenant (one name in two tenants is two people; `/` is in neither a tenant nor a
+    subject)."""
+    return f"{principal.tenant}/{principal.subject}" if principal.role == "developer" \
+        else principal.subject
 
 
 async def tap_request_line(request: web.Request) -> web.Response:
@@ -782,7 +874,7 @@ async def tap_request_line(request: web.Request) -> web.Response:
     principal: Principal = request[PRINCIPAL]
     line_id = request.match_info["line_id"]
     found = request.app[CTX].taps.recent(line_id)
-    if found is None or (principal.role != "admin" and principal.subject not in found[1]):
+    if found is None or (principal.role != "admin" and _viewer(principal) not in found[1]):
         raise ApiError(404, f"no tap line {line_id} (only the last ones shown are kept)")
     return _respond(found[0])
 

@@ -9,6 +9,10 @@ Invariants:
   in `Compiled.problems[(plural, name)]`; it never breaks the snapshot for the others, so
   the result always validates;
 - forks of Terminating sandboxes are withdrawn; Pending and Ready ones are compiled;
+- every fork carries its sandbox's tenant (a signed claim); a route group joins only sandboxes
+  of its own tenant that its creator may use: created by the same subject, or listing it in
+  `spec.sharedWith`. Other matches are not selected and only counted (`not_selected`), so a
+  developer's key never reaches a fork it was not given;
 - a `forkOf` fork is routed to the ready pod endpoints in the sandbox's status, and not at
   all while it has none;
 - splits of one service apply in split-name order (the proxy takes the first that matches).
@@ -22,6 +26,7 @@ from dataclasses import dataclass, field
 from pydantic import ValidationError
 
 from forklane.controlplane import wire
+from forklane.controlplane.store.base import DEFAULT_TENANT
 from forklane.proxy import schema
 from forklane.proxy.context.signing import sign_routing_key
 
@@ -30,8 +35,10 @@ __all__ = [
     "Inputs",
     "compile_snapshot",
     "error_paths",
+    "may_use",
     "service_to_schema",
     "split_to_schema",
+    "tenant_of",
 ]
 
 
@@ -52,6 +59,23 @@ class Compiled:
     routing_keys: Mapping[tuple[str, str], str] = field(default_factory=dict)
     # With signing on: (plural, name) -> `KEY.SIGNATURE`, the key its owner hands out.
     signed_keys: Mapping[tuple[str, str], str] = field(default_factory=dict)
+    # routing key -> (creator, tenant) of the compiled sandbox or route group holding it
+    key_owners: Mapping[str, tuple[str | None, str]] = field(default_factory=dict)
+    # route group -> how many matching sandboxes of its tenant its creator may not use
+    not_selected: Mapping[str, int] = field(default_factory=dict)
+
+
+def tenant_of(meta: wire.Metadata) -> str:
+    """Objects written before tenants existed belong to the default tenant."""
+    return meta.tenant or DEFAULT_TENANT
+
+
+def may_use(creator: str | None, sb: wire.Sandbox) -> bool:
+    """Whether a route group made by `creator` may join `sb` (same tenant assumed): its own,
+    or shared with it by its owner."""
+    if sb.metadata.created_by == creator:
+        return True
+    return creator is not None and creator in (sb.spec.shared_with or ())
 
 
 def key_expiry(sb: wire.Sandbox) -> int | None:
@@ -268,6 +292,7 @@ def compile_snapshot(
     forks: list[schema.Fork] = []
     faults: list[schema.Fault] = []
     taken: dict[str, str] = {}  # routing key -> "sandboxes/x" or "routegroups/y"
+    owners: dict[str, tuple[str | None, str]] = {}
     sandbox_forks: dict[str, list[schema.Fork]] = {}
     sandboxes = sorted(inputs.sandboxes, key=lambda r: r.metadata.name)
     for sb in sandboxes:
@@ -297,6 +322,7 @@ def compile_snapshot(
                     endpoints=endpoints,
                     fallback=f.fallback or sb.spec.fallback,
                     sandbox=name,
+                    tenant=tenant_of(sb.metadata),
                     expires_at=key_expiry(sb),
                     lb=services[f.service].lb,
                     timeouts=services[f.service].timeouts,
@@ -311,6 +337,7 @@ def compile_snapshot(
             problems[("sandboxes", name)] = _reason(exc)
             continue
         taken[key] = f"sandboxes/{name}"
+        owners[key] = (sb.metadata.created_by, tenant_of(sb.metadata))
         sandbox_forks[name] = mine
         forks.extend(mine)
         faults.extend(
@@ -324,6 +351,7 @@ def compile_snapshot(
 
     # route groups: the group's key joins the forks of every matching compiled sandbox
     members: dict[str, tuple[str, ...]] = {}
+    not_selected: dict[str, int] = {}
     for rg in sorted(inputs.routegroups, key=lambda r: r.metadata.name):
         name = rg.metadata.name
         key = rg.spec.routing_key or (rg.status.routing_key if rg.status else None)
@@ -334,12 +362,15 @@ def compile_snapshot(
         if key in taken:
             problems[("routegroups", name)] = f"routing key already used by {taken[key]}"
             continue
-        matched = tuple(
-            sb.metadata.name
-            for sb in sandboxes
-            if sb.metadata.name in sandbox_forks
+        tenant, creator = tenant_of(rg.metadata), rg.metadata.created_by
+        matching = [
+            sb for sb in sandboxes
+            if sb.metadata.name in sandbox_forks and tenant_of(sb.metadata) == tenant
             and all(sb.metadata.labels.get(k) == v for k, v in rg.spec.selector.items())
-        )
+        ]
+        matched = tuple(sb.metadata.name for sb in matching if may_use(creator, sb))
+        if len(matching) > len(matched):
+            not_selected[name] = len(matching) - len(matched)
         members[name] = matched
         by_service: dict[str, str] = {}
         group_forks: list[schema.Fork] = []
@@ -365,6 +396,7 @@ def compile_snapshot(
             problems[("routegroups", name)] = problem
             continue
         taken[key] = f"routegroups/{name}"
+        owners[key] = (creator, tenant)
         forks.extend(sorted(group_forks, key=lambda f: f.service))
 
     # splits and mirrors
@@ -407,4 +439,4 @@ def compile_snapshot(
         signing=signing,
     )
     return Compiled(snapshot=snapshot, problems=problems, group_members=members, routing_keys=keys,
-                    signed_keys=signed)
+                    signed_keys=signed, key_owners=owners, not_selected=not_selected)

@@ -45,6 +45,7 @@ class Facts:
     problem: str | None = None  # why it does not compile, None when it does
     routing_key: str | None = None
     members: tuple[str, ...] = ()  # route groups: the sandboxes they join
+    not_selected: int = 0  # route groups: matches of the tenant the creator may not use
     forks: tuple[wire.ForkStatus, ...] | None = None  # sandboxes: probe results, None: not yet
     routed_now: bool = False  # every connected proxy ACKed a snapshot holding this generation
     workload_forks: tuple[str, ...] = ()  # services forked from a cluster workload (forkOf)
@@ -218,6 +219,7 @@ def judge_routegroup(group: wire.RouteGroup, facts: Facts, now: datetime) -> wir
         routing_key=facts.routing_key,
         observed_generation=facts.generation,
         sandboxes=list(facts.members),
+        not_selected=facts.not_selected or None,
         conditions=conditions(_old_conditions(group), {"Compiled": facts.compiled}, now),
     )
 

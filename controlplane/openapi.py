@@ -12,7 +12,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from forklane.controlplane import wire
-from forklane.controlplane.resources import KINDS
+from forklane.controlplane.resources import KINDS, TENANTED
 
 __all__ = ["OPENAPI"]
 
@@ -80,6 +80,9 @@ def _build() -> dict[str, Any]:
                     {"name": "limit", "in": "query",
                      "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
                     {"name": "continue", "in": "query", "schema": {"type": "string"}},
+                    *([{"name": "tenant", "in": "query", "schema": {"type": "string"},
+                        "description": "only this tenant's objects"}]
+                      if plural in TENANTED else []),
                 ],
                 "responses": {
                     "200": {"description": "the list", "content": {"application/json": {
@@ -150,10 +153,14 @@ def _build() -> dict[str, Any]:
         "responses": {"200": _json(wire.AuditList, "entries"), **_errors(400, 401, 403)}}}
     paths["/api/v1/snapshot"] = {"get": {
         "summary": "The routing snapshot currently published to proxies",
+        "description": "a developer token sees only the forks of its own keys; the signing "
+                       "secrets are always redacted",
         "responses": {"200": {"description": "forklane.proxy.schema.RoutingSnapshot"},
                       **_errors(401, 403, 503)}}}
     paths["/api/v1/routes"] = {"get": {
         "summary": "Which routing keys fork which service (for message consumers; role consumer)",
+        "description": "consumer and admin tokens see every key; a developer token only the "
+                       "keys of the sandboxes and route groups it created in its tenant",
         "parameters": [
             {"name": "labelSelector", "in": "query", "schema": {"type": "string"},
              "description": "service=NAME, sandbox=NAME, routeGroup=NAME"},

@@ -396,7 +396,8 @@ class Reconciler:
         if kind == "routegroups":
             return Facts(generation=record.generation, problem=problem,
                          routing_key=facts.routing_key,
-                         members=tuple(compiled.group_members.get(name, ()))), None
+                         members=tuple(compiled.group_members.get(name, ())),
+                         not_selected=compiled.not_selected.get(name, 0)), None
         if kind != "sandboxes":
             return facts, None
         probed = self._probes.result(name)

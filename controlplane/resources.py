@@ -17,7 +17,7 @@ from forklane.controlplane import wire
 from forklane.controlplane.store.base import Record
 from forklane.controlplane.termination import DELETION_KEY
 
-__all__ = ["KINDS", "Resource", "ResourceKind", "parse_selector", "to_wire"]
+__all__ = ["KINDS", "TENANTED", "Resource", "ResourceKind", "parse_selector", "to_wire"]
 
 Resource = wire.Sandbox | wire.RouteGroup | wire.Split | wire.ServiceResource
 
@@ -46,6 +46,10 @@ KINDS: Mapping[str, ResourceKind] = {
 }
 
 
+# The kinds that belong to a tenant; services and splits are shared by every tenant.
+TENANTED = frozenset({"sandboxes", "routegroups"})
+
+
 def to_document(record: Record) -> dict[str, Any]:
     """The JSON document of a record, in the wire's (camelCase) shape."""
     meta: dict[str, Any] = {
@@ -58,6 +62,8 @@ def to_document(record: Record) -> dict[str, Any]:
         "creationTimestamp": record.created_at,
         "updateTimestamp": record.updated_at,
     }
+    if record.kind in TENANTED:
+        meta["tenant"] = record.tenant
     doc: dict[str, Any] = {
         "apiVersion": wire.API_VERSION,
         "kind": KINDS[record.kind].kind,

@@ -11,7 +11,8 @@ snapshot version as `metadata.resourceVersion`. `?watch=true` streams Kubernetes
 (ADDED / MODIFIED / DELETED, BOOKMARK with `allowWatchBookmarks=true`, `timeoutSeconds`), one
 batch per published snapshot, as the resource watches do. History is not kept: a watch from a
 version other than the current one answers 410 Gone (list again, then watch from the list's
-version), which costs one small list.
+version), which costs one small list. A developer's view holds only the keys of its own
+sandboxes and route groups (`shown`); consumers and admins see every key.
 
 Pure: `routes_of` and `route_events`; the handlers only wait on the publisher and write lines.
 """
@@ -32,20 +33,28 @@ from forklane.controlplane.publisher import SnapshotPublisher
 from forklane.controlplane.selector import Selector
 from forklane.proxy.schema import RoutingSnapshot
 
-__all__ = ["GroupMembers", "list_or_watch_routes", "route_events", "routes_of"]
+__all__ = ["GroupMembers", "KeyOwners", "list_or_watch_routes", "route_events", "routes_of"]
 
+# a route group's routing key -> its member sandboxes (by key: a group and a sandbox may
+# share a name)
 GroupMembers = Callable[[], Mapping[str, tuple[str, ...]]]
+# routing key -> (creator, tenant) of the sandbox or route group that holds it
+KeyOwners = Callable[[], Mapping[str, tuple[str | None, str]]]
 Routes = dict[str, wire.Route]
 
 
-def routes_of(snapshot: RoutingSnapshot, groups: Mapping[str, tuple[str, ...]]) -> Routes:
-    """Every (service, key) fork of `snapshot`, by route name `<service>/<key>`."""
+def routes_of(snapshot: RoutingSnapshot, groups: Mapping[str, tuple[str, ...]],
+              shown: Callable[[str], bool] | None = None) -> Routes:
+    """Every (service, key) fork of `snapshot` (whose key is `shown`, when given), by route
+    name `<service>/<key>`."""
     own = {(f.sandbox, f.service) for f in snapshot.forks}
     out: Routes = {}
     for fork in snapshot.forks:
+        if shown is not None and not shown(fork.routing_key):
+            continue
         group: str | None = None
         sandbox = fork.sandbox
-        members = groups.get(fork.sandbox)
+        members = groups.get(fork.routing_key)
         if members is not None:
             owner = next((m for m in members if (m, fork.service) in own), None)
             if owner is not None:
@@ -93,11 +102,12 @@ def _line(event_type: str, obj: dict[str, Any]) -> bytes:
 async def list_or_watch_routes(
     request: web.Request, *, publisher: SnapshotPublisher, groups: GroupMembers,
     selector: Selector, bookmark_interval: float, closing: asyncio.Event,
+    shown: Callable[[str], bool] | None = None,
 ) -> web.StreamResponse:
     snapshot = publisher.latest
     if snapshot is None:
         raise ApiError(503, "no snapshot compiled yet")
-    current = _select(routes_of(snapshot, groups()), selector)
+    current = _select(routes_of(snapshot, groups(), shown), selector)
     query = request.query
     if query.get("watch", "").lower() not in ("true", "1"):
         body = wire.RouteList(metadata=wire.ListMeta(resource_version=snapshot.version),
@@ -138,7 +148,7 @@ async def list_or_watch_routes(
                     await response.write(_line("BOOKMARK", mark))
                 continue
             version = newer.version
-            now = _select(routes_of(newer, groups()), selector)
+            now = _select(routes_of(newer, groups(), shown), selector)
             for event_type, route in route_events(seen, now):
                 await response.write(_line(event_type, wire.dump(route)))
             seen = now

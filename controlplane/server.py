@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import builtins
 import sys
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, Protocol, TextIO
 
@@ -152,8 +153,18 @@ class ControlPlane:
         return frozenset(ep for fork in snap.forks for ep in fork.endpoints)
 
     def _group_members(self) -> dict[str, tuple[str, ...]]:
+        """Each route group's members by the group's routing key (the routes view)."""
         compiled = self.reconciler.compiled
-        return {} if compiled is None else dict(compiled.group_members)
+        if compiled is None:
+            return {}
+        keys = compiled.routing_keys
+        return {keys[("routegroups", name)]: members
+                for name, members in compiled.group_members.items()
+                if ("routegroups", name) in keys}  # fmt: skip
+
+    def _key_owners(self) -> Mapping[str, tuple[str | None, str]]:
+        compiled = self.reconciler.compiled
+        return {} if compiled is None else compiled.key_owners
 
     async def _bootstrap_admin(self, now: datetime) -> None:
         """First start without FORKLANE_ADMIN_TOKEN: make one admin token, print it once."""
@@ -189,6 +200,7 @@ class ControlPlane:
                     probe=self._probe, probe_timeout=self.settings.probe_timeout,
                     bookmark_interval=self.settings.watch_bookmark_interval,
                     replica=self.settings.replica, group_members=self._group_members,
+                    key_owners=self._key_owners,
                     limiter=RateLimiter(self.settings.api_rate_limit,
                                         self.settings.api_rate_burst),
                     taps=self.taps,

@@ -1,7 +1,8 @@
 """Wire schemas of the control-plane REST API (`/api/v1`): the contract the SDK speaks.
 
 Every resource follows Kubernetes conventions: `apiVersion`, `kind`, `metadata` (name, uid,
-generation, resourceVersion, labels, createdBy, timestamps), `spec` (what the user wants) and
+generation, resourceVersion, labels, createdBy, timestamps; `tenant` for sandboxes and route
+groups), `spec` (what the user wants) and
 `status` (what the control plane observed). The SDK imports this module and nothing else of
 the control plane; it depends only on pydantic and the standard library.
 
@@ -91,6 +92,10 @@ NAME_PATTERN = r"^[a-z0-9]([a-z0-9\-]{0,61}[a-z0-9])?$"
 # Service names may hold dots: a discovered one is NAME.NAMESPACE (a DNS subdomain).
 SERVICE_NAME_PATTERN = r"^[a-z0-9]([a-z0-9.\-]{0,251}[a-z0-9])?$"
 ROUTING_KEY_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,127}$"
+SUBJECT_PATTERN = r"^[A-Za-z0-9@._:\-]+$"  # who a token is
+# A tenant (team, namespace) is a DNS label, as a Kubernetes namespace is.
+Tenant = Annotated[str, Field(pattern=NAME_PATTERN, max_length=63, examples=["payments"])]
+Subject = Annotated[str, Field(min_length=1, max_length=253, pattern=SUBJECT_PATTERN)]
 # A TCP port, 1..65535, as the pattern itself states it (so the OpenAPI document and the
 # server agree without a hidden check).
 PORT_PATTERN = (
@@ -127,10 +132,12 @@ class _Model(BaseModel):
 
 
 class Metadata(_Model):
-    """Set `name` and `labels`; the server fills in the rest."""
+    """Set `name` and `labels` (and `tenant`, which a developer may only name as its own);
+    the server fills in the rest."""
 
     name: str = Field(
-        pattern=NAME_PATTERN, max_length=63, description="DNS label, unique per resource kind"
+        pattern=NAME_PATTERN, max_length=63,
+        description="DNS label, unique per resource kind across all tenants",
     )
     labels: Labels = Field(default_factory=dict)
     uid: str | None = None
@@ -140,6 +147,11 @@ class Metadata(_Model):
     creation_timestamp: datetime | None = Field(None, alias="creationTimestamp")
     update_timestamp: datetime | None = Field(None, alias="updateTimestamp")
     deletion_timestamp: datetime | None = Field(None, alias="deletionTimestamp")
+    tenant: Tenant | None = Field(
+        None, description="sandboxes and route groups: the team or namespace the object "
+        "belongs to; the creating token's unless an admin names one (admins: `default`), "
+        "fixed once created. Services and splits are shared by every tenant and have none",
+    )
 
 
 class Condition(_Model):
@@ -358,6 +370,11 @@ class SandboxSpec(_Model):
         "fail", description="when a fork is unreachable: send to baseline, or answer 503"
     )
     description: Text = ""
+    shared_with: list[Subject] | None = Field(
+        None, alias="sharedWith", max_length=64,
+        description="subjects of the same tenant whose route groups may select this sandbox "
+        "(a group selects only its creator's own sandboxes and those shared with it)",
+    )
 
     @field_validator("forks")
     @classmethod
@@ -447,7 +464,8 @@ class Sandbox(_Model):
 
 
 class RouteGroupSpec(_Model):
-    """One routing key joining the forks of every sandbox whose labels match `selector`."""
+    """One routing key joining the forks of every sandbox whose labels match `selector`, of
+    the group's tenant, that its creator may use (its own, or shared with it)."""
 
     selector: Labels = Field(min_length=1, description="sandbox labels to match")
     routing_key: str | None = Field(
@@ -461,6 +479,11 @@ class RouteGroupStatus(_Model):
     routing_key: str | None = Field(None, alias="routingKey")
     observed_generation: int | None = Field(None, alias="observedGeneration")
     sandboxes: list[str] = Field(default_factory=list)
+    not_selected: int | None = Field(
+        None, alias="notSelected", ge=1,
+        description="how many sandboxes of the tenant match the selector but are neither the "
+        "creator's nor shared with it (not selected; not named)",
+    )
     conditions: list[Condition] = Field(default_factory=list)
 
 
@@ -696,10 +719,12 @@ def dump(model: BaseModel) -> dict[str, Any]:
 
 
 class TokenRequest(_Model):
-    """Ask for a new bearer token for `subject` with `role`."""
+    """Ask for a new bearer token for `subject` with `role`; a developer token acts in one
+    `tenant` (default `default`), the other roles in every tenant."""
 
-    subject: str = Field(min_length=1, max_length=253, pattern=r"^[A-Za-z0-9@._:\-]+$")
+    subject: Subject
     role: Literal["admin", "developer", "proxy", "consumer"]
+    tenant: Tenant | None = Field(None, description="developer tokens only")
 
 
 class TokenInfo(_Model):
@@ -708,6 +733,7 @@ class TokenInfo(_Model):
     id: str
     subject: str
     role: Literal["admin", "developer", "proxy", "consumer"]
+    tenant: str | None = Field(None, description="developer tokens: the tenant they act in")
     created_at: datetime = Field(alias="createdAt")
     created_by: str = Field(alias="createdBy")
 
@@ -725,6 +751,7 @@ class Identity(_Model):
     kind: Literal["Identity"] = "Identity"
     subject: str
     role: Literal["admin", "developer", "proxy", "consumer"]
+    tenant: str | None = Field(None, description="developer tokens: the tenant they act in")
 
 
 class VersionInfo(_Model):
@@ -766,6 +793,7 @@ class TokenResponse(_Model):
     id: str
     subject: str
     role: Literal["admin", "developer", "proxy", "consumer"]
+    tenant: str | None = None
     token: str
 
 

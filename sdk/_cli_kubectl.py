@@ -71,12 +71,16 @@ def _reason(item: Any) -> str:
 
 COLUMNS: dict[str, tuple[tuple[Column, ...], tuple[Column, ...]]] = {
     "sandboxes": (SANDBOX_COLUMNS, (
+        Column("TENANT", lambda sb: sb.metadata.tenant or "-"),
         Column("FALLBACK", lambda sb: sb.spec.fallback),
         Column("LABELS", lambda sb: ",".join(f"{k}={v}" for k, v in sb.metadata.labels.items())
                or "-"),
         Column("REASON", _reason),
     )),
-    "routegroups": (ROUTEGROUP_COLUMNS, (Column("FALLBACK", lambda rg: rg.spec.fallback),)),
+    "routegroups": (ROUTEGROUP_COLUMNS, (
+        Column("TENANT", lambda rg: rg.metadata.tenant or "-"),
+        Column("FALLBACK", lambda rg: rg.spec.fallback),
+    )),
     "splits": (SPLIT_COLUMNS, (Column("REASON", _reason),)),
     "services": (SERVICE_COLUMNS, (Column("REASON", _reason),)),
 }  # fmt: skip
@@ -100,9 +104,12 @@ def _selector(text: str | None) -> str | None:
         raise UsageProblem(f"-l {text!r}: {exc}") from None
 
 
-def _list(client: Client, kind: Kind[Any], selector: str | None) -> tuple[list[Any], str]:
-    params = {"labelSelector": selector} if selector else None
-    doc = client.call("GET", kind.collection(), params=params)
+def _list(client: Client, kind: Kind[Any], selector: str | None,
+          tenant: str | None = None) -> tuple[list[Any], str]:
+    params = {"labelSelector": selector} if selector else {}
+    if tenant:
+        params["tenant"] = tenant
+    doc = client.call("GET", kind.collection(), params=params or None)
     items = [kind.model.model_validate(i) for i in doc.get("items", [])]
     return items, str(doc.get("metadata", {}).get("resourceVersion", ""))
 
@@ -117,10 +124,17 @@ def get(
                      help="e.g. team=pay,env in (dev,test),!legacy"),
     ] = None,
     watch: Annotated[bool, typer.Option("--watch", "-w", help="then print every change")] = False,
+    tenant: Annotated[
+        str | None,
+        typer.Option("--tenant", metavar="NAME",
+                     help="sandboxes and route groups of this tenant only"),
+    ] = None,
     output: OutputOpt = Format.table,
 ) -> None:
     """List or show resources of one kind (kubectl get)."""
     which, one = kind_of(kind)
+    if tenant and which.plural not in ("sandboxes", "routegroups"):
+        raise UsageProblem(f"--tenant: {which.plural} are shared by every tenant")
     wanted = [n for n in ([one] if one else []) + list(names or [])]
     columns, wide = COLUMNS[which.plural]
     with open_client(ctx) as client:
@@ -133,18 +147,18 @@ def get(
                  wide=wide)  # fmt: skip
             version_seen = models[-1].metadata.resource_version if watch else None
         else:
-            models, version_seen = _list(client, which, _selector(selector))
+            models, version_seen = _list(client, which, _selector(selector), tenant)
             kind_name = which.model.__name__.removesuffix("Resource")
             emit(output, out_console(), sys.stdout, columns=columns, rows=models,
                  doc=list_document(kind_name, models), wide=wide,
                  empty=f"no {which.plural} found")  # fmt: skip
         if watch:
-            _watch(client, which, version_seen, _selector(selector), set(wanted), output)
+            _watch(client, which, version_seen, _selector(selector), set(wanted), output, tenant)
 
 
 def _watch(
     client: Client, kind: Kind[Any], since: str | None, selector: str | None,
-    names: set[str], output: Format | JsonPath,
+    names: set[str], output: Format | JsonPath, tenant: str | None = None,
 ) -> None:
     """Print each change as a row (tables, no header) or a document, until Ctrl-C."""
     columns, wide = COLUMNS[kind.plural]
@@ -154,6 +168,8 @@ def _watch(
             continue
         obj = event.object
         if names and obj.get("metadata", {}).get("name") not in names:
+            continue
+        if tenant and obj.get("metadata", {}).get("tenant") != tenant:
             continue
         if output in (Format.table, Format.wide):
             model = kind.model.model_validate(obj)
@@ -182,6 +198,8 @@ def describe(
     out.write(f"Name:         {meta.get('name')}\nKind:         {doc.get('kind')}\n")
     labels = ",".join(f"{k}={v}" for k, v in (meta.get("labels") or {}).items()) or "<none>"
     out.write(f"Labels:       {labels}\nCreated by:   {meta.get('createdBy')}\n")
+    if meta.get("tenant"):
+        out.write(f"Tenant:       {meta['tenant']}\n")
     out.write(f"Created:      {meta.get('creationTimestamp')}\n")
     out.write(f"Generation:   {meta.get('generation')} (status observed "
               f"{status.get('observedGeneration', '-')})\n")  # fmt: skip
@@ -190,6 +208,9 @@ def describe(
         out.write(f"Routing key:  {status['routingKey']}\n")
     if status.get("expiresAt"):
         out.write(f"Expires:      {status['expiresAt']}\n")
+    if status.get("notSelected"):
+        out.write(f"Not selected: {status['notSelected']} matching sandbox(es) of the tenant are "
+                  "neither yours nor shared with you (spec.sharedWith)\n")
     out.write("Spec:\n" + "".join(f"  {line}\n" for line in
                                   yaml.safe_dump(doc.get("spec"), sort_keys=False).splitlines()))
     conditions = status.get("conditions") or []
@@ -357,7 +378,8 @@ auth_app = typer.Typer(help="Who you are to the control plane.")
 
 TOKEN_COLUMNS = (
     Column("ID", lambda t: t["id"]), Column("SUBJECT", lambda t: t["subject"]),
-    Column("ROLE", lambda t: t["role"]), Column("CREATED", lambda t: t.get("createdAt", "-")[:19]),
+    Column("ROLE", lambda t: t["role"]), Column("TENANT", lambda t: t.get("tenant") or "*"),
+    Column("CREATED", lambda t: t.get("createdAt", "-")[:19]),
     Column("BY", lambda t: t.get("createdBy", "-")),
 )  # fmt: skip
 
@@ -367,18 +389,27 @@ def token_create(
     ctx: typer.Context,
     role: Annotated[str, typer.Option("--role", metavar="proxy|consumer|developer|admin")],
     subject: Annotated[str, typer.Option("--subject", metavar="NAME", help="who uses it")],
+    tenant: Annotated[
+        str | None,
+        typer.Option("--tenant", metavar="NAME",
+                     help="developer tokens: the tenant (team) they act in (default: default)"),
+    ] = None,
     output: OutputOpt = Format.table,
 ) -> None:
     """Create a token; the secret is printed once (the control plane keeps a hash)."""
     if role not in ("proxy", "consumer", "developer", "admin"):
         raise UsageProblem(f"--role {role!r}: one of proxy, consumer, developer, admin")
+    if tenant is not None and role != "developer":
+        raise UsageProblem(f"--tenant is for developer tokens; {role} tokens act in every tenant")
+    body = {"subject": subject, "role": role, **({"tenant": tenant} if tenant else {})}
     with open_client(ctx) as client:
-        doc = client.call("POST", "/api/v1/tokens", {"subject": subject, "role": role})
+        doc = client.call("POST", "/api/v1/tokens", body)
     doc = {"apiVersion": API_VERSION, **doc}
     if output in (Format.table, Format.wide):
         sys.stdout.write(doc["token"] + "\n")
-        err_console().print(f"token {doc['id']} for {subject} ({role}); shown once, keep it safe",
-                            highlight=False)  # fmt: skip
+        where = f", tenant {doc['tenant']}" if doc.get("tenant") else ""
+        err_console().print(f"token {doc['id']} for {subject} ({role}{where}); shown once, keep "
+                            "it safe", highlight=False)  # fmt: skip
     else:
         emit_document(doc, output, sys.stdout)
 
@@ -410,7 +441,8 @@ def auth_status(ctx: typer.Context, output: OutputOpt = Format.table) -> None:
     doc = {**me, "url": where.url, "context": where.context}
     if output in (Format.table, Format.wide):
         sys.stdout.write(f"Control plane: {where.url}\nContext:       {where.context or '-'}\n"
-                         f"Subject:       {me['subject']}\nRole:          {me['role']}\n")  # fmt: skip
+                         f"Subject:       {me['subject']}\nRole:          {me['role']}\n"
+                         f"Tenant:        {me.get('tenant') or 'all'}\n")  # fmt: skip
     else:
         emit_document(doc, output, sys.stdout)
 

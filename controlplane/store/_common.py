@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from forklane.controlplane.store.base import Record
+from forklane.controlplane.store.base import DEFAULT_TENANT, Record
 
 __all__ = [
     "COMPACT_EVERY",
@@ -68,7 +68,7 @@ def record_doc(record: Record) -> dict[str, Any]:
         "labels": dict(record.labels), "created_by": record.created_by,
         "created_at": to_utc(record.created_at).isoformat(),
         "updated_at": to_utc(record.updated_at).isoformat(),
-        "spec": record.spec, "status": record.status,
+        "spec": record.spec, "status": record.status, "tenant": record.tenant,
     }
 
 
@@ -78,5 +78,5 @@ def record_from_doc(doc: dict[str, Any]) -> Record:
         resource_version=doc["resource_version"], labels=doc["labels"],
         created_by=doc["created_by"], created_at=datetime.fromisoformat(doc["created_at"]),
         updated_at=datetime.fromisoformat(doc["updated_at"]), spec=doc["spec"],
-        status=doc["status"],
+        status=doc["status"], tenant=doc.get("tenant", DEFAULT_TENANT),  # older entries: none
     )

@@ -16,6 +16,8 @@ Invariants every backend keeps (checked by one contract suite over all of them):
   transaction; `changes(after=N)` returns every change after revision N in order, as long as
   N is not older than the history kept (`history` revisions), else raises `Expired`;
 - tokens are kept only as a SHA-256 digest of their secret;
+- every record and token carries the tenant it was written with; rows written before tenants
+  existed read as `DEFAULT_TENANT` (records) and no tenant (tokens);
 - events (what `describe` shows: condition changes, pushes and ACKs) are appended in order
   and each object keeps only its newest `EVENTS_KEPT`; they are diagnostics, never read to
   decide anything.
@@ -33,6 +35,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 __all__ = [
+    "DEFAULT_TENANT",
     "EVENTS_KEPT",
     "AlreadyExists",
     "AuditEntry",
@@ -50,6 +53,9 @@ __all__ = [
     "Unavailable",
     "labels_match",
 ]
+
+# The tenant of everything written before tenants existed, and of what names none.
+DEFAULT_TENANT = "default"
 
 JSON = dict[str, Any]
 ChangeListener = Callable[[int], None]
@@ -97,6 +103,7 @@ class Record:
     updated_at: datetime
     spec: JSON
     status: JSON | None = None
+    tenant: str = DEFAULT_TENANT
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +131,7 @@ class TokenRecord:
     secret_sha256: str
     created_at: datetime
     created_by: str
+    tenant: str | None = None  # developer tokens: the tenant they act in
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,6 +234,7 @@ class Store(abc.ABC):
         status: JSON | None,
         created_by: str,
         now: datetime,
+        tenant: str = DEFAULT_TENANT,
     ) -> Record: ...
 
     @abc.abstractmethod

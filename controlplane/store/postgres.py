@@ -32,6 +32,7 @@ from forklane.controlplane.store._common import (
     to_utc,
 )
 from forklane.controlplane.store.base import (
+    DEFAULT_TENANT,
     EVENTS_KEPT,
     JSON,
     AlreadyExists,
@@ -102,11 +103,20 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
         CREATE INDEX events_object ON events (kind, name, seq);
         """,
     ),
+    (
+        4,
+        # tenants: existing objects are the default tenant's; existing tokens name none
+        # (a developer token without one acts in the default tenant)
+        """
+        ALTER TABLE resources ADD COLUMN tenant TEXT NOT NULL DEFAULT 'default';
+        ALTER TABLE tokens ADD COLUMN tenant TEXT;
+        """,
+    ),
 )
 
 _COLUMNS = (
     "kind, name, uid, generation, resource_version, labels::text, created_by, created_at, "
-    "updated_at, spec::text, status::text"
+    "updated_at, spec::text, status::text, tenant"
 )
 
 
@@ -123,6 +133,7 @@ def _record(row: Any) -> Record:
         updated_at=row[8],
         spec=loads(row[9]),
         status=loads(row[10]),
+        tenant=row[11],
     )
 
 
@@ -268,6 +279,7 @@ class PostgresStore(Store):
         status: JSON | None,
         created_by: str,
         now: datetime,
+        tenant: str = DEFAULT_TENANT,
     ) -> Record:
         at = to_utc(now)
         async with self._write() as (conn, bumped):
@@ -275,15 +287,15 @@ class PostgresStore(Store):
             record = Record(
                 kind=kind, name=name, uid=new_uid(), generation=1, resource_version=revision,
                 labels=dict(labels), created_by=created_by, created_at=at, updated_at=at,
-                spec=spec, status=status,
+                spec=spec, status=status, tenant=tenant,
             )
             inserted = await conn.fetchval(
                 "INSERT INTO resources (kind, name, uid, generation, resource_version, labels, "
-                "created_by, created_at, updated_at, spec, status) "
-                "VALUES ($1,$2,$3,1,$4,$5::jsonb,$6,$7,$7,$8::jsonb,$9::jsonb) "
+                "created_by, created_at, updated_at, spec, status, tenant) "
+                "VALUES ($1,$2,$3,1,$4,$5::jsonb,$6,$7,$7,$8::jsonb,$9::jsonb,$10) "
                 "ON CONFLICT (kind, name) DO NOTHING RETURNING 1",
                 kind, name, record.uid, revision, dumps(record.labels), created_by, at,
-                dumps(spec), None if status is None else dumps(status),
+                dumps(spec), None if status is None else dumps(status), tenant,
             )
             if inserted is None:
                 raise AlreadyExists(f"{kind}/{name} already exists")
@@ -374,6 +386,7 @@ class PostgresStore(Store):
                 kind=kind, name=name, uid=before.uid, generation=generation,
                 resource_version=revision, labels=dict(labels), created_by=before.created_by,
                 created_at=before.created_at, updated_at=at, spec=spec, status=before.status,
+                tenant=before.tenant,
             )
             await self._log(conn, revision, "MODIFIED", after, before.labels)
         return before, after
@@ -393,7 +406,7 @@ class PostgresStore(Store):
                 kind=kind, name=name, uid=before.uid, generation=before.generation,
                 resource_version=revision, labels=before.labels, created_by=before.created_by,
                 created_at=before.created_at, updated_at=before.updated_at, spec=before.spec,
-                status=status,
+                status=status, tenant=before.tenant,
             )
             await self._log(conn, revision, "MODIFIED", after, before.labels)
         return after
@@ -411,9 +424,9 @@ class PostgresStore(Store):
             async with _translated():
                 await self._db.execute(
                     "INSERT INTO tokens (token_id, subject, role, secret_sha256, created_at, "
-                    "created_by) VALUES ($1,$2,$3,$4,$5,$6)",
+                    "created_by, tenant) VALUES ($1,$2,$3,$4,$5,$6,$7)",
                     token.token_id, token.subject, token.role, token.secret_sha256,
-                    to_utc(token.created_at), token.created_by,
+                    to_utc(token.created_at), token.created_by, token.tenant,
                 )
         except Unavailable as exc:
             if isinstance(exc.__cause__, asyncpg.UniqueViolationError):
@@ -423,13 +436,13 @@ class PostgresStore(Store):
     async def get_token(self, token_id: str) -> TokenRecord | None:
         async with _translated():
             row = await self._db.fetchrow(
-                "SELECT token_id, subject, role, secret_sha256, created_at, created_by "
+                "SELECT token_id, subject, role, secret_sha256, created_at, created_by, tenant "
                 "FROM tokens WHERE token_id = $1",
                 token_id,
             )
         if row is None:
             return None
-        return TokenRecord(row[0], row[1], row[2], row[3], row[4], row[5])
+        return TokenRecord(row[0], row[1], row[2], row[3], row[4], row[5], row[6])
 
     async def count_tokens(self, role: str) -> int:
         async with _translated():
@@ -438,10 +451,10 @@ class PostgresStore(Store):
     async def list_tokens(self) -> tuple[TokenRecord, ...]:
         async with _translated():
             rows = await self._db.fetch(
-                "SELECT token_id, subject, role, secret_sha256, created_at, created_by "
+                "SELECT token_id, subject, role, secret_sha256, created_at, created_by, tenant "
                 "FROM tokens ORDER BY created_at, token_id"
             )
-        return tuple(TokenRecord(r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows)
+        return tuple(TokenRecord(r[0], r[1], r[2], r[3], r[4], r[5], r[6]) for r in rows)
 
     async def delete_token(self, token_id: str) -> bool:
         async with _translated():

@@ -29,6 +29,7 @@ from forklane.controlplane.store._common import (
     to_utc,
 )
 from forklane.controlplane.store.base import (
+    DEFAULT_TENANT,
     EVENTS_KEPT,
     JSON,
     AlreadyExists,
@@ -98,11 +99,20 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
         CREATE INDEX events_object ON events (kind, name, seq);
         """,
     ),
+    (
+        4,
+        # tenants: existing objects are the default tenant's; existing tokens name none
+        # (a developer token without one acts in the default tenant)
+        """
+        ALTER TABLE resources ADD COLUMN tenant TEXT NOT NULL DEFAULT 'default';
+        ALTER TABLE tokens ADD COLUMN tenant TEXT;
+        """,
+    ),
 )
 
 _COLUMNS = (
     "kind, name, uid, generation, resource_version, labels, created_by, created_at, "
-    "updated_at, spec, status"
+    "updated_at, spec, status, tenant"
 )
 
 
@@ -119,6 +129,7 @@ def _record(row: Any) -> Record:
         updated_at=datetime.fromisoformat(row[8]),
         spec=loads(row[9]),
         status=loads(row[10]),
+        tenant=row[11],
     )
 
 
@@ -257,6 +268,7 @@ class SqliteStore(Store):
         status: JSON | None,
         created_by: str,
         now: datetime,
+        tenant: str = DEFAULT_TENANT,
     ) -> Record:
         async def body() -> tuple[Record, int]:
             if await self._fetch(kind, name) is not None:
@@ -266,13 +278,13 @@ class SqliteStore(Store):
             record = Record(
                 kind=kind, name=name, uid=new_uid(), generation=1, resource_version=revision,
                 labels=dict(labels), created_by=created_by, created_at=at, updated_at=at,
-                spec=spec, status=status,
+                spec=spec, status=status, tenant=tenant,
             )
             await self._conn.execute(
-                f"INSERT INTO resources ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                f"INSERT INTO resources ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                 (kind, name, record.uid, 1, revision, dumps(record.labels), created_by,
                  at.isoformat(), at.isoformat(), dumps(spec),
-                 None if status is None else dumps(status)),
+                 None if status is None else dumps(status), tenant),
             )
             await self._log(revision, "ADDED", record)
             return record, revision
@@ -369,6 +381,7 @@ class SqliteStore(Store):
                 kind=kind, name=name, uid=before.uid, generation=generation,
                 resource_version=revision, labels=dict(labels), created_by=before.created_by,
                 created_at=before.created_at, updated_at=at, spec=spec, status=before.status,
+                tenant=before.tenant,
             )
             await self._log(revision, "MODIFIED", after, before.labels)
             return (before, after), revision
@@ -390,7 +403,7 @@ class SqliteStore(Store):
                 kind=kind, name=name, uid=before.uid, generation=before.generation,
                 resource_version=revision, labels=before.labels, created_by=before.created_by,
                 created_at=before.created_at, updated_at=before.updated_at, spec=before.spec,
-                status=status,
+                status=status, tenant=before.tenant,
             )
             await self._log(revision, "MODIFIED", after, before.labels)
             return after, revision
@@ -417,9 +430,9 @@ class SqliteStore(Store):
             try:
                 await self._conn.execute(
                     "INSERT INTO tokens (token_id, subject, role, secret_sha256, created_at, "
-                    "created_by) VALUES (?,?,?,?,?,?)",
+                    "created_by, tenant) VALUES (?,?,?,?,?,?,?)",
                     (token.token_id, token.subject, token.role, token.secret_sha256,
-                     to_utc(token.created_at).isoformat(), token.created_by),
+                     to_utc(token.created_at).isoformat(), token.created_by, token.tenant),
                 )
             except sqlite3.IntegrityError as exc:
                 raise AlreadyExists(f"token {token.token_id} already exists") from exc
@@ -429,14 +442,15 @@ class SqliteStore(Store):
 
     async def get_token(self, token_id: str) -> TokenRecord | None:
         sql = (
-            "SELECT token_id, subject, role, secret_sha256, created_at, created_by "
+            "SELECT token_id, subject, role, secret_sha256, created_at, created_by, tenant "
             "FROM tokens WHERE token_id = ?"
         )
         async with self._guard(), self._conn.execute(sql, (token_id,)) as cur:
             row = await cur.fetchone()
         if row is None:
             return None
-        return TokenRecord(row[0], row[1], row[2], row[3], datetime.fromisoformat(row[4]), row[5])
+        return TokenRecord(row[0], row[1], row[2], row[3], datetime.fromisoformat(row[4]), row[5],
+                           row[6])
 
     async def count_tokens(self, role: str) -> int:
         sql = "SELECT COUNT(*) FROM tokens WHERE role = ?"
@@ -446,13 +460,14 @@ class SqliteStore(Store):
 
     async def list_tokens(self) -> tuple[TokenRecord, ...]:
         sql = (
-            "SELECT token_id, subject, role, secret_sha256, created_at, created_by "
+            "SELECT token_id, subject, role, secret_sha256, created_at, created_by, tenant "
             "FROM tokens ORDER BY created_at, token_id"
         )
         async with self._guard(), self._conn.execute(sql) as cur:
             rows = await cur.fetchall()
         return tuple(
-            TokenRecord(r[0], r[1], r[2], r[3], datetime.fromisoformat(r[4]), r[5]) for r in rows
+            TokenRecord(r[0], r[1], r[2], r[3], datetime.fromisoformat(r[4]), r[5], r[6])
+            for r in rows
         )
 
     async def delete_token(self, token_id: str) -> bool:

@@ -102,6 +102,19 @@ async def test_each_token_has_a_request_budget(limited_api: Api) -> None:
     assert any(e["verb"] == "denied-get" and "429" in e["name"] for e in audit["items"])
 
 
+async def test_one_subject_name_in_two_tenants_has_two_budgets(limited_api: Api) -> None:
+    api = limited_api
+    tokens = []
+    for tenant in ("team-a", "team-b"):
+        status, made, _ = await api.call("POST", "/api/v1/tokens", json_body={
+            "subject": "alice", "role": "developer", "tenant": tenant})
+        assert status == 201, made
+        tokens.append(made["token"])
+    statuses = [(await api.call("GET", "/api/v1/services", token=tokens[0]))[0] for _ in range(4)]
+    assert statuses == [200, 200, 200, 429]
+    assert (await api.call("GET", "/api/v1/services", token=tokens[1]))[0] == 200
+
+
 def test_the_limiter_refills_and_stays_bounded() -> None:
     limiter = RateLimiter(rate=2.0, burst=2, max_keys=3)
     assert [limiter.take("a", 0.0) for _ in range(3)] == [0.0, 0.0, 0.5]

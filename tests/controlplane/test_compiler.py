@@ -184,3 +184,50 @@ def test_circuit_breakers_and_outlier_detection_reach_the_snapshot() -> None:
 def test_bad_circuit_breakers_are_refused_at_the_api(bad: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
         wire.ServiceSpec.model_validate({"endpoints": ["10.0.0.1:80"], "circuitBreakers": bad})
+
+
+def owned(model: Any, created_by: str, tenant: str | None = None, **spec: Any) -> Any:
+    """The same resource as created by `created_by` in `tenant` (None: before tenants)."""
+    meta = model.metadata.model_copy(update={"created_by": created_by, "tenant": tenant})
+    return model.model_copy(update={"metadata": meta,
+                                    "spec": model.spec.model_copy(update=spec)})
+
+
+def test_forks_carry_their_sandboxs_tenant_and_old_ones_the_default() -> None:
+    out = compile_snapshot(Inputs(revision=1, services=[svc("web")], sandboxes=[
+        owned(sb("a", "ka", "web"), "alice", "team-a"), owned(sb("b", "kb", "web"), "bob")]))
+    assert {f.routing_key: f.tenant for f in out.snapshot.forks} == {"ka": "team-a",
+                                                                      "kb": "default"}
+    assert out.key_owners == {"ka": ("alice", "team-a"), "kb": ("bob", "default")}
+
+
+def test_a_route_group_joins_only_its_creators_own_or_shared_sandboxes_of_its_tenant() -> None:
+    pay = {"team": "pay"}
+    sandboxes = [
+        owned(sb("mine", "k1", "web", labels=pay), "alice", "team-a"),
+        owned(sb("colleague", "k2", "api", labels=pay), "carol", "team-a"),
+        owned(sb("shared", "k3", "db", labels=pay), "dave", "team-a", shared_with=["alice"]),
+        # shared with "alice", but another tenant's: never joined, never counted
+        owned(sb("elsewhere", "k4", "web", labels=pay), "bob", "team-b", shared_with=["alice"]),
+    ]
+    out = compile_snapshot(Inputs(revision=1, services=[svc("web"), svc("api"), svc("db")],
+                                  sandboxes=sandboxes,
+                                  routegroups=[owned(group("g", "gk", pay), "alice", "team-a")]))
+    assert out.group_members["g"] == ("mine", "shared")
+    assert out.not_selected == {"g": 1}
+    assert ("routegroups", "g") not in out.problems
+    joined = {(f.service, f.tenant) for f in out.snapshot.forks if f.routing_key == "gk"}
+    assert joined == {("web", "team-a"), ("db", "team-a")}
+    assert out.key_owners["gk"] == ("alice", "team-a")
+
+
+def test_another_developers_route_group_does_not_reach_my_fork() -> None:
+    pay = {"team": "pay"}
+    out = compile_snapshot(Inputs(
+        revision=1, services=[svc("web")],
+        sandboxes=[owned(sb("mine", "k1", "web", labels=pay), "alice", "team-a")],
+        routegroups=[owned(group("theirs", "tk", pay), "mallory", "team-a"),
+                     owned(group("outside", "ok", pay), "alice", "team-b")]))
+    assert [f.routing_key for f in out.snapshot.forks] == ["k1"]
+    assert out.group_members == {"theirs": (), "outside": ()}
+    assert out.not_selected == {"theirs": 1}  # same tenant: counted; another tenant: not

@@ -576,3 +576,38 @@ def test_usage_errors_are_one_line(env: dict[str, str], args: tuple[str, ...]) -
     result = run_cli(*args, env=env)
     assert result.code == 2
     one_error_line(result)
+
+
+def test_a_developer_token_of_a_tenant_and_what_get_and_describe_show(
+    cp_env: dict[str, str], svc: str, listener: str
+) -> None:
+    who = unique("dev")
+    token = run_cli("token", "create", "--role", "developer", "--subject", who, "--tenant",
+                    "team-a", "-o", "jsonpath={.token}", env=cp_env).out.strip()  # fmt: skip
+    assert token.startswith("flk_")
+    dev_env = {**cp_env, "FORKLANE_TOKEN": token}
+    status = run_cli("auth", "status", env=dev_env)
+    assert status.code == 0 and "Tenant:        team-a" in status.out, status.out
+    listed = run_cli("token", "list", env=cp_env)
+    assert any(who in line and "team-a" in line for line in listed.out.splitlines()), listed.out
+    refused = run_cli("token", "create", "--role", "proxy", "--subject", who, "--tenant",
+                      "team-a", env=cp_env)  # fmt: skip
+    assert refused.code == 2 and "--tenant" in one_error_line(refused)
+
+    name = unique("sb")
+    made = run_cli("sandbox", "create", "--fork", f"{svc}={listener}", "--name", name,
+                   "-o", "json", env=dev_env)  # fmt: skip
+    assert made.code == 0 and made.json()["metadata"]["tenant"] == "team-a", made.err
+    wide = run_cli("get", "sb", name, "-o", "wide", env=dev_env)
+    assert "TENANT" in wide.out and "team-a" in wide.out, wide.out
+    described = run_cli("describe", "sb", name, env=dev_env)
+    assert "Tenant:       team-a" in described.out, described.out
+    mine = run_cli("get", "sb", "--tenant", "team-a", "-o", "json", env=cp_env).json()
+    assert [i["metadata"]["name"] for i in mine["items"]] == [name]  # an admin's view of one team
+    shared = run_cli("get", "svc", "--tenant", "team-a", env=cp_env)
+    assert shared.code == 2 and "shared" in one_error_line(shared)
+    other = run_cli("token", "create", "--role", "developer", "--subject", unique("dev"),
+                    "--tenant", "team-b", "-o", "jsonpath={.token}", env=cp_env).out.strip()
+    hidden = run_cli("describe", "sb", name, env={**cp_env, "FORKLANE_TOKEN": other})
+    assert hidden.code == 3 and "not found" in one_error_line(hidden)
+    assert run_cli("sandbox", "delete", name, env=dev_env).code == 0
