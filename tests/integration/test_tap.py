@@ -77,6 +77,7 @@ class TapReader:
         self.session = session
         self.url = f"{plane.url}/api/v1/tap?{query}"
         self.lines: list[dict[str, Any]] = []
+        self.arrived: list[float] = []  # when each line was read (time.time())
         self.started = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
 
@@ -98,6 +99,7 @@ class TapReader:
             async for raw in r.content:
                 doc = json.loads(raw)
                 self.lines.append(doc)
+                self.arrived.append(time.time())
                 if doc["type"] == "started":
                     self.id = doc["id"]
                     self.started.set()
