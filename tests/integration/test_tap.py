@@ -227,13 +227,15 @@ def _p(values: list[float], q: float) -> float:
     return sorted(values)[min(len(values) - 1, int(q * len(values)))] * 1000
 
 
-async def test_a_stalled_viewer_leaves_proxy_latency_unchanged(world: World) -> None:
+@pytest.mark.parametrize("query", ["sandbox=dev", "sandbox=dev&headers=true&body=4096"],
+                         ids=["plain", "capturing"])
+async def test_a_stalled_viewer_leaves_proxy_latency_unchanged(world: World, query: str) -> None:
     plane, _, proxy, _, _ = await tapped_world(world)
     s = world.session
     n = 1500
     await _latencies(s, proxy, 100)  # warm up
     quiet = await _latencies(s, proxy, n)
-    async with stalled_tap(plane, "sandbox=dev") as sock:
+    async with stalled_tap(plane, query) as sock:
         loop = asyncio.get_running_loop()
         sock.setblocking(False)
         collector = _Chunks()
@@ -268,7 +270,8 @@ async def test_a_stalled_viewer_leaves_proxy_latency_unchanged(world: World) -> 
         await until("every decision shown or counted as dropped", accounted, within=60)
         shown, dropped = tally()
     assert shown + dropped == n, (shown, dropped)
-    figures = (f"sequential keyed GETs through the proxy, n={n}: p50 {_p(quiet, .5):.3f} ms / "
+    figures = (f"{query}: sequential keyed GETs through the proxy, n={n}: "
+               f"p50 {_p(quiet, .5):.3f} ms / "
                f"p99 {_p(quiet, .99):.3f} ms without a tap; p50 {_p(stalled, .5):.3f} ms / "
                f"p99 {_p(stalled, .99):.3f} ms with a stalled viewer "
                f"({shown} shown, {dropped} dropped)")
