@@ -83,9 +83,9 @@ class TapRelay:
         max_pending: int = 2000,
     ) -> None:
         self.hub = hub
-        self._dsn = dsn
+        self.dsn = dsn
         self._settings = {"search_path": schema} if schema else {}
-        self._channel = "forklane_tap" + (f"__{schema}" if schema else "")
+        self.channel = "forklane_tap" + (f"__{schema}" if schema else "")
         self.heartbeat = heartbeat
         self.lease = lease
         self.keep = keep
@@ -111,15 +111,15 @@ class TapRelay:
 
     async def start(self) -> None:
         self._pool = await asyncpg.create_pool(
-            self._dsn, min_size=1, max_size=3, server_settings=self._settings
+            self.dsn, min_size=1, max_size=3, server_settings=self._settings
         )
         async with self._db.acquire() as conn, conn.transaction():
             await conn.execute(
                 "SELECT pg_advisory_xact_lock(hashtext('forklane-tap:' || current_schema()))"
             )
             await conn.execute(_SCHEMA)
-        self._listen = await asyncpg.connect(self._dsn, server_settings=self._settings)
-        await self._listen.add_listener(self._channel, self._on_notification)
+        self._listen = await asyncpg.connect(self.dsn, server_settings=self._settings)
+        await self._listen.add_listener(self.channel, self._on_notification)
         self.hub.forward = self.forward
         for name, loop in (("announce", self._announce_loop), ("send", self._send_loop),
                            ("take", self._take_loop)):
@@ -136,14 +136,14 @@ class TapRelay:
         if self._listen is not None:
             conn, self._listen = self._listen, None
             with contextlib.suppress(*_ERRORS):
-                await conn.remove_listener(self._channel, self._on_notification)
+                await conn.remove_listener(self.channel, self._on_notification)
             with contextlib.suppress(*_ERRORS):
                 await conn.close()
         if self._pool is not None:
             with contextlib.suppress(*_ERRORS):  # our viewers are gone with us
                 async with self._pool.acquire() as conn:
                     await conn.execute("DELETE FROM tap_viewers WHERE hub = $1", self.hub.id)
-                    await conn.execute("SELECT pg_notify($1, 'f')", self._channel)
+                    await conn.execute("SELECT pg_notify($1, 'f')", self.channel)
             pool, self._pool = self._pool, None
             await pool.close()
         self.hub.set_remote({})
@@ -194,7 +194,7 @@ class TapRelay:
                 "OR expires_at < now() RETURNING id", hub.id, list(local),
             )
             if gone or set(local) - self._announced:
-                await conn.execute("SELECT pg_notify($1, 'f')", self._channel)
+                await conn.execute("SELECT pg_notify($1, 'f')", self.channel)
             rows = await conn.fetch(
                 "SELECT id, hub, spec::text FROM tap_viewers "
                 "WHERE hub <> $1 AND expires_at > now() ORDER BY id", hub.id,
@@ -252,7 +252,7 @@ class TapRelay:
                         "INSERT INTO tap_relay (hub, batch) VALUES ($1, $2::jsonb)",
                         owner, batch,
                     )
-                await conn.execute("SELECT pg_notify($1, $2)", self._channel, f"r:{owner}")
+                await conn.execute("SELECT pg_notify($1, $2)", self.channel, f"r:{owner}")
         self.relayed += sum(len(i.get("records") or ()) for items in pending.values()
                             for i in items)
 
