@@ -117,15 +117,28 @@ async def _pump(
                 await response.write(_line(get.result()))
             else:
                 get.cancel()
-            drops = (viewer.dropped, sum(viewer.proxy_dropped.values()))
-            if drops != reported:
-                reported = drops
-                await response.write(_line({"type": "dropped", "viewer": viewer.dropped,
-                                            "proxies": dict(viewer.proxy_dropped)}))
+            reported = await _report_drops(response, viewer, reported)
+        # the end: lines still queued are never shown, so they count as dropped too
+        transport = request.transport
+        if transport is not None and not transport.is_closing():
+            while not viewer.queue.empty():
+                viewer.queue.get_nowait()
+                viewer.dropped += 1
+            await _report_drops(response, viewer, reported)
     except ConnectionError:
         pass  # the viewer went away
     finally:
         stop.cancel()
+
+
+async def _report_drops(response: web.StreamResponse, viewer: Viewer,
+                        reported: tuple[int, int]) -> tuple[int, int]:
+    """A `dropped` line when the counts grew since the last one; the counts reported."""
+    drops = (viewer.dropped, sum(viewer.proxy_dropped.values()))
+    if drops != reported:
+        await response.write(_line({"type": "dropped", "viewer": viewer.dropped,
+                                    "proxies": dict(viewer.proxy_dropped)}))
+    return drops
 
 
 def post_deliveries(body: dict[str, Any], hub: TapHub, reporter: str) -> dict[str, Any]:

@@ -195,9 +195,13 @@ async def test_tap_refuses_bad_input_and_strangers(world: World) -> None:
 class _Chunks:
     def __init__(self) -> None:
         self.body = bytearray()
+        self.done = False
 
     def on_body(self, data: bytes) -> None:
         self.body.extend(data)
+
+    def on_message_complete(self) -> None:
+        self.done = True
 
 
 @contextlib.asynccontextmanager
@@ -361,3 +365,47 @@ async def test_message_deliveries_appear_beside_requests(world: World) -> None:
     assert sorted(kinds()) == [("delivery", "handed-on"), ("delivery", "taken"),
                                ("request", "/beside")]
     assert reporter.sent == 3 and reporter.failures == 0
+
+
+async def test_a_tap_that_ends_counts_the_lines_it_never_showed(world: World) -> None:
+    """`seconds` ends a stream whose viewer fell behind: what is still queued is reported as
+    dropped in a last line, so shown + dropped = decisions made, even then. (Lines capture
+    16 KiB bodies, so that they outgrow the socket buffers behind the viewer.)"""
+    plane, _, proxy, _, _ = await tapped_world(world)
+    s = world.session
+    n = 300
+    async with stalled_tap(plane, "sandbox=dev&seconds=3&body=16384") as sock:
+        ends = time.monotonic() + 3
+        loop = asyncio.get_running_loop()
+        sock.setblocking(False)
+        collector = _Chunks()
+        parser = httptools.HttpResponseParser(collector)
+        while b"\n" not in collector.body:
+            parser.feed_data(await asyncio.wait_for(loop.sock_recv(sock, 4096), 20))
+        await installed(s, proxy, json.loads(bytes(collector.body).split(b"\n")[0])["id"])
+        body = b"b" * 16384
+        for i in range(n):
+            async with s.post(f"{proxy.url()}/big{i}", data=body,
+                              headers={"Host": "web", "x-forklane-routing-key": KEY}) as r:
+                assert r.status == 200
+                await r.read()
+
+        async def over() -> bool:
+            return time.monotonic() > ends + 0.5  # the stream's own deadline, then some
+
+        await until("the tap's deadline", over)
+        while True:  # now read it all, to the end of the stream
+            data = await asyncio.wait_for(loop.sock_recv(sock, 65536), 20)
+            if not data:
+                break
+            parser.feed_data(data)
+            if bytes(collector.body).endswith(b"\n") and collector.done:
+                break
+    shown = dropped = 0
+    for raw in bytes(collector.body).split(b"\n")[:-1]:
+        doc = json.loads(raw)
+        if doc["type"] == "request":
+            shown += 1
+        elif doc["type"] == "dropped":
+            dropped = doc["viewer"] + sum(doc["proxies"].values())
+    assert dropped > 0 and shown + dropped == n, (shown, dropped)
