@@ -19,7 +19,8 @@ Invariants:
   naming a remote filter is handed to `forward` for the replica that owns it;
 - a capture (headers, body prefixes) was rendered and redacted by the proxy; it reaches
   only the viewers that asked for it and is never kept among the `recent` lines;
-- at most `MAX_TAP_FILTERS` filters are pushed (the push message's limit), own ones first.
+- at most `MAX_TAP_FILTERS` filters are open (the push message's limit): `open` refuses
+  more (`TapsFull`); should the replicas together pass it, own filters are pushed first.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from typing import Any
 from forklane.proxy.push_messages import MAX_TAP_FILTERS, TapFilterSpec
 from forklane.proxy.tap import TapFilter
 
-__all__ = ["CAPTURE_QUEUE", "Forward", "TapHub", "Viewer"]
+__all__ = ["CAPTURE_QUEUE", "Forward", "TapHub", "TapsFull", "Viewer"]
 
 CAPTURE_QUEUE = 200  # lines a capturing viewer's queue holds (each may carry 32 KiB of bodies)
 
@@ -43,6 +44,10 @@ Forward = Callable[[str, dict[str, Any]], None]
 """(owner hub, item) for viewers of another replica; the item is `{"proxy", "records",
 "dropped"}` (records naming only that hub's filters, drops per filter) or `{"reporter",
 "deliveries"}`. Must not block."""
+
+
+class TapsFull(Exception):
+    """As many filters as a push message carries are watched already (every replica's)."""
 
 
 @dataclass(eq=False, slots=True)
@@ -87,6 +92,8 @@ class TapHub:
         headers: bool = False,
         body: int = 0,
     ) -> Viewer:
+        if len(self._viewers) + len(self._remote) >= MAX_TAP_FILTERS:
+            raise TapsFull(f"{MAX_TAP_FILTERS} taps are open already; try again later")
         captures = headers or body > 0
         spec = TapFilterSpec(
             id=f"t{next(self._ids)}.{self.id}", keys=tuple(sorted(set(keys))), service=service,

@@ -27,7 +27,7 @@ from typing import Any
 from aiohttp import web
 
 from forklane.controlplane.errors import ApiError
-from forklane.controlplane.tap import TapHub, Viewer
+from forklane.controlplane.tap import TapHub, TapsFull, Viewer
 from forklane.proxy.tap import parse_status_class
 from forklane.proxy.tap_capture import MAX_BODY
 
@@ -79,7 +79,10 @@ async def stream_tap(
 ) -> web.StreamResponse:
     service, status_class, seconds = _parse(request)
     headers, body = _capture(request)
-    viewer = hub.open(keys, service, status_class, subject, headers=headers, body=body)
+    try:
+        viewer = hub.open(keys, service, status_class, subject, headers=headers, body=body)
+    except TapsFull as exc:
+        raise ApiError(503, str(exc)) from exc
     try:
         response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
         await response.prepare(request)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from forklane.controlplane.tap import TapHub
+import pytest
+
+from forklane.controlplane.tap import TapHub, TapsFull
 from forklane.proxy.push_messages import TapFilterSpec
 
 
@@ -108,3 +110,14 @@ async def test_captures_reach_only_viewers_that_asked_and_are_not_kept() -> None
     assert got["capture"]["request"]["headers"] == [["a", "b"]]
     shown, _ = hub.recent(str(got["id"])) or ({}, frozenset())
     assert shown and "capture" not in shown
+
+
+async def test_no_more_taps_than_a_push_message_carries() -> None:
+    hub = TapHub()
+    theirs = {f"t{i}.there": (TapFilterSpec(id=f"t{i}.there"), "there") for i in range(60)}
+    hub.set_remote(theirs)
+    for _ in range(4):
+        hub.open()
+    with pytest.raises(TapsFull, match="64 taps"):
+        hub.open()
+    assert len(hub.filters()) == 64
