@@ -10,7 +10,10 @@ Run over both hot-path modes, as the capture hooks sit in compiled modules.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import sys
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -212,3 +215,34 @@ async def test_capture_off_sends_no_heads_and_bad_wishes_are_refused(
         async with session.get(f"{scene.url}/api/v1/tap?sandbox=dev&{query}",
                                headers=headers) as r:
             assert r.status == 400 and word in (await r.json())["error"]["message"], query
+
+
+async def test_the_cli_prints_captures_under_their_line(
+    scene: Scene, session: aiohttp.ClientSession,
+) -> None:
+    env = {**os.environ, "FORKLANE_URL": scene.url, "FORKLANE_TOKEN": ADMIN,
+           "FORKLANE_CONFIG": os.devnull}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "forklane", "tap", "--sandbox", "dev", "--capture-headers",
+        "--capture-body", "1KiB", "--seconds", "60", env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert proc.stderr is not None and proc.stdout is not None
+        started = await asyncio.wait_for(proc.stderr.readline(), 30)
+        assert b"started" in started
+        tap_id = started.split()[1].decode()
+        await installed(session, scene.proxy, tap_id)
+        await _h1(session, scene.proxy)
+        lines: list[str] = []
+        while not any(line.startswith("    < body:") for line in lines):
+            lines.append((await asyncio.wait_for(proc.stdout.readline(), 30)).decode().rstrip())
+    finally:
+        proc.terminate()
+        await proc.wait()
+    assert " POST /echo?q=1 " in lines[0]
+    assert "    > authorization: [redacted]" in [line.lower() for line in lines]
+    assert "    > x-note: visible" in lines
+    assert f"    > body: {len(BODY)} bytes" in lines
+    assert f"    >   {BODY.decode()}" in lines
+    assert not any("SECRET" in line for line in lines)
