@@ -34,7 +34,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from forklane.proxy.push_messages import MAX_TAP_FILTERS, TapFilterSpec
-from forklane.proxy.tap import TapFilter
 
 __all__ = ["CAPTURE_QUEUE", "Forward", "TapHub", "TapsFull", "Viewer"]
 
@@ -57,11 +56,6 @@ class Viewer:
     subject: str = ""
     dropped: int = 0
     proxy_dropped: Counter[str] = field(default_factory=Counter)
-
-    @property
-    def filter(self) -> TapFilter:
-        s = self.spec
-        return TapFilter(s.id, frozenset(s.keys), s.service, s.status_class)
 
 
 class TapHub:
