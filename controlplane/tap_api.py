@@ -12,8 +12,9 @@ body, at most 16 KiB) ask the proxies to capture: request lines then carry `capt
 (`request` / `response`: `headers` as `[name, value]` pairs, `body`, `body_bytes`,
 `body_truncated`, `body_encoding: base64` when not UTF-8), redacted by the proxy.
 
-Bad input is a 400 naming the parameter; a viewer that stops reading fills only its own
-bounded queue (see `controlplane.tap`).
+Bad input is a 400 naming the parameter; a 65th open tap is a 503; a viewer that stops
+reading fills only its own bounded queue (see `controlplane.tap`), and what it never got is
+counted, at the end of the stream too.
 """
 
 from __future__ import annotations

@@ -126,6 +126,8 @@ def tap(
 
     Each line: time, proxy, listener, protocol, method, path, service, carrier, rule,
     destination, status and latency; message deliveries from forklane consumers too.
+    With --capture-headers / --capture-body, the heads and body prefixes follow each line
+    (credentials and the control plane's tap_redact_headers shown as [redacted]).
     """
     if status is not None and status.lower() not in _STATUS_CLASSES:
         raise UsageProblem(f"--status {status!r}: expected one of {', '.join(_STATUS_CLASSES)}")
