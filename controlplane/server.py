@@ -28,6 +28,7 @@ from forklane.controlplane.settings import Settings, parse_hostport
 from forklane.controlplane.store import make_store
 from forklane.controlplane.store.base import Store
 from forklane.controlplane.tap import TapHub
+from forklane.controlplane.tap_relay import TapRelay, relay_for
 from forklane.controlplane.webhooks.sender import WebhookSender
 
 __all__ = ["ControlPlane", "NoProxies", "ProxyView"]
@@ -82,7 +83,8 @@ class ControlPlane:
         self.events = EventRecorder(self.store)
         self.registry: ProxyView = NoProxies()
         self.push: Any = None
-        self.taps = TapHub()
+        self.taps = TapHub(redact=settings.tap_redact_list())
+        self.tap_relay: TapRelay | None = None  # replicas share taps (PostgreSQL only)
         self.webhooks: WebhookSender | None = None
         if settings.notify_url_list():
             self.webhooks = WebhookSender(
@@ -182,6 +184,9 @@ class ControlPlane:
         try:
             await self.store.open()
             self._opened = True
+            self.tap_relay = relay_for(self.store, self.taps)
+            if self.tap_relay is not None:
+                await self.tap_relay.start()
             self.events.start()
             if self.settings.auth:
                 self.authenticator = Authenticator(
@@ -256,6 +261,9 @@ class ControlPlane:
             await self.reconciler.aclose()
             if self.webhooks is not None:
                 await self.webhooks.aclose()
+        if self.tap_relay is not None:
+            relay, self.tap_relay = self.tap_relay, None
+            await relay.aclose()
         if self._opened:
             self._opened = False
             await self.events.aclose()

@@ -23,6 +23,8 @@ from forklane.proxy.schema import Carrier
 
 __all__ = ["Settings", "parse_carriers", "parse_hostport", "ttl_seconds"]
 
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9a-z-]{1,64}")  # a lowercase field name (RFC 9110)
+
 
 def parse_carriers(text: str) -> tuple[Carrier, ...]:
     """`header:x-forklane-routing-key,baggage:sd-routing-key:noemit` → carriers, validated."""
@@ -133,6 +135,10 @@ class Settings(BaseSettings):
         "notify_urls)"
     )
     notify_max_attempts: int = Field(10, ge=1, le=100, description="tries per delivery")
+    tap_redact_headers: str = Field(
+        "", description="comma-separated header names a tap capture shows as [redacted], "
+        "beyond authorization, proxy-authorization, cookie and set-cookie (always hidden)"
+    )
     carriers: str = Field(
         "header:x-forklane-routing-key,baggage:forklane-routing-key",
         description="where proxies read the key, in priority order: KIND:NAME[:noemit],… "
@@ -249,8 +255,21 @@ class Settings(BaseSettings):
     def carrier_list(self) -> tuple[Carrier, ...]:
         return parse_carriers(self.carriers)
 
+    def tap_redact_list(self) -> tuple[str, ...]:
+        return tuple(n.strip().lower() for n in self.tap_redact_headers.split(",") if n.strip())
+
     def notify_url_list(self) -> tuple[str, ...]:
         return tuple(u.strip() for u in self.notify_urls.split(",") if u.strip())
+
+    @model_validator(mode="after")
+    def _redacted_names(self) -> Settings:
+        names = self.tap_redact_list()
+        for name in names:
+            if not _TOKEN.fullmatch(name):
+                raise ValueError(f"tap_redact_headers: {name!r} is not a header name")
+        if len(names) > 60:
+            raise ValueError("tap_redact_headers: at most 60 names")
+        return self
 
     @model_validator(mode="after")
     def _notifications_signed(self) -> Settings:

@@ -1,15 +1,20 @@
 """The live-tap endpoints: `GET /api/v1/tap` streams, `POST /api/v1/tap/deliveries` reports.
 
-`GET /api/v1/tap?sandbox=NAME[&service=S][&status=5xx][&seconds=N]` answers newline-delimited
+`GET /api/v1/tap?sandbox=NAME[&service=S][&status=5xx][&seconds=N][&headers=true][&body=N]`
+answers newline-delimited
 JSON: first `{"type": "started", "id": …, "filter": …}`, then one `{"type": "request", …}`
 line per routing decision a proxy made that matches (time, proxy, listener, protocol,
 method, target, service, carrier, rule, destination, status, latency) and one
 `{"type": "delivery", …}` per message a forklane consumer judged; whenever drops grew, a
 `{"type": "dropped", "viewer": n, "proxies": {node: n}}` line. `seconds` (default: until the
-client goes away, at most a day) ends the stream.
+client goes away, at most a day) ends the stream. `headers=true` and `body=N` (bytes of each
+body, at most 16 KiB) ask the proxies to capture: request lines then carry `capture`
+(`request` / `response`: `headers` as `[name, value]` pairs, `body`, `body_bytes`,
+`body_truncated`, `body_encoding: base64` when not UTF-8), redacted by the proxy.
 
-Bad input is a 400 naming the parameter; a viewer that stops reading fills only its own
-bounded queue (see `controlplane.tap`).
+Bad input is a 400 naming the parameter; a 65th open tap is a 503; a viewer that stops
+reading fills only its own bounded queue (see `controlplane.tap`), and what it never got is
+counted, at the end of the stream too.
 """
 
 from __future__ import annotations
@@ -23,8 +28,9 @@ from typing import Any
 from aiohttp import web
 
 from forklane.controlplane.errors import ApiError
-from forklane.controlplane.tap import TapHub, Viewer
+from forklane.controlplane.tap import TapHub, TapsFull, Viewer
 from forklane.proxy.tap import parse_status_class
+from forklane.proxy.tap_capture import MAX_BODY
 
 __all__ = ["post_deliveries", "stream_tap"]
 
@@ -35,6 +41,17 @@ MAX_DELIVERIES = 1000
 
 def _line(doc: dict[str, Any]) -> bytes:
     return json.dumps(doc, separators=(",", ":")).encode() + b"\n"
+
+
+def _capture(request: web.Request) -> tuple[bool, int]:
+    query = request.query
+    text = query.get("headers", "false").lower()
+    if text not in ("true", "false"):
+        raise ApiError(400, f"headers {query.get('headers')!r}: expected true or false")
+    raw = query.get("body", "0")
+    if not raw.isdigit() or int(raw) > MAX_BODY:
+        raise ApiError(400, f"body {raw!r}: expected a number of bytes from 0 to {MAX_BODY}")
+    return text == "true", int(raw)
 
 
 def _parse(request: web.Request) -> tuple[str | None, int | None, float]:
@@ -62,7 +79,11 @@ async def stream_tap(
     subject: str,
 ) -> web.StreamResponse:
     service, status_class, seconds = _parse(request)
-    viewer = hub.open(keys, service, status_class, subject)
+    headers, body = _capture(request)
+    try:
+        viewer = hub.open(keys, service, status_class, subject, headers=headers, body=body)
+    except TapsFull as exc:
+        raise ApiError(503, str(exc)) from exc
     try:
         response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
         await response.prepare(request)
@@ -100,15 +121,28 @@ async def _pump(
                 await response.write(_line(get.result()))
             else:
                 get.cancel()
-            drops = (viewer.dropped, sum(viewer.proxy_dropped.values()))
-            if drops != reported:
-                reported = drops
-                await response.write(_line({"type": "dropped", "viewer": viewer.dropped,
-                                            "proxies": dict(viewer.proxy_dropped)}))
+            reported = await _report_drops(response, viewer, reported)
+        # the end: lines still queued are never shown, so they count as dropped too
+        transport = request.transport
+        if transport is not None and not transport.is_closing():
+            while not viewer.queue.empty():
+                viewer.queue.get_nowait()
+                viewer.dropped += 1
+            await _report_drops(response, viewer, reported)
     except ConnectionError:
         pass  # the viewer went away
     finally:
         stop.cancel()
+
+
+async def _report_drops(response: web.StreamResponse, viewer: Viewer,
+                        reported: tuple[int, int]) -> tuple[int, int]:
+    """A `dropped` line when the counts grew since the last one; the counts reported."""
+    drops = (viewer.dropped, sum(viewer.proxy_dropped.values()))
+    if drops != reported:
+        await response.write(_line({"type": "dropped", "viewer": viewer.dropped,
+                                    "proxies": dict(viewer.proxy_dropped)}))
+    return drops
 
 
 def post_deliveries(body: dict[str, Any], hub: TapHub, reporter: str) -> dict[str, Any]:

@@ -97,6 +97,11 @@ class TapFilterSpec(_Msg):
     keys: tuple[str, ...] = Field(default=(), max_length=64)
     service: str | None = Field(default=None, max_length=253)
     status_class: int | None = Field(default=None, ge=0, le=5)
+    # capture (off by default; see `forklane.proxy.tap_capture`): the heads, the first
+    # `body` bytes of each body, and the fields to redact beyond the ones always redacted
+    headers: bool = False
+    body: int = Field(default=0, ge=0, le=16 * 1024)
+    redact: tuple[str, ...] = Field(default=(), max_length=64)
 
 
 class TapBatch(_Msg):
@@ -196,8 +201,12 @@ def encode_full_response(version_info: str, nonce: str, snapshot_json: bytes) ->
 
 def encode_tap_filters(nonce: str, filters: tuple[TapFilterSpec, ...]) -> bytes:
     """The `kind="tap"` message: the whole set of filters somebody watches now."""
-    message = SnapshotResponse(version_info="tap", nonce=nonce, kind="tap", taps=filters)
-    return message.model_dump_json(exclude={"snapshot"}).encode()
+    # A filter's defaults are left out, so a filter without capture reads the same to a
+    # proxy that knows no capture fields.
+    return json.dumps({
+        "version_info": "tap", "nonce": nonce, "kind": "tap",
+        "taps": [f.model_dump(mode="json", exclude_defaults=True) for f in filters],
+    }, separators=(",", ":")).encode()
 
 
 def decode_response(data: bytes) -> SnapshotResponse:

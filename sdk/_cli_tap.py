@@ -4,11 +4,15 @@ Lines come from the control plane (`GET /api/v1/tap`), which fans in what every 
 decided for the filter (the proxies evaluate it where they decide). People get one line per
 decision, `-o json` gives the control plane's lines unchanged (NDJSON) for scripts. Drops
 (a viewer or a proxy buffer that overflowed) are shown on stderr, never hidden.
+`--capture-headers` and `--capture-body SIZE` ask the proxies for the heads and the first
+bytes of each body, redacted by the proxy before they leave it; people get them indented
+under the line (`>` request, `<` response).
 """
 
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 from typing import Annotated, Any
@@ -18,9 +22,20 @@ import typer
 from forklane._cli_common import OutputOpt, UsageProblem, open_client
 from forklane._cli_render import Format
 
-__all__ = ["format_line", "tap"]
+__all__ = ["format_capture", "format_line", "parse_size", "tap"]
 
 _STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
+MAX_CAPTURE_BODY = 16 * 1024
+_SIZE = re.compile(r"(\d+)\s*(b|k|kb|kib)?", re.I)
+
+
+def parse_size(text: str) -> int:
+    """`512`, `512B`, `4k`, `4KiB` → bytes. Raises ValueError."""
+    found = _SIZE.fullmatch(text.strip())
+    if found is None:
+        raise ValueError(f"{text!r}: expected bytes like 512, 4KiB or 16k")
+    unit = (found.group(2) or "b").lower()
+    return int(found.group(1)) * (1 if unit == "b" else 1024)
 
 
 def _clock(value: Any) -> str:
@@ -56,6 +71,30 @@ def format_line(doc: dict[str, Any]) -> str | None:
     return None
 
 
+def format_capture(doc: dict[str, Any]) -> list[str]:
+    """The captured heads and body prefixes of a request line, indented, for people."""
+    capture = doc.get("capture")
+    if not isinstance(capture, dict):
+        return []
+    out: list[str] = []
+    for side, mark in (("request", ">"), ("response", "<")):
+        part = capture.get(side)
+        if not isinstance(part, dict):
+            continue
+        for pair in part.get("headers") or ():
+            if isinstance(pair, list) and len(pair) == 2:
+                out.append(f"    {mark} {pair[0]}: {pair[1]}")
+        if "body" in part:
+            shown = part.get("body") or ""
+            total = part.get("body_bytes", 0)
+            note = " (base64)" if part.get("body_encoding") == "base64" else ""
+            more = f", first {len(shown)} shown" if part.get("body_truncated") else ""
+            out.append(f"    {mark} body: {total} bytes{more}{note}")
+            if shown:
+                out.extend(f"    {mark}   {line}" for line in str(shown).splitlines()[:50])
+    return out
+
+
 def tap(
     ctx: typer.Context,
     sandbox: Annotated[
@@ -73,12 +112,22 @@ def tap(
     seconds: Annotated[
         float | None, typer.Option("--seconds", metavar="N", help="stop after N seconds")
     ] = None,
+    capture_headers: Annotated[
+        bool, typer.Option("--capture-headers", help="show request and response headers "
+                           "(authorization, cookies and configured ones redacted)")
+    ] = False,
+    capture_body: Annotated[
+        str | None, typer.Option("--capture-body", metavar="SIZE",
+                                 help="show the first SIZE of each body (e.g. 4KiB; at most 16KiB)")
+    ] = None,
     output: OutputOpt = Format.table,
 ) -> None:
     """Show, live, every routing decision made for a sandbox (or key), from every proxy.
 
     Each line: time, proxy, listener, protocol, method, path, service, carrier, rule,
     destination, status and latency; message deliveries from forklane consumers too.
+    With --capture-headers / --capture-body, the heads and body prefixes follow each line
+    (credentials and the control plane's tap_redact_headers shown as [redacted]).
     """
     if status is not None and status.lower() not in _STATUS_CLASSES:
         raise UsageProblem(f"--status {status!r}: expected one of {', '.join(_STATUS_CLASSES)}")
@@ -86,8 +135,17 @@ def tap(
         raise UsageProblem("--seconds must be positive")
     if output not in (Format.table, Format.wide, Format.json):
         raise UsageProblem("-o: tap prints table or json (one JSON object per line)")
+    body = 0
+    if capture_body is not None:
+        try:
+            body = parse_size(capture_body)
+        except ValueError as exc:
+            raise UsageProblem(f"--capture-body {exc}") from None
+        if not 0 < body <= MAX_CAPTURE_BODY:
+            raise UsageProblem(f"--capture-body {capture_body!r}: from 1 byte to 16KiB")
     with open_client(ctx) as client:
-        for doc in client.tap(sandbox, service=service, key=key, status=status, seconds=seconds):
+        for doc in client.tap(sandbox, service=service, key=key, status=status, seconds=seconds,
+                              capture_headers=capture_headers, capture_body=body):
             if output == Format.json:
                 sys.stdout.write(json.dumps(doc, separators=(",", ":")) + "\n")
                 sys.stdout.flush()
@@ -102,5 +160,5 @@ def tap(
             else:
                 line = format_line(doc)
                 if line is not None:
-                    sys.stdout.write(line + "\n")
+                    sys.stdout.write("\n".join([line, *format_capture(doc)]) + "\n")
                     sys.stdout.flush()

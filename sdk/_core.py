@@ -367,8 +367,11 @@ def tap_request(
     key: str | None,
     status: str | None,
     seconds: float | None,
+    capture_headers: bool = False,
+    capture_body: int = 0,
 ) -> tuple[Request, str]:
-    """`GET /api/v1/tap`: the live stream of routing decisions (see `controlplane.tap_api`)."""
+    """`GET /api/v1/tap`: the live stream of routing decisions (see `controlplane.tap_api`);
+    `capture_headers` and `capture_body` (bytes of each body) ask for a capture."""
     params: list[tuple[str, str]] = []
     for name, value in (("sandbox", sandbox), ("service", service), ("key", key),
                         ("status", status)):  # fmt: skip
@@ -376,6 +379,10 @@ def tap_request(
             params.append((name, value))
     if seconds is not None:
         params.append(("seconds", f"{seconds:g}"))
+    if capture_headers:
+        params.append(("headers", "true"))
+    if capture_body:
+        params.append(("body", str(int(capture_body))))
     what = f"tap of sandboxes/{sandbox}" if sandbox else "tap"
     return Request("GET", f"{API_PREFIX}/tap", params=tuple(params)), what
 

@@ -236,10 +236,14 @@ class Client:
         key: str | None = None,
         status: str | None = None,
         seconds: float | None = None,
+        capture_headers: bool = False,
+        capture_body: int = 0,
     ) -> Iterator[dict[str, Any]]:
         """Routing decisions (and message deliveries) as proxies make them, filtered where
-        they are made; see `controlplane.tap_api` for the lines."""
-        request, what = tap_request(sandbox, service, key, status, seconds)
+        they are made; see `controlplane.tap_api` for the lines. `capture_headers` and
+        `capture_body` (bytes of each body, at most 16 KiB) add a redacted `capture`."""
+        request, what = tap_request(sandbox, service, key, status, seconds, capture_headers,
+                                    capture_body)
         try:
             with self._http.stream("GET", request.path, params=request.params,
                                    timeout=None) as response:  # fmt: skip
@@ -423,9 +427,12 @@ class AsyncClient:
         key: str | None = None,
         status: str | None = None,
         seconds: float | None = None,
+        capture_headers: bool = False,
+        capture_body: int = 0,
     ) -> AsyncIterator[dict[str, Any]]:
         """Routing decisions (and message deliveries) as proxies make them (see `Client.tap`)."""
-        request, what = tap_request(sandbox, service, key, status, seconds)
+        request, what = tap_request(sandbox, service, key, status, seconds, capture_headers,
+                                    capture_body)
         try:
             async with self._http.stream("GET", request.path, params=request.params,
                                          timeout=None) as response:  # fmt: skip

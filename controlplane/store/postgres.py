@@ -162,6 +162,15 @@ class PostgresStore(Store):
         self._listen_conn: asyncpg.Connection | None = None
 
     @property
+    def dsn(self) -> str:
+        """Where the database is (for the live-tap relay, which keeps its tables beside)."""
+        return self._dsn
+
+    @property
+    def schema(self) -> str | None:
+        return self._schema
+
+    @property
     def _db(self) -> asyncpg.Pool:
         if self._pool is None:
             raise RuntimeError("store is not open")

@@ -17,6 +17,7 @@ from forklane.proxy.table import Destination, Endpoint, Route
 
 if TYPE_CHECKING:
     from forklane.proxy.listener.context import ListenerContext
+    from forklane.proxy.tap_capture import Capture
 
 __all__ = ["count_request", "count_row", "log_request"]
 
@@ -57,11 +58,13 @@ def log_request(
     fallback: bool,
     error: str | None,
     peer: bytes,
+    capture: Capture | None = None,
 ) -> None:
     """One JSON record to the live-tap readers that want it and, when enabled, the access log.
 
     Each tap's filter is asked before the record is built, so a tap on one sandbox costs
-    the other requests one look-up per tap."""
+    the other requests one look-up per tap. A capture goes only to the sinks that render it
+    (the control plane's buffer), never to the access log."""
     key = decision.key.key if decision else None
     service = route.service if route else None
     sinks = [s for s in ctx.stats.taps if s.wants(key, service, status)]
@@ -87,7 +90,14 @@ def log_request(
         "error": error,
         "peer": peer.decode("latin-1"),
     }
-    for sink in sinks:
-        sink.offer(record)
+    if capture is None:
+        for sink in sinks:
+            sink.offer(record)
+    else:
+        for sink in sinks:
+            if hasattr(sink, "capture_limit"):
+                sink.offer(record, capture)
+            else:
+                sink.offer(record)
     if ctx.access_log:
         sys.stdout.write(json.dumps(record, separators=(",", ":")) + "\n")

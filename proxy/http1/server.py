@@ -96,8 +96,10 @@ from forklane.proxy.table import (
     Route,
     RoutingTable,
 )
+from forklane.proxy.tap_capture import open_capture
 
 if TYPE_CHECKING:
+    from forklane.proxy.tap_capture import Capture
     from forklane.proxy.tracing import ProxySpan
 
 __all__ = ["Downstream", "Exchange"]
@@ -213,6 +215,7 @@ class Exchange:
     mirrors: list[MirrorCopy] | None = None
     span: ProxySpan | None = None
     block: bytes | None = None  # the kept field lines, raw, when `parse_request` read the head
+    capture: Capture | None = None  # a live tap copies this request (`tap_capture`)
 
     def __init__(self, down: Downstream, fields: TableFields, started: float) -> None:
         self.down = down
@@ -227,6 +230,9 @@ class Exchange:
     # -- request body towards the upstream ----------------------------------------------------
 
     def send_body(self, data: bytes) -> None:
+        capture = self.capture
+        if capture is not None:
+            capture.request_data(data)
         mirrors = self.mirrors
         if mirrors is not None:
             for mirror in mirrors:
@@ -359,7 +365,10 @@ class Exchange:
         if self.explain:
             parts.append(self.explanation())
         parts.append(b"\r\n")
-        down.write(b"".join(parts))
+        head = b"".join(parts)
+        if self.capture is not None:
+            self.capture.response_head = head
+        down.write(head)
 
     def response_head_raw(self, conn: UpstreamConnection, head: ResponseHead) -> None:
         """`response_head` for a head `parse_response` read: its status line and kept field
@@ -426,7 +435,10 @@ class Exchange:
         if self.explain:
             parts.append(self.explanation())
         parts.append(b"\r\n")
-        down.write(b"".join(parts))
+        head = b"".join(parts)
+        if self.capture is not None:
+            self.capture.response_head = head
+        down.write(head)
 
     def response_body(self, data: bytes) -> None:
         down = self.down
@@ -438,6 +450,9 @@ class Exchange:
                 down.deadline = down.ctx.clock.now + down.ctx.idle_timeout
                 down.write(data)
             return
+        capture = self.capture
+        if capture is not None:
+            capture.response_data(data)
         if self.framing == _CHUNKED:
             down.write(b"%x\r\n" % len(data))
             down.write(data)
@@ -911,6 +926,9 @@ class Downstream(asyncio.Protocol):
             ex.route = decision.route
             ex.span = span
             ex.head = self._request_head(ex, decision, injection, target)
+            if ctx.stats.taps:  # somebody watches: a tap may capture this request
+                ex.capture = open_capture(ctx.stats.taps, decision.key.key,
+                                          decision.route.service, ex.head)
             if decision.mirrors and ex.upgrade is None:
                 ex.mirrors = [
                     MirrorCopy(ctx, dest, ex.head, ex.chunked, ex.is_head,
@@ -943,6 +961,9 @@ class Downstream(asyncio.Protocol):
             ex.route = decision.route
             ex.span = span
             ex.head = self._request_head(ex, decision, injection, target)
+            if ctx.stats.taps:  # somebody watches: a tap may capture this request
+                ex.capture = open_capture(ctx.stats.taps, decision.key.key,
+                                          decision.route.service, ex.head)
             if decision.mirrors and ex.upgrade is None:
                 ex.mirrors = [
                     MirrorCopy(ctx, dest, ex.head, ex.chunked, ex.is_head,
@@ -1405,6 +1426,7 @@ class Downstream(asyncio.Protocol):
                 status=status, elapsed=now - ex.started, route=ex.route, decision=ex.decision,
                 dest=ex.dest, endpoint=ex.endpoint, fallback=ex.fallback_used,
                 error=ex.reply.error if ex.reply else None, peer=self.peer,
+                capture=ex.capture,
             )
 
     # -- writing: coalesced per upstream read ------------------------------------------------

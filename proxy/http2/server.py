@@ -80,8 +80,10 @@ from forklane.proxy.listener.context import ListenerContext
 from forklane.proxy.routing import Decision
 from forklane.proxy.sockets import tune_transport
 from forklane.proxy.table import RETRY_ON_HEADER, ROUTED_MARKER, Destination, Endpoint, Route
+from forklane.proxy.tap_capture import open_capture
 
 if TYPE_CHECKING:
+    from forklane.proxy.tap_capture import Capture
     from forklane.proxy.tracing import ProxySpan
 
 __all__ = ["H2Downstream", "H2Shared", "take_over"]
@@ -166,6 +168,7 @@ class H2Stream:
     path = b""
     authority = b""
     mirrors: list[H2MirrorCopy] | None = None
+    capture: Capture | None = None  # a live tap copies this request (`tap_capture`)
 
     def __init__(self, down: H2Downstream, sid: int, started: float) -> None:
         self.down = down
@@ -311,6 +314,9 @@ class H2Stream:
     # -- events from the client ----------------------------------------------------------------
 
     def client_data(self, data: bytes, flow_len: int) -> None:
+        capture = self.capture
+        if capture is not None:
+            capture.request_data(data)
         self.req.push(data, flow_len)
         mirrors = self.mirrors
         if mirrors is not None:
@@ -372,6 +378,8 @@ class H2Stream:
         self.status = status
         if not self.grpc:
             self.deadline = 0.0
+        if self.capture is not None:
+            self.capture.response_head = out
         try:
             down.h2.send_headers(self.sid, out, end_stream=ended)
         except H2Error:
@@ -397,6 +405,9 @@ class H2Stream:
         self.down.mark()
 
     def up_data(self, data: bytes, flow_len: int) -> None:
+        capture = self.capture
+        if capture is not None:
+            capture.response_data(data)
         self.resp.push(data, flow_len)
 
     def up_trailers(self, headers: list[tuple[bytes, bytes]]) -> None:
@@ -608,6 +619,7 @@ class H2Stream:
             target=self.path, host=self.authority, status=status, elapsed=now - self.started,
             route=self.route, decision=self.decision, dest=self.dest, endpoint=self.endpoint,
             fallback=self.fallback_used, error=self.error or None, peer=self.down.peer,
+            capture=self.capture,
         )
 
     def explanation(self) -> tuple[bytes, bytes]:
@@ -931,6 +943,8 @@ class H2Downstream(asyncio.Protocol, Peer):
         core.forwarded_fields(out, kept if span is None else core.apply_span(kept, span),
                               injection, self.hop, xff, xfp, xfh, authority, via)
         stream.headers = out
+        if ctx.stats.taps:  # somebody watches: a tap may capture this request
+            stream.capture = open_capture(ctx.stats.taps, decision.key.key, route.service, out)
         if route.destination is None:
             passthrough = self.passthrough
             if passthrough is not None and route is table.no_route:

@@ -77,6 +77,7 @@ class TapReader:
         self.session = session
         self.url = f"{plane.url}/api/v1/tap?{query}"
         self.lines: list[dict[str, Any]] = []
+        self.arrived: list[float] = []  # when each line was read (time.time())
         self.started = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
 
@@ -98,6 +99,7 @@ class TapReader:
             async for raw in r.content:
                 doc = json.loads(raw)
                 self.lines.append(doc)
+                self.arrived.append(time.time())
                 if doc["type"] == "started":
                     self.id = doc["id"]
                     self.started.set()
@@ -193,9 +195,13 @@ async def test_tap_refuses_bad_input_and_strangers(world: World) -> None:
 class _Chunks:
     def __init__(self) -> None:
         self.body = bytearray()
+        self.done = False
 
     def on_body(self, data: bytes) -> None:
         self.body.extend(data)
+
+    def on_message_complete(self) -> None:
+        self.done = True
 
 
 @contextlib.asynccontextmanager
@@ -225,13 +231,15 @@ def _p(values: list[float], q: float) -> float:
     return sorted(values)[min(len(values) - 1, int(q * len(values)))] * 1000
 
 
-async def test_a_stalled_viewer_leaves_proxy_latency_unchanged(world: World) -> None:
+@pytest.mark.parametrize("query", ["sandbox=dev", "sandbox=dev&headers=true&body=4096"],
+                         ids=["plain", "capturing"])
+async def test_a_stalled_viewer_leaves_proxy_latency_unchanged(world: World, query: str) -> None:
     plane, _, proxy, _, _ = await tapped_world(world)
     s = world.session
     n = 1500
     await _latencies(s, proxy, 100)  # warm up
     quiet = await _latencies(s, proxy, n)
-    async with stalled_tap(plane, "sandbox=dev") as sock:
+    async with stalled_tap(plane, query) as sock:
         loop = asyncio.get_running_loop()
         sock.setblocking(False)
         collector = _Chunks()
@@ -266,7 +274,8 @@ async def test_a_stalled_viewer_leaves_proxy_latency_unchanged(world: World) -> 
         await until("every decision shown or counted as dropped", accounted, within=60)
         shown, dropped = tally()
     assert shown + dropped == n, (shown, dropped)
-    figures = (f"sequential keyed GETs through the proxy, n={n}: p50 {_p(quiet, .5):.3f} ms / "
+    figures = (f"{query}: sequential keyed GETs through the proxy, n={n}: "
+               f"p50 {_p(quiet, .5):.3f} ms / "
                f"p99 {_p(quiet, .99):.3f} ms without a tap; p50 {_p(stalled, .5):.3f} ms / "
                f"p99 {_p(stalled, .99):.3f} ms with a stalled viewer "
                f"({shown} shown, {dropped} dropped)")
@@ -356,3 +365,47 @@ async def test_message_deliveries_appear_beside_requests(world: World) -> None:
     assert sorted(kinds()) == [("delivery", "handed-on"), ("delivery", "taken"),
                                ("request", "/beside")]
     assert reporter.sent == 3 and reporter.failures == 0
+
+
+async def test_a_tap_that_ends_counts_the_lines_it_never_showed(world: World) -> None:
+    """`seconds` ends a stream whose viewer fell behind: what is still queued is reported as
+    dropped in a last line, so shown + dropped = decisions made, even then. (Lines capture
+    16 KiB bodies, so that they outgrow the socket buffers behind the viewer.)"""
+    plane, _, proxy, _, _ = await tapped_world(world)
+    s = world.session
+    n = 300
+    async with stalled_tap(plane, "sandbox=dev&seconds=3&body=16384") as sock:
+        ends = time.monotonic() + 3
+        loop = asyncio.get_running_loop()
+        sock.setblocking(False)
+        collector = _Chunks()
+        parser = httptools.HttpResponseParser(collector)
+        while b"\n" not in collector.body:
+            parser.feed_data(await asyncio.wait_for(loop.sock_recv(sock, 4096), 20))
+        await installed(s, proxy, json.loads(bytes(collector.body).split(b"\n")[0])["id"])
+        body = b"b" * 16384
+        for i in range(n):
+            async with s.post(f"{proxy.url()}/big{i}", data=body,
+                              headers={"Host": "web", "x-forklane-routing-key": KEY}) as r:
+                assert r.status == 200
+                await r.read()
+
+        async def over() -> bool:
+            return time.monotonic() > ends + 0.5  # the stream's own deadline, then some
+
+        await until("the tap's deadline", over)
+        while True:  # now read it all, to the end of the stream
+            data = await asyncio.wait_for(loop.sock_recv(sock, 65536), 20)
+            if not data:
+                break
+            parser.feed_data(data)
+            if bytes(collector.body).endswith(b"\n") and collector.done:
+                break
+    shown = dropped = 0
+    for raw in bytes(collector.body).split(b"\n")[:-1]:
+        doc = json.loads(raw)
+        if doc["type"] == "request":
+            shown += 1
+        elif doc["type"] == "dropped":
+            dropped = doc["viewer"] + sum(doc["proxies"].values())
+    assert dropped > 0 and shown + dropped == n, (shown, dropped)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 from typing import Any
 
 import pytest
@@ -16,6 +18,7 @@ from forklane.proxy.push_messages import (
     encode_tap_filters,
 )
 from forklane.proxy.tap import MAX_TARGET, TapBuffer, TapFilter, filters_of, parse_status_class
+from forklane.proxy.tap_capture import MAX_BODY, REDACTED, Capture, open_capture, render
 
 
 def record(key: str | None, service: str | None = "web", status: int = 200,
@@ -102,3 +105,86 @@ def test_tap_messages_round_trip() -> None:
     batch = TapBatch(records=({"status": 200, "taps": ["t1"]},), dropped={"t1": 2})
     request = decode_request(encode_request(SubscribeRequest(tap=batch)))
     assert request.tap == batch and not request.response_nonce
+
+
+# -- capture -----------------------------------------------------------------------------------
+
+H1_HEAD = (b"POST /p?q=1 HTTP/1.1\r\nhost: web\r\nAuthorization: Bearer s3cret\r\n"
+           b"x-api-key: k-123\r\ncookie: sid=abc\r\nx-trace: t1\r\n\r\n")
+
+
+def capture_of(limit: int, body: bytes = b"") -> Capture:
+    cap = Capture(H1_HEAD, limit)
+    for i in range(0, len(body), 3):
+        cap.request_data(body[i : i + 3])
+    cap.response_head = [(b":status", b"200"), (b"set-cookie", b"sid=new"),
+                         (b"content-type", b"text/plain")]
+    cap.response_data(b"\xff\xfe binary")
+    return cap
+
+
+def test_a_capture_keeps_only_the_first_bytes_of_each_body() -> None:
+    cap = capture_of(5, b"hello world")
+    rendered, _ = render(cap, headers=False, body=5)
+    assert rendered["request"] == {"body": "hello", "body_bytes": 11, "body_truncated": True}
+    assert rendered["response"]["body_encoding"] == "base64"
+    assert base64.b64decode(rendered["response"]["body"]) == b"\xff\xfe bi"
+    assert "headers" not in rendered["request"]
+    assert sum(map(len, cap.request_body)) == 5  # never more kept than asked
+
+
+def test_redaction_hides_credentials_and_configured_fields() -> None:
+    rendered, _ = render(capture_of(0), headers=True, body=0, redact=("X-API-Key",))
+    assert rendered["request"]["headers"] == [
+        ["host", "web"], ["Authorization", REDACTED], ["x-api-key", REDACTED],
+        ["cookie", REDACTED], ["x-trace", "t1"]]
+    assert rendered["response"]["headers"] == [
+        [":status", "200"], ["set-cookie", REDACTED], ["content-type", "text/plain"]]
+    text = json.dumps(rendered)
+    assert "s3cret" not in text and "k-123" not in text and "sid=" not in text
+    assert "body" not in rendered["request"]
+
+
+def test_each_filter_gets_the_capture_it_asked_for() -> None:
+    buf = TapBuffer([TapFilter("plain"), TapFilter("h", headers=True),
+                     TapFilter("b", body=4, redact=frozenset({"x-trace"}))])
+    assert buf.capture_limit("k", "web") == 4
+    buf.offer(record("k"), capture_of(4, b"abcdefgh"))
+    records, _ = buf.take(10)
+    by_tap = {tuple(r["taps"]): r for r in records}
+    assert set(by_tap) == {("plain",), ("h",), ("b",)}
+    assert "capture" not in by_tap[("plain",)]
+    assert "body" not in by_tap[("h",)]["capture"]["request"]
+    assert by_tap[("b",)]["capture"]["request"]["body"] == "abcd"
+    assert "headers" not in by_tap[("b",)]["capture"]["request"]
+
+
+def test_no_capturing_filter_no_capture() -> None:
+    buf = TapBuffer([TapFilter("plain"), TapFilter("other", frozenset({"k2"}), headers=True)])
+    assert buf.capture_limit("k", "web") == -1  # the capturing filter watches another key
+    assert open_capture([buf], "k", "web", H1_HEAD) is None
+    assert open_capture([buf], "k2", "web", H1_HEAD) is not None
+
+
+def test_captures_are_bounded_in_the_buffer_and_in_a_batch() -> None:
+    buf = TapBuffer([TapFilter("b", body=MAX_BODY)], max_bytes=100_000)
+    big = b"x" * MAX_BODY
+    for _ in range(10):
+        buf.offer(record("k"), capture_of(MAX_BODY, big))
+    kept = len(buf)
+    assert 0 < kept < 10
+    records, dropped = buf.take(200, max_bytes=40_000)
+    assert 0 < len(records) < kept and dropped == {"b": 10 - kept}
+    rest, _ = buf.take(200)
+    assert len(records) + len(rest) == kept and len(buf) == 0
+
+
+def test_capture_wishes_travel_with_the_filter_and_defaults_stay_off_the_wire() -> None:
+    specs = (TapFilterSpec(id="t1"),
+             TapFilterSpec(id="t2", headers=True, body=512, redact=("x-api-key",)))
+    raw = encode_tap_filters("8", specs)
+    assert json.loads(raw)["taps"][0] == {"id": "t1"}  # an older proxy reads it as before
+    response = decode_response(raw)
+    assert response.taps == specs
+    assert filters_of(s.model_dump() for s in specs)[1] == TapFilter(
+        "t2", headers=True, body=512, redact=frozenset({"x-api-key"}))
