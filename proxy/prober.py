@@ -92,7 +92,11 @@ class Prober:
         await asyncio.sleep(policy.jitter * self.draw())  # the probe schedule
         while True:
             async with self.slots:
-                passed, detail = await self.check(policy, endpoint)
+                try:
+                    passed, detail = await self.check(policy, endpoint)
+                except Exception as exc:  # a bug must not end this endpoint's probes silently
+                    log.exception("health probe of %s failed", endpoint.address)
+                    passed, detail = False, f"error: {exc.__class__.__name__}"
             if self.book.record(target, passed, detail, self.loop.time()):
                 state = "healthy" if passed else "unhealthy"
                 log.warning("endpoint %s is %s (%s: %s)", endpoint.address, state,
