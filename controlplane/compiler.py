@@ -130,6 +130,14 @@ def _retry(spec: wire.RetryPolicySpec | None) -> schema.RetryPolicy:
     return schema.RetryPolicy(**data)
 
 
+def _health(spec: wire.HealthCheckSpec | None) -> schema.HealthCheck | None:
+    if spec is None:
+        return None
+    data = spec.model_dump()
+    data["expected_statuses"] = tuple(data["expected_statuses"])
+    return schema.HealthCheck(**data)
+
+
 def service_to_schema(name: str, spec: wire.ServiceSpec) -> schema.Service:
     """Raises ValidationError when the spec alone is not a valid service."""
     return schema.Service(
@@ -141,6 +149,7 @@ def service_to_schema(name: str, spec: wire.ServiceSpec) -> schema.Service:
         circuit_breakers=_circuit(spec.circuit_breakers),
         outlier_detection=_outlier(spec.outlier_detection),
         retry_policy=_retry(spec.retry_policy),
+        health_check=_health(spec.health_check),
         namespace=spec.namespace,
         namespace_authorities=tuple(spec.namespace_authorities),
         ports=tuple(
@@ -178,6 +187,7 @@ def split_to_schema(
                     circuit_breakers=_circuit(d.circuit_breakers),
                     outlier_detection=_outlier(d.outlier_detection),
                     retry_policy=_retry(d.retry_policy),
+                    health_check=_health(d.health_check),
                 )
                 for d in spec.destinations
             ),
@@ -329,6 +339,7 @@ def compile_snapshot(
                     circuit_breakers=services[f.service].circuit_breakers,
                     outlier_detection=services[f.service].outlier_detection,
                     retry_policy=services[f.service].retry_policy,
+                    health_check=services[f.service].health_check,
                 )
                 for f in sorted(sb.spec.forks, key=lambda f: f.service)
                 if (endpoints := fork_endpoints(sb, f))

@@ -42,6 +42,7 @@ __all__ = [
     "FieldError",
     "ForkSpec",
     "HeaderMatchSpec",
+    "HealthCheckSpec",
     "Identity",
     "ListMeta",
     "MatchSpec",
@@ -181,7 +182,10 @@ class OutlierDetectionSpec(_Model):
     max_ejection_percent: int = Field(10, ge=0, le=100, alias="maxEjectionPercent")
 
 
-RetryOn = Literal["5xx", "gateway-error", "retriable-status-codes"]
+RetryOn = Literal[
+    "5xx", "gateway-error", "retriable-status-codes",
+    "cancelled", "deadline-exceeded", "internal", "resource-exhausted", "unavailable",
+]
 _GATEWAY_ERROR: RetryOn = "gateway-error"
 
 
@@ -197,6 +201,37 @@ class RetryPolicySpec(_Model):
     header_overrides: bool = Field(
         False, alias="headerOverrides", description="honour a request's x-forklane-retry-on"
     )
+    per_request_buffer_limit_bytes: int = Field(
+        65536, ge=0, le=16 * 1024 * 1024, alias="perRequestBufferLimitBytes",
+        description="request body kept for a gRPC-status retry; larger: not retried",
+    )
+
+
+class HealthCheckSpec(_Model):
+    """Active health: each endpoint probed every interval (an HTTP GET of `path`, or a TCP
+    connect); `unhealthyThreshold` failures in a row take it out of rotation,
+    `healthyThreshold` successes bring it back. Off unless set."""
+
+    kind: Literal["http", "tcp"] = "http"
+    path: str | None = Field(None, pattern=r"^/[!-~]*$", max_length=1024,
+                             description="http: the path probed")
+    expected_statuses: list[Annotated[int, Field(ge=100, le=599)]] = Field(
+        default_factory=list, max_length=64, alias="expectedStatuses",
+        description="http: unset means any 2xx",
+    )
+    interval_seconds: float = Field(5.0, ge=0.05, le=3600, alias="intervalSeconds")
+    timeout_seconds: float = Field(1.0, gt=0, le=60, alias="timeoutSeconds")
+    unhealthy_threshold: int = Field(3, ge=1, le=100, alias="unhealthyThreshold")
+    healthy_threshold: int = Field(2, ge=1, le=100, alias="healthyThreshold")
+    jitter_seconds: float = Field(0.0, ge=0, le=60, alias="jitterSeconds")
+
+    @model_validator(mode="after")
+    def _kind(self) -> HealthCheckSpec:
+        if self.kind == "http" and self.path is None:
+            raise ValueError("path: an http health check needs a path")
+        if self.kind == "tcp" and (self.path is not None or self.expected_statuses):
+            raise ValueError("a tcp health check has no path or expectedStatuses")
+        return self
 
 
 class TimeoutsSpec(_Model):
@@ -518,6 +553,7 @@ class SplitDestinationSpec(_Model):
     circuit_breakers: CircuitBreakersSpec | None = Field(None, alias="circuitBreakers")
     outlier_detection: OutlierDetectionSpec | None = Field(None, alias="outlierDetection")
     retry_policy: RetryPolicySpec | None = Field(None, alias="retryPolicy")
+    health_check: HealthCheckSpec | None = Field(None, alias="healthCheck")
 
 
 class StickySpec(_Model):
@@ -604,6 +640,9 @@ class ServiceSpec(_Model):
     )
     retry_policy: RetryPolicySpec | None = Field(
         None, alias="retryPolicy", description="also what the service's forks get"
+    )
+    health_check: HealthCheckSpec | None = Field(
+        None, alias="healthCheck", description="active health; also what the service's forks get"
     )
     namespace: str = Field(
         "", max_length=63, description="Kubernetes namespace of a discovered service"

@@ -7,7 +7,8 @@ Endpoints:
 - `GET /healthz`: the process is alive;
 - `GET /readyz`: 200 once a routing table is loaded and while not draining, else 503;
 - `GET /config`: version, source, last reload error, the hot path's mode (`compiled` or
-  `interpreted`) and the loaded snapshot (JSON);
+  `interpreted`), the upstreams' state (circuit breakers, ejected endpoints, every actively
+  probed endpoint's health) and the loaded snapshot (JSON);
 - `GET /metrics`: Prometheus text;
 - `GET /explain?listener=&method=&host=&path=&header=name:value…` or `POST /explain` with
   `{"listener", "method", "host", "path", "headers": [[name, value], …]}` (repeated fields

@@ -9,7 +9,9 @@ Invariants:
   `max_ejection`), and a calm period of `base_ejection` after it came back takes one off;
 - no more than `max_ejection_percent` of a destination's endpoints are ejected at once, but
   the first one always may be (Envoy's rule);
-- when every endpoint of a destination is ejected, all are tried anyway (Envoy's "panic"
+- an endpoint is a candidate only when both kinds of health agree: not ejected (passive) and
+  not found unhealthy by its destination's active check (`HealthBook.down`);
+- when no endpoint of a destination is a candidate, all are tried anyway (Envoy's "panic"
   mode): ejecting the last endpoint would turn a flaky upstream into a certain outage;
 - a `Circuit` counts, per destination name (so the counts survive a table swap), the
   requests in flight, those waiting for a new connection and those retrying; each count
@@ -23,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from forklane.proxy.health import HealthBook
 from forklane.proxy.table import CircuitLimits, Destination, Endpoint, OutlierPolicy
 
 __all__ = ["NO_LEASE", "Balancer", "Circuit", "EndpointHealth", "Lease"]
@@ -128,9 +131,11 @@ class Balancer:
         draw: Callable[[], float],
         failure_threshold: int = 5,
         ejection_seconds: float = 10.0,
+        probes: HealthBook | None = None,
     ) -> None:
         self._clock = clock
         self._draw = draw
+        self.probes = probes if probes is not None else HealthBook()  # active health
         # Destinations whose snapshot says nothing: the proxy's settings (no gateway rule,
         # no cap on the share ejected; the backoff as configured ones have it).
         self.default_outlier = OutlierPolicy(failure_threshold, 0, ejection_seconds,
@@ -181,6 +186,7 @@ class Balancer:
                 if h.ejected_until > now
             },
             "ejections_total": self.ejections_total,
+            "health": self.probes.report(now),
         }
 
     def ejected(self, endpoint: Endpoint) -> bool:
@@ -198,11 +204,20 @@ class Balancer:
         if len(endpoints) == 1:
             return endpoints[0]
         now = self._clock()
-        candidates = [
-            e
-            for e in endpoints
-            if e is not exclude and self.endpoint_health(e).ejected_until <= now
-        ]
+        down = self.probes.down.get(dest.health) if dest.health is not None else None
+        if down:
+            candidates = [
+                e
+                for e in endpoints
+                if e is not exclude and e.address not in down
+                and self.endpoint_health(e).ejected_until <= now
+            ]
+        else:
+            candidates = [
+                e
+                for e in endpoints
+                if e is not exclude and self.endpoint_health(e).ejected_until <= now
+            ]
         if not candidates:
             candidates = [e for e in endpoints if e is not exclude] or list(endpoints)
         if dest.lb == "least_request" and len(candidates) > 1:

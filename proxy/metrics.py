@@ -238,6 +238,22 @@ def _upstream_families(s: Stats) -> Iterator[object]:
     yield ejected
     yield CounterMetricFamily("forklane_outlier_ejections", "Endpoint ejections so far",
                               value=report.get("ejections_total", 0))
+    rows: list[dict[str, Any]] = report.get("health", [])
+    if not rows:
+        return  # no active health check configured: no families either
+    healthy = GaugeMetricFamily("forklane_upstream_health_healthy",
+                                "1 while the endpoint passes its active health check",
+                                labels=["endpoint", "check"])
+    checks = CounterMetricFamily("forklane_upstream_health_checks",
+                                 "Active health probes made, by result",
+                                 labels=["endpoint", "check", "result"])
+    for row in rows:
+        labels = [row["endpoint"], row["check"]]
+        healthy.add_metric(labels, 1 if row["healthy"] else 0)
+        checks.add_metric([*labels, "passed"], row["checks"] - row["failed_checks"])
+        checks.add_metric([*labels, "failed"], row["failed_checks"])
+    yield healthy
+    yield checks
 
 
 def _relay_families(s: Stats) -> Iterator[object]:

@@ -24,6 +24,7 @@ from typing import Any
 
 from forklane.proxy.admin import AdminServer
 from forklane.proxy.balancer import Balancer
+from forklane.proxy.health import HealthBook
 from forklane.proxy.hooks import PropagationState
 from forklane.proxy.http1.server import Downstream
 from forklane.proxy.http1.upstream import Pools
@@ -33,6 +34,7 @@ from forklane.proxy.listener.sniff import CapturePolicy, Sniffer
 from forklane.proxy.loader import FileWatcher, load_snapshot_file
 from forklane.proxy.memory import MemoryReturn, release_free_memory
 from forklane.proxy.metrics import Stats
+from forklane.proxy.prober import Prober
 from forklane.proxy.routing import ListenerKind
 from forklane.proxy.settings import ProxySettings, UsageError
 from forklane.proxy.sockets import global_ipv6_present
@@ -71,7 +73,9 @@ class Proxy:
             self.draw,
             failure_threshold=settings.outlier_consecutive_failures,
             ejection_seconds=settings.outlier_ejection_seconds,
+            probes=HealthBook(),
         )
+        self.prober = Prober(self.balancer.probes, self.loop, self.draw)
         self.stats.upstream_health = self.balancer.report
         watermark = settings.memory_watermark_mb
         if watermark is None:
@@ -103,6 +107,7 @@ class Proxy:
         self.stats.config_version = table.version
         self.stats.config_reloads += 1
         self.balancer.forget_circuits(destination_names(table))
+        self.prober.update(table)
         log.info("routing table %s installed from %s", table.version, self.holder.source)
 
     # -- routing sources ---------------------------------------------------------------------
@@ -295,6 +300,7 @@ class Proxy:
     async def aclose(self) -> None:
         for task in self.tasks:
             task.cancel()
+        await self.prober.aclose()
         if self.subscriber is not None:
             await self.subscriber.aclose()
         if self.admin is not None:

@@ -31,6 +31,7 @@ __all__ = [
     "Fault",
     "Fork",
     "HeaderMatch",
+    "HealthCheck",
     "Match",
     "Mirror",
     "OutlierDetection",
@@ -145,27 +146,73 @@ class OutlierDetection(_Frozen):
     max_ejection_percent: int = Field(10, ge=0, le=100)
 
 
+RetryOn = Literal[
+    "5xx", "gateway-error", "retriable-status-codes",
+    "cancelled", "deadline-exceeded", "internal", "resource-exhausted", "unavailable",
+]
+_PROBE_PATH_RE = re.compile(r"^/[!-~]*$")  # visible ASCII: safe in a request line
+
+
+class HealthCheck(_Frozen):
+    """Active health (Envoy's `health_checks`): every `interval_seconds` (plus up to
+    `jitter_seconds`) each endpoint is probed, `http`: a GET of `path` answered with one of
+    `expected_statuses` (unset: any 2xx) within `timeout_seconds`; `tcp`: a connection
+    opened in time. `unhealthy_threshold` failures in a row take the endpoint out of the
+    balancer, `healthy_threshold` successes in a row bring it back. An endpoint starts
+    healthy (it is in the snapshot because it is ready). Off unless set."""
+
+    kind: Literal["http", "tcp"] = "http"
+    path: str | None = Field(None, max_length=1024, description="http: the path probed")
+    expected_statuses: tuple[int, ...] = Field((), max_length=64,
+                                               description="http: unset means any 2xx")
+    interval_seconds: float = Field(5.0, ge=0.05, le=3600)
+    timeout_seconds: float = Field(1.0, gt=0, le=60)
+    unhealthy_threshold: int = Field(3, ge=1, le=100)
+    healthy_threshold: int = Field(2, ge=1, le=100)
+    jitter_seconds: float = Field(0.0, ge=0, le=60)
+
+    @model_validator(mode="after")
+    def _kind(self) -> HealthCheck:
+        if self.kind == "http":
+            if self.path is None:
+                raise ValueError("an http health check needs a path")
+            if not _PROBE_PATH_RE.fullmatch(self.path):
+                raise ValueError(f"path {self.path!r}: starts with '/', visible ASCII only")
+            for status in self.expected_statuses:
+                if not 100 <= status <= 599:
+                    raise ValueError(f"expected status {status}: statuses are 100..599")
+        elif self.path is not None or self.expected_statuses:
+            raise ValueError("a tcp health check has no path or expected_statuses")
+        return self
+
+
 class RetryPolicy(_Frozen):
     """Retries after an answer, for requests that are safe to send again: an idempotent
     method and no body (the proxy keeps no copy of a body). Off by default (`attempts: 0`).
 
     `retry_on` (Envoy's words): `5xx`, `gateway-error` (502, 503, 504), and
-    `retriable-status-codes` (`statuses`). A retry goes to another endpoint
-    when there is one. The retries in flight of a destination are bounded by its
+    `retriable-status-codes` (`statuses`); for gRPC calls also the statuses `cancelled`,
+    `deadline-exceeded`, `internal`, `resource-exhausted`, `unavailable`. A gRPC call is
+    retried on those only when the upstream answered trailers-only (nothing went to the
+    client yet) and its whole request fit `per_request_buffer_limit_bytes` (kept for the
+    retry; whatever its method). A retry goes to another endpoint when there is one. The retries in flight of a destination are bounded by its
     `circuit_breakers.max_retries` and by the budget: `budget_percent` of its requests in
     flight, but at least `min_retry_concurrency`. `per_try_timeout` bounds each attempt's
     wait for the response head (the route's `request` timeout still bounds the whole).
     With `header_overrides` a request's `x-forklane-retry-on` replaces `retry_on`."""
 
     attempts: int = Field(0, ge=0, le=10, description="retries after the first try")
-    retry_on: tuple[Literal["5xx", "gateway-error", "retriable-status-codes"], ...] = (
-        "gateway-error",
-    )
+    retry_on: tuple[RetryOn, ...] = ("gateway-error",)
     statuses: tuple[int, ...] = ()
     per_try_timeout: float | None = Field(None, gt=0, le=3600)
     budget_percent: float = Field(20.0, ge=0, le=100)
     min_retry_concurrency: int = Field(3, ge=0, le=1_000_000)
     header_overrides: bool = False
+    per_request_buffer_limit_bytes: int = Field(
+        65536, ge=0, le=16 * 1024 * 1024,
+        description="request body kept for a gRPC-status retry; a larger request is not "
+        "retried on a gRPC status (and never failed for its size)",
+    )
 
     @field_validator("statuses")
     @classmethod
@@ -241,6 +288,9 @@ class Service(_Frozen):
         None, description="passive health; unset: the proxy's own defaults (its settings)"
     )
     retry_policy: RetryPolicy = RetryPolicy()
+    health_check: HealthCheck | None = Field(
+        None, description="active health; unset: no probes"
+    )
     namespace: str = Field(
         "", description="Kubernetes namespace of a discovered service ('' for hand-made ones)"
     )
@@ -306,6 +356,9 @@ class Fork(_Frozen):
         None, description="passive health; unset: the proxy's own defaults (its settings)"
     )
     retry_policy: RetryPolicy = RetryPolicy()
+    health_check: HealthCheck | None = Field(
+        None, description="active health; unset: no probes"
+    )
 
     @field_validator("routing_key")
     @classmethod
@@ -368,6 +421,9 @@ class SplitDestination(_Frozen):
         None, description="passive health; unset: the proxy's own defaults (its settings)"
     )
     retry_policy: RetryPolicy = RetryPolicy()
+    health_check: HealthCheck | None = Field(
+        None, description="active health; unset: no probes"
+    )
 
     @field_validator("endpoints")
     @classmethod

@@ -36,6 +36,7 @@ __all__ = [
     "Destination",
     "Endpoint",
     "HeaderCondition",
+    "HealthPolicy",
     "LocalIdentity",
     "MirrorRule",
     "OutlierPolicy",
@@ -48,6 +49,7 @@ __all__ = [
     "Timeouts",
     "build_table",
     "destination_names",
+    "grpc_retry_statuses",
     "passthrough_route",
     "routed_by_sidecar",
 ]
@@ -122,10 +124,43 @@ class RetryRules:
     budget_percent: float
     min_concurrency: int
     header_overrides: bool
+    grpc_statuses: frozenset[int] = frozenset()  # gRPC statuses retried (trailers-only)
+    buffer_limit: int = 65536  # request body bytes kept for a gRPC-status retry
 
 
 NO_RETRIES = RetryRules(0, frozenset(), 0.0, 20.0, 3, False)
 RETRY_ON_HEADER = "x-forklane-retry-on"
+# Envoy's `retry_on` words for gRPC statuses, and the status each names.
+GRPC_RETRY_ON = {"cancelled": 1, "deadline-exceeded": 4, "resource-exhausted": 8,
+                 "internal": 13, "unavailable": 14}
+
+
+def grpc_retry_statuses(retry_on: tuple[str, ...] | list[str]) -> frozenset[int]:
+    """The gRPC statuses `retry_on` names (`unavailable`, `internal` …)."""
+    return frozenset(GRPC_RETRY_ON[w] for w in retry_on if w in GRPC_RETRY_ON)
+
+
+@dataclass(frozen=True, slots=True)
+class HealthPolicy:
+    """A destination's active health check (`schema.HealthCheck`). Hashable: endpoints are
+    probed once per (policy, address), whichever destinations share them."""
+
+    kind: Literal["http", "tcp"]
+    path: str
+    expected: frozenset[int]  # empty: any 2xx
+    interval: float
+    timeout: float
+    unhealthy_threshold: int
+    healthy_threshold: int
+    jitter: float
+
+    def passes(self, status: int) -> bool:
+        return status in self.expected if self.expected else 200 <= status <= 299
+
+    @property
+    def label(self) -> str:
+        """How the check reads in /config and /metrics: `GET /healthz` or `tcp`."""
+        return f"GET {self.path}" if self.kind == "http" else "tcp"
 
 
 def retry_statuses(retry_on: tuple[str, ...] | list[str], extra: tuple[int, ...]
@@ -154,6 +189,7 @@ class Destination:
     circuit: CircuitLimits = DEFAULT_CIRCUIT
     outlier: OutlierPolicy | None = None
     retry: RetryRules = NO_RETRIES
+    health: HealthPolicy | None = None  # active health check; None: not probed
 
 
 @dataclass(frozen=True, slots=True)
@@ -370,7 +406,17 @@ def _retry(r: schema.RetryPolicy) -> RetryRules:
         budget_percent=r.budget_percent,
         min_concurrency=r.min_retry_concurrency,
         header_overrides=r.header_overrides,
+        grpc_statuses=grpc_retry_statuses(r.retry_on),
+        buffer_limit=r.per_request_buffer_limit_bytes,
     )
+
+
+def _health(h: schema.HealthCheck | None) -> HealthPolicy | None:
+    if h is None:
+        return None
+    return HealthPolicy(h.kind, h.path or "", frozenset(h.expected_statuses), h.interval_seconds,
+                        h.timeout_seconds, h.unhealthy_threshold, h.healthy_threshold,
+                        h.jitter_seconds)
 
 
 def _outlier(o: schema.OutlierDetection | None) -> OutlierPolicy | None:
@@ -470,6 +516,7 @@ def build_table(
             circuit=_circuit(svc.circuit_breakers),
             outlier=_outlier(svc.outlier_detection),
             retry=_retry(svc.retry_policy),
+            health=_health(svc.health_check),
         )
         for svc in snapshot.services
     }
@@ -487,6 +534,7 @@ def build_table(
                 circuit=_circuit(fork.circuit_breakers),
                 outlier=_outlier(fork.outlier_detection),
                 retry=_retry(fork.retry_policy),
+                health=_health(fork.health_check),
             ),
             rule=f"forks[{i}]",
             reason=f"routing key {fork.routing_key} forks {fork.service}{origin}",
@@ -513,6 +561,7 @@ def build_table(
                         circuit=_circuit(d.circuit_breakers),
                         outlier=_outlier(d.outlier_detection),
                         retry=_retry(d.retry_policy),
+                        health=_health(d.health_check),
                     ),
                     rule=f"splits[{split.name}]",
                     reason=f"split {split.name} of {svc.name}: destination {d.name}",

@@ -10,7 +10,8 @@
     python3 scripts/dev.py fuzz     # set up, then every fuzzing harness (tests/fuzz) long:
                                     # FORKLANE_FUZZ_EXAMPLES inputs each (default 5,000)
     python3 scripts/dev.py soak     # set up, then the resilience suite long and heavy
-                                    # (2,000 slowloris connections, 200 req/s, 20 s per scenario)
+                                    # (2,000 slowloris connections, 200 req/s, 20 s per scenario,
+                                    # the load in processes of its own; idle-connection memory)
 
 The virtual environment lives in `.venv/` and installs from `constraints.txt`, the set CI
 tested (build requirements too); it is rebuilt when `pyproject.toml`, `constraints.txt`, the
@@ -238,10 +239,15 @@ def main(argv: list[str]) -> int:
     if job == "bench":
         return run(["bash", str(ROOT / "bench" / "peers.sh"), *rest])
     if job == "soak":
-        # Figures print as one JSON line per scenario (-s keeps them on the terminal).
-        return subprocess.run([str(PY), "-m", "pytest", "tests/resilience/test_suite.py", "-s",
-                               "-p", "no:cacheprovider", *rest], cwd=ROOT,
-                              env={**os.environ, "FORKLANE_SOAK": "1"}).returncode
+        # Figures print as one JSON line per scenario (-s keeps them on the terminal), with
+        # the machine's load average before and after: the figures mean little without it.
+        print("load average before: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()), flush=True)
+        code = subprocess.run([str(PY), "-m", "pytest", "tests/resilience/test_suite.py",
+                               "tests/resilience/test_memory.py", "-s", "-p", "no:cacheprovider",
+                               *rest], cwd=ROOT, env={**os.environ, "FORKLANE_SOAK": "1"}
+                              ).returncode
+        print("load average after: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()), flush=True)
+        return code
     if job == "fuzz":
         # Random (not the suite's fixed) inputs, many of them; a failure prints the input
         # to add to tests/fuzz/corpus/<harness>/.

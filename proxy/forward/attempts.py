@@ -20,6 +20,10 @@ Rules (the same for HTTP/1.1 and HTTP/2):
 - an answer whose status the destination's `RetryRules` name is retried (`retry_answer`),
   up to `attempts` times, when the request is idempotent and has no body (nothing of it needs
   keeping); the last answer goes to the client as it is;
+- a gRPC call answered trailers-only with a gRPC status the rules name (`unavailable` …) is
+  retried (`retry_grpc_answer`), up to `attempts` times, when its whole request is still at
+  hand (`forward.replay`: it ended and fit the buffer limit); gRPC methods are not
+  idempotent by name, so the rules opting in are the whole consent, as in Envoy;
 - every retry takes a slot of the destination's circuit (`max_retries`, and the budget: a
   share of the requests in flight, at least `min_concurrency`); without one it is not made.
 """
@@ -31,7 +35,14 @@ from typing import NamedTuple
 
 from forklane.proxy.forward import errors
 from forklane.proxy.forward.errors import ProxyError
-from forklane.proxy.table import Destination, Endpoint, RetryRules, Route, retry_statuses
+from forklane.proxy.table import (
+    Destination,
+    Endpoint,
+    RetryRules,
+    Route,
+    grpc_retry_statuses,
+    retry_statuses,
+)
 
 __all__ = [
     "IDEMPOTENT",
@@ -44,6 +55,8 @@ __all__ = [
     "after_failure",
     "retry_answer",
     "retry_budget",
+    "retry_grpc_answer",
+    "wants_grpc_replay",
 ]
 
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
@@ -132,6 +145,27 @@ def retry_answer(rules: RetryRules, status: int, method: bytes, has_body: bool, 
         codes = tuple(int(w) for w in words if w.isdigit() and 500 <= int(w) <= 599)
         statuses = retry_statuses(words, codes) | frozenset(codes)
     return status in statuses
+
+
+def wants_grpc_replay(rules: RetryRules) -> bool:
+    """Whether a gRPC call to a destination with `rules` keeps its request for a retry: only
+    when a gRPC status may trigger one (so every other call buffers nothing)."""
+    return bool(rules.attempts and rules.buffer_limit
+                and (rules.grpc_statuses or rules.header_overrides))
+
+
+def retry_grpc_answer(rules: RetryRules, grpc_status: int | None, complete: bool, tries: int,
+                      override: str | None = None) -> bool:
+    """Whether a trailers-only gRPC answer with `grpc_status` (None: none, or not a number)
+    is retried, after `tries` retries so far. `complete`: the whole request is kept for
+    sending again. `override`: the request's `x-forklane-retry-on`, honoured only when the
+    rules allow it (gRPC words such as `unavailable` count; HTTP words are ignored here)."""
+    if grpc_status is None or not grpc_status or tries >= rules.attempts or not complete:
+        return False
+    statuses = rules.grpc_statuses
+    if override is not None and rules.header_overrides:
+        statuses = grpc_retry_statuses([w.strip() for w in override.split(",")])
+    return grpc_status in statuses
 
 
 def retry_budget(rules: RetryRules, requests: int) -> int:

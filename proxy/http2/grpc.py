@@ -16,6 +16,7 @@ __all__ = [
     "UNAVAILABLE",
     "is_grpc",
     "parse_grpc_timeout",
+    "status_of",
     "trailers",
     "trailers_only",
 ]
@@ -54,6 +55,14 @@ def parse_grpc_timeout(value: bytes | None) -> float | None:
     if unit is None or not digits.isdigit():
         return None
     return int(digits) * unit
+
+
+def status_of(headers: list[tuple[bytes, bytes]]) -> int | None:
+    """The `grpc-status` of a trailers-only answer's fields; None when absent or not a number."""
+    for name, value in headers:
+        if name == b"grpc-status":
+            return int(value) if value.isdigit() and len(value) <= 2 else None
+    return None
 
 
 def _message(text: str) -> bytes:

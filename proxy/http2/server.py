@@ -33,6 +33,8 @@ from forklane.proxy.forward.attempts import (
     after_failure,
     retry_answer,
     retry_budget,
+    retry_grpc_answer,
+    wants_grpc_replay,
 )
 from forklane.proxy.forward.core import (
     F_CONNECTION,
@@ -55,6 +57,7 @@ from forklane.proxy.forward.core import (
 )
 from forklane.proxy.forward.errors import ProxyError
 from forklane.proxy.forward.phases import ABORTED, CONNECTING, DONE, QUEUED, SENT, STREAMING
+from forklane.proxy.forward.replay import Replay
 from forklane.proxy.http2 import checks as conn_checks
 from forklane.proxy.http2 import grpc
 from forklane.proxy.http2._flow import Hub, Peer, Pipe
@@ -79,7 +82,15 @@ from forklane.proxy.http2.upstream import CONNECTION_WINDOW, H2Pools, H2Upstream
 from forklane.proxy.listener.context import ListenerContext
 from forklane.proxy.routing import Decision
 from forklane.proxy.sockets import tune_transport
-from forklane.proxy.table import RETRY_ON_HEADER, ROUTED_MARKER, Destination, Endpoint, Route
+from forklane.proxy.table import (
+    GRPC_RETRY_ON,
+    RETRY_ON_HEADER,
+    ROUTED_MARKER,
+    Destination,
+    Endpoint,
+    RetryRules,
+    Route,
+)
 from forklane.proxy.tap_capture import open_capture
 
 if TYPE_CHECKING:
@@ -97,6 +108,7 @@ _MALFORMED = frozenset({F_CONNECTION, F_KEEP_ALIVE, F_TRANSFER_ENCODING, F_UPGRA
 # Response fields that never cross a hop.
 _RESPONSE_HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection",
                            b"transfer-encoding", b"upgrade", b"trailer"})
+_GRPC_RETRY_LABEL = {code: f"grpc-{name}" for name, code in GRPC_RETRY_ON.items()}
 
 
 class H2Shared:
@@ -169,6 +181,7 @@ class H2Stream:
     authority = b""
     mirrors: list[H2MirrorCopy] | None = None
     capture: Capture | None = None  # a live tap copies this request (`tap_capture`)
+    replay: Replay | None = None  # the request kept for a gRPC-status retry
 
     def __init__(self, down: H2Downstream, sid: int, started: float) -> None:
         self.down = down
@@ -318,6 +331,9 @@ class H2Stream:
         if capture is not None:
             capture.request_data(data)
         self.req.push(data, flow_len)
+        replay = self.replay
+        if replay is not None:
+            replay.add(data)
         mirrors = self.mirrors
         if mirrors is not None:
             for mirror in mirrors:
@@ -326,6 +342,8 @@ class H2Stream:
     def client_end(self, trailers: list[tuple[bytes, bytes]] | None) -> None:
         self.req_ended = True
         self.req.finish(trailers)
+        if self.replay is not None:
+            self.replay.finish(trailers)
         mirrors = self.mirrors
         if mirrors is not None:
             for mirror in mirrors:
@@ -374,6 +392,10 @@ class H2Stream:
         dest = self.dest
         if status >= 500 and dest is not None and dest.retry.attempts and self.retry(status):
             return
+        if self.replay is not None:
+            if ended and self.retry_grpc(headers):
+                return  # trailers-only: nothing of this answer reached the client
+            self.replay = None  # an answer goes to the client: the copy has done its job
         self.phase = STREAMING
         self.status = status
         if not self.grpc:
@@ -536,26 +558,54 @@ class H2Stream:
         req = self.req
         if not self.req_ended or req.sent or not retry_answer(
             rules, status, self.method, False, self.answer_retries, self.retry_on
-        ):
+        ) or not self.retry_slot(rules):
             return False
-        circuit = self.circuit
+        self.answer_retries += 1
+        self.down.ctx.stats.retries[str(status)] += 1
+        req.dst = None
+        req.done = False
+        self.send_again(dest)
+        return True
+
+    def retry_grpc(self, headers: list[tuple[bytes, bytes]]) -> bool:
+        """Send the kept request again instead of passing on this trailers-only gRPC answer
+        (the decision: `forward.attempts.retry_grpc_answer`)."""
+        dest, replay = self.dest, self.replay
+        assert dest is not None and replay is not None
+        rules = dest.retry
+        code = grpc.status_of(headers)
+        if not retry_grpc_answer(rules, code, replay.complete, self.answer_retries,
+                                 self.retry_on) or not self.retry_slot(rules):
+            return False
+        self.answer_retries += 1
+        self.down.ctx.stats.retries[_GRPC_RETRY_LABEL.get(code or 0, "grpc")] += 1
+        self.req.discard()  # the client's window back for what it still held
+        req = self.req = Pipe(None, 0, _nothing)  # from the copy: nothing to acknowledge
+        req.chunks.extend(replay.chunks)
+        req.ended = True
+        req.trailers = replay.trailers
+        self.send_again(dest)
+        return True
+
+    def retry_slot(self, rules: RetryRules) -> bool:
+        """Hold one of the circuit's retry slots (max_retries and the budget), once."""
         if not self.retrying:
+            circuit = self.circuit
             if circuit is None or not circuit.may_retry(retry_budget(rules, circuit.requests)):
                 return False
             self.retrying = True
-        self.answer_retries += 1
-        self.down.ctx.stats.retries[str(status)] += 1
+        return True
+
+    def send_again(self, dest: Destination) -> None:
+        """Drop the answer being retried with its upstream stream and dispatch anew."""
         up, self.up = self.up, None
         if up is not None:
             up.cancel(self.up_sid)
         self.lease.release()
-        req.dst = None
-        req.done = False
         self.resp.discard()
         self.resp = Pipe(None, 0, self.response_sent)
         exclude = self.endpoint if len(dest.endpoints) > 1 else None
         self.dispatch(dest, exclude, fresh=False)
-        return True
 
     def timed_out(self) -> None:
         ctx = self.down.ctx
@@ -956,6 +1006,10 @@ class H2Downstream(asyncio.Protocol, Peer):
             stream.fail(errors.error_for(route.error or "no-route"), route.reason,
                         status=route.status, grpc_status=route.grpc_status)
             return
+        if stream.grpc and wants_grpc_replay(route.destination.retry):
+            replay = stream.replay = Replay(route.destination.retry.buffer_limit)
+            if stream.req_ended:
+                replay.finish(None)
         if decision.mirrors:
             shared = self.shared
             stream.mirrors = [H2MirrorCopy(ctx, shared.pools, dest, out, route.service or "")

@@ -8,7 +8,10 @@ run wiring plugs the HTTP/2 hand-off in (`open_h2`), and the HTTP/2 module keeps
 shared state in `h2` (loaded with the first HTTP/2 connection).
 
 Timeouts are enforced by `sweep()`, ten times a second while the listener has connections or
-deadlines to watch, and not at all while it has none (see `busy`).
+deadlines to watch, and not at all while it has none (see `busy`). Connections whose deadline
+passed are ended `EXPIRE_BATCH` at a time, one batch per loop turn: thousands of them expiring
+together (slowloris connections opened in one burst) would otherwise stall every other
+connection for the whole burst.
 """
 
 from __future__ import annotations
@@ -29,7 +32,10 @@ if TYPE_CHECKING:
     from forklane.proxy.hooks import RequestHooks
     from forklane.proxy.table import Route
 
-__all__ = ["Clock", "Deadline", "ListenerConnection", "ListenerContext", "Watched"]
+__all__ = ["EXPIRE_BATCH", "Clock", "Deadline", "ListenerConnection", "ListenerContext",
+           "Watched"]
+
+EXPIRE_BATCH = 16  # connection deadlines handled per loop turn (answers, closes)
 
 
 class Deadline:
@@ -129,6 +135,7 @@ class ListenerContext:
         # state, loaded with the first HTTP/2 connection.
         self.open_h2: Callable[[asyncio.Transport, bytes, Route | None], None] | None = None
         self.h2: Any = None
+        self.expiring: list[ListenerConnection] = []  # due, not yet ended (see sweep)
 
     def add(self, conn: ListenerConnection) -> None:
         """A connection opened: counted, and the sweep wakes if it was resting."""
@@ -179,14 +186,32 @@ class ListenerContext:
         h2 = self.h2
         if h2 is not None and h2.pools.conns:
             h2.pools.sweep(self.idle_timeout)
+        collect = not self.expiring  # else the batches still running take them
+        due = self.expiring
         for conn in tuple(self.connections):
-            if conn.deadline_kind and now >= conn.deadline:
-                conn.deadline_expired()
+            if collect and conn.deadline_kind and now >= conn.deadline:
+                due.append(conn)
             conn.expire_requests(now)
+        if collect and due:
+            self._expire_batch()
         if self.watched:
             for item in tuple(self.watched):
                 if now >= item.deadline:
                     item.expired()
+
+    def _expire_batch(self) -> None:
+        """End the next `EXPIRE_BATCH` due connections; the rest in the next loop turn, after
+        the other connections' I/O. Each is checked again: it may have moved on or closed."""
+        due = self.expiring
+        batch = due[:EXPIRE_BATCH]
+        del due[:EXPIRE_BATCH]
+        now = self.clock.now
+        connections = self.connections
+        for conn in batch:
+            if conn in connections and conn.deadline_kind and now >= conn.deadline:
+                conn.deadline_expired()
+        if due:
+            self.loop.call_soon(self._expire_batch)
 
     def close_h2(self) -> None:
         if self.h2 is not None:

@@ -231,3 +231,49 @@ def test_another_developers_route_group_does_not_reach_my_fork() -> None:
     assert [f.routing_key for f in out.snapshot.forks] == ["k1"]
     assert out.group_members == {"theirs": (), "outside": ()}
     assert out.not_selected == {"theirs": 1}  # same tenant: counted; another tenant: not
+
+
+def test_health_checks_and_grpc_retries_reach_the_snapshot() -> None:
+    """`healthCheck` and the gRPC words of `retryOn` (camelCase on the API) go to the baseline
+    and its forks; a split destination carries its own check."""
+    web = wire.ServiceResource.model_validate({
+        "metadata": {"name": "web"},
+        "spec": {"endpoints": ["10.0.0.1:80"],
+                 "healthCheck": {"path": "/ready", "intervalSeconds": 2,
+                                 "expectedStatuses": [200, 204], "unhealthyThreshold": 4},
+                 "retryPolicy": {"attempts": 2, "retryOn": ["unavailable", "5xx"],
+                                 "perRequestBufferLimitBytes": 1024}},
+    })
+    spec = {"service": "web",
+            "destinations": [{"name": "v1", "weight": 1, "endpoints": ["10.2.0.1:80"],
+                              "healthCheck": {"kind": "tcp"}}]}
+    out = compile_snapshot(Inputs(
+        revision=5, services=[web], sandboxes=[sb("a", "keya", "web")],
+        splits=[wire.Split.model_validate({"metadata": {"name": "s"}, "spec": spec})],
+    ))
+    assert out.problems == {}
+    check = out.snapshot.services[0].health_check
+    assert check is not None and (check.path, check.interval_seconds) == ("/ready", 2.0)
+    assert (check.expected_statuses, check.unhealthy_threshold) == ((200, 204), 4)
+    assert out.snapshot.forks[0].health_check == check
+    split_check = out.snapshot.splits[0].destinations[0].health_check
+    assert split_check is not None and split_check.kind == "tcp"
+    retry = out.snapshot.services[0].retry_policy
+    assert retry.retry_on == ("unavailable", "5xx")
+    assert retry.per_request_buffer_limit_bytes == 1024
+
+
+@pytest.mark.parametrize("bad", [
+    {}, {"path": "ready"}, {"kind": "tcp", "path": "/x"}, {"path": "/x", "intervalSeconds": 0},
+    {"path": "/x", "expectedStatuses": [700]}, {"path": "/x", "healthyThreshold": 0},
+    {"path": "/x", "interval": 5},
+])
+def test_bad_health_checks_are_refused_at_the_api(bad: dict[str, Any]) -> None:
+    with pytest.raises(ValueError):
+        wire.ServiceSpec.model_validate({"endpoints": ["10.0.0.1:80"], "healthCheck": bad})
+
+
+def test_an_unknown_retry_on_word_is_refused_at_the_api() -> None:
+    with pytest.raises(ValueError, match="retryOn"):
+        wire.ServiceSpec.model_validate({"endpoints": ["10.0.0.1:80"],
+                                         "retryPolicy": {"retryOn": ["unavailible"]}})

@@ -14,13 +14,17 @@ from forklane.proxy.forward.attempts import (
     after_failure,
     retry_answer,
     retry_budget,
+    retry_grpc_answer,
+    wants_grpc_replay,
 )
+from forklane.proxy.forward.replay import Replay
 from forklane.proxy.table import (
     Destination,
     Endpoint,
     RetryRules,
     Route,
     Timeouts,
+    grpc_retry_statuses,
     retry_statuses,
 )
 
@@ -128,3 +132,64 @@ def test_retry_budget_is_a_share_with_a_floor() -> None:
     assert retry_budget(_rules(), 0) == 3
     assert retry_budget(_rules(), 100) == 20
     assert retry_statuses(("gateway-error",), ()) == frozenset({502, 503, 504})
+
+
+UNAVAILABLE, INTERNAL, NOT_FOUND = 14, 13, 5
+
+
+def _grpc_rules(attempts: int = 2, words: tuple[str, ...] = ("unavailable",),
+                overrides: bool = False, limit: int = 65536) -> RetryRules:
+    return RetryRules(attempts, frozenset(), 0.0, 20.0, 3, overrides,
+                      grpc_statuses=grpc_retry_statuses(words), buffer_limit=limit)
+
+
+@pytest.mark.parametrize(
+    ("grpc_status", "complete", "tries", "override", "overrides", "retried"),
+    [
+        (UNAVAILABLE, True, 0, None, False, True),
+        (UNAVAILABLE, True, 2, None, False, False),  # attempts spent
+        (UNAVAILABLE, False, 0, None, False, False),  # the request is not all at hand
+        (INTERNAL, True, 0, None, False, False),  # not a retried status: passed on
+        (NOT_FOUND, True, 0, None, False, False),
+        (0, True, 0, None, False, False),  # OK is an answer, never a retry
+        (None, True, 0, None, False, False),  # no (or a nonsense) grpc-status
+        (INTERNAL, True, 0, "internal", False, False),  # the header needs the policy's leave
+        (INTERNAL, True, 0, "internal, 5xx", True, True),
+        (UNAVAILABLE, True, 0, "internal", True, False),  # the header replaces retry_on
+    ],
+)
+def test_retry_grpc_answer(grpc_status: int | None, complete: bool, tries: int,
+                           override: str | None, overrides: bool, retried: bool) -> None:
+    rules = _grpc_rules(overrides=overrides)
+    assert retry_grpc_answer(rules, grpc_status, complete, tries, override) is retried
+
+
+def test_envoy_grpc_words_name_their_statuses() -> None:
+    words = ("cancelled", "deadline-exceeded", "internal", "resource-exhausted", "unavailable",
+             "5xx")
+    assert grpc_retry_statuses(words) == frozenset({1, 4, 13, 8, 14})
+    assert retry_statuses(words, ()) == frozenset(range(500, 600))  # HTTP words stay apart
+
+
+def test_only_calls_that_may_be_retried_on_a_grpc_status_keep_a_copy() -> None:
+    assert wants_grpc_replay(_grpc_rules())
+    assert not wants_grpc_replay(_grpc_rules(attempts=0))
+    assert not wants_grpc_replay(_grpc_rules(words=("5xx",)))  # HTTP statuses only
+    assert wants_grpc_replay(_grpc_rules(words=(), overrides=True))  # the header may ask
+    assert not wants_grpc_replay(_grpc_rules(limit=0))
+
+
+def test_a_replay_keeps_the_body_up_to_its_limit_then_nothing() -> None:
+    kept = Replay(10)
+    kept.add(b"12345")
+    kept.add(b"67890")
+    assert not kept.complete  # not ended yet
+    kept.finish([(b"x-t", b"1")])
+    assert kept.complete and kept.chunks == [b"12345", b"67890"]
+    assert kept.trailers == [(b"x-t", b"1")]
+    big = Replay(10)
+    big.add(b"123456")
+    big.add(b"78901")  # 11 bytes: over the limit
+    big.add(b"2")
+    big.finish(None)
+    assert not big.complete and big.chunks == [] and big.overflowed

@@ -4,7 +4,9 @@ answer itself), or reset (the connection ended without an answer, which the clie
 `unaccounted` must stay empty: a request neither answered nor visibly reset is a lost one.
 
 `Load` sends requests over its own keep-alive connections at a fixed rate for a bounded time
-and books each one; latencies of answered requests give p99."""
+and books each one; latencies of answered requests give p99. A ledger travels between
+processes as JSON (`to_json` / `from_json`): the heavy runs book their load in processes of
+their own (`tests/resilience/loadgen.py`)."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import itertools
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
 
@@ -57,6 +60,20 @@ class Ledger:
     def failed(self) -> int:
         """Answers that are not a success (5xx and 4xx) plus resets."""
         return sum(n for status, n in self.answered.items() if status >= 400) + self.resets
+
+    def to_json(self) -> dict[str, Any]:
+        return {"sent": self.sent, "answered": dict(self.answered),
+                "reasons": dict(self.reasons), "resets": self.resets,
+                "latencies": [round(x, 6) for x in self.latencies],
+                "open_ids": sorted(self.open_ids), "answered_ids": self.answered_ids}
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> Ledger:
+        return cls(sent=doc["sent"],
+                   answered=Counter({int(k): v for k, v in doc["answered"].items()}),
+                   reasons=Counter(doc["reasons"]), resets=doc["resets"],
+                   latencies=list(doc["latencies"]), open_ids=set(doc["open_ids"]),
+                   answered_ids={int(k): v for k, v in doc["answered_ids"].items()})
 
 
 class Load:

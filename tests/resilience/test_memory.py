@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from forklane.proxy.memory import MemoryReturn
+from tests.resilience.test_suite import report
 from tests.support.polling import eventually
 from tests.support.processes import Proc
 from tests.support.upstream import RecordingUpstream
@@ -55,6 +56,8 @@ async def test_idle_keep_alive_connections_are_cheap_and_memory_comes_back(
         conns.extend(batch)
     peak = rss_kib(proxy)
     per_connection = (peak - baseline) / IDLE
+    report("idle-memory", connections=IDLE, baseline_kib=baseline, peak_kib=peak,
+           kib_per_connection=round(per_connection, 2))
     assert per_connection <= 16, f"{per_connection:.1f} KiB per idle connection"
     # Idle, not forgotten: every one of them is served again.
     heads = await asyncio.gather(*(get(r, w) for r, w in conns))

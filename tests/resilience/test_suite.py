@@ -10,27 +10,28 @@ booked in a ledger (sent = answered + client-visible resets, nothing unaccounted
   real request is answered, p99 stays near the unloaded one.
 
 `FORKLANE_SOAK=1` (`python3 scripts/dev.py soak`) runs the same scenarios long and heavy
-(2,000 slowloris connections, 200 req/s, 20 s) and prints the figures.
+(2,000 slowloris connections, 200 req/s, 20 s) and prints the figures. The load runs in
+processes of its own (`loadgen`: the ledger client, the slowloris holder, the rule pusher),
+so that on a small machine one of them cannot starve another (or the test's upstream).
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
 import os
 import re
 import signal
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from tests.resilience.ledger import Ledger, Load
+from tests.resilience.ledger import Ledger
+from tests.resilience.loadgen import Role, rules, start_together
 from tests.support.polling import eventually
-from tests.support.processes import Proc, write_config
+from tests.support.processes import Proc
 from tests.support.upstream import RecordingUpstream
 
 Upstreams = Callable[[str], Any]
@@ -39,6 +40,17 @@ SOAK = os.environ.get("FORKLANE_SOAK") == "1"
 RATE = 200.0 if SOAK else 60.0
 SECONDS = 20.0 if SOAK else 3.0
 SLOWLORIS = 2000 if SOAK else 200
+BOUND = SECONDS + 60  # every load process ends by then, or the test fails
+
+
+def load(proxy: Proc, seconds: float = SECONDS) -> Role:
+    return Role("load", url=proxy.url(), host="svc", rate=RATE, seconds=seconds)
+
+
+async def run_load(proxy: Proc, seconds: float = SECONDS) -> Ledger:
+    role = load(proxy, seconds)
+    await start_together(role)
+    return Ledger.from_json(await role.result(BOUND))
 
 
 def report(name: str, **figures: Any) -> None:
@@ -114,7 +126,7 @@ async def test_upstream_faults_under_load_are_all_accounted_for(
     try:
         proxy = proxy_factory({"version": "faults", "services": [
             {"name": "svc", "endpoints": [f"127.0.0.1:{up.port}"]}]})
-        ledger = await Load(proxy.url(), "svc", RATE, SECONDS).run()
+        ledger = await run_load(proxy)
     finally:
         await up.aclose()
     assert ledger.balanced(), ledger.unaccounted
@@ -139,33 +151,14 @@ async def test_rules_pushed_ten_times_a_second_under_load_fail_nothing(
     upstreams: Upstreams, proxy_factory: ProxyFactory
 ) -> None:
     a, b = await upstreams("a"), await upstreams("b")
-
-    def rules(n: int) -> dict[str, Any]:
-        doc: dict[str, Any] = {"version": f"rules-{n}", "services": [
-            {"name": "svc", "endpoints": [a.address],
-             "circuit_breakers": {"max_requests": 500 + n}},
-            {"name": f"other-{n % 3}", "endpoints": [b.address]}]}
-        if n % 2:
-            doc["splits"] = [{"name": "canary", "service": "svc", "destinations": [
-                {"name": "a", "weight": 50, "endpoints": [a.address]},
-                {"name": "b", "weight": 50, "endpoints": [b.address]}]}]
-        return doc
-
-    proxy = proxy_factory(rules(0))
+    proxy = proxy_factory(rules(0, a.address, b.address))
     path: Path = proxy.config  # type: ignore[attr-defined]
-    load = Load(proxy.url(), "svc", RATE, SECONDS)
-    pushed = 0
-
-    async def push() -> None:
-        nonlocal pushed
-        started = time.monotonic()
-        while time.monotonic() - started < SECONDS:
-            pushed += 1
-            write_config(path, rules(pushed))
-            os.kill(proxy.pid, signal.SIGHUP)
-            await asyncio.sleep(0.1)  # ten pushes a second: the scenario's pace
-
-    ledger, _ = await asyncio.gather(load.run(), push())
+    client = load(proxy)
+    pusher = Role("push", path=str(path), pid=proxy.pid, seconds=SECONDS, a=a.address,
+                  b=b.address)
+    await start_together(client, pusher)
+    ledger = Ledger.from_json(await client.result(BOUND))
+    pushed = (await pusher.result(BOUND))["pushed"]
     assert ledger.balanced(), ledger.unaccounted
     assert ledger.failed() == 0, (ledger.answered, ledger.resets)
     reloads = await metric(proxy, "forklane_config_reloads_total")
@@ -182,13 +175,14 @@ async def test_sigterm_under_load_answers_everything_in_flight(
     slow.behaviour.delay = 0.3
     proxy = proxy_factory({"version": "drain", "services": [
         {"name": "svc", "endpoints": [slow.address]}]}, "--drain-seconds", "5")
-    load = Load(proxy.url(), "svc", RATE, SECONDS)
-    running = asyncio.ensure_future(load.run())
+    client = load(proxy)
+    await start_together(client)
+    running = asyncio.ensure_future(client.result(BOUND))
     await eventually(lambda: len(slow.requests) >= 5, within=10, what="load reaching the upstream")
     proxy.popen.send_signal(signal.SIGTERM)
     # What the upstream had received when the signal went: in flight in the proxy.
     in_flight = {int(r.header("x-request-id") or -1) for r in slow.requests}
-    ledger: Ledger = await running
+    ledger = Ledger.from_json(await running)
     code = await asyncio.to_thread(proxy.popen.wait, 15)
     assert code == 0
     assert ledger.balanced(), ledger.unaccounted
@@ -200,30 +194,6 @@ async def test_sigterm_under_load_answers_everything_in_flight(
            refused_after_close=ledger.resets, upstream_had_at_sigterm=len(in_flight), exit=code)
 
 
-async def _slowloris(port: int, deadline: float) -> tuple[bytes, float]:
-    """A client that sends its head a few bytes at a time and never finishes it."""
-    started = time.monotonic()
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(b"GET / HTTP/1.1\r\nhost: svc\r\n")
-
-    async def drip() -> None:
-        for i in itertools.count():
-            if writer.is_closing():
-                return
-            writer.write(b"x-slow-%d: 1\r\n" % i)
-            await asyncio.sleep(0.5)  # the attacker's pace
-
-    dripping = asyncio.ensure_future(drip())
-    try:
-        answer = await asyncio.wait_for(reader.read(), deadline)
-    except (ConnectionError, TimeoutError):
-        answer = b""
-    finally:
-        dripping.cancel()
-        writer.close()
-    return answer, time.monotonic() - started
-
-
 async def test_slowloris_beside_real_traffic(
     upstreams: Upstreams, proxy_factory: ProxyFactory
 ) -> None:
@@ -231,16 +201,17 @@ async def test_slowloris_beside_real_traffic(
     header_timeout = 2.0
     proxy = proxy_factory({"version": "loris", "services": [
         {"name": "svc", "endpoints": [up.address]}]}, "--header-timeout", str(header_timeout))
-    port = proxy.ports["outbound"]
-    unloaded = await Load(proxy.url(), "svc", RATE, 2.0).run()
-    loris = [asyncio.ensure_future(_slowloris(port, header_timeout + 10))
-             for _ in range(SLOWLORIS)]
-    loaded = await Load(proxy.url(), "svc", RATE, SECONDS).run()
-    results = await asyncio.gather(*loris)
+    unloaded = await run_load(proxy, 2.0)
+    client = load(proxy)
+    holder = Role("loris", port=proxy.ports["outbound"], count=SLOWLORIS,
+                  deadline=header_timeout + 10)
+    await start_together(client, holder)
+    loaded = Ledger.from_json(await client.result(BOUND))
+    results = (await holder.result(BOUND))["results"]
     assert unloaded.balanced() and loaded.balanced()
     assert loaded.answered == {200: loaded.sent}
-    timely = [elapsed for answer, elapsed in results
-              if answer.startswith(b"HTTP/1.1 408 ") and elapsed <= header_timeout + 1.0]
+    timely = [elapsed for got_408, elapsed in results
+              if got_408 and elapsed <= header_timeout + 1.0]
     assert len(timely) == SLOWLORIS, f"{len(timely)} of {SLOWLORIS} closed with 408 in time"
     ratio = loaded.p99() / unloaded.p99()
     report("slowloris", slow_connections=SLOWLORIS, legit_sent=loaded.sent,
