@@ -80,6 +80,10 @@ class DeliveryLister(Protocol):
     def deliveries(self) -> list[dict[str, Any]]: ...
 
 
+class TunnelServer(Protocol):
+    async def serve(self, request: web.Request, record: Record) -> web.StreamResponse: ...
+
+
 class ProxyLister(Protocol):
     def list(self) -> Sequence[wire.ProxyInfo]: ...
 
@@ -109,6 +113,7 @@ class ApiContext:
     )
     taps: TapHub = field(default_factory=TapHub)
     webhooks: DeliveryLister | None = None
+    tunnels: TunnelServer | None = None  # `forklane connect` (controlplane.tunnel); None: off
 
 
 CTX = web.AppKey("ctx", ApiContext)
@@ -803,6 +808,17 @@ async def webhook_deliveries(request: web.Request) -> web.Response:
                      "items": hooks.deliveries() if hooks else []})
 
 
+async def connect_sandbox(request: web.Request) -> web.StreamResponse:
+    """`forklane connect`: a WebSocket carrying the tunnel to a developer's machine (see
+    `controlplane.tunnel.endpoint`). Allowed to whoever may update the sandbox."""
+    ctx = request.app[CTX]
+    record = await ctx.store.get("sandboxes", request.match_info["name"])
+    _check(request, "update", "sandboxes", record.created_by)
+    if ctx.tunnels is None:
+        raise ApiError(503, "this control plane does not serve forklane connect")
+    return await ctx.tunnels.serve(request, record)
+
+
 def _routing_key_of(record: Record) -> str | None:
     spec_key = record.spec.get("routingKey")
     if isinstance(spec_key, str) and spec_key:
@@ -883,6 +899,7 @@ def build_app(ctx: ApiContext) -> web.Application:
     app.router.add_put(f"/api/v1/{{plural:{kinds}}}/{{name}}", update_resource)
     app.router.add_delete(f"/api/v1/{{plural:{kinds}}}/{{name}}", delete_resource)
     app.router.add_get(f"/api/v1/{{plural:{kinds}}}/{{name}}/events", list_events)
+    app.router.add_get("/api/v1/sandboxes/{name}/connect", connect_sandbox)
 
     async def end_watches(_app: web.Application) -> None:
         ctx.closing.set()  # watch streams end, so shutting down never waits on them

@@ -139,6 +139,22 @@ class Settings(BaseSettings):
         "(kind header|baggage|tracestate); e.g. add baggage:sd-routing-key while migrating",
     )
 
+    tunnel_host: str = Field(
+        "127.0.0.1", max_length=253,
+        description="address the tunnel endpoints of forklane connect listen on (one port "
+        "per connected fork, chosen by the kernel); 0.0.0.0 in a cluster",
+    )
+    tunnel_advertise: str | None = Field(
+        None, max_length=253,
+        description="host proxies dial to reach those endpoints (the pod IP in a cluster); "
+        "unset: tunnel_host, which must then not be a wildcard",
+    )
+    tunnel_grace: float = Field(
+        15.0, ge=0, le=3600,
+        description="seconds a dropped forklane connect keeps its route (requests meanwhile "
+        "get 503 fork-unavailable); a reconnect within it keeps the same endpoint",
+    )
+
     api_rate_limit: float = Field(
         50.0, ge=0, le=100_000,
         description="REST requests per second each non-admin token may make (0: no limit); "
@@ -251,6 +267,16 @@ class Settings(BaseSettings):
 
     def notify_url_list(self) -> tuple[str, ...]:
         return tuple(u.strip() for u in self.notify_urls.split(",") if u.strip())
+
+    @model_validator(mode="after")
+    def _tunnel_reachable(self) -> Settings:
+        if self.tunnel_advertise is None and self.tunnel_host in ("0.0.0.0", "::", ""):
+            raise ValueError("tunnel_host is a wildcard: set tunnel_advertise to the address "
+                             "proxies can dial (the pod IP)")
+        return self
+
+    def tunnel_advertised(self) -> str:
+        return self.tunnel_advertise or self.tunnel_host
 
     @model_validator(mode="after")
     def _notifications_signed(self) -> Settings:
