@@ -400,8 +400,8 @@ class Connector:
             return f"protocol error: {exc}"
         except (aiohttp.ClientError, OSError, RuntimeError) as exc:
             return str(exc) or type(exc).__name__
-        exc = ws.exception()
-        return f"{exc}" if exc else f"closed with code {ws.close_code}"
+        error = ws.exception()
+        return f"{error}" if error else f"closed with code {ws.close_code}"
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)
