@@ -39,6 +39,7 @@ from tests.integration.test_controlplane_e2e import (
     wait_acked,
 )
 from tests.integration.test_grpc import Upstream as GrpcUpstream
+from tests.integration.test_tap import TapReader, installed
 from tests.integration.test_websocket import WsUpstream
 from tests.support.processes import Proc, spawn, wait_for_line
 from tests.support.upstream import RecordingUpstream
@@ -258,6 +259,27 @@ async def test_ctrl_c_withdraws_the_route_before_exiting(world: World) -> None:
         assert not [f for f in snap["forks"] if tunnel in f["endpoints"]]
         await routed_everywhere(env)
         assert await get(world.session, env.sidecar, "web", HEADERS) == (200, "baseline")
+    finally:
+        env.stop()
+
+
+async def test_requests_through_the_tunnel_show_in_the_tap(world: World) -> None:
+    env = await environment(world)
+    try:
+        start_connect(world, env, "--service", "web", "--to", endpoint(env.laptop))
+        await routed_everywhere(env)
+        async with TapReader(world.session, env.plane, "sandbox=dev") as tap:
+            await installed(world.session, env.sidecar.proc, tap.id)
+            assert await get(world.session, env.sidecar, "web", HEADERS) == (200, "laptop")
+            assert await get(world.session, env.sidecar, "web") == (200, "baseline")
+
+            async def shown() -> bool:
+                return bool(tap.requests())
+
+            await until("the tap line", shown)
+            (line,) = tap.requests()
+            assert line["service"] == "web" and line["status"] == 200
+            assert line["destination"] == f"fork/web@{KEY}"  # the fork, served by the laptop
     finally:
         env.stop()
 
