@@ -359,6 +359,86 @@ async def test_killing_and_restoring_the_tunnel_under_traffic_loses_nothing(
         env.stop()
 
 
+class Relay:
+    """A TCP relay in front of the control plane that can cut every connection through it
+    (a laptop's Wi-Fi dropping for a moment), and keeps accepting afterwards."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = 0
+        self.pairs: list[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = []
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> Relay:
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        self.pairs.append((writer, up_writer))
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            except (OSError, ConnectionError):
+                pass
+            dst.transport.abort()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    def cut(self) -> None:
+        for a, b in self.pairs:
+            a.transport.abort()
+            b.transport.abort()
+        self.pairs.clear()
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+        self.cut()
+
+
+async def test_a_short_drop_reconnects_by_itself_and_keeps_the_route(world: World) -> None:
+    env = await environment(world)
+    relay = await Relay(env.plane.api_port).start()
+    try:
+        proc = spawn([sys.executable, "-m", "forklane", "--url", f"http://127.0.0.1:{relay.port}",
+                      "--token", ADMIN, "connect", "--sandbox", "dev", "--service", "web",
+                      "--to", endpoint(env.laptop)], world.tmp / "connect-relayed.log")
+        env.connects.append(proc)
+        # (in a thread: the relay runs in this loop)
+        await asyncio.to_thread(wait_for_line, proc, "connected: sandbox dev", 30)
+        await routed_everywhere(env)
+        _, doc = await env.api.call("GET", "sandboxes/dev")
+        tunnel = doc["status"]["connections"][0]["endpoint"]
+        ledger, stop = Ledger(), asyncio.Event()
+        load = asyncio.create_task(keyed_load(world.session, env.sidecar, ledger, stop))
+
+        async def answers(at_least: int) -> bool:
+            return ledger.answered["laptop"] >= at_least
+
+        await until("answers from the laptop", lambda: answers(50))
+        relay.cut()  # the WebSocket drops; the process lives on and dials again
+        await asyncio.to_thread(wait_for_line, proc, "reconnected: sandbox dev", 30)
+        before = ledger.answered["laptop"]
+        await until("answers from the laptop again", lambda: answers(before + 50))
+        stop.set()
+        await asyncio.wait_for(load, 30)
+        assert "tunnel dropped" in proc.output()
+        _, doc = await env.api.call("GET", "sandboxes/dev")
+        (entry,) = doc["status"]["connections"]
+        assert entry["endpoint"] == tunnel and entry["state"] == "connected"
+        assert ledger.failures == [], ledger.failures[:10]
+        assert ledger.sent == sum(ledger.answered.values()) + sum(ledger.refused.values())
+        assert set(ledger.answered) == {"laptop"}
+    finally:
+        relay.close()
+        env.stop()
+
+
 async def test_a_tunnel_not_back_within_the_grace_period_is_withdrawn(
         world: World, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FORKLANE_TUNNEL_GRACE", "1")
