@@ -359,6 +359,42 @@ async def test_killing_and_restoring_the_tunnel_under_traffic_loses_nothing(
         env.stop()
 
 
+async def test_a_grpc_call_in_flight_when_the_tunnel_drops_ends_unavailable(
+        world: World) -> None:
+    greeter, laptop = GrpcUpstream("greeter").start(), GrpcUpstream("greeter-laptop").start()
+    try:
+        env = await environment(world, forks=[{"service": "greeter", "local": True}],
+                                services={"greeter": greeter.address})
+        try:
+            proc = start_connect(world, env, "--service", f"greeter={laptop.address}",
+                                 "--service", "web", "--to", endpoint(env.laptop))
+            await routed_everywhere(env)
+            target = f"127.0.0.1:{env.sidecar.proc.ports['outbound']}"
+
+            def waiting_call() -> grpc.StatusCode:
+                with grpc.insecure_channel(
+                        target, options=[("grpc.default_authority", "greeter")]) as channel:
+                    try:
+                        channel.unary_unary("/test.Echo/Wait")(
+                            b"", metadata=tuple(HEADERS.items()), timeout=20)
+                    except grpc.RpcError as exc:
+                        return exc.code()  # type: ignore[no-any-return]
+                    return grpc.StatusCode.OK
+
+            call = asyncio.create_task(asyncio.to_thread(waiting_call))
+            await asyncio.to_thread(laptop.streaming.wait, 20)  # the call reached the laptop
+            started = time.monotonic()
+            proc.popen.kill()
+            assert await asyncio.wait_for(call, 15) == grpc.StatusCode.UNAVAILABLE
+            assert time.monotonic() - started < 5  # failed at once, not at its deadline
+        finally:
+            laptop.release.set()
+            env.stop()
+    finally:
+        greeter.stop()
+        laptop.stop()
+
+
 class Relay:
     """A TCP relay in front of the control plane that can cut every connection through it
     (a laptop's Wi-Fi dropping for a moment), and keeps accepting afterwards."""
