@@ -249,6 +249,11 @@ async def test_ctrl_c_withdraws_the_route_before_exiting(world: World) -> None:
         assert await get(world.session, env.sidecar, "web", HEADERS) == (200, "laptop")
         _, doc = await env.api.call("GET", "sandboxes/dev")
         tunnel = doc["status"]["connections"][0]["endpoint"]
+        described = (await asyncio.to_thread(
+            subprocess.run, cli(env.plane, "describe", "sandbox", "dev"), capture_output=True,
+            text=True, timeout=60, check=True)).stdout
+        assert re.search(r"Connected: +web connected from \S+ since .* \(tunnel "
+                         + re.escape(tunnel), described), described
         proc.popen.send_signal(signal.SIGINT)
         assert await asyncio.to_thread(proc.popen.wait, 30) == 0, proc.output()
         assert "route withdrawn; disconnected" in proc.output()
