@@ -182,6 +182,7 @@ class ControlPlane:
                 self.authenticator = Authenticator(
                     self.store, bootstrap_token=self.settings.admin_token
                 )
+            await self.tunnels.forget_own()
             await self.reconciler.run_once()
             await self.reconciler.start()
             self._reconciling = True

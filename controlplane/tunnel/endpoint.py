@@ -290,6 +290,19 @@ class TunnelRegistry:
             tunnel.server.close()
             tunnel.server = None
 
+    async def forget_own(self) -> None:
+        """At start: entries this replica (by name) wrote in an earlier life point at
+        listeners that are gone; remove them (their laptops reconnect and write new ones)."""
+        if not self.replica:
+            return
+        for record in (await self.store.list("sandboxes")).items:
+            stale = [c.get("service") for c in (record.status or {}).get("connections") or ()
+                     if c.get("replica") == self.replica]
+            if stale:
+                log.info("sandbox %s: removing connections left by this replica's last run",
+                         record.name)
+                await self._write(record.name, {str(s): None for s in stale})
+
     async def aclose(self) -> None:
         """Shutting down: close every tunnel and remove its entries (the laptop reconnects,
         to another replica or to this one restarted)."""

@@ -480,6 +480,49 @@ async def test_a_short_drop_reconnects_by_itself_and_keeps_the_route(world: Worl
         env.stop()
 
 
+async def test_a_restarted_control_plane_gets_the_tunnel_back(world: World) -> None:
+    env = await environment(world)
+    try:
+        proc = start_connect(world, env, "--service", "web", "--to", endpoint(env.laptop))
+        await routed_everywhere(env)
+        assert await get(world.session, env.sidecar, "web", HEADERS) == (200, "laptop")
+        env.plane.kill()  # SIGKILL: its entry in the status points at a listener gone with it
+        await asyncio.to_thread(wait_for_line, proc, "reconnecting in", 30)
+        env.plane.start()  # same ports, same store; the laptop dials it again by itself
+        await asyncio.to_thread(wait_for_line, proc, "reconnected: sandbox dev", 30)
+        _, doc = await env.api.call("GET", "sandboxes/dev")
+        (entry,) = doc["status"]["connections"]
+        assert entry["state"] == "connected"
+
+        async def laptop_answers() -> bool:
+            try:
+                return await get(world.session, env.sidecar, "web", HEADERS) == (200, "laptop")
+            except aiohttp.ClientError:
+                return False
+
+        await until("the laptop answering through the new endpoint", laptop_answers, 30)
+    finally:
+        env.stop()
+
+
+async def test_a_restarted_control_plane_forgets_tunnels_whose_laptop_is_gone(
+        world: World) -> None:
+    env = await environment(world)
+    try:
+        proc = start_connect(world, env, "--service", "web", "--to", endpoint(env.laptop))
+        await routed_everywhere(env)
+        env.plane.kill()  # no chance to clean up ...
+        proc.popen.kill()  # ... and the laptop is gone too
+        proc.popen.wait(10)
+        env.plane.start()
+        _, doc = await env.api.call("GET", "sandboxes/dev")
+        assert not doc["status"].get("connections")
+        await routed_everywhere(env)
+        assert await get(world.session, env.sidecar, "web", HEADERS) == (200, "baseline")
+    finally:
+        env.stop()
+
+
 async def test_a_tunnel_not_back_within_the_grace_period_is_withdrawn(
         world: World, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FORKLANE_TUNNEL_GRACE", "1")
