@@ -65,7 +65,8 @@ def connect(
              "to (a forklane proxy's outbound listener, e.g. through kubectl port-forward)",
     )] = DEFAULT_OUTBOUND,
     proxy_port: Annotated[int, typer.Option(
-        "--proxy-port", min=0, max=65535, help="port of the local HTTP_PROXY (0: any free one)",
+        "--proxy-port", min=0, max=65535, metavar="PORT",
+        help="port of the local HTTP_PROXY (0: any free one)",
     )] = 0,
 ) -> None:
     """Serve a sandbox's fork from this machine: requests carrying its key reach --to.
