@@ -142,12 +142,12 @@ class Settings(BaseSettings):
     tunnel_host: str = Field(
         "127.0.0.1", max_length=253,
         description="address the tunnel endpoints of forklane connect listen on (one port "
-        "per connected fork, chosen by the kernel); 0.0.0.0 in a cluster",
+        "per connected fork, chosen by the kernel); the pod IP in a cluster",
     )
     tunnel_advertise: str | None = Field(
         None, max_length=253,
-        description="host proxies dial to reach those endpoints (the pod IP in a cluster); "
-        "unset: tunnel_host, which must then not be a wildcard",
+        description="host proxies dial to reach those endpoints; unset: tunnel_host, which "
+        "must then not be a wildcard such as 0.0.0.0",
     )
     tunnel_grace: float = Field(
         15.0, ge=0, le=3600,
