@@ -232,6 +232,15 @@ async def test_refusals_are_one_line_and_an_exit_code(world: World) -> None:
         done = await asyncio.to_thread(run_cli, env.plane, "--sandbox", "dev", "--service",
                                        "orders", "--to", here)
         assert done.returncode == 6 and "does not fork 'orders'" in done.stderr, done.stderr
+        # a developer connects to a sandbox of her own (made with --fork web=local)
+        made = await asyncio.to_thread(subprocess.run, cli(
+            env.plane, "sandbox", "create", "--name", "mine", "--fork", "web=local",
+            token=doc["token"]), capture_output=True, text=True, timeout=60, check=False)
+        assert made.returncode == 0, made.stderr
+        hers = spawn(cli(env.plane, "connect", "--sandbox", "mine", "--service", "web", "--to",
+                         here, token=doc["token"]), world.tmp / "connect-alice.log")
+        env.connects.append(hers)
+        wait_for_line(hers, "connected: sandbox mine", 30)
         # the owner may, and a second machine may not take the fork over while connected
         start_connect(world, env, "--service", "web", "--to", here)
         done = await asyncio.to_thread(run_cli, env.plane, "--sandbox", "dev", "--service",
