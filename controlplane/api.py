@@ -81,7 +81,8 @@ class DeliveryLister(Protocol):
 
 
 class TunnelServer(Protocol):
-    async def serve(self, request: web.Request, record: Record) -> web.StreamResponse: ...
+    async def serve(self, request: web.Request, record: Record,
+                    audit: Callable[[], Awaitable[None]]) -> web.StreamResponse: ...
 
 
 class ProxyLister(Protocol):
@@ -665,7 +666,8 @@ async def get_version(request: web.Request) -> web.Response:
     return _respond(wire.dump(wire.VersionInfo(version=ours, replica=ctx.replica)))
 
 
-_PAST = {"create": "Created", "update": "Updated", "delete": "Deleted", "expire": "Expired"}
+_PAST = {"create": "Created", "update": "Updated", "delete": "Deleted", "expire": "Expired",
+         "connect": "Connected"}
 
 
 async def list_events(request: web.Request) -> web.Response:
@@ -813,10 +815,15 @@ async def connect_sandbox(request: web.Request) -> web.StreamResponse:
     `controlplane.tunnel.endpoint`). Allowed to whoever may update the sandbox."""
     ctx = request.app[CTX]
     record = await ctx.store.get("sandboxes", request.match_info["name"])
-    _check(request, "update", "sandboxes", record.created_by)
+    principal = _check(request, "update", "sandboxes", record.created_by)
     if ctx.tunnels is None:
         raise ApiError(503, "this control plane does not serve forklane connect")
-    return await ctx.tunnels.serve(request, record)
+
+    async def audit() -> None:  # once the WebSocket is up: a refused attempt is not a connect
+        await _audit(request, principal, "connect", "sandboxes", record.name, record.generation,
+                     record.generation, None)
+
+    return await ctx.tunnels.serve(request, record, audit)
 
 
 def _routing_key_of(record: Record) -> str | None:

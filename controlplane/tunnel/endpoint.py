@@ -30,7 +30,7 @@ import contextlib
 import logging
 import re
 import secrets
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -101,8 +101,9 @@ class TunnelRegistry:
     _closing: bool = False
 
     # -- the handler ---------------------------------------------------------------------------
-    async def serve(self, request: web.Request, record: Record) -> web.StreamResponse:
-        """Validate (errors are answers before the upgrade), upgrade, attach, carry."""
+    async def serve(self, request: web.Request, record: Record,
+                    audit: Callable[[], Awaitable[None]] | None = None) -> web.StreamResponse:
+        """Validate (errors are answers before the upgrade), upgrade, audit, attach, carry."""
         services, session_id, host = await self._parse(request, record)
         for service in services:
             held = self._tunnels.get((record.name, service))
@@ -117,6 +118,9 @@ class TunnelRegistry:
         if not ws.can_prepare(request).ok:
             raise ApiError(400, "this endpoint takes a WebSocket upgrade (use forklane connect)")
         await ws.prepare(request)
+        if audit is not None:
+            with contextlib.suppress(Exception):
+                await audit()
         session = _Session(session_id, host, ws, Mux(ws.send_bytes, opener=True))
         withdrawn = False
         try:

@@ -263,6 +263,7 @@ async def test_ctrl_c_withdraws_the_route_before_exiting(world: World) -> None:
             text=True, timeout=60, check=True)).stdout
         assert re.search(r"Connected: +web connected from \S+ since .* \(tunnel "
                          + re.escape(tunnel), described), described
+        assert re.search(r"Connected +admin", described), described  # the audited event
         proc.popen.send_signal(signal.SIGINT)
         assert await asyncio.to_thread(proc.popen.wait, 30) == 0, proc.output()
         assert "route withdrawn; disconnected" in proc.output()
