@@ -183,6 +183,7 @@ class ControlPlane:
                     self.store, bootstrap_token=self.settings.admin_token
                 )
             await self.tunnels.forget_own()
+            self.tunnels.start()
             await self.reconciler.run_once()
             await self.reconciler.start()
             self._reconciling = True

@@ -37,7 +37,7 @@ import aiohttp
 
 from forklane.controlplane.tunnel.frames import MAX_MESSAGE, FrameError, control, parse_control
 from forklane.controlplane.tunnel.mux import Mux
-from forklane.errors import ForklaneError, Invalid, Unavailable, error_from_response
+from forklane.errors import ForklaneError, Invalid, NotFound, Unavailable, error_from_response
 
 __all__ = [
     "Backoff",
@@ -242,6 +242,7 @@ class Connector:
         self.proxy: OutboundProxy | None = None
         self.endpoints: dict[str, str] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self.ended: str | None = None  # why the control plane ended the tunnel for good
 
     async def run(self, stop: asyncio.Event) -> None:
         for target in self.targets.values():
@@ -276,6 +277,8 @@ class Connector:
             connected_once = True
             if withdrawn:
                 return
+            if self.ended is not None:
+                raise NotFound(f"{self.ended}: disconnected")
             delay = self.backoff.next()  # reset by each `ready`: short after a good session
             self.say(f"tunnel dropped ({why}); reconnecting in {delay:.1f}s")
             with contextlib.suppress(TimeoutError):
@@ -393,8 +396,11 @@ class Connector:
                 if msg.type == aiohttp.WSMsgType.BINARY:
                     mux.handle(msg.data)
                 elif msg.type == aiohttp.WSMsgType.TEXT:
-                    if parse_control(msg.data).get("type") == "withdrawn":
+                    doc = parse_control(msg.data)
+                    if doc.get("type") == "withdrawn":
                         withdrawn.set()
+                    elif doc.get("type") == "ended":
+                        self.ended = str(doc.get("reason") or "the sandbox ended")
         except FrameError as exc:
             await ws.close(code=1002, message=str(exc).encode()[:120])
             return f"protocol error: {exc}"

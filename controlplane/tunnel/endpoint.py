@@ -99,6 +99,49 @@ class TunnelRegistry:
     replica: str = ""
     _tunnels: dict[tuple[str, str], _Tunnel] = field(default_factory=dict)
     _closing: bool = False
+    _checker: asyncio.Task[None] | None = None  # looks for sandboxes that ended
+    _recheck: bool = False
+
+    def start(self) -> None:
+        """Follow the store: a connected sandbox that is deleted ends its tunnels."""
+        self.store.add_listener(self._changed)
+
+    def _changed(self, revision: int) -> None:
+        if not self._tunnels or self._closing:
+            return
+        if self._checker is not None and not self._checker.done():
+            self._recheck = True
+            return
+        self._checker = asyncio.create_task(self._end_deleted(), name="tunnel-ended-check")
+
+    async def _end_deleted(self) -> None:
+        while True:
+            self._recheck = False
+            for sandbox in sorted({t.sandbox for t in self._tunnels.values()}):
+                try:
+                    record = await self.store.get("sandboxes", sandbox)
+                except NotFound:
+                    why = f"sandbox {sandbox} was deleted"
+                else:
+                    if (record.status or {}).get("phase") != "Terminating":
+                        continue
+                    why = f"sandbox {sandbox} is being deleted"
+                sessions = {id(t.session): t.session for t in self._tunnels.values()
+                            if t.sandbox == sandbox and t.session is not None}
+                for tunnel in [t for t in self._tunnels.values() if t.sandbox == sandbox]:
+                    if tunnel.grace is not None:
+                        tunnel.grace.cancel()
+                    self._stop_listening(tunnel)
+                    tunnel.session = None
+                    self._tunnels.pop((tunnel.sandbox, tunnel.service), None)
+                for session in sessions.values():
+                    session.mux.fail_all(why)
+                    session.ready.set()
+                    with contextlib.suppress(Exception):
+                        await session.ws.send_str(control("ended", reason=why))
+                        await session.ws.close(code=1000, message=b"sandbox ended")
+            if not self._recheck:
+                return
 
     # -- the handler ---------------------------------------------------------------------------
     async def serve(self, request: web.Request, record: Record,
@@ -311,6 +354,11 @@ class TunnelRegistry:
         """Shutting down: close every tunnel and remove its entries (the laptop reconnects,
         to another replica or to this one restarted)."""
         self._closing = True
+        self.store.remove_listener(self._changed)
+        if self._checker is not None:
+            self._checker.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._checker
         sessions = {id(t.session): t.session for t in self._tunnels.values() if t.session}
         for session in sessions.values():
             session.mux.fail_all("the control plane is shutting down")

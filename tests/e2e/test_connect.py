@@ -533,6 +533,18 @@ async def test_a_restarted_control_plane_forgets_tunnels_whose_laptop_is_gone(
         env.stop()
 
 
+async def test_deleting_the_sandbox_ends_the_connect(world: World) -> None:
+    env = await environment(world)
+    try:
+        proc = start_connect(world, env, "--service", "web", "--to", endpoint(env.laptop))
+        status, _ = await env.api.call("DELETE", "sandboxes/dev")
+        assert status == 200
+        assert await asyncio.to_thread(proc.popen.wait, 30) == 3, proc.output()
+        assert "error: sandbox dev was deleted: disconnected" in proc.output()
+    finally:
+        env.stop()
+
+
 async def test_a_tunnel_not_back_within_the_grace_period_is_withdrawn(
         world: World, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FORKLANE_TUNNEL_GRACE", "1")
