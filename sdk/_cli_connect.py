@@ -2,7 +2,7 @@
 
 Flags: `--sandbox NAME`, `--service NAME --to HOST:PORT` (repeatable, paired in order) or
 `--service NAME=HOST:PORT`, `--env-file PATH`, `--outbound URL`, `--proxy-port N`. What
-cannot work is one line and an exit code before anything is routed: unknown sandbox (3), not
+cannot work is one line and an exit code: unknown sandbox (3, also once it is deleted), not
 the owner (5), a service the sandbox does not fork (6), nothing listening on `--to` or the
 control plane unreachable (7), already connected from elsewhere (4). Ctrl-C (or SIGTERM)
 withdraws the route, waits for the control plane to confirm, and exits 0.

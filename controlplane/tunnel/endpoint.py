@@ -20,7 +20,8 @@ change); after it the entry goes and the route with it. `withdraw` (Ctrl-C) remo
 entries at once and answers `withdrawn` when the published snapshot no longer routes there.
 
 Several replicas: the laptop's WebSocket lands on one; that replica's endpoint is what it
-writes into the status, and every replica compiles the same route from the store.
+writes into the status, and every replica compiles the same route from the store. A sandbox
+deleted while connected ends its tunnels (`ended`, with the reason).
 """
 
 from __future__ import annotations
