@@ -1,5 +1,5 @@
 """The tunnel's frames and flow-control book, the failure answer of the control plane's end,
-and the pure helpers of `forklane connect` (the outbound proxy's head rewrite, the backoff,
+and the pure functions of `forklane connect` (the outbound proxy's head rewrite, the backoff,
 the pairing of --service and --to)."""
 
 from __future__ import annotations
