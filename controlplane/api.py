@@ -90,6 +90,11 @@ class DeliveryLister(Protocol):
     def deliveries(self) -> list[dict[str, Any]]: ...
 
 
+class TunnelServer(Protocol):
+    async def serve(self, request: web.Request, record: Record,
+                    audit: Callable[[], Awaitable[None]]) -> web.StreamResponse: ...
+
+
 class ProxyLister(Protocol):
     def list(self) -> Sequence[wire.ProxyInfo]: ...
 
@@ -121,6 +126,7 @@ class ApiContext:
     )
     taps: TapHub = field(default_factory=TapHub)
     webhooks: DeliveryLister | None = None
+    tunnels: TunnelServer | None = None  # `forklane connect` (controlplane.tunnel); None: off
 
 
 class Hidden(ApiError):
@@ -734,7 +740,8 @@ async def get_version(request: web.Request) -> web.Response:
     return _respond(wire.dump(wire.VersionInfo(version=ours, replica=ctx.replica)))
 
 
-_PAST = {"create": "Created", "update": "Updated", "delete": "Deleted", "expire": "Expired"}
+_PAST = {"create": "Created", "update": "Updated", "delete": "Deleted", "expire": "Expired",
+         "connect": "Connected"}
 
 
 async def list_events(request: web.Request) -> web.Response:
@@ -895,6 +902,22 @@ async def webhook_deliveries(request: web.Request) -> web.Response:
                      "items": hooks.deliveries() if hooks else []})
 
 
+async def connect_sandbox(request: web.Request) -> web.StreamResponse:
+    """`forklane connect`: a WebSocket carrying the tunnel to a developer's machine (see
+    `controlplane.tunnel.endpoint`). Allowed to whoever may update the sandbox."""
+    ctx = request.app[CTX]
+    record = await ctx.store.get("sandboxes", request.match_info["name"])
+    principal = _check(request, "update", "sandboxes", record.created_by)
+    if ctx.tunnels is None:
+        raise ApiError(503, "this control plane does not serve forklane connect")
+
+    async def audit() -> None:  # once the WebSocket is up: a refused attempt is not a connect
+        await _audit(request, principal, "connect", "sandboxes", record.name, record.generation,
+                     record.generation, None)
+
+    return await ctx.tunnels.serve(request, record, audit)
+
+
 def _routing_key_of(record: Record) -> str | None:
     spec_key = record.spec.get("routingKey")
     if isinstance(spec_key, str) and spec_key:
@@ -975,6 +998,7 @@ def build_app(ctx: ApiContext) -> web.Application:
     app.router.add_put(f"/api/v1/{{plural:{kinds}}}/{{name}}", update_resource)
     app.router.add_delete(f"/api/v1/{{plural:{kinds}}}/{{name}}", delete_resource)
     app.router.add_get(f"/api/v1/{{plural:{kinds}}}/{{name}}/events", list_events)
+    app.router.add_get("/api/v1/sandboxes/{name}/connect", connect_sandbox)
 
     async def end_watches(_app: web.Application) -> None:
         ctx.closing.set()  # watch streams end, so shutting down never waits on them

@@ -14,7 +14,7 @@ Invariants:
   `spec.sharedWith`. Other matches are not selected and only counted (`not_selected`), so a
   developer's key never reaches a fork it was not given;
 - a `forkOf` fork is routed to the ready pod endpoints in the sandbox's status, and not at
-  all while it has none;
+  all while it has none; a fork `forklane connect` serves is routed to its tunnel endpoint;
 - splits of one service apply in split-name order (the proxy takes the first that matches).
 """
 
@@ -214,9 +214,16 @@ def split_to_schema(
 
 
 def fork_endpoints(sb: wire.Sandbox, fork: wire.ForkSpec) -> tuple[str, ...]:
-    """Where a fork's requests go: its `endpoints`, or for a `forkOf` workload the ready pod
-    endpoints the fork controller reported in the status (none yet: no route, so keyed
-    requests keep reaching the baseline until the fork can answer)."""
+    """Where a fork's requests go: the tunnel endpoint while `forklane connect` serves it
+    (`status.connections`, reconnecting ones included), else its `endpoints`, or for a
+    `forkOf` workload the ready pod endpoints the fork controller reported in the status
+    (none yet: no route, so keyed requests keep reaching the baseline until the fork can
+    answer); a `local` fork nobody is connected to has no route either."""
+    for connection in (sb.status.connections or ()) if sb.status is not None else ():
+        if connection.service == fork.service:
+            return (connection.endpoint,)
+    if fork.local:
+        return ()
     if fork.fork_of is None:
         return tuple(fork.endpoints)
     for workload in sb.status.workloads if sb.status is not None else ():

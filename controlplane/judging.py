@@ -50,6 +50,7 @@ class Facts:
     routed_now: bool = False  # every connected proxy ACKed a snapshot holding this generation
     workload_forks: tuple[str, ...] = ()  # services forked from a cluster workload (forkOf)
     workloads: tuple[wire.WorkloadStatus, ...] = ()  # what the fork controller reported
+    connections: tuple[wire.ConnectionStatus, ...] = ()  # what the tunnel endpoints wrote
     seen: datetime | None = None  # the key's last activity reported to this replica
 
     @property
@@ -208,6 +209,7 @@ def judge_sandbox(sb: wire.Sandbox, facts: Facts, now: datetime) -> wire.Sandbox
         last_activity=last_activity(sb, facts.seen),
         forks=forks or [],
         workloads=list(facts.workloads),
+        connections=list(facts.connections) or None,
         conditions=conditions(old.conditions if old else (), conds, now),
     )
 

@@ -60,8 +60,9 @@ class Probed:
 
 
 def _probed_forks(sb: wire.Sandbox) -> list[wire.ForkSpec]:
-    """Forks at endpoints someone runs (a `forkOf` workload's readiness is the cluster's)."""
-    return [f for f in sb.spec.forks if f.fork_of is None]
+    """Forks at endpoints someone runs (a `forkOf` workload's readiness is the cluster's, a
+    `local` fork's is its `forklane connect`'s)."""
+    return [f for f in sb.spec.forks if f.fork_of is None and not f.local]
 
 
 def probe_target(sb: wire.Sandbox) -> Target:

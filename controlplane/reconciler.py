@@ -417,6 +417,7 @@ class Reconciler:
                      routed_now=routed_now,
                      workload_forks=tuple(f.service for f in model.spec.forks if f.fork_of),
                      workloads=tuple(model.status.workloads) if model.status else (),
+                     connections=tuple(model.status.connections or ()) if model.status else (),
                      seen=self._seen(model)), waits
 
     async def _write_statuses(self, compiled: Compiled, now: datetime) -> None:

@@ -29,6 +29,7 @@ from forklane.controlplane.store import make_store
 from forklane.controlplane.store.base import Store
 from forklane.controlplane.tap import TapHub
 from forklane.controlplane.tap_relay import TapRelay, relay_for
+from forklane.controlplane.tunnel.endpoint import TunnelRegistry
 from forklane.controlplane.webhooks.sender import WebhookSender
 
 __all__ = ["ControlPlane", "NoProxies", "ProxyView"]
@@ -92,6 +93,11 @@ class ControlPlane:
                 max_attempts=settings.notify_max_attempts,
             )
         self.activity = ActivityLog(clock)
+        self.tunnels = TunnelRegistry(
+            self.store, self.publisher, clock, bind_host=settings.tunnel_host,
+            advertise=settings.tunnel_advertised(), grace=settings.tunnel_grace,
+            replica=settings.replica,
+        )
         if with_push:
             from forklane.controlplane.push.registry import ProxyRegistry
             from forklane.controlplane.push.server import PushServer
@@ -192,6 +198,8 @@ class ControlPlane:
                 self.authenticator = Authenticator(
                     self.store, bootstrap_token=self.settings.admin_token
                 )
+            await self.tunnels.forget_own()
+            self.tunnels.start()
             await self.reconciler.run_once()
             await self.reconciler.start()
             self._reconciling = True
@@ -210,6 +218,7 @@ class ControlPlane:
                                         self.settings.api_rate_burst),
                     taps=self.taps,
                     webhooks=self.webhooks,
+                    tunnels=self.tunnels,
                 )
             )
             self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
@@ -253,6 +262,8 @@ class ControlPlane:
         if self.push is not None and self.grpc_address is not None:
             await self.push.aclose()
             self.grpc_address = None
+        if self._opened:
+            await self.tunnels.aclose()  # before the API: a tunnel's WebSocket holds it open
         if self._runner is not None:
             runner, self._runner = self._runner, None
             await runner.cleanup()

@@ -145,6 +145,22 @@ class Settings(BaseSettings):
         "(kind header|baggage|tracestate); e.g. add baggage:sd-routing-key while migrating",
     )
 
+    tunnel_host: str = Field(
+        "127.0.0.1", max_length=253,
+        description="address the tunnel endpoints of forklane connect listen on (one port "
+        "per connected fork, chosen by the kernel); the pod IP in a cluster",
+    )
+    tunnel_advertise: str | None = Field(
+        None, max_length=253,
+        description="host proxies dial to reach those endpoints; unset: tunnel_host, which "
+        "must then not be a wildcard such as 0.0.0.0",
+    )
+    tunnel_grace: float = Field(
+        15.0, ge=0, le=3600,
+        description="seconds a dropped forklane connect keeps its route (requests meanwhile "
+        "get 503 fork-unavailable); a reconnect within it keeps the same endpoint",
+    )
+
     api_rate_limit: float = Field(
         50.0, ge=0, le=100_000,
         description="REST requests per second each non-admin token may make (0: no limit); "
@@ -270,6 +286,16 @@ class Settings(BaseSettings):
         if len(names) > 60:
             raise ValueError("tap_redact_headers: at most 60 names")
         return self
+
+    @model_validator(mode="after")
+    def _tunnel_reachable(self) -> Settings:
+        if self.tunnel_advertise is None and self.tunnel_host in ("0.0.0.0", "::", ""):
+            raise ValueError("tunnel_host is a wildcard: set tunnel_advertise to the address "
+                             "proxies can dial (the pod IP)")
+        return self
+
+    def tunnel_advertised(self) -> str:
+        return self.tunnel_advertise or self.tunnel_host
 
     @model_validator(mode="after")
     def _notifications_signed(self) -> Settings:

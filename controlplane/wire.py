@@ -30,6 +30,7 @@ __all__ = [
     "AuditRecord",
     "CircuitBreakersSpec",
     "Condition",
+    "ConnectionStatus",
     "ContainerCustomization",
     "Customizations",
     "DiscoveredFrom",
@@ -338,8 +339,10 @@ class Customizations(_Model):
 
 
 class ForkSpec(_Model):
-    """One forked service: where the fork runs. Either `endpoints` someone runs, or `forkOf`
-    a baseline workload that forklane copies (with `customizations`) in the cluster."""
+    """One forked service: where the fork runs. Either `endpoints` someone runs, `forkOf`
+    a baseline workload that forklane copies (with `customizations`) in the cluster, or
+    `local`: a developer's machine attached with `forklane connect` (routed only while it
+    is connected; any fork is routed to the tunnel while one is)."""
 
     service: str = Field(pattern=SERVICE_NAME_PATTERN, max_length=253)
     endpoints: list[Endpoint] = Field(default_factory=list)
@@ -348,11 +351,18 @@ class ForkSpec(_Model):
     fallback: Literal["baseline", "fail"] | None = Field(
         None, description="overrides the sandbox's fallback for this fork"
     )
+    local: bool | None = Field(
+        None, description="served by `forklane connect` from a developer's machine; no "
+        "route (the baseline answers) while nothing is connected"
+    )
 
     @model_validator(mode="after")
     def _where(self) -> ForkSpec:
-        if self.fork_of is None and not self.endpoints:
-            raise ValueError("give endpoints, or forkOf naming a Deployment")
+        if self.local and (self.endpoints or self.fork_of is not None):
+            raise ValueError("local forks name no endpoints and no forkOf (forklane connect "
+                             "supplies the endpoint)")
+        if self.fork_of is None and not self.endpoints and not self.local:
+            raise ValueError("give endpoints, forkOf naming a Deployment, or local: true")
         if self.fork_of is not None and self.endpoints:
             raise ValueError("endpoints and forkOf are exclusive")
         if self.fork_of is None and self.customizations is not None:
@@ -473,6 +483,19 @@ class WorkloadStatus(_Model):
     message: str = ""
 
 
+class ConnectionStatus(_Model):
+    """A fork served through `forklane connect`, written by the control-plane replica that
+    holds the tunnel."""
+
+    service: str
+    endpoint: str = Field(description="the tunnel endpoint proxies are routed to")
+    host: str = Field(description="the developer's machine")
+    since: datetime
+    state: Literal["connected", "reconnecting"] = "connected"
+    replica: str = ""
+    session: str = ""
+
+
 class SandboxStatus(_Model):
     phase: Literal["Pending", "Ready", "Failed", "Terminating"] = "Pending"
     routing_key: str | None = Field(None, alias="routingKey")
@@ -484,6 +507,8 @@ class SandboxStatus(_Model):
     forks: list[ForkStatus] = Field(default_factory=list)
     workloads: list[WorkloadStatus] = Field(
         default_factory=list, description="fork workloads in the cluster (forkOf forks)")
+    connections: list[ConnectionStatus] | None = Field(
+        None, description="forks served through forklane connect")
     conditions: list[Condition] = Field(default_factory=list)
 
 

@@ -34,6 +34,7 @@ from forklane._cli_render import (
     Column,
     Format,
     JsonPath,
+    connection_line,
     emit,
     emit_document,
     list_document,
@@ -42,7 +43,7 @@ from forklane._cli_render import (
 from forklane._core import ROUTEGROUPS, SANDBOXES, SERVICES, SPLITS, Kind
 from forklane.client import Client
 from forklane.controlplane.selector import parse_selector
-from forklane.controlplane.wire import API_VERSION, dump
+from forklane.controlplane.wire import API_VERSION, ConnectionStatus, dump
 from forklane.errors import Invalid, NotFound
 
 __all__ = ["auth_app", "register", "token_app"]
@@ -211,6 +212,10 @@ def describe(
     if status.get("notSelected"):
         out.write(f"Not selected: {status['notSelected']} matching sandbox(es) of the tenant are "
                   "neither yours nor shared with you (spec.sharedWith)\n")
+    for raw in status.get("connections") or ():
+        c = ConnectionStatus.model_validate(raw)
+        out.write(f"Connected:    {c.service} {connection_line(c)} (tunnel {c.endpoint}, "
+                  f"replica {c.replica or '-'})\n")
     out.write("Spec:\n" + "".join(f"  {line}\n" for line in
                                   yaml.safe_dump(doc.get("spec"), sort_keys=False).splitlines()))
     conditions = status.get("conditions") or []

@@ -26,7 +26,7 @@ from pydantic import BaseModel
 from rich.console import Console
 
 from forklane.config import ConfigFile
-from forklane.controlplane.wire import API_VERSION, Sandbox, Split, dump
+from forklane.controlplane.wire import API_VERSION, ConnectionStatus, ForkSpec, Sandbox, Split, dump
 
 __all__ = [
     "CONTEXT_COLUMNS",
@@ -39,6 +39,7 @@ __all__ = [
     "Column",
     "Format",
     "JsonPath",
+    "connection_line",
     "emit",
     "emit_document",
     "explanation_text",
@@ -198,16 +199,28 @@ def _sandbox_key(sb: Sandbox) -> str:
     return (sb.status.routing_key if sb.status else None) or sb.spec.routing_key or "-"
 
 
+def connection_line(c: ConnectionStatus) -> str:
+    """`connected from HOST since T` (or reconnecting), as get and describe show it."""
+    since = c.since.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return f"{c.state} from {c.host} since {since}"
+
+
+def _fork_cell(sb: Sandbox, f: ForkSpec) -> str:
+    for c in (sb.status.connections or ()) if sb.status else ():
+        if c.service == f.service:
+            return f"{f.service}=[{connection_line(c)}]"
+    if f.local:
+        return f"{f.service}=local (not connected)"
+    if f.fork_of is None:
+        return f"{f.service}={','.join(f.endpoints)}"
+    return f"{f.service}<{f.fork_of.namespace}/{f.fork_of.name}"
+
+
 SANDBOX_COLUMNS: tuple[Column, ...] = (
     Column("NAME", lambda sb: sb.metadata.name, wrap=False),
     Column("PHASE", lambda sb: sb.status.phase if sb.status else "-"),
     Column("ROUTING KEY", _sandbox_key, wrap=False),
-    Column(
-        "FORKS",
-        lambda sb: " ".join(
-            f"{f.service}={','.join(f.endpoints)}" if f.fork_of is None
-            else f"{f.service}<{f.fork_of.namespace}/{f.fork_of.name}" for f in sb.spec.forks),
-    ),
+    Column("FORKS", lambda sb: " ".join(_fork_cell(sb, f) for f in sb.spec.forks)),
     Column("EXPIRES", lambda sb: _until(sb.status.expires_at if sb.status else None)),
     Column("AGE", lambda sb: _since(sb.metadata.creation_timestamp)),
 )

@@ -78,8 +78,9 @@ def sandbox_create(
         typer.Option(
             "--fork",
             metavar="SERVICE=HOST:PORT|NAME.NAMESPACE",
-            help="repeatable; HOST:PORT,HOST:PORT for several; NAME.NAMESPACE alone forks "
-            "that service's Deployment in the cluster (with --image/--env/--replicas)",
+            help="repeatable; HOST:PORT,HOST:PORT for several; SERVICE=local for a fork "
+            "served by forklane connect; NAME.NAMESPACE alone forks that service's Deployment "
+            "in the cluster (with --image/--env/--replicas)",
         ),
     ] = None,
     image: Annotated[

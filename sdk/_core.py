@@ -241,11 +241,14 @@ def parse_endpoints(text: str) -> list[str]:
 
 
 def parse_fork(text: str) -> ForkSpec:
-    """`SERVICE=HOST:PORT[,HOST:PORT...]` → a fork spec."""
+    """`SERVICE=HOST:PORT[,HOST:PORT...]` → a fork spec; `SERVICE=local` → a fork served by
+    `forklane connect`."""
     service, sep, rest = text.partition("=")
     if not sep or not service.strip() or not rest.strip():
         raise Invalid(f"fork {text!r}: expected SERVICE=HOST:PORT[,HOST:PORT...]",
                       fields=[("spec.forks", f"{text!r}: expected SERVICE=HOST:PORT")])
+    if rest.strip() == "local":
+        return ForkSpec.model_validate({"service": service.strip(), "local": True})
     endpoints = parse_endpoints(rest)
     return ForkSpec.model_validate({"service": service.strip(), "endpoints": endpoints})
 

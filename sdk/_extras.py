@@ -14,7 +14,7 @@ __all__ = ["EXTRAS", "install_hint", "missing"]
 
 # extra -> import names it provides (the ones whose absence breaks that part)
 EXTRAS: dict[str, tuple[str, ...]] = {
-    "cli": ("typer", "rich", "jsonpath_ng"),
+    "cli": ("typer", "rich", "jsonpath_ng", "aiohttp"),
     "proxy": ("httptools", "grpc", "pydantic_settings", "prometheus_client"),
     "controlplane": ("aiohttp", "grpc", "pydantic_settings", "aiosqlite", "asyncpg"),
     "nats": ("nats",),

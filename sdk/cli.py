@@ -20,7 +20,8 @@ Usage errors (exit 2) are one line too. Tracebacks are printed only with `--debu
 ...` exec `python -m forklane.proxy` / `python -m forklane.controlplane` with the arguments untouched, so the
 sidecar process never loads the CLI's dependencies and the SDK never imports the proxy.
 
-The commands live in `sdk._cli_resources`, `sdk._cli_explain` and `sdk._cli_contexts`;
+The commands live in `sdk._cli_resources`, `sdk._cli_explain`, `sdk._cli_contexts`,
+`sdk._cli_tap` and `sdk._cli_connect`;
 this module assembles them and owns the translation of errors into exit codes.
 """
 
@@ -42,6 +43,7 @@ from forklane._cli_common import (
     open_client,
     out_console,
 )
+from forklane._cli_connect import connect
 from forklane._cli_contexts import context_app, login
 from forklane._cli_explain import explain
 from forklane._cli_kubectl import register
@@ -128,6 +130,7 @@ register(app)
 
 app.command("explain")(explain)
 app.command("tap")(tap)
+app.command("connect")(connect)
 app.command("login")(login)
 
 
