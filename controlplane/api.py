@@ -907,7 +907,7 @@ async def connect_sandbox(request: web.Request) -> web.StreamResponse:
     `controlplane.tunnel.endpoint`). Allowed to whoever may update the sandbox."""
     ctx = request.app[CTX]
     record = await ctx.store.get("sandboxes", request.match_info["name"])
-    principal = _check(request, "update", "sandboxes", record.created_by)
+    principal = _check(request, "update", "sandboxes", record)
     if ctx.tunnels is None:
         raise ApiError(503, "this control plane does not serve forklane connect")
 
