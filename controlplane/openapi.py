@@ -173,6 +173,7 @@ def _build() -> dict[str, Any]:
         ],
         "responses": {"200": _json(wire.RouteList, "the routes and the carriers"),
                       **_errors(400, 401, 403, 410, 503)}}}
+    _streams_and_reports(paths)
     for probe in ("/healthz", "/readyz"):
         paths[probe] = {"get": {"summary": "probe", "security": [],
                                 "responses": {"200": {"description": "ok"},
@@ -187,6 +188,61 @@ def _build() -> dict[str, Any]:
         },
         "security": [{"bearer": []}],
     }
+
+
+def _streams_and_reports(paths: dict[str, Any]) -> None:
+    """The tap, `forklane connect`, delivery reports and the plain-text endpoints: bodies
+    without a wire model, documented by their parameters and statuses."""
+    anything = {"application/json": {"schema": {"type": "object"}}}
+    paths["/api/v1/tap"] = {"get": {
+        "summary": "A live stream of routing decisions (NDJSON, one object per line)",
+        "description": "a developer taps its own sandbox (`sandbox`); any key or every request "
+                       "is for admins only; ends after `seconds` with a line counting drops",
+        "parameters": [
+            {"name": "sandbox", "in": "query", "schema": {"type": "string"}},
+            {"name": "key", "in": "query", "schema": {"type": "string"}},
+            {"name": "service", "in": "query", "schema": {"type": "string"}},
+            {"name": "status", "in": "query", "schema": {"type": "string"},
+             "description": "a status class such as 5xx"},
+            {"name": "seconds", "in": "query", "schema": {"type": "number"}},
+            {"name": "headers", "in": "query", "schema": {"type": "boolean"},
+             "description": "capture request and response heads (redacted by the proxy)"},
+            {"name": "body", "in": "query", "schema": {"type": "integer", "minimum": 0},
+             "description": "capture the first N bytes of each body"},
+        ],
+        "responses": {"200": {"description": "decisions",
+                              "content": {"application/x-ndjson": {"schema": {"type": "object"}}}},
+                      **_errors(400, 401, 403, 404, 409, 503)}}}
+    paths["/api/v1/tap/requests/{line_id}"] = {
+        "parameters": [{"name": "line_id", "in": "path", "required": True,
+                        "schema": {"type": "string"}}],
+        "get": {"summary": "One line a tap showed lately, to whom it was shown "
+                           "(`forklane explain --from-tap`)",
+                "responses": {"200": {"description": "the tap line", "content": anything},
+                              **_errors(401, 404)}}}
+    paths["/api/v1/tap/deliveries"] = {"post": {
+        "summary": "Message deliveries judged by forklane consumers, shown to matching taps",
+        "requestBody": {"required": True, "content": anything},
+        "responses": {"200": {"description": "accepted and shown", "content": anything},
+                      **_errors(400, 401, 403, 415)}}}
+    paths["/api/v1/webhooks/deliveries"] = {"get": {
+        "summary": "The last sandbox-event webhook deliveries and their state (admin)",
+        "responses": {"200": {"description": "urls and deliveries", "content": anything},
+                      **_errors(401, 403)}}}
+    paths["/api/v1/sandboxes/{name}/connect"] = {
+        "parameters": [{"name": "name", "in": "path", "required": True,
+                        "schema": {"type": "string"}}],
+        "get": {"summary": "`forklane connect`: a WebSocket carrying the tunnel to a developer's "
+                           "machine (the sandbox's owner or an admin)",
+                "responses": {"101": {"description": "switching to the tunnel protocol"},
+                              **_errors(400, 401, 403, 404, 409, 503)}}}
+    paths["/api/v1/openapi.json"] = {"get": {
+        "summary": "This document", "security": [],
+        "responses": {"200": {"description": "OpenAPI 3.1", "content": anything}}}}
+    for path, summary in (("/version", "The control plane's version and replica"),
+                          ("/metrics", "Prometheus text format")):
+        paths[path] = {"get": {"summary": summary, "security": [],
+                               "responses": {"200": {"description": summary}}}}
 
 
 OPENAPI: dict[str, Any] = _build()

@@ -258,6 +258,29 @@ async def test_token_and_role_matrix(api: Api) -> None:
     assert deleted["generationBefore"] == 1 and "generationAfter" not in deleted
 
 
+async def test_every_route_the_server_serves_is_in_its_openapi_document(api: Api) -> None:
+    """A client generated from the document reaches everything the server answers, the tap
+    and `forklane connect` included (they were served undocumented)."""
+    _, doc, _ = await api.call("GET", "/api/v1/openapi.json", token=None)
+    documented = {(method.upper(), path) for path, item in doc["paths"].items()
+                  for method in item if method != "parameters"}
+    runner = api.plane._runner  # the server's own route table, not a copy of it
+    assert runner is not None
+    served: set[tuple[str, str]] = set()
+    for route in runner.app.router.routes():
+        if route.method == "HEAD":
+            continue  # aiohttp adds HEAD beside every GET
+        path = route.resource.canonical if route.resource is not None else ""
+        if "{plural:" in path:
+            head, rest = path.split("{plural:", 1)
+            plurals, tail = rest.split("}", 1)
+            served |= {(route.method, f"{head}{plural}{tail}") for plural in plurals.split("|")}
+        else:
+            served.add((route.method, path))
+    assert served - documented == set()
+    assert ("GET", "/api/v1/sandboxes/{name}/connect") in documented
+
+
 async def test_openapi_health_and_snapshot(api: Api) -> None:
     status, doc, _ = await api.call("GET", "/api/v1/openapi.json", token=None)
     assert status == 200 and doc["openapi"].startswith("3.")

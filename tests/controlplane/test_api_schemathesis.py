@@ -39,6 +39,10 @@ async def test_api_conforms_to_its_openapi_document(api: Api, tmp_path: Path) ->
         # a routes watch is an endless NDJSON stream, which a request/response fuzzer cannot
         # judge; its parameters are checked in test_routes_view
         "--exclude-path", "/api/v1/routes",
+        # likewise the tap (a stream that ends after `seconds`) and `forklane connect` (a
+        # WebSocket upgrade); both have their own end-to-end tests
+        "--exclude-path", "/api/v1/tap",
+        "--exclude-path", "/api/v1/sandboxes/{name}/connect",
         "--max-examples", str(MAX_EXAMPLES), "--seed", "15",
         "--generation-database", "none", "--workers", "1", "--no-color",
         "--request-timeout", "10",
