@@ -9,7 +9,10 @@ separate byte limit.
 A `Hub` collects the connections whose protocol state (`conn.H2Conn`) has bytes to write. Socket
 callbacks flush it when they are done, so the frames one read produces on both sides leave in
 one syscall per socket; any other path that produces frames (timers, connect completions) is
-covered by a flush scheduled for the end of the loop iteration.
+covered by a flush scheduled for the end of the loop iteration. A read callback sets
+`scheduled` itself while it runs (its own flush at the end covers what it marks), so a read
+never leaves a useless ready callback behind: that would cost the loop another turn (an extra
+`epoll_wait`) per read.
 """
 
 from __future__ import annotations
@@ -35,14 +38,16 @@ class Waiter(Protocol):
 class Peer:
     """One HTTP/2 connection (client- or server-facing) and its transport."""
 
-    h2: H2Conn
-    transport: asyncio.Transport | None = None
-    write_paused = False
-    dirty = False
-    sent_bytes = 0  # written to the transport so far (the flood guard's measure of work)
+    h2: H2Conn  # set by the subclass
 
     def __init__(self, hub: Hub) -> None:
+        # Every field set here rather than as a class default: the compiled build makes Peer
+        # a C struct (`_flow.pxd`), whose fields have no class-level defaults.
         self.hub = hub
+        self.transport: asyncio.Transport | None = None
+        self.write_paused = False
+        self.dirty = False
+        self.sent_bytes = 0  # written to the transport so far (the flood guard's measure of work)
         self.blocked: set[Waiter] = set()  # pipes waiting for this peer's window or socket
 
     def mark(self) -> None:

@@ -23,6 +23,7 @@ Pure: no sockets, no clocks.
 
 from __future__ import annotations
 
+from forklane.proxy.http2.checks import field_problem
 from forklane.proxy.http2.huffman import CODES, DECODE_TABLE, LENGTHS
 
 __all__ = [
@@ -108,6 +109,9 @@ _STATIC_NAME: dict[bytes, int] = {}
 for _i, _entry in enumerate(STATIC_TABLE, 1):
     _STATIC_FULL.setdefault(_entry, _i)
     _STATIC_NAME.setdefault(_entry[0], _i)
+# An indexed field's representation for indexes below 127 (one byte: 1xxxxxxx), so the
+# encoder's commonest output costs a tuple look-up instead of building an integer.
+_INDEXED: tuple[bytes, ...] = tuple(bytes((0x80 | i,)) for i in range(0x7F))
 _SENSITIVE = frozenset({b"authorization", b"proxy-authorization", b"cookie", b"set-cookie"})
 _MAX_INT = 1 << 28  # no honest integer in a header block is larger
 # Huffman-coded strings decoded before, process-wide: servers that never index their
@@ -194,17 +198,27 @@ def _string(value: bytes) -> bytes:
 
 
 class Decoder:
-    """One connection's inbound header compression context."""
+    """One connection's inbound header compression context.
 
-    __slots__ = ("_dynamic", "_size", "max_allowed", "max_list_size", "max_size", "oversized")
+    `check`: note the first field of each block that `checks.field_problem` refuses in
+    `problem` (a request's fields, on a server connection that validates them). Only literals
+    are checked: static entries are well-formed, and a dynamic entry was checked when it was
+    added (while the table holds one that failed, fields taken from it are checked again)."""
 
-    def __init__(self, max_allowed: int = 4096, max_list_size: int = 1 << 20) -> None:
+    __slots__ = ("_bad", "_dynamic", "_size", "check", "max_allowed", "max_list_size",
+                 "max_size", "oversized", "problem")
+
+    def __init__(self, max_allowed: int = 4096, max_list_size: int = 1 << 20,
+                 check: bool = False) -> None:
         self._dynamic: list[tuple[bytes, bytes]] = []  # newest last
         self._size = 0
+        self._bad = 0  # entries in the dynamic table that failed the check
         self.max_allowed = max_allowed  # what we announced: the peer may not exceed it
         self.max_size = max_allowed  # what the peer chose (dynamic table size update)
         self.max_list_size = max_list_size
         self.oversized = False
+        self.check = check
+        self.problem: str | None = None
 
     def _get(self, index: int) -> tuple[bytes, bytes]:
         if index <= 0:
@@ -217,15 +231,19 @@ class Decoder:
             raise HPACKError(f"index {index} is beyond the header table")
         return dynamic[pos]
 
-    def _add(self, name: bytes, value: bytes) -> None:
+    def _add(self, field: tuple[bytes, bytes], bad: bool) -> None:
+        name, value = field
         size = len(name) + len(value) + 32
         dynamic = self._dynamic
         if size > self.max_size:
             dynamic.clear()
             self._size = 0
+            self._bad = 0
             return
         self._size += size
-        dynamic.append((name, value))
+        dynamic.append(field)
+        if bad:
+            self._bad += 1
         self._evict()
 
     def _evict(self) -> None:
@@ -234,6 +252,8 @@ class Decoder:
         while self._size > self.max_size:
             name, value = dynamic[cut]
             self._size -= len(name) + len(value) + 32
+            if self._bad and field_problem(name, value) is not None:
+                self._bad -= 1
             cut += 1
         if cut:
             del dynamic[:cut]
@@ -242,6 +262,8 @@ class Decoder:
         """The header list of one complete header block, in order."""
         headers: list[tuple[bytes, bytes]] = []
         self.oversized = False
+        self.problem = None
+        check = self.check
         listed = 0
         limit = self.max_list_size
         pos = 0
@@ -250,8 +272,18 @@ class Decoder:
         while pos < end:
             byte = block[pos]
             if byte & 0x80:  # indexed field
-                index, pos = _read_int(block, pos, 7)
-                name, value = self._get(index)
+                index = byte & 0x7F
+                if index == 0x7F:
+                    index, pos = _read_int(block, pos, 7)
+                else:
+                    pos += 1  # the common case: the whole index in this byte
+                if 0 < index <= _STATIC_LEN:
+                    field = STATIC_TABLE[index - 1]
+                else:
+                    field = self._get(index)
+                    if self._bad and check and self.problem is None:
+                        self.problem = field_problem(field[0], field[1])
+                name, value = field
             elif byte & 0x40:  # literal, incremental indexing
                 index, pos = _read_int(block, pos, 6)
                 if index:
@@ -259,7 +291,15 @@ class Decoder:
                 else:
                     name, pos = _read_string(block, pos)
                 value, pos = _read_string(block, pos)
-                self._add(name, value)
+                field = (name, value)
+                bad = False
+                if check:
+                    why = field_problem(name, value)
+                    if why is not None:
+                        bad = True
+                        if self.problem is None:
+                            self.problem = why
+                self._add(field, bad)
             elif byte & 0x20:  # dynamic table size update
                 if not first and headers:
                     raise HPACKError("a table size update after a header field")
@@ -276,12 +316,15 @@ class Decoder:
                 else:
                     name, pos = _read_string(block, pos)
                 value, pos = _read_string(block, pos)
+                field = (name, value)
+                if check and self.problem is None:
+                    self.problem = field_problem(name, value)
             first = False
             listed += len(name) + len(value) + 32
             if listed > limit:
                 self.oversized = True
                 continue
-            headers.append((name, value))
+            headers.append(field)
         return headers
 
 
@@ -379,14 +422,16 @@ class Encoder:
             self._pending_size = -1
         full = self._full
         names = self._names
+        indexed = _INDEXED
         for field in headers:
             index = _STATIC_FULL.get(field)
             if index is not None:
-                out.append(_integer(index, 7, 0x80))
+                out.append(indexed[index])  # static indexes are all below 127
                 continue
             number = full.get(field)
             if number is not None:
-                out.append(_integer(self._inserted - number + _STATIC_LEN, 7, 0x80))
+                index = self._inserted - number + _STATIC_LEN
+                out.append(indexed[index] if index < 0x7F else _integer(index, 7, 0x80))
                 continue
             name, value = field
             index = _STATIC_NAME.get(name)

@@ -86,6 +86,17 @@ class H2Upstream(asyncio.Protocol, Peer):
         transport.write(h2.data_to_send())
 
     def data_received(self, data: bytes) -> None:
+        hub = self.hub
+        if hub.scheduled:
+            self._received(data)
+            return
+        hub.scheduled = True  # flushed below, when this callback ends (as downstream)
+        try:
+            self._received(data)
+        finally:
+            hub.flush()
+
+    def _received(self, data: bytes) -> None:
         try:
             events = self.h2.receive(data)
         except H2Error:
