@@ -42,11 +42,15 @@ cdef class Encoder:
     cpdef _evict(self)
 
     @cython.locals(out=list, full=dict, names=dict, indexed=tuple, field=tuple,
-                   size=Py_ssize_t)
+                   size=Py_ssize_t, static_full=dict, static_name=dict)
     cpdef bytes encode(self, headers)
 
 @cython.locals(mask=Py_ssize_t, end=Py_ssize_t, byte=Py_ssize_t)
 cpdef tuple _read_int(bytes block, Py_ssize_t pos, Py_ssize_t prefix)
 
-@cython.locals(huffman=Py_ssize_t, length=Py_ssize_t, stop=Py_ssize_t, raw=bytes)
+@cython.locals(huffman=Py_ssize_t, length=Py_ssize_t, stop=Py_ssize_t, raw=bytes,
+               decoded=dict)
 cpdef tuple _read_string(bytes block, Py_ssize_t pos)
+
+@cython.locals(clean=set)
+cpdef _check(tuple field)

@@ -121,6 +121,10 @@ _MAX_INT = 1 << 28  # no honest integer in a header block is larger
 _CACHED_LENGTH = 64
 _CACHE_ENTRIES = 4096
 _DECODED: dict[bytes, bytes] = {}
+# Short literal fields that passed `field_problem`, process-wide and bounded the same way:
+# clients send some fields as literals every time (nghttp2 never indexes `:path` or
+# `content-length`), and checking one costs more than this look-up.
+_CLEAN: set[tuple[bytes, bytes]] = set()
 _EOS = 256
 
 
@@ -195,6 +199,19 @@ def _string(value: bytes) -> bytes:
         if hsize < size:
             return _integer(hsize, 7, 0x80) + huffman_encode(value)
     return _integer(size, 7, 0) + value
+
+
+def _check(field: tuple[bytes, bytes]) -> str | None:
+    """`checks.field_problem` of a literal field, remembered when it is short and clean."""
+    clean = _CLEAN
+    if field in clean:
+        return None
+    why = field_problem(field[0], field[1])
+    if why is None and len(field[1]) <= _CACHED_LENGTH:
+        if len(clean) >= _CACHE_ENTRIES:
+            clean.clear()
+        clean.add(field)
+    return why
 
 
 class Decoder:
@@ -294,7 +311,7 @@ class Decoder:
                 field = (name, value)
                 bad = False
                 if check:
-                    why = field_problem(name, value)
+                    why = _check(field)
                     if why is not None:
                         bad = True
                         if self.problem is None:
@@ -318,7 +335,7 @@ class Decoder:
                 value, pos = _read_string(block, pos)
                 field = (name, value)
                 if check and self.problem is None:
-                    self.problem = field_problem(name, value)
+                    self.problem = _check(field)
             first = False
             listed += len(name) + len(value) + 32
             if listed > limit:
@@ -362,12 +379,13 @@ def _read_string(block: bytes, pos: int) -> tuple[bytes, int]:
         return raw, stop
     if length > _CACHED_LENGTH:
         return huffman_decode(raw), stop
-    value = _DECODED.get(raw)
+    decoded = _DECODED
+    value = decoded.get(raw)
     if value is None:
         value = huffman_decode(raw)
-        if len(_DECODED) >= _CACHE_ENTRIES:
-            _DECODED.clear()
-        _DECODED[raw] = value
+        if len(decoded) >= _CACHE_ENTRIES:
+            decoded.clear()
+        decoded[raw] = value
     return value, stop
 
 
@@ -423,8 +441,10 @@ class Encoder:
         full = self._full
         names = self._names
         indexed = _INDEXED
+        static_full = _STATIC_FULL  # locals: the compiled build types them (hpack.pxd)
+        static_name = _STATIC_NAME
         for field in headers:
-            index = _STATIC_FULL.get(field)
+            index = static_full.get(field)
             if index is not None:
                 out.append(indexed[index])  # static indexes are all below 127
                 continue
@@ -434,7 +454,7 @@ class Encoder:
                 out.append(indexed[index] if index < 0x7F else _integer(index, 7, 0x80))
                 continue
             name, value = field
-            index = _STATIC_NAME.get(name)
+            index = static_name.get(name)
             if index is None:
                 number = names.get(name)
                 if number is not None:
