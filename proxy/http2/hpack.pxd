@@ -42,7 +42,7 @@ cdef class Encoder:
     cpdef _evict(self)
 
     @cython.locals(out=list, full=dict, names=dict, indexed=tuple, field=tuple,
-                   size=Py_ssize_t, static_full=dict, static_name=dict)
+                   size=Py_ssize_t, at=Py_ssize_t)
     cpdef bytes encode(self, headers)
 
 @cython.locals(mask=Py_ssize_t, end=Py_ssize_t, byte=Py_ssize_t)

@@ -112,6 +112,10 @@ for _i, _entry in enumerate(STATIC_TABLE, 1):
 # An indexed field's representation for indexes below 127 (one byte: 1xxxxxxx), so the
 # encoder's commonest output costs a tuple look-up instead of building an integer.
 _INDEXED: tuple[bytes, ...] = tuple(bytes((0x80 | i,)) for i in range(0x7F))
+# The encoder's starting maps: static entries under their index negated, so one look-up per
+# field finds a static or a dynamic entry (dynamic ones hold insertion numbers, >= 0).
+_STATIC_FIELDS: dict[tuple[bytes, bytes], int] = {f: -i for f, i in _STATIC_FULL.items()}
+_STATIC_NAMES: dict[bytes, int] = {n: -i for n, i in _STATIC_NAME.items()}
 _SENSITIVE = frozenset({b"authorization", b"proxy-authorization", b"cookie", b"set-cookie"})
 _MAX_INT = 1 << 28  # no honest integer in a header block is larger
 # Huffman-coded strings decoded before, process-wide: servers that never index their
@@ -394,7 +398,8 @@ class Encoder:
 
     The dynamic table is mirrored as two dicts keyed by field and by name, holding each
     entry's insertion number; an entry's HPACK index is computed from it, so insertions and
-    evictions never renumber anything."""
+    evictions never renumber anything. The same dicts hold the static table (negated
+    indexes, which a static match prefers), so a field costs one look-up."""
 
     __slots__ = ("_entries", "_full", "_inserted", "_names", "_pending_size", "_size",
                  "max_size")
@@ -404,8 +409,8 @@ class Encoder:
         self._entries: list[tuple[bytes, bytes]] = []  # oldest first
         self._inserted = 0  # insertion number of the next entry
         self._size = 0
-        self._full: dict[tuple[bytes, bytes], int] = {}
-        self._names: dict[bytes, int] = {}
+        self._full: dict[tuple[bytes, bytes], int] = dict(_STATIC_FIELDS)
+        self._names: dict[bytes, int] = dict(_STATIC_NAMES)
         self._pending_size = -1  # a table size update to announce, -1: none
 
     def resize(self, size: int) -> None:
@@ -441,24 +446,20 @@ class Encoder:
         full = self._full
         names = self._names
         indexed = _INDEXED
-        static_full = _STATIC_FULL  # locals: the compiled build types them (hpack.pxd)
-        static_name = _STATIC_NAME
         for field in headers:
-            index = static_full.get(field)
-            if index is not None:
-                out.append(indexed[index])  # static indexes are all below 127
-                continue
             number = full.get(field)
             if number is not None:
-                index = self._inserted - number + _STATIC_LEN
-                out.append(indexed[index] if index < 0x7F else _integer(index, 7, 0x80))
+                if number < 0:
+                    out.append(indexed[-number])  # static indexes are all below 127
+                    continue
+                at = self._inserted - number + _STATIC_LEN
+                out.append(indexed[at] if at < 0x7F else _integer(at, 7, 0x80))
                 continue
             name, value = field
-            index = static_name.get(name)
-            if index is None:
-                number = names.get(name)
-                if number is not None:
-                    index = self._inserted - number + _STATIC_LEN
+            named = names.get(name)
+            index = None
+            if named is not None:
+                index = -named if named < 0 else self._inserted - named + _STATIC_LEN
             size = len(name) + len(value) + 32
             if name in _SENSITIVE or size * 4 > self.max_size:
                 # Never indexed (0001): large or secret values stay out of both tables.
@@ -469,7 +470,8 @@ class Encoder:
             out.append(_string(value))
             self._entries.append(field)
             full[field] = self._inserted
-            names[name] = self._inserted
+            if named is None or named >= 0:  # a static name keeps its static index
+                names[name] = self._inserted
             self._inserted += 1
             self._size += size
             if self._size > self.max_size:
