@@ -16,7 +16,12 @@ Invariants:
 - the encoder never indexes a field larger than a quarter of its table or a sensitive one
   (authorization, cookies): those go out as never-indexed literals;
 - any malformed input is an `HPACKError`, never an IndexError or a hang (an invalid
-  Huffman string is never cached).
+  Huffman string is never cached);
+- with `check` on, every field of a block is covered by `checks.field_problem`: literals
+  when they arrive, dynamic entries when they were added (and again while one that failed
+  is in the table); `problem` names the first failure.
+
+The compiled build types the two contexts and the decoding loop through `hpack.pxd`.
 
 Pure: no sockets, no clocks.
 """
