@@ -13,8 +13,6 @@ cdef class Peer:
     cdef public Hub hub
     cdef public set blocked
 
-    @cython.locals(hub=Hub)
-    cpdef mark(self)
 
 cdef class Hub:
     cdef public list dirty
@@ -42,3 +40,6 @@ cdef class Pipe:
     @cython.locals(dst=Peer, h2=H2Conn, sid=Py_ssize_t, window=Py_ssize_t, size=Py_ssize_t,
                    last=bint)
     cpdef pump(self)
+
+@cython.locals(hub=Hub)
+cpdef _mark(Peer peer)

@@ -52,13 +52,7 @@ class Peer:
 
     def mark(self) -> None:
         """This connection has frames to write: at the latest when this iteration ends."""
-        if not self.dirty:
-            self.dirty = True
-            hub = self.hub
-            hub.dirty.append(self)
-            if not hub.scheduled:
-                hub.scheduled = True
-                hub.loop.call_soon(hub.flush)
+        _mark(self)
 
     def unblock(self) -> None:
         """The window grew or the socket drained: let waiting pipes send again."""
@@ -67,6 +61,18 @@ class Peer:
             self.blocked.clear()
             for pipe in blocked:
                 pipe.pump()
+
+
+def _mark(peer: Peer) -> None:
+    """`Peer.mark`, as a function: the pipes call it directly in the compiled build (a method
+    call on a subclass instance would first look the method up, to honour overrides)."""
+    if not peer.dirty:
+        peer.dirty = True
+        hub = peer.hub
+        hub.dirty.append(peer)
+        if not hub.scheduled:
+            hub.scheduled = True
+            hub.loop.call_soon(hub.flush)
 
 
 class Hub:
@@ -137,7 +143,7 @@ class Pipe:
         if src is None or size <= 0:
             return
         src.h2.ack(size, self.src_sid)
-        src.mark()
+        _mark(src)
 
     def discard(self) -> None:
         """The stream ended abnormally: give the source its window back, drop the rest."""
@@ -163,7 +169,7 @@ class Pipe:
                 window = h2.window(sid)
                 if window <= 0:
                     dst.blocked.add(self)
-                    dst.mark()
+                    _mark(dst)
                     return
                 data = chunks[0]
                 size = min(window, h2.max_outbound_frame_size)
@@ -190,6 +196,6 @@ class Pipe:
             # about that through its own event; here only the source's window matters.
             self.discard()
             return
-        dst.mark()
+        _mark(dst)
         if self.done:
             self.on_done()
