@@ -49,7 +49,7 @@ cdef class Encoder:
 cpdef tuple _read_int(bytes block, Py_ssize_t pos, Py_ssize_t prefix)
 
 @cython.locals(huffman=Py_ssize_t, length=Py_ssize_t, stop=Py_ssize_t, raw=bytes,
-               decoded=dict)
+               decoded=dict, first=Py_ssize_t)
 cpdef tuple _read_string(bytes block, Py_ssize_t pos)
 
 @cython.locals(clean=set)

@@ -311,7 +311,11 @@ class Decoder:
                         self.problem = field_problem(field[0], field[1])
                 name, value = field
             elif byte & 0x40:  # literal, incremental indexing
-                index, pos = _read_int(block, pos, 6)
+                index = byte & 0x3F
+                if index == 0x3F:
+                    index, pos = _read_int(block, pos, 6)
+                else:
+                    pos += 1
                 if index:
                     name = self._get(index)[0]
                 else:
@@ -336,7 +340,11 @@ class Decoder:
                 self._evict()
                 continue
             else:  # literal without indexing (0000) or never indexed (0001)
-                index, pos = _read_int(block, pos, 4)
+                index = byte & 0x0F
+                if index == 0x0F:
+                    index, pos = _read_int(block, pos, 4)
+                else:
+                    pos += 1
                 if index:
                     name = self._get(index)[0]
                 else:
@@ -378,8 +386,13 @@ def _read_int(block: bytes, pos: int, prefix: int) -> tuple[int, int]:
 def _read_string(block: bytes, pos: int) -> tuple[bytes, int]:
     if pos >= len(block):
         raise HPACKError("a header block ends before a string")
-    huffman = block[pos] & 0x80
-    length, pos = _read_int(block, pos, 7)
+    first = block[pos]
+    huffman = first & 0x80
+    length = first & 0x7F
+    if length == 0x7F:
+        length, pos = _read_int(block, pos, 7)
+    else:
+        pos += 1  # the common case: the whole length in this byte
     stop = pos + length
     if stop > len(block):
         raise HPACKError("a string runs past the end of its header block")
