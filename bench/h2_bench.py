@@ -17,11 +17,22 @@ call (1,000 messages of 1 KiB in one response) and a unary call answered with on
 message, reported as messages/s and MiB/s. Added latency is measured open-loop at `--rate`
 calls/s (an h2load timing script, one call per interval) and reported as p50/p99 minus the
 direct path's; the proxy's CPU time during that run (its process and children, from /proc)
-gives the cores it uses at that rate, and its CPU time per call (user + kernel). `--profile` samples forklane with py-spy during a second
-throughput run and prints where the time goes.
+gives the cores it uses at that rate, and its CPU time per call (user + kernel). `--profile`
+samples forklane with py-spy during a second throughput run and prints where the time goes.
+
+`--callgrind N` measures what load cannot move instead: forklane runs under
+`valgrind --tool=callgrind`, and after a warm-up the instructions it executes for N unary
+calls are counted (counters zeroed before, dumped after) and divided by N, once with one call
+at a time (1 connection, 1 stream: what a call costs at 1,000 calls/s) and once closed loop
+(`--conns` x `--streams`: batched reads and writes). User space only: the kernel's share of the
+reads and writes comes on top. Repeatable to about 1 % whatever else the machine runs; the
+dumps stay in the run folder for `callgrind_annotate`.
+
+    .venv/bin/python bench/h2_bench.py --callgrind 2000
+    .venv/bin/python bench/h2_bench.py --callgrind 2000 --forklane-args "--hot-path interpreted"
 
 Needs: nginx with the HTTP/2 and gRPC modules, h2load (Debian: nginx-light, nghttp2-client);
-py-spy (PyPI) for --profile.
+py-spy (PyPI) for --profile; valgrind (Debian) for --callgrind.
 """
 
 from __future__ import annotations
@@ -179,6 +190,41 @@ def latency(port: int, args: argparse.Namespace, run: Path, name: str,
     return samples[len(samples) // 2] / 1.0, samples[int(len(samples) * 0.99)] / 1.0, cores, waited
 
 
+def callgrind_control(pid: int, action: str, dump: Path) -> int:
+    """Zero (`-z`) or dump (`-d`) the counters of a process under callgrind; after a dump,
+    the instructions counted since the last zeroing (from the new dump file)."""
+    before = set(dump.parent.glob(dump.name + "*"))
+    subprocess.run(["callgrind_control", action, str(pid)], check=True, capture_output=True)
+    if action != "-d":
+        return 0
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        for path in set(dump.parent.glob(dump.name + "*")) - before:
+            for line in path.read_text(errors="replace").splitlines():
+                if line.startswith(("totals:", "summary:")):
+                    return int(line.split()[1])
+        time.sleep(0.2)  # valgrind writes the dump file asynchronously: poll with a deadline
+    raise SystemExit("callgrind wrote no dump within 120 s")
+
+
+def instructions(port: int, pid: int, args: argparse.Namespace, run: Path,
+                 dump: Path) -> list[tuple[str, float]]:
+    """Instructions per unary call, one call at a time and closed loop (see the docstring)."""
+    n = args.callgrind
+    shapes = [("1 connection x 1 stream", 1, 1),
+              (f"{args.conns} connections x {args.streams} streams", args.conns, args.streams)]
+    out: list[tuple[str, float]] = []
+    for label, conns, streams in shapes:
+        throughput(port, args, run, requests=200, conns=conns, streams=streams)  # warm-up
+        callgrind_control(pid, "-z", dump)
+        _, failed = throughput(port, args, run, requests=n, conns=conns, streams=streams)
+        counted = callgrind_control(pid, "-d", dump)
+        if failed:
+            raise SystemExit(f"{failed} of {n} calls did not end in a 2xx under callgrind")
+        out.append((label, counted / n))
+    return out
+
+
 def median(values: list[float]) -> float:
     ordered = sorted(values)
     return ordered[len(ordered) // 2]
@@ -217,14 +263,17 @@ def main() -> int:
                    help="10 MiB unary calls per throughput run")
     p.add_argument("--rate", type=int, default=1000, help="calls/s of the latency run")
     p.add_argument("--seconds", type=float, default=5.0, help="length of the latency run")
-    p.add_argument("--profile", action="store_true", help="cProfile forklane under load")
+    p.add_argument("--profile", action="store_true", help="py-spy forklane under load")
+    p.add_argument("--callgrind", type=int, default=0, metavar="N",
+                   help="only count forklane's instructions per call under callgrind, over N "
+                        "calls per shape (needs valgrind)")
     p.add_argument("--forklane-args", default="", help="extra flags for `proxy run`")
     p.add_argument("--paths", default="direct,nginx,forklane",
                    help="which paths to run (direct is always the latency reference)")
     args = p.parse_args()
-    for tool in ("nginx", "h2load"):
+    for tool in ("nginx", "h2load", *(("valgrind", "callgrind_control") if args.callgrind else ())):
         if shutil.which(tool) is None:
-            raise SystemExit(f"{tool} not found (Debian: nginx-light, nghttp2-client)")
+            raise SystemExit(f"{tool} not found (Debian: nginx-light, nghttp2-client, valgrind)")
     run = Path(tempfile.mkdtemp(prefix="forklane-h2bench-"))
     (run / "tmp").mkdir()
     (run / "payload.bin").write_bytes(PAYLOAD)
@@ -256,15 +305,28 @@ def main() -> int:
             f"    endpoints: ['127.0.0.1:{fork_port}']\n"
         )
 
-        def forklane(profile: Path | None) -> subprocess.Popen[bytes]:
-            py = [sys.executable] + (["-m", "cProfile", "-o", str(profile)] if profile else [])
-            cmd = [*py, "-m", "forklane.proxy", "run", "--config", str(routing), "--port", str(fl_port),
-                   "--admin-port", "off", "--inbound-port", "off", *args.forklane_args.split()]
+        def forklane(wrap: list[str]) -> subprocess.Popen[bytes]:
+            cmd = [*wrap, sys.executable, "-m", "forklane.proxy", "run", "--config", str(routing),
+                   "--port", str(fl_port), "--admin-port", "off", "--inbound-port", "off",
+                   *args.forklane_args.split()]
             proc = start(cmd, run / "forklane.out")
-            wait_port(fl_port, proc)
+            wait_port(fl_port, proc, timeout=600 if wrap else 20)
             return proc
 
-        fl = forklane(None)
+        if args.callgrind:
+            dump = run / "callgrind.out"
+            fl = forklane(["valgrind", "--tool=callgrind", f"--callgrind-out-file={dump}"])
+            procs.append(fl)
+            counts = instructions(fl_port, fl.pid, args, run, dump)
+            mode = "interpreted" if "interpreted" in args.forklane_args else "default build"
+            print(f"\nforklane instructions per gRPC unary call (callgrind, {args.callgrind} "
+                  f"calls per shape, {mode}; user space only)")
+            for label, per_call in counts:
+                print(f"{label:<32}{per_call:>12,.0f}")
+            print(f"(dumps in {run}: callgrind_annotate {dump}.<pid>.<n>)")
+            return 0
+
+        fl = forklane([])
         procs.append(fl)
         targets = {"direct": fork_port, "nginx grpc_pass": nginx_port, "forklane": fl_port}
         pids: dict[str, int | None] = {"direct": None, "nginx grpc_pass": ng.pid,
@@ -299,7 +361,7 @@ def main() -> int:
         prof = None
         if args.profile:
             prof = run / "forklane.collapsed"
-            fl = forklane(None)
+            fl = forklane([])
             procs.append(fl)
             spy = start([str(Path(sys.executable).with_name("py-spy")), "record", "--pid", str(fl.pid), "--rate", "500",
                          "--format", "raw", "--nonblocking", "-o", str(prof)],

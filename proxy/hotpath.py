@@ -45,6 +45,7 @@ MODULES: tuple[str, ...] = (
     "forklane.proxy.http2.conn",
     "forklane.proxy.http2.checks",
     "forklane.proxy.http2._flow",
+    "forklane.proxy.http2._guard",
     "forklane.proxy.http2.server",
     "forklane.proxy.http2.upstream",
 )

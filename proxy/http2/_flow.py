@@ -9,7 +9,10 @@ separate byte limit.
 A `Hub` collects the connections whose protocol state (`conn.H2Conn`) has bytes to write. Socket
 callbacks flush it when they are done, so the frames one read produces on both sides leave in
 one syscall per socket; any other path that produces frames (timers, connect completions) is
-covered by a flush scheduled for the end of the loop iteration.
+covered by a flush scheduled for the end of the loop iteration. A read callback sets
+`scheduled` itself while it runs (its own flush at the end covers what it marks), so a read
+never leaves a useless ready callback behind: that would cost the loop another turn (an extra
+`epoll_wait`) per read.
 """
 
 from __future__ import annotations
@@ -35,25 +38,21 @@ class Waiter(Protocol):
 class Peer:
     """One HTTP/2 connection (client- or server-facing) and its transport."""
 
-    h2: H2Conn
-    transport: asyncio.Transport | None = None
-    write_paused = False
-    dirty = False
-    sent_bytes = 0  # written to the transport so far (the flood guard's measure of work)
+    h2: H2Conn  # set by the subclass
 
     def __init__(self, hub: Hub) -> None:
+        # Every field set here rather than as a class default: the compiled build makes Peer
+        # a C struct (`_flow.pxd`), whose fields have no class-level defaults.
         self.hub = hub
+        self.transport: asyncio.Transport | None = None
+        self.write_paused = False
+        self.dirty = False
+        self.sent_bytes = 0  # written to the transport so far (the flood guard's measure of work)
         self.blocked: set[Waiter] = set()  # pipes waiting for this peer's window or socket
 
     def mark(self) -> None:
         """This connection has frames to write: at the latest when this iteration ends."""
-        if not self.dirty:
-            self.dirty = True
-            hub = self.hub
-            hub.dirty.append(self)
-            if not hub.scheduled:
-                hub.scheduled = True
-                hub.loop.call_soon(hub.flush)
+        _mark(self)
 
     def unblock(self) -> None:
         """The window grew or the socket drained: let waiting pipes send again."""
@@ -62,6 +61,18 @@ class Peer:
             self.blocked.clear()
             for pipe in blocked:
                 pipe.pump()
+
+
+def _mark(peer: Peer) -> None:
+    """`Peer.mark`, as a function: the pipes call it directly in the compiled build (a method
+    call on a subclass instance would first look the method up, to honour overrides)."""
+    if not peer.dirty:
+        peer.dirty = True
+        hub = peer.hub
+        hub.dirty.append(peer)
+        if not hub.scheduled:
+            hub.scheduled = True
+            hub.loop.call_soon(hub.flush)
 
 
 class Hub:
@@ -132,7 +143,7 @@ class Pipe:
         if src is None or size <= 0:
             return
         src.h2.ack(size, self.src_sid)
-        src.mark()
+        _mark(src)
 
     def discard(self) -> None:
         """The stream ended abnormally: give the source its window back, drop the rest."""
@@ -158,7 +169,7 @@ class Pipe:
                 window = h2.window(sid)
                 if window <= 0:
                     dst.blocked.add(self)
-                    dst.mark()
+                    _mark(dst)
                     return
                 data = chunks[0]
                 size = min(window, h2.max_outbound_frame_size)
@@ -185,6 +196,6 @@ class Pipe:
             # about that through its own event; here only the source's window matters.
             self.discard()
             return
-        dst.mark()
+        _mark(dst)
         if self.done:
             self.on_done()

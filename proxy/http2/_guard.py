@@ -113,6 +113,8 @@ class FrameGuard:
         frames = 0
         control = 0
         streams = 0
+        per_turn = limits.frames_per_turn  # read once per scan, not once per frame
+        max_frame = limits.max_frame_size
         while pos < size:
             remaining = self._remaining
             if remaining:
@@ -120,7 +122,7 @@ class FrameGuard:
                 self._remaining = remaining - step
                 pos += step
                 continue
-            if frames >= limits.frames_per_turn:
+            if frames >= per_turn:
                 break
             start = pos
             need = 9 - len(self._hdr)
@@ -137,7 +139,7 @@ class FrameGuard:
             # A HEADERS frame opens a stream (decoding, routing, an upstream stream): it
             # costs the turn several times what any other frame does.
             frames += _HEADERS_WEIGHT if ftype == _HEADERS else 1
-            if length > limits.max_frame_size:
+            if length > max_frame:
                 return start, Violation(
                     "h2-frame-too-large", _FRAME_SIZE,
                     f"a frame of {length} bytes exceeds SETTINGS_MAX_FRAME_SIZE",

@@ -17,6 +17,7 @@ calls into bytes, keeping only what correctness needs:
 
 Events are tuples `(kind, stream_id, a, b)`:
   EV_HEADERS   a = header list (None: larger than the list size limit), b = END_STREAM set
+               (a request head with a malformed field: its reason is in `problems[sid]`)
   EV_INFO      a = a 1xx response head
   EV_TRAILERS  a = header list
   EV_DATA      a = data without padding, b = flow-controlled length
@@ -159,14 +160,17 @@ class H2Conn:
     def __init__(self, client_side: bool, *, max_concurrent: int = 100,
                  max_header_list: int = 1 << 20, connection_window: int = _DEFAULT_WINDOW,
                  stream_window: int = _DEFAULT_WINDOW,
-                 max_list_decoded: int = 1 << 20) -> None:
+                 max_list_decoded: int = 1 << 20, check_fields: bool = False) -> None:
         self.client_side = client_side
         self.streams: dict[int, _Stream] = {}
         self.out: list[bytes] = []
         self.buf = b""
         self.preface_pending = not client_side  # a server waits for the client's preface
         self.encoder = Encoder()
-        self.decoder = Decoder(4096, max_list_decoded)
+        # check_fields: the decoder notes malformed request fields (`checks.field_problem`);
+        # the first of a new stream's head is kept in `problems` until the owner takes it.
+        self.decoder = Decoder(4096, max_list_decoded, check_fields)
+        self.problems: dict[int, str] = {}
         self.max_concurrent = max_concurrent  # streams the peer may open
         self.max_header_list = max_header_list
         # Peer settings (the RFC defaults until its SETTINGS arrive).
@@ -366,13 +370,14 @@ class H2Conn:
             self._header_block(events, self._block_flags, sid, block)
 
     def _header_block(self, events: list[Event], flags: int, sid: int, block: bytes) -> None:
-        headers: list[tuple[bytes, bytes]] | None = self.decoder.decode(block)
-        if self.decoder.oversized:
+        decoder = self.decoder
+        headers: list[tuple[bytes, bytes]] | None = decoder.decode(block)
+        if decoder.oversized:
             headers = None
         ended = bool(flags & END_STREAM)
         stream = self.streams.get(sid)
         if stream is None:
-            self._new_remote_head(events, sid, headers, ended)
+            self._new_remote_head(events, sid, headers, ended, decoder.problem)
             return
         if not stream.remote_open:
             self._stream_error(events, sid, ErrorCode.STREAM_CLOSED)
@@ -397,7 +402,8 @@ class H2Conn:
             self._remote_end(events, sid, stream)
 
     def _new_remote_head(self, events: list[Event], sid: int,
-                         headers: list[tuple[bytes, bytes]] | None, ended: bool) -> None:
+                         headers: list[tuple[bytes, bytes]] | None, ended: bool,
+                         problem: str | None) -> None:
         if self.client_side or not sid & 1:
             if self._known(sid):
                 return  # a head for a stream we already reset: ignore it
@@ -414,6 +420,8 @@ class H2Conn:
         stream.head_seen = True
         self.streams[sid] = stream
         self.remote_open_count += 1
+        if problem is not None:
+            self.problems[sid] = problem
         events.append((EV_HEADERS, sid, headers, ended))
         if ended:
             self._remote_end(events, sid, stream)
@@ -573,7 +581,10 @@ class H2Conn:
             raise H2Error(ErrorCode.FLOW_CONTROL_ERROR, "DATA beyond the peer's window")
         stream.send_window -= size
         self.send_window -= size
-        self.out.append(frames.data(sid, data, end_stream))
+        out = self.out
+        out.append(frames.header(DATA, END_STREAM if end_stream else 0, sid, size))
+        if size:
+            out.append(data)
         if end_stream:
             self._local_end(sid, stream)
 

@@ -16,6 +16,8 @@ Pure: bytes in, bytes out.
 
 from __future__ import annotations
 
+import struct
+
 __all__ = [
     "ACK",
     "CONTINUATION",
@@ -36,6 +38,7 @@ __all__ = [
     "data",
     "frame",
     "goaway",
+    "header",
     "headers",
     "parse_goaway",
     "parse_settings",
@@ -70,6 +73,12 @@ FRAME_SIZE_ERROR = 0x6
 
 Frame = tuple[int, int, int, bytes]
 
+# The 9-byte frame header: a 24-bit length (as a high byte and a 16-bit rest), type, flags,
+# a 31-bit stream identifier. One struct call packs or reads it whole.
+_HEADER = struct.Struct(">BHBBI")
+_pack_header = _HEADER.pack
+_unpack_header = _HEADER.unpack_from
+
 
 class FrameError(Exception):
     """A frame the peer should not have sent; `code` is the RFC 9113 error code to answer
@@ -89,16 +98,15 @@ def split(buf: bytes, max_size: int) -> tuple[list[Frame], bytes]:
     pos = 0
     end = len(buf)
     while end - pos >= 9:
-        length = (buf[pos] << 16) | (buf[pos + 1] << 8) | buf[pos + 2]
+        high, low, ftype, flags, sid = _unpack_header(buf, pos)
+        length = (high << 16) | low
         if length > max_size:
             raise FrameError(FRAME_SIZE_ERROR,
                              f"a frame of {length} bytes exceeds SETTINGS_MAX_FRAME_SIZE")
         stop = pos + 9 + length
         if stop > end:
             break
-        sid = ((buf[pos + 5] & 0x7F) << 24) | (buf[pos + 6] << 16) | (buf[pos + 7] << 8) \
-            | buf[pos + 8]
-        frames.append((buf[pos + 3], buf[pos + 4], sid, buf[pos + 9 : stop]))
+        frames.append((ftype, flags, sid & 0x7FFFFFFF, buf[pos + 9 : stop]))
         pos = stop
     return frames, (buf[pos:] if pos else buf)
 
@@ -131,10 +139,16 @@ def parse_goaway(payload: bytes) -> tuple[int, int, bytes]:
     return last, int.from_bytes(payload[4:8], "big"), payload[8:]
 
 
+def header(ftype: int, flags: int, sid: int, length: int) -> bytes:
+    """The 9-byte header of a frame whose payload has `length` bytes (to be written after it:
+    a large DATA payload is then copied once, when the connection joins its output)."""
+    return _pack_header(length >> 16, length & 0xFFFF, ftype, flags, sid & 0x7FFFFFFF)
+
+
 def frame(ftype: int, flags: int, sid: int, payload: bytes) -> bytes:
     """One frame of any type."""
-    return (len(payload).to_bytes(3, "big") + bytes((ftype, flags))
-            + (sid & 0x7FFFFFFF).to_bytes(4, "big") + payload)
+    length = len(payload)
+    return _pack_header(length >> 16, length & 0xFFFF, ftype, flags, sid & 0x7FFFFFFF) + payload
 
 
 def data(sid: int, payload: bytes, end_stream: bool) -> bytes:

@@ -16,13 +16,19 @@ Invariants:
 - the encoder never indexes a field larger than a quarter of its table or a sensitive one
   (authorization, cookies): those go out as never-indexed literals;
 - any malformed input is an `HPACKError`, never an IndexError or a hang (an invalid
-  Huffman string is never cached).
+  Huffman string is never cached);
+- with `check` on, every field of a block is covered by `checks.field_problem`: literals
+  when they arrive, dynamic entries when they were added (and again while one that failed
+  is in the table); `problem` names the first failure.
+
+The compiled build types the two contexts and the decoding loop through `hpack.pxd`.
 
 Pure: no sockets, no clocks.
 """
 
 from __future__ import annotations
 
+from forklane.proxy.http2.checks import field_problem
 from forklane.proxy.http2.huffman import CODES, DECODE_TABLE, LENGTHS
 
 __all__ = [
@@ -108,6 +114,13 @@ _STATIC_NAME: dict[bytes, int] = {}
 for _i, _entry in enumerate(STATIC_TABLE, 1):
     _STATIC_FULL.setdefault(_entry, _i)
     _STATIC_NAME.setdefault(_entry[0], _i)
+# An indexed field's representation for indexes below 127 (one byte: 1xxxxxxx), so the
+# encoder's commonest output costs a tuple look-up instead of building an integer.
+_INDEXED: tuple[bytes, ...] = tuple(bytes((0x80 | i,)) for i in range(0x7F))
+# The encoder's starting maps: static entries under their index negated, so one look-up per
+# field finds a static or a dynamic entry (dynamic ones hold insertion numbers, >= 0).
+_STATIC_FIELDS: dict[tuple[bytes, bytes], int] = {f: -i for f, i in _STATIC_FULL.items()}
+_STATIC_NAMES: dict[bytes, int] = {n: -i for n, i in _STATIC_NAME.items()}
 _SENSITIVE = frozenset({b"authorization", b"proxy-authorization", b"cookie", b"set-cookie"})
 _MAX_INT = 1 << 28  # no honest integer in a header block is larger
 # Huffman-coded strings decoded before, process-wide: servers that never index their
@@ -117,6 +130,10 @@ _MAX_INT = 1 << 28  # no honest integer in a header block is larger
 _CACHED_LENGTH = 64
 _CACHE_ENTRIES = 4096
 _DECODED: dict[bytes, bytes] = {}
+# Short literal fields that passed `field_problem`, process-wide and bounded the same way:
+# clients send some fields as literals every time (nghttp2 never indexes `:path` or
+# `content-length`), and checking one costs more than this look-up.
+_CLEAN: set[tuple[bytes, bytes]] = set()
 _EOS = 256
 
 
@@ -193,18 +210,41 @@ def _string(value: bytes) -> bytes:
     return _integer(size, 7, 0) + value
 
 
+def _check(field: tuple[bytes, bytes]) -> str | None:
+    """`checks.field_problem` of a literal field, remembered when it is short and clean."""
+    clean = _CLEAN
+    if field in clean:
+        return None
+    why = field_problem(field[0], field[1])
+    if why is None and len(field[1]) <= _CACHED_LENGTH:
+        if len(clean) >= _CACHE_ENTRIES:
+            clean.clear()
+        clean.add(field)
+    return why
+
+
 class Decoder:
-    """One connection's inbound header compression context."""
+    """One connection's inbound header compression context.
 
-    __slots__ = ("_dynamic", "_size", "max_allowed", "max_list_size", "max_size", "oversized")
+    `check`: note the first field of each block that `checks.field_problem` refuses in
+    `problem` (a request's fields, on a server connection that validates them). Only literals
+    are checked: static entries are well-formed, and a dynamic entry was checked when it was
+    added (while the table holds one that failed, fields taken from it are checked again)."""
 
-    def __init__(self, max_allowed: int = 4096, max_list_size: int = 1 << 20) -> None:
+    __slots__ = ("_bad", "_dynamic", "_size", "check", "max_allowed", "max_list_size",
+                 "max_size", "oversized", "problem")
+
+    def __init__(self, max_allowed: int = 4096, max_list_size: int = 1 << 20,
+                 check: bool = False) -> None:
         self._dynamic: list[tuple[bytes, bytes]] = []  # newest last
         self._size = 0
+        self._bad = 0  # entries in the dynamic table that failed the check
         self.max_allowed = max_allowed  # what we announced: the peer may not exceed it
         self.max_size = max_allowed  # what the peer chose (dynamic table size update)
         self.max_list_size = max_list_size
         self.oversized = False
+        self.check = check
+        self.problem: str | None = None
 
     def _get(self, index: int) -> tuple[bytes, bytes]:
         if index <= 0:
@@ -217,15 +257,19 @@ class Decoder:
             raise HPACKError(f"index {index} is beyond the header table")
         return dynamic[pos]
 
-    def _add(self, name: bytes, value: bytes) -> None:
+    def _add(self, field: tuple[bytes, bytes], bad: bool) -> None:
+        name, value = field
         size = len(name) + len(value) + 32
         dynamic = self._dynamic
         if size > self.max_size:
             dynamic.clear()
             self._size = 0
+            self._bad = 0
             return
         self._size += size
-        dynamic.append((name, value))
+        dynamic.append(field)
+        if bad:
+            self._bad += 1
         self._evict()
 
     def _evict(self) -> None:
@@ -234,6 +278,8 @@ class Decoder:
         while self._size > self.max_size:
             name, value = dynamic[cut]
             self._size -= len(name) + len(value) + 32
+            if self._bad and field_problem(name, value) is not None:
+                self._bad -= 1
             cut += 1
         if cut:
             del dynamic[:cut]
@@ -242,6 +288,8 @@ class Decoder:
         """The header list of one complete header block, in order."""
         headers: list[tuple[bytes, bytes]] = []
         self.oversized = False
+        self.problem = None
+        check = self.check
         listed = 0
         limit = self.max_list_size
         pos = 0
@@ -250,16 +298,38 @@ class Decoder:
         while pos < end:
             byte = block[pos]
             if byte & 0x80:  # indexed field
-                index, pos = _read_int(block, pos, 7)
-                name, value = self._get(index)
+                index = byte & 0x7F
+                if index == 0x7F:
+                    index, pos = _read_int(block, pos, 7)
+                else:
+                    pos += 1  # the common case: the whole index in this byte
+                if 0 < index <= _STATIC_LEN:
+                    field = STATIC_TABLE[index - 1]
+                else:
+                    field = self._get(index)
+                    if self._bad and check and self.problem is None:
+                        self.problem = field_problem(field[0], field[1])
+                name, value = field
             elif byte & 0x40:  # literal, incremental indexing
-                index, pos = _read_int(block, pos, 6)
+                index = byte & 0x3F
+                if index == 0x3F:
+                    index, pos = _read_int(block, pos, 6)
+                else:
+                    pos += 1
                 if index:
                     name = self._get(index)[0]
                 else:
                     name, pos = _read_string(block, pos)
                 value, pos = _read_string(block, pos)
-                self._add(name, value)
+                field = (name, value)
+                bad = False
+                if check:
+                    why = _check(field)
+                    if why is not None:
+                        bad = True
+                        if self.problem is None:
+                            self.problem = why
+                self._add(field, bad)
             elif byte & 0x20:  # dynamic table size update
                 if not first and headers:
                     raise HPACKError("a table size update after a header field")
@@ -270,18 +340,25 @@ class Decoder:
                 self._evict()
                 continue
             else:  # literal without indexing (0000) or never indexed (0001)
-                index, pos = _read_int(block, pos, 4)
+                index = byte & 0x0F
+                if index == 0x0F:
+                    index, pos = _read_int(block, pos, 4)
+                else:
+                    pos += 1
                 if index:
                     name = self._get(index)[0]
                 else:
                     name, pos = _read_string(block, pos)
                 value, pos = _read_string(block, pos)
+                field = (name, value)
+                if check and self.problem is None:
+                    self.problem = _check(field)
             first = False
             listed += len(name) + len(value) + 32
             if listed > limit:
                 self.oversized = True
                 continue
-            headers.append((name, value))
+            headers.append(field)
         return headers
 
 
@@ -309,8 +386,13 @@ def _read_int(block: bytes, pos: int, prefix: int) -> tuple[int, int]:
 def _read_string(block: bytes, pos: int) -> tuple[bytes, int]:
     if pos >= len(block):
         raise HPACKError("a header block ends before a string")
-    huffman = block[pos] & 0x80
-    length, pos = _read_int(block, pos, 7)
+    first = block[pos]
+    huffman = first & 0x80
+    length = first & 0x7F
+    if length == 0x7F:
+        length, pos = _read_int(block, pos, 7)
+    else:
+        pos += 1  # the common case: the whole length in this byte
     stop = pos + length
     if stop > len(block):
         raise HPACKError("a string runs past the end of its header block")
@@ -319,12 +401,13 @@ def _read_string(block: bytes, pos: int) -> tuple[bytes, int]:
         return raw, stop
     if length > _CACHED_LENGTH:
         return huffman_decode(raw), stop
-    value = _DECODED.get(raw)
+    decoded = _DECODED
+    value = decoded.get(raw)
     if value is None:
         value = huffman_decode(raw)
-        if len(_DECODED) >= _CACHE_ENTRIES:
-            _DECODED.clear()
-        _DECODED[raw] = value
+        if len(decoded) >= _CACHE_ENTRIES:
+            decoded.clear()
+        decoded[raw] = value
     return value, stop
 
 
@@ -333,7 +416,8 @@ class Encoder:
 
     The dynamic table is mirrored as two dicts keyed by field and by name, holding each
     entry's insertion number; an entry's HPACK index is computed from it, so insertions and
-    evictions never renumber anything."""
+    evictions never renumber anything. The same dicts hold the static table (negated
+    indexes, which a static match prefers), so a field costs one look-up."""
 
     __slots__ = ("_entries", "_full", "_inserted", "_names", "_pending_size", "_size",
                  "max_size")
@@ -343,8 +427,8 @@ class Encoder:
         self._entries: list[tuple[bytes, bytes]] = []  # oldest first
         self._inserted = 0  # insertion number of the next entry
         self._size = 0
-        self._full: dict[tuple[bytes, bytes], int] = {}
-        self._names: dict[bytes, int] = {}
+        self._full: dict[tuple[bytes, bytes], int] = dict(_STATIC_FIELDS)
+        self._names: dict[bytes, int] = dict(_STATIC_NAMES)
         self._pending_size = -1  # a table size update to announce, -1: none
 
     def resize(self, size: int) -> None:
@@ -379,21 +463,21 @@ class Encoder:
             self._pending_size = -1
         full = self._full
         names = self._names
+        indexed = _INDEXED
         for field in headers:
-            index = _STATIC_FULL.get(field)
-            if index is not None:
-                out.append(_integer(index, 7, 0x80))
-                continue
             number = full.get(field)
             if number is not None:
-                out.append(_integer(self._inserted - number + _STATIC_LEN, 7, 0x80))
+                if number < 0:
+                    out.append(indexed[-number])  # static indexes are all below 127
+                    continue
+                at = self._inserted - number + _STATIC_LEN
+                out.append(indexed[at] if at < 0x7F else _integer(at, 7, 0x80))
                 continue
             name, value = field
-            index = _STATIC_NAME.get(name)
-            if index is None:
-                number = names.get(name)
-                if number is not None:
-                    index = self._inserted - number + _STATIC_LEN
+            named = names.get(name)
+            index = None
+            if named is not None:
+                index = -named if named < 0 else self._inserted - named + _STATIC_LEN
             size = len(name) + len(value) + 32
             if name in _SENSITIVE or size * 4 > self.max_size:
                 # Never indexed (0001): large or secret values stay out of both tables.
@@ -404,7 +488,8 @@ class Encoder:
             out.append(_string(value))
             self._entries.append(field)
             full[field] = self._inserted
-            names[name] = self._inserted
+            if named is None or named >= 0:  # a static name keeps its static index
+                names[name] = self._inserted
             self._inserted += 1
             self._size += size
             if self._size > self.max_size:

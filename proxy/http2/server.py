@@ -58,7 +58,6 @@ from forklane.proxy.forward.core import (
 from forklane.proxy.forward.errors import ProxyError
 from forklane.proxy.forward.phases import ABORTED, CONNECTING, DONE, QUEUED, SENT, STREAMING
 from forklane.proxy.forward.replay import Replay
-from forklane.proxy.http2 import checks as conn_checks
 from forklane.proxy.http2 import grpc
 from forklane.proxy.http2._flow import Hub, Peer, Pipe
 from forklane.proxy.http2._guard import AbuseMemory, FloodLimits, FrameGuard
@@ -696,10 +695,11 @@ class H2Downstream(asyncio.Protocol, Peer):
         self.shared = state
         self.tls = tls
         settings = ctx.settings
+        self.validate = settings.h2_validate_headers
         self.h2 = H2Conn(False, max_concurrent=MAX_CONCURRENT_STREAMS,
                          connection_window=CONNECTION_WINDOW,
-                         max_list_decoded=2 * settings.max_header_bytes)
-        self.validate = settings.h2_validate_headers
+                         max_list_decoded=2 * settings.max_header_bytes,
+                         check_fields=self.validate)
         self.streams: dict[int, H2Stream] = {}
         self.peer = b""
         self.hop = Hop(b"", b"https" if tls else b"http", _VIA_HOP)
@@ -741,7 +741,17 @@ class H2Downstream(asyncio.Protocol, Peer):
         if self.backlog:
             self.backlog += data  # reading is paused; bytes that were already on their way
             return
-        self._take(data)
+        hub = self.hub
+        if hub.scheduled:
+            self._take(data)
+            return
+        # This callback flushes when it ends: what it marks needs no flush scheduled for the
+        # end of the iteration (a ready callback would cost the loop another turn).
+        hub.scheduled = True
+        try:
+            self._take(data)
+        finally:
+            hub.flush()
 
     def _take(self, data: bytes) -> None:
         """Hand `data` to the codec, at most one turn's worth (see `_guard`): the rest waits
@@ -867,6 +877,8 @@ class H2Downstream(asyncio.Protocol, Peer):
     ) -> None:
         ctx = self.ctx
         self.last_sid = sid
+        problems = self.h2.problems
+        problem = problems.pop(sid, None) if problems else None
         if self.goaway_sent:
             self.h2.reset_stream(sid, ErrorCode.REFUSED_STREAM)
             return
@@ -879,11 +891,10 @@ class H2Downstream(asyncio.Protocol, Peer):
         if headers is None:  # the decoded list passed twice our header limit: not kept
             self._refuse(stream, errors.HEADERS_TOO_LARGE, "too many or too large request headers")
             return
-        if self.validate:
-            problem = conn_checks.request_problem(headers)
-            if problem is not None:
-                self._refuse(stream, errors.MALFORMED_REQUEST, problem)
-                return
+        validate = self.validate
+        if problem is not None:  # a field the decoder found malformed (checks.field_problem)
+            self._refuse(stream, errors.MALFORMED_REQUEST, problem)
+            return
         table = ctx.holder.table
         fields: TableFields | None = ctx.fields
         if fields is None or fields.table is not table:
@@ -899,17 +910,34 @@ class H2Downstream(asyncio.Protocol, Peer):
         size = 0
         count = 0
         malformed: bytes | None = None
+        protocol = False
         for name, value in headers:
             size += len(name) + len(value) + 32
             if name[0] == 58:  # b":"
+                # The pseudo-header rules of checks.request_problem, in this one pass.
+                twice = False
                 if name == b":method":
+                    twice = method is not None
                     method = value
                 elif name == b":path":
+                    twice = path is not None
                     path = value
                 elif name == b":authority":
+                    twice = authority is not None
                     authority = value
                 elif name == b":scheme":
+                    twice = scheme is not None
                     scheme = value
+                elif name == b":protocol":
+                    twice = protocol
+                    protocol = True
+                elif validate and problem is None:
+                    problem = f"unknown pseudo-header field {name.decode('latin-1')!r}"
+                if validate and problem is None:
+                    if count:
+                        problem = "a pseudo-header field after a regular one"
+                    elif twice:
+                        problem = f"{name.decode('latin-1')} appears twice"
                 continue
             count += 1
             action = amap.get(name)
@@ -949,10 +977,15 @@ class H2Downstream(asyncio.Protocol, Peer):
                     continue
                 else:  # hop-by-hop
                     continue
-            elif b"_" in name and core.lookalike(name, fields.interesting_raw):
+            elif name.find(b"_") >= 0 and core.lookalike(name, fields.interesting_raw):
+                # (find, not `in`: a bytes needle first fails as an integer, at a TypeError's cost)
                 ctx.stats.underscore_headers_dropped += 1
                 continue
             kept.append((name, value))
+        if problem is not None:
+            stream.grpc = stream.explain = False  # a malformed head is answered plainly
+            self._refuse(stream, errors.MALFORMED_REQUEST, problem)
+            return
         if stream.grpc and stream.grpc_deadline:
             stream.deadline = stream.grpc_deadline
         if size > ctx.max_header_bytes or count > ctx.max_header_count:

@@ -86,6 +86,17 @@ class H2Upstream(asyncio.Protocol, Peer):
         transport.write(h2.data_to_send())
 
     def data_received(self, data: bytes) -> None:
+        hub = self.hub
+        if hub.scheduled:
+            self._received(data)
+            return
+        hub.scheduled = True  # flushed below, when this callback ends (as downstream)
+        try:
+            self._received(data)
+        finally:
+            hub.flush()
+
+    def _received(self, data: bytes) -> None:
         try:
             events = self.h2.receive(data)
         except H2Error:
@@ -190,11 +201,12 @@ class H2Upstream(asyncio.Protocol, Peer):
         """The downstream no longer wants this stream (client reset, timeout, local end)."""
         if self.streams.pop(sid, None) is None and self.lost:
             return
-        try:
-            self.h2.reset_stream(sid, code)
-        except H2Error:
-            pass  # already closed on both sides
-        self.mark()
+        h2 = self.h2
+        if sid in h2.streams:  # else closed on both sides already: nothing to reset
+            # (the common case: a response's trailers end the stream before its end event
+            # reaches the sink; a refused reset_stream would cost a raised H2Error per call)
+            h2.reset_stream(sid, code)
+            self.mark()
         self._maybe_idle()
 
     def _maybe_idle(self) -> None:

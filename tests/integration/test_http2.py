@@ -643,6 +643,43 @@ async def test_a_malformed_head_is_400_for_that_stream_and_the_connection_lives(
     assert len(mesh["ups"]["pricing"].seen) == 1
 
 
+async def test_a_malformed_field_from_the_hpack_table_is_refused_every_time(
+    mesh: dict[str, Any],
+) -> None:
+    """Request fields are checked where HPACK decodes them: a literal when it arrives, a field
+    indexed from the connection's table only while the table holds one that failed. The same
+    uppercase field sent again (now a one-byte index into the table) is refused again, and so
+    are pseudo-header fields out of order or repeated; the good streams around them are
+    served."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", mesh["proc"].ports["outbound"])
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(
+        client_side=True, validate_outbound_headers=False, normalize_outbound_headers=False))
+    conn.initiate_connection()
+    base = [(":method", "GET"), (":scheme", "http"), (":authority", "pricing"), (":path", "/")]
+    heads = [
+        [*base, ("X-Shouting", "1")],
+        base,
+        [*base, ("X-Shouting", "1")],  # indexed this time: the encoder added it to its table
+        [*base[:2], ("x-early", "1"), *base[2:]],  # a pseudo-header field after a regular one
+        [*base, (":path", "/again")],
+        base,
+    ]
+    statuses = []
+    try:
+        for i, head in enumerate(heads):
+            sid = 1 + 2 * i
+            conn.send_headers(sid, head, end_stream=True)
+            writer.write(conn.data_to_send())
+            events = await _events_until_end(reader, writer, conn, sid)
+            statuses.append(dict(events[0].headers)[b":status"])
+        indexed = any(n == b"X-Shouting" for n, _ in conn.encoder.header_table.dynamic_entries)
+    finally:
+        writer.close()
+    assert indexed  # the third head really referred to the table
+    assert statuses == [b"400", b"200", b"400", b"400", b"400", b"200"]
+    assert len(mesh["ups"]["pricing"].seen) == 2
+
+
 async def test_mirrors_get_a_copy_over_http2_and_never_fail_the_caller(
     h2_upstreams: Any, proxy_factory: Any
 ) -> None:

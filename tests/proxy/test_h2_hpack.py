@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from forklane.proxy.http2.checks import field_problem
 from forklane.proxy.http2.hpack import Decoder, Encoder, HPACKError, huffman_decode, huffman_encode
 
 H = bytes.fromhex
@@ -188,3 +189,25 @@ def test_cached_huffman_strings_decode_the_same_and_invalid_ones_still_fail() ->
     for _ in range(2):
         with pytest.raises(HPACKError):
             Decoder().decode(bad)
+
+
+_NAMES = st.sampled_from([b"x-a", b"x-b", b"X-Up", b"content-type", b"cookie", b"", b"x-long"])
+_VALUES = st.sampled_from([b"1", b"v", b"a\x00b", b"c\rd", b"e\nf", b"", b"x" * 300,
+                           b"application/grpc"])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.lists(st.tuples(_NAMES, _VALUES), max_size=6), min_size=1, max_size=6),
+       st.sampled_from([256, 4096]))
+def test_the_decoder_check_sees_every_malformed_field_literal_or_indexed(
+    heads: list[list[tuple[bytes, bytes]]], table: int
+) -> None:
+    """With `check` on, a block's `problem` is set exactly when one of its fields fails
+    `checks.field_problem`, whether the field came as a literal or as an index into the
+    dynamic table (the encoder indexes what it can, so repeated heads refer to the table,
+    and the small table evicts entries, bad ones included)."""
+    encoder, decoder = Encoder(table), Decoder(max_allowed=table, check=True)
+    for head in heads + heads:
+        assert decoder.decode(encoder.encode(head)) == head
+        expected = any(field_problem(n, v) is not None for n, v in head)
+        assert (decoder.problem is not None) == expected, (head, decoder.problem)
