@@ -46,7 +46,10 @@ class ResponseSink(Protocol):
     def uncork(self) -> None: ...
 
 
-class UpstreamConnection(asyncio.Protocol):
+class UpstreamConnection:
+    """One upstream HTTP/1.1 connection (an asyncio protocol; not a subclass of
+    `asyncio.Protocol` because the compiled build makes it an extension type)."""
+
     __slots__ = (
         "address",
         "body_left",
@@ -286,9 +289,11 @@ class Pools:
         """A new connection to `endpoint`; raises OSError, or TimeoutError after `limit` s."""
         address = endpoint.address
         async with asyncio.timeout(limit):
-            _, conn = await self.loop.create_connection(
-                lambda: UpstreamConnection(self, address), endpoint.host, endpoint.port
+            _, proto = await self.loop.create_connection(
+                lambda: cast(asyncio.Protocol, UpstreamConnection(self, address)),
+                endpoint.host, endpoint.port,
             )
+        conn = cast(UpstreamConnection, proto)
         self.opened += 1
         counts = self.open_by_address
         counts[address] = counts.get(address, 0) + 1
