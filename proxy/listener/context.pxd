@@ -1,6 +1,8 @@
 # Types for the compiled build of context.py (Cython reads this next to the source; the
 # interpreted build never sees it): the clock and the listener context are extension types,
 # so the request path reads their fields as C struct members.
+from forklane.proxy.metrics cimport Stats
+
 cdef class Clock:
     cdef public double now
     cdef public object time
@@ -11,7 +13,7 @@ cdef class ListenerContext:
     cdef public object kind
     cdef public object holder
     cdef public object settings
-    cdef public object stats
+    cdef public Stats stats
     cdef public object pools
     cdef public object balancer
     cdef public object draw
