@@ -3,6 +3,8 @@
 # types, so their fields are C struct members instead of CPython's generic attribute look-ups.
 import cython
 
+cimport forklane.proxy.http1.head as c_head
+from forklane.proxy.forward.core cimport Hop, TableFields
 from forklane.proxy.http1.upstream cimport UpstreamConnection
 from forklane.proxy.listener.context cimport ListenerContext
 
@@ -10,7 +12,7 @@ cdef class Downstream
 
 cdef class Exchange:
     cdef public Downstream down
-    cdef public object fields
+    cdef public TableFields fields
     cdef public object table
     cdef public dict actions
     cdef public double started
@@ -69,7 +71,7 @@ cdef class Exchange:
     cpdef send_body(self, data)
     cpdef send_end(self)
     cpdef release(self)
-    cpdef response_head_raw(self, UpstreamConnection conn, head)
+    cpdef response_head_raw(self, UpstreamConnection conn, c_head.ResponseHead head)
     cpdef _response_tail(self, Downstream down, int status, list parts, length, upgrade_value,
                          via)
     cpdef response_body(self, data)
@@ -89,7 +91,7 @@ cdef class Downstream:
     cdef public bint upstream_blocked
     cdef public bint write_paused
     cdef public bytes peer
-    cdef public object hop
+    cdef public Hop hop
     cdef public double deadline
     cdef public int deadline_kind
     cdef public object tunnel
@@ -101,6 +103,7 @@ cdef class Downstream:
     cdef public object passthrough
 
     cpdef _head_done(self, Exchange ex, target, authority)
+    @cython.locals(head=c_head.RequestHead, fields=TableFields, ex=Exchange)
     cpdef _fast_heads(self, data)
     cpdef _fast_body(self, data)
     cpdef on_body(self, body)

@@ -1,6 +1,9 @@
 # Types for the compiled build of upstream.py (Cython reads this next to the source; the
 # interpreted build never sees it): the connection and the pools are extension types, so
 # their fields are C struct members instead of CPython's generic attribute look-ups.
+import cython
+
+cimport forklane.proxy.http1.head as c_head
 from forklane.proxy.listener.context cimport Clock
 
 cdef class UpstreamConnection:
@@ -24,6 +27,7 @@ cdef class UpstreamConnection:
     cdef public bint busy
     cdef public Py_ssize_t body_left
 
+    @cython.locals(head=c_head.ResponseHead)
     cpdef _fast_head(self, data, sink)
     cpdef _fast_body(self, data)
     cpdef _finish(self)
