@@ -28,7 +28,8 @@ cdef class ResponseHead:
     cdef public bint keep_alive
     cdef public object via
 
-@cython.locals(raw=bytes, lines=list)
+@cython.locals(raw=bytes, lines=list, size=Py_ssize_t, pos=Py_ssize_t, c=int,
+               chars="const unsigned char *")
 cpdef list _lines(bytes data, Py_ssize_t start, Py_ssize_t end)
 
 @cython.locals(lname=bytes, entry=tuple)
