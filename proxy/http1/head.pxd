@@ -32,6 +32,10 @@ cdef class ResponseHead:
                chars="const unsigned char *")
 cpdef list _lines(bytes data, Py_ssize_t start, Py_ssize_t end)
 
+@cython.locals(chars="const unsigned char *", table="const unsigned char *", size=Py_ssize_t,
+               pos=Py_ssize_t)
+cpdef bint _only(bytes value, bytes allowed)
+
 @cython.locals(lname=bytes, entry=tuple)
 cpdef tuple _field_action(dict names, dict actions, bytes name)
 
