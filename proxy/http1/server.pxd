@@ -5,12 +5,12 @@ import cython
 
 cimport forklane.proxy.http1.head as c_head
 from forklane.proxy.forward.core cimport Hop, TableFields
-from forklane.proxy.http1.upstream cimport UpstreamConnection
+from forklane.proxy.http1.upstream cimport ResponseSink, UpstreamConnection
 from forklane.proxy.listener.context cimport ListenerContext
 
 cdef class Downstream
 
-cdef class Exchange:
+cdef class Exchange(ResponseSink):
     cdef public Downstream down
     cdef public TableFields fields
     cdef public object table

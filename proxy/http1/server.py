@@ -84,7 +84,7 @@ from forklane.proxy.http1.messages import (
     valid_host,
 )
 from forklane.proxy.http1.mirror import MirrorCopy
-from forklane.proxy.http1.upstream import UpstreamConnection
+from forklane.proxy.http1.upstream import ResponseSink, UpstreamConnection
 from forklane.proxy.listener.context import Deadline, ListenerContext
 from forklane.proxy.listener.handoff import alpn_is_h2, may_be_h2c, undecided
 from forklane.proxy.routing import Decision
@@ -161,7 +161,7 @@ def fields_for(ctx: ListenerContext, table: RoutingTable | None) -> TableFields:
     return fields
 
 
-class Exchange:
+class Exchange(ResponseSink):
     """One request and its response, from the first request byte to the last response byte."""
 
     def __cinit__(self) -> None:

@@ -6,12 +6,21 @@ import cython
 cimport forklane.proxy.http1.head as c_head
 from forklane.proxy.listener.context cimport Clock
 
+cdef class UpstreamConnection
+
+cdef class ResponseSink:
+    cpdef response_head_raw(self, UpstreamConnection conn, c_head.ResponseHead head)
+    cpdef response_body(self, data)
+    cpdef response_end(self, UpstreamConnection conn, trailers)
+    cpdef cork(self)
+    cpdef uncork(self)
+
 cdef class UpstreamConnection:
     cdef public Pools pools
     cdef public str address
     cdef public object transport
     cdef public object parser
-    cdef public object sink
+    cdef public ResponseSink sink
     cdef public list headers
     cdef public int status
     cdef public bytes reason
