@@ -56,5 +56,5 @@ cpdef int _response_action(bytes name)
 @cython.locals(end=Py_ssize_t, count=Py_ssize_t, status=int, run=Py_ssize_t,
                pos=Py_ssize_t, index=Py_ssize_t, first=int, last=int, action=int,
                lines=list, line=bytes, block=bytes, name=bytes, sep=bytes, value=bytes,
-               head=ResponseHead, parts=list)
+               head=ResponseHead, parts=list, d1=int, d2=int, d3=int)
 cpdef ResponseHead parse_response(bytes data, Py_ssize_t start)

@@ -174,7 +174,7 @@ def parse_request(
         return None
     method, _, rest = lines[0].partition(b" ")
     target, _, version = rest.partition(b" ")
-    if (version != b"HTTP/1.1" or method not in _METHODS or target[:1] != b"/"
+    if (version != b"HTTP/1.1" or method not in _METHODS or not target.startswith(b"/")
             or not _only(target, _TARGET_OK)):
         return None
     count = len(lines) - 1
@@ -379,10 +379,15 @@ def parse_response(data: bytes, start: int) -> ResponseHead | None:
     if lines is None:
         return None
     line = lines[0]
-    if (len(line) < 14 or line[:9] != b"HTTP/1.1 " or line[12] != _SPACE
-            or not line[9:12].isdigit()):
+    if len(line) < 14 or not line.startswith(b"HTTP/1.1 ") or line[12] != _SPACE:
         return None
-    status = int(line[9:12])
+    # The three status digits by byte value (no slices: each costs an object in the build).
+    d1 = line[9] - 0x30
+    d2 = line[10] - 0x30
+    d3 = line[11] - 0x30
+    if not (0 <= d1 <= 9 and 0 <= d2 <= 9 and 0 <= d3 <= 9):
+        return None
+    status = d1 * 100 + d2 * 10 + d3
     if status < 200 or status == 204 or status == 304:
         return None
     count = len(lines) - 1
