@@ -2,6 +2,10 @@
 # interpreted build never sees it). Offsets are C integers; the heads are C structs.
 import cython
 
+# Constants compared on every field line: C integers here, not module-level Python ints.
+cdef int _SPACE, _TAB, F_PLAIN
+cdef int _R_PLAIN, _R_LENGTH, _R_CONNECTION, _R_VIA, _R_DROP, _R_UNSURE
+
 cdef class RequestHead:
     cdef public Py_ssize_t end
     cdef public bytes method
