@@ -20,7 +20,7 @@ import ssl
 import sys
 from collections.abc import Callable
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
 from forklane.proxy.admin import AdminServer
 from forklane.proxy.balancer import Balancer
@@ -169,7 +169,9 @@ class Proxy:
         )
         ctx.hooks = self.propagation.hooks_for(kind)
         ctx.overload = self.overload
-        factory: Callable[[], asyncio.BaseProtocol] = partial(Downstream, ctx)
+        # Downstream is an asyncio protocol by its methods, not by subclassing (the compiled
+        # build makes it an extension type).
+        factory = cast(Callable[[], asyncio.BaseProtocol], partial(Downstream, ctx))
         if self.settings.capture:
             # Captured connections: detect, then route (HTTP) or relay untouched; the rest of
             # the listener is unchanged (see forklane.proxy.listener).

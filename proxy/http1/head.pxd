@@ -2,6 +2,10 @@
 # interpreted build never sees it). Offsets are C integers; the heads are C structs.
 import cython
 
+# Constants compared on every field line: C integers here, not module-level Python ints.
+cdef int _SPACE, _TAB, F_PLAIN
+cdef int _R_PLAIN, _R_LENGTH, _R_CONNECTION, _R_VIA, _R_DROP, _R_UNSURE
+
 cdef class RequestHead:
     cdef public Py_ssize_t end
     cdef public bytes method
@@ -28,8 +32,13 @@ cdef class ResponseHead:
     cdef public bint keep_alive
     cdef public object via
 
-@cython.locals(raw=bytes, lines=list)
+@cython.locals(raw=bytes, lines=list, size=Py_ssize_t, pos=Py_ssize_t, c=int,
+               chars="const unsigned char *")
 cpdef list _lines(bytes data, Py_ssize_t start, Py_ssize_t end)
+
+@cython.locals(chars="const unsigned char *", table="const unsigned char *", size=Py_ssize_t,
+               pos=Py_ssize_t)
+cpdef bint _only(bytes value, bytes allowed)
 
 @cython.locals(lname=bytes, entry=tuple)
 cpdef tuple _field_action(dict names, dict actions, bytes name)
@@ -51,5 +60,5 @@ cpdef int _response_action(bytes name)
 @cython.locals(end=Py_ssize_t, count=Py_ssize_t, status=int, run=Py_ssize_t,
                pos=Py_ssize_t, index=Py_ssize_t, first=int, last=int, action=int,
                lines=list, line=bytes, block=bytes, name=bytes, sep=bytes, value=bytes,
-               head=ResponseHead, parts=list)
+               head=ResponseHead, parts=list, d1=int, d2=int, d3=int)
 cpdef ResponseHead parse_response(bytes data, Py_ssize_t start)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from forklane.proxy.forward.accounting import count_row
 from forklane.proxy.http1.head import ResponseHead
-from forklane.proxy.http1.upstream import UpstreamConnection
+from forklane.proxy.http1.upstream import ResponseSink, UpstreamConnection
 from forklane.proxy.listener.context import ListenerContext
 from forklane.proxy.table import Destination, Endpoint
 
@@ -24,7 +24,7 @@ _BUFFER_LIMIT = 256 * 1024
 MIRROR_HEADER = b"x-forklane-mirror: 1\r\n"
 
 
-class MirrorCopy:
+class MirrorCopy(ResponseSink):
     __slots__ = ("chunked", "conn", "ctx", "deadline", "dest", "done", "is_head", "pending",
                  "pending_bytes", "req_done", "stat_key")
 

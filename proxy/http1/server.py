@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections import deque
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, cast
 
 import httptools
@@ -83,7 +84,7 @@ from forklane.proxy.http1.messages import (
     valid_host,
 )
 from forklane.proxy.http1.mirror import MirrorCopy
-from forklane.proxy.http1.upstream import UpstreamConnection
+from forklane.proxy.http1.upstream import ResponseSink, UpstreamConnection
 from forklane.proxy.listener.context import Deadline, ListenerContext
 from forklane.proxy.listener.handoff import alpn_is_h2, may_be_h2c, undecided
 from forklane.proxy.routing import Decision
@@ -162,60 +163,64 @@ def fields_for(ctx: ListenerContext, table: RoutingTable | None) -> TableFields:
     return fields
 
 
-class Exchange:
+class Exchange(ResponseSink):
     """One request and its response, from the first request byte to the last response byte."""
 
-    # Class-level defaults: most fields keep them for most requests, so creating an
-    # exchange sets a handful of attributes instead of fifty (measurably cheaper).
-    phase = QUEUED
-    method = b""
-    url = b""
-    host = b""
-    host_count = 0
-    xff: bytes | None = None
-    xfp = False
-    xfh = False
-    via: bytes | None = None
-    conn_tokens: list[bytes] | None = None
-    te: bytes | None = None
-    upgrade: bytes | None = None
-    header_bytes = 0
-    header_count = 0
-    version = "1.1"
-    keep_alive = True
-    chunked = False
-    has_body = False
-    is_head = False
-    req_done = False
-    req_trailers: list[bytes] | None = None
-    pending_bytes = 0
-    decision: Decision | None = None
-    route: Route | None = None
-    dest: Destination | None = None
-    endpoint: Endpoint | None = None
-    track = False  # the destination has several endpoints: report outcomes to the balancer
-    lease: Lease = NO_LEASE
-    circuit: Circuit | None = None  # the destination's breaker counts this request holds
-    retrying = False  # counted in the circuit's retries
-    answer_retries = 0  # retries after an answer (RetryRules)
-    body_received = 0  # request body bytes so far (the minimum body rate)
-    body_checked = 0.0  # when the sweep last looked at the body's rate
-    body_excused = 0.0  # seconds the proxy itself paused reading it (backpressure)
-    up: UpstreamConnection | None = None
-    head = b""
-    reply: LocalReply | None = None
-    status = 0
-    framing = _NO_BODY
-    close_after = False
-    deadline = 0.0  # while SENT (checked by the listener's sweep)
-    attempts = 0
-    reused = False
-    fallback_used = False
-    explain = False
-    mirrors: list[MirrorCopy] | None = None
-    span: ProxySpan | None = None
-    block: bytes | None = None  # the kept field lines, raw, when `parse_request` read the head
-    capture: Capture | None = None  # a live tap copies this request (`tap_capture`)
+    def __cinit__(self) -> None:
+        """The fields most exchanges never change from these. The compiled build runs this
+        when it allocates an exchange (Cython's allocator hook; every field is a C member
+        there); the interpreted build never calls it and has these as class attributes
+        instead (`_class_defaults`), because setting fifty instance attributes per request
+        costs more there than reading a class attribute."""
+        self.phase = QUEUED
+        self.method = b""
+        self.url = b""
+        self.host = b""
+        self.host_count = 0
+        self.xff: bytes | None = None
+        self.xfp = False
+        self.xfh = False
+        self.via: bytes | None = None
+        self.conn_tokens: list[bytes] | None = None
+        self.te: bytes | None = None
+        self.upgrade: bytes | None = None
+        self.header_bytes = 0
+        self.header_count = 0
+        self.version = "1.1"
+        self.keep_alive = True
+        self.chunked = False
+        self.has_body = False
+        self.is_head = False
+        self.req_done = False
+        self.req_trailers: list[bytes] | None = None
+        self.pending_bytes = 0
+        self.decision: Decision | None = None
+        self.route: Route | None = None
+        self.dest: Destination | None = None
+        self.endpoint: Endpoint | None = None
+        self.track = False  # the destination has several endpoints: report outcomes to the balancer
+        self.lease: Lease = NO_LEASE
+        self.circuit: Circuit | None = None  # the destination's breaker counts this request holds
+        self.retrying = False  # counted in the circuit's retries
+        self.answer_retries = 0  # retries after an answer (RetryRules)
+        self.body_received = 0  # request body bytes so far (the minimum body rate)
+        self.body_checked = 0.0  # when the sweep last looked at the body's rate
+        self.body_excused = 0.0  # seconds the proxy itself paused reading it (backpressure)
+        self.up: UpstreamConnection | None = None
+        self.head = b""
+        self.reply: LocalReply | None = None
+        self.status = 0
+        self.framing = _NO_BODY
+        self.close_after = False
+        self.deadline = 0.0  # while SENT (checked by the listener's sweep)
+        self.attempts = 0
+        self.reused = False
+        self.fallback_used = False
+        self.explain = False
+        self.mirrors: list[MirrorCopy] | None = None
+        self.span: ProxySpan | None = None
+        self.block: bytes | None = None  # the kept field lines, raw, when `parse_request` read the head
+        self.capture: Capture | None = None  # a live tap copies this request (`tap_capture`)
 
     def __init__(self, down: Downstream, fields: TableFields, started: float) -> None:
         self.down = down
@@ -584,15 +589,33 @@ class Exchange:
         return b"x-forklane-route: " + value + b"\r\n"
 
 
-class Downstream(asyncio.Protocol):
-    """One client connection on a listener."""
+def _class_defaults(cls: type) -> None:
+    """Interpreted build: what `cls.__cinit__` sets becomes class attributes (the compiled
+    build has no such method to call: Cython made it the allocator)."""
+    init = cls.__dict__.get("__cinit__")
+    if init is None:
+        return
+    fields = SimpleNamespace()
+    init(fields)
+    for name, value in vars(fields).items():
+        setattr(cls, name, value)
 
-    # Set by the capture layer (proxy/listener) on a captured connection: where a request
-    # whose authority no service has goes instead of a 404 (the client's original destination).
-    passthrough: Route | None = None
+
+_class_defaults(Exchange)
+
+
+class Downstream:
+    """One client connection on a listener (an asyncio protocol).
+
+    Not a subclass of `asyncio.Protocol`: the compiled build makes it an extension type, which
+    cannot derive from a Python class; the event loops only call its methods."""
 
     def __init__(self, ctx: ListenerContext) -> None:
         self.ctx = ctx
+        # Set by the capture layer (proxy/listener) on a captured connection: where a request
+        # whose authority no service has goes instead of a 404 (the client's original
+        # destination).
+        self.passthrough: Route | None = None
         self.transport: asyncio.Transport | None = None
         self.parser: httptools.HttpRequestParser | None = httptools.HttpRequestParser(self)
         self.queue: deque[Exchange] = deque()
@@ -847,7 +870,9 @@ class Downstream(asyncio.Protocol):
                 return
             else:  # other hop-by-hop fields
                 return
-        elif b"_" in lname and core.lookalike(lname, ex.fields.interesting_raw):
+        elif lname.find(b"_") >= 0 and core.lookalike(lname, ex.fields.interesting_raw):
+            # (`find`, not `in`: bytes' `in` first tries the needle as an integer and formats
+            # the TypeError it then swallows, about 2,000 instructions per field.)
             # A look-alike of a routing header must never take part in routing, nor reach
             # the next hop to do so there.
             ctx.stats.underscore_headers_dropped += 1

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import Protocol, cast
+from typing import cast
 
 import httptools
 
@@ -29,24 +29,51 @@ __all__ = ["Pools", "ResponseSink", "UpstreamConnection"]
 FAST_HEADS = hotpath.is_compiled("forklane.proxy.http1.head")  # see http1.server.FAST_HEADS
 
 
-class ResponseSink(Protocol):
+class ResponseSink:
+    """What an upstream connection hands its events to: the exchange, or a mirror copy.
+
+    A base class rather than a typing.Protocol: the compiled build calls the per-response
+    methods declared in `upstream.pxd` as C functions. Every method here must be overridden."""
+
     def response_head(
         self, conn: UpstreamConnection, status: int, reason: bytes, headers: list[tuple[bytes, bytes]]
-    ) -> None: ...
+    ) -> None:
+        raise NotImplementedError
+
     def response_interim(
         self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]]
-    ) -> None: ...
-    def response_body(self, data: bytes) -> None: ...
-    def response_end(self, conn: UpstreamConnection, trailers: list[tuple[bytes, bytes]]) -> None: ...
-    def upstream_lost(self, conn: UpstreamConnection, exc: Exception | None) -> None: ...
-    def upstream_pause(self, paused: bool) -> None: ...
-    def upgraded(self, conn: UpstreamConnection, rest: bytes) -> None: ...
-    def response_head_raw(self, conn: UpstreamConnection, head: ResponseHead) -> None: ...
-    def cork(self) -> None: ...
-    def uncork(self) -> None: ...
+    ) -> None:
+        raise NotImplementedError
+
+    def response_body(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def response_end(self, conn: UpstreamConnection, trailers: list[tuple[bytes, bytes]]) -> None:
+        raise NotImplementedError
+
+    def upstream_lost(self, conn: UpstreamConnection, exc: Exception | None) -> None:
+        raise NotImplementedError
+
+    def upstream_pause(self, paused: bool) -> None:
+        raise NotImplementedError
+
+    def upgraded(self, conn: UpstreamConnection, rest: bytes) -> None:
+        raise NotImplementedError
+
+    def response_head_raw(self, conn: UpstreamConnection, head: ResponseHead) -> None:
+        raise NotImplementedError
+
+    def cork(self) -> None:
+        raise NotImplementedError
+
+    def uncork(self) -> None:
+        raise NotImplementedError
 
 
-class UpstreamConnection(asyncio.Protocol):
+class UpstreamConnection:
+    """One upstream HTTP/1.1 connection (an asyncio protocol; not a subclass of
+    `asyncio.Protocol` because the compiled build makes it an extension type)."""
+
     __slots__ = (
         "address",
         "body_left",
@@ -286,9 +313,11 @@ class Pools:
         """A new connection to `endpoint`; raises OSError, or TimeoutError after `limit` s."""
         address = endpoint.address
         async with asyncio.timeout(limit):
-            _, conn = await self.loop.create_connection(
-                lambda: UpstreamConnection(self, address), endpoint.host, endpoint.port
+            _, proto = await self.loop.create_connection(
+                lambda: cast(asyncio.Protocol, UpstreamConnection(self, address)),
+                endpoint.host, endpoint.port,
             )
+        conn = cast(UpstreamConnection, proto)
         self.opened += 1
         counts = self.open_by_address
         counts[address] = counts.get(address, 0) + 1
