@@ -20,6 +20,7 @@ cdef class ListenerContext:
     cdef public object loop
     cdef public Clock clock
     cdef public set connections
+    cdef public list expiring
     cdef public Py_ssize_t opening
     cdef public object overload
     cdef public set watched
