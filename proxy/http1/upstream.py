@@ -198,6 +198,12 @@ class UpstreamConnection:
         self._finish()
         return data[left:]
 
+    def eof_received(self) -> bool | None:
+        """The upstream half-closed: let the transport close, as `asyncio.Protocol` would
+        (this class is not one, so that it can compile to an extension type);
+        `connection_lost` then settles the exchange."""
+        return None
+
     def connection_lost(self, exc: Exception | None) -> None:
         self.pools.closed(self)
         sink, self.sink = self.sink, None
