@@ -6,6 +6,7 @@ reason when no server answers on 127.0.0.1:5432.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import uuid
@@ -162,12 +163,10 @@ class Api:
         return token
 
 
-@pytest.fixture
-async def api(tmp_path: Path) -> AsyncIterator[Api]:
-    settings = Settings(
-        listen="127.0.0.1:0", store="sqlite", data_dir=tmp_path, admin_token=ADMIN_TOKEN,
-        reconcile_interval=2.0, probe_timeout=0.5, replica="test",
-    )
+@contextlib.asynccontextmanager
+async def serve_api(settings: Settings) -> AsyncIterator[Api]:
+    """A control plane without push on `settings`, and a client session for its API; both
+    closed on exit."""
     plane = ControlPlane(settings, with_push=False)
     await plane.start()
     assert plane.api_address is not None
@@ -176,3 +175,13 @@ async def api(tmp_path: Path) -> AsyncIterator[Api]:
             yield Api(session, f"http://127.0.0.1:{plane.api_address[1]}", plane)
     finally:
         await plane.aclose()
+
+
+@pytest.fixture
+async def api(tmp_path: Path) -> AsyncIterator[Api]:
+    settings = Settings(
+        listen="127.0.0.1:0", store="sqlite", data_dir=tmp_path, admin_token=ADMIN_TOKEN,
+        reconcile_interval=2.0, probe_timeout=0.5, replica="test",
+    )
+    async with serve_api(settings) as api:
+        yield api

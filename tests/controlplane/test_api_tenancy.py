@@ -8,12 +8,10 @@ import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import aiohttp
 import pytest
-from conftest import ADMIN_TOKEN, Api
+from conftest import ADMIN_TOKEN, Api, serve_api
 
 from forklane.controlplane.ratelimit import RateLimiter
-from forklane.controlplane.server import ControlPlane
 from forklane.controlplane.settings import Settings
 
 SERVICE = {"metadata": {"name": "web"}, "spec": {"endpoints": ["127.0.0.1:9"]}}
@@ -76,14 +74,8 @@ async def limited_api(tmp_path: Path) -> AsyncIterator[Api]:
     settings = Settings(listen="127.0.0.1:0", store="sqlite", data_dir=tmp_path,
                         admin_token=ADMIN_TOKEN, replica="test", api_rate_limit=0.1,
                         api_rate_burst=3)
-    plane = ControlPlane(settings, with_push=False)
-    await plane.start()
-    assert plane.api_address is not None
-    try:
-        async with aiohttp.ClientSession() as session:
-            yield Api(session, f"http://127.0.0.1:{plane.api_address[1]}", plane)
-    finally:
-        await plane.aclose()
+    async with serve_api(settings) as api:
+        yield api
 
 
 async def test_each_token_has_a_request_budget(limited_api: Api) -> None:

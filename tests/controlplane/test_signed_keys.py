@@ -9,11 +9,9 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
-from conftest import ADMIN_TOKEN, Api
+from conftest import ADMIN_TOKEN, Api, serve_api
 
-from forklane.controlplane.server import ControlPlane
 from forklane.controlplane.settings import Settings
 from forklane.proxy.context.signing import sign_routing_key
 
@@ -27,14 +25,8 @@ async def signing_api(tmp_path: Path) -> AsyncIterator[Api]:
         reconcile_interval=0.5, probe_timeout=0.3, replica="test",
         routing_key_secrets=SECRETS,
     )
-    plane = ControlPlane(settings, with_push=False)
-    await plane.start()
-    assert plane.api_address is not None
-    try:
-        async with aiohttp.ClientSession() as session:
-            yield Api(session, f"http://127.0.0.1:{plane.api_address[1]}", plane)
-    finally:
-        await plane.aclose()
+    async with serve_api(settings) as api:
+        yield api
 
 
 async def _until(api: Api, path: str, check: Any, within: float = 10.0) -> Any:

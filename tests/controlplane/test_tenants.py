@@ -12,7 +12,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from conftest import ADMIN_TOKEN, Api, StoreFactory
+from conftest import ADMIN_TOKEN, Api, StoreFactory, serve_api
 
 from forklane.controlplane.server import ControlPlane
 from forklane.controlplane.settings import Settings
@@ -353,14 +353,8 @@ async def signing_api(tmp_path: Path) -> AsyncIterator[Api]:
         listen="127.0.0.1:0", store="sqlite", data_dir=tmp_path, admin_token=ADMIN_TOKEN,
         reconcile_interval=0.5, probe_timeout=0.3, replica="test", routing_key_secrets=SECRETS,
     )
-    plane = ControlPlane(settings, with_push=False)
-    await plane.start()
-    assert plane.api_address is not None
-    try:
-        async with aiohttp.ClientSession() as session:
-            yield Api(session, f"http://127.0.0.1:{plane.api_address[1]}", plane)
-    finally:
-        await plane.aclose()
+    async with serve_api(settings) as api:
+        yield api
 
 
 async def test_a_signed_key_covers_the_tenant(signing_api: Api) -> None:
